@@ -1,0 +1,23 @@
+"""jaxcompress: model compression for JAX as pure functions over parameter pytrees.
+
+Every technique is a :class:`Compressor` built by a factory; ``chain`` composes them,
+``jaxcompress.train`` threads them through an optax training step, and ``pack`` turns
+trained params into compressed leaves whose bytes are real.
+"""
+
+from jaxcompress import export, pruning, quantization, train
+from jaxcompress.core import accounting, select
+from jaxcompress.core.base import Compressor, EmptyState, chain, identity
+
+__all__ = [
+  "Compressor",
+  "EmptyState",
+  "accounting",
+  "chain",
+  "export",
+  "identity",
+  "pruning",
+  "quantization",
+  "select",
+  "train",
+]

@@ -1,0 +1,150 @@
+"""Shared validation of hyperparameters, so every factory rejects bad input the same way.
+
+Each helper raises ``ValueError`` (or ``TypeError`` for the wrong kind of object) with a
+message that names the argument and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Schedule = Callable[[Any], Any]
+"""A hyperparameter that varies over training: ``step -> value`` (optax schedules fit)."""
+
+ScalarOrSchedule = Union[float, int, Schedule]
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+  """Checks that ``value`` is an integer in ``[low, high]`` and returns it as ``int``.
+
+  Raises:
+    ValueError: if it is not an integer (bools excluded) or lies outside the range.
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  value = int(value)
+  if (low is not None and value < low) or (high is not None and value > high):
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+  return value
+
+
+def check_float(
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  high: float | None = None,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> float:
+  """Checks that ``value`` is a finite real number in the given interval.
+
+  Args:
+    name: the argument's name, for the message.
+    value: the value to check.
+    low, high: the bounds, ``None`` for unbounded.
+    low_open, high_open: whether each bound is excluded.
+
+  Returns:
+    ``value`` as a Python ``float``.
+
+  Raises:
+    ValueError: if it is not a real number, not finite, or outside the interval.
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ValueError(f"{name} must be a real number, got {value!r}")
+  value = float(value)
+  if not math.isfinite(value):
+    raise ValueError(f"{name} must be finite, got {value}")
+  bad_low = low is not None and (value <= low if low_open else value < low)
+  bad_high = high is not None and (value >= high if high_open else value > high)
+  if bad_low or bad_high:
+    lb = "(" if low_open else "["
+    hb = ")" if high_open else "]"
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    raise ValueError(f"{name} must be in {lb}{lo}, {hi}{hb}, got {value}")
+  return value
+
+
+def check_sparsity(name: str, value: Any) -> float:
+  """A sparsity is the fraction of weights removed: a float in ``[0, 1)``."""
+  return check_float(name, value, low=0.0, high=1.0, high_open=True)
+
+
+def check_bits(name: str, value: Any, *, low: int = 1, high: int = 16) -> int:
+  """A bit-width is an integer in ``[low, high]`` (default 1..16)."""
+  return check_int(name, value, low=low, high=high)
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+  """Checks that ``value`` is one of ``choices``."""
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+  return value
+
+
+def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], Any]) -> Schedule:
+  """Turns a constant or a ``step -> value`` callable into a schedule.
+
+  A constant is validated at once with ``check``. A callable is probed at step 0, so a
+  schedule that starts out of range fails at construction rather than mid-training.
+
+  Args:
+    name: the hyperparameter's name, for messages.
+    value: a constant or a callable of the step (an int32 scalar).
+    check: a validator such as :func:`check_sparsity`, called as ``check(name, v)``.
+
+  Returns:
+    A callable ``step -> value``.
+
+  Raises:
+    ValueError: if the constant or the schedule's value at step 0 is invalid.
+  """
+  if callable(value):
+    check(f"{name}(0)", float(np.asarray(value(jnp.asarray(0, jnp.int32)))))
+    return value
+  constant = check(name, value)
+  return lambda step: jnp.asarray(constant, jnp.float32)
+
+
+def check_weight_leaf(path: str, leaf: Any) -> None:
+  """Checks that a selected leaf can be compressed: a non-empty floating array.
+
+  Raises:
+    ValueError: naming the path, if the leaf is not an array, is integer or boolean,
+      or has no elements.
+  """
+  if not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
+    raise ValueError(f"selected leaf {path!r} is not an array: {type(leaf).__name__}")
+  if not jnp.issubdtype(leaf.dtype, jnp.floating):
+    raise ValueError(
+      f"selected leaf {path!r} has dtype {leaf.dtype}; only floating-point leaves can be "
+      "compressed (narrow `where=`)"
+    )
+  if math.prod(leaf.shape) == 0:
+    raise ValueError(f"selected leaf {path!r} is empty (shape {tuple(leaf.shape)})")
+
+
+def check_finite_if_concrete(path: str, leaf: Any) -> None:
+  """Raises ``ValueError`` if a concrete (not traced) leaf holds NaN or infinity.
+
+  Under ``jit`` the values are unknown and the check is skipped; each compressor's
+  docstring says what it does with non-finite weights there.
+  """
+  if isinstance(leaf, jax.core.Tracer):
+    return
+  bad = ~np.isfinite(np.asarray(leaf))
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+      f"leaf {path!r} holds {int(bad.sum())} non-finite value(s), first at index {first}"
+    )

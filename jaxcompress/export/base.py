@@ -1,0 +1,53 @@
+"""What every compressed leaf shares: ``materialize()`` and true ``nbytes``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+class CompressedLeaf:
+  """Base of the packed leaf types.
+
+  Subclasses are frozen dataclasses registered as pytree nodes: their arrays are
+  children, their metadata (bits, shapes, formats) static. ``nbytes`` sums the bytes
+  of every array they hold, nested compressed leaves included, so it is the storage
+  actually written by :func:`jaxcompress.export.save` (less the small JSON header).
+  """
+
+  def materialize(self) -> jax.Array:
+    """Returns the dense array this leaf stands for."""
+    raise NotImplementedError
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes as stored: the sum over every array this leaf holds."""
+    return sum(int(x.nbytes) for x in jax.tree.leaves(self))
+
+  @property
+  def size(self) -> int:
+    """Number of elements of the dense array."""
+    n = 1
+    for d in self.shape:
+      n *= d
+    return n
+
+  @property
+  def shape(self) -> tuple[int, ...]:  # pragma: no cover - every subclass defines it
+    raise NotImplementedError
+
+
+def materialize(x: Any) -> jax.Array:
+  """Dense view of a leaf: ``x.materialize()`` for compressed leaves, ``x`` otherwise."""
+  return x.materialize() if hasattr(x, "materialize") else x
+
+
+def is_compressed(x: Any) -> bool:
+  """Whether ``x`` is a packed leaf (has ``materialize``), for ``is_leaf=`` in tree maps."""
+  return hasattr(x, "materialize")
+
+
+def materialize_tree(tree: Any) -> Any:
+  """Replaces every compressed leaf of ``tree`` by its dense array."""
+  return jax.tree.map(materialize, tree, is_leaf=is_compressed)

@@ -1,0 +1,72 @@
+"""``QArray``: integer codes with a scale and an optional zero point."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress.export.base import CompressedLeaf, materialize
+from jaxcompress.export.bitpack import code_range, pack_bits
+
+
+@dataclasses.dataclass(frozen=True)
+class QArray(CompressedLeaf):
+  """A uniformly quantized array: ``x = (codes - zero_point) * scale``.
+
+  Attributes:
+    codes: the integer codes, shape ``shape``: an ``int8``/``int16`` array when ``bits``
+      is 8 or 16, a :class:`~jaxcompress.export.bitpack.BitPacked` stream otherwise, or a
+      :class:`~jaxcompress.export.sparse.SparseArray` of codes for pruned-and-quantized
+      weights.
+    scale: float array broadcastable to ``shape`` (per-tensor: shape ``()``; per-channel:
+      size 1 on every axis but the channel axes).
+    zero_point: integer array shaped like ``scale``, or ``None`` (symmetric).
+    bits: bits per code, 1..16.
+    dtype: the dtype ``materialize`` returns, as a string (``'float32'``).
+
+  ``nbytes`` counts the codes, scale and zero point as stored.
+  """
+
+  codes: Any
+  scale: Any
+  zero_point: Any
+  bits: int
+  dtype: str
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.codes.shape)
+
+  def materialize(self) -> jax.Array:
+    codes = jnp.asarray(materialize(self.codes), jnp.int32)
+    if self.zero_point is not None:
+      codes = codes - jnp.asarray(self.zero_point, jnp.int32)
+    return (codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)).astype(self.dtype)
+
+
+jax.tree_util.register_dataclass(
+  QArray, data_fields=["codes", "scale", "zero_point"], meta_fields=["bits", "dtype"]
+)
+
+
+def store_codes(codes: np.ndarray, bits: int, *, signed: bool) -> Any:
+  """Stores integer codes as compactly as their bit-width allows.
+
+  8- and 16-bit codes keep a native integer array (usable directly by integer kernels);
+  other widths are bit-packed.
+
+  Raises:
+    ValueError: if a code does not fit ``bits`` bits.
+  """
+  codes = np.asarray(codes)
+  if bits in (8, 16):
+    lo, hi = code_range(bits, signed)
+    if codes.size and (codes.min() < lo or codes.max() > hi):
+      raise ValueError(f"codes in [{codes.min()}, {codes.max()}] do not fit {bits} bits [{lo}, {hi}]")
+    dtype = {(8, True): np.int8, (8, False): np.uint8, (16, True): np.int16, (16, False): np.uint16}
+    return codes.astype(dtype[(bits, signed)])
+  return pack_bits(codes, bits, signed=signed)

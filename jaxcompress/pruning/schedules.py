@@ -1,0 +1,70 @@
+"""Sparsity schedules: ``step -> sparsity`` callables."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxcompress.core import validate
+
+
+def polynomial_sparsity(
+  final_sparsity: float,
+  *,
+  begin_step: int,
+  end_step: int,
+  initial_sparsity: float = 0.0,
+  frequency: int = 1,
+  power: float = 3.0,
+) -> validate.Schedule:
+  """Gradual pruning: sparsity rises from ``initial`` to ``final`` along a polynomial.
+
+  ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n Δt)) ** power`` for
+  ``t0 <= t <= t0 + n Δt``, where ``t0 = begin_step``, ``n Δt = end_step - begin_step``
+  and ``t`` advances in multiples of ``Δt = frequency`` steps (the sparsity is constant
+  in between, and reaches ``s_f`` exactly at ``end_step``); before ``begin_step`` it is ``s_i``, after ``end_step`` it is ``s_f``.
+
+  Args:
+    final_sparsity: ``s_f`` in [0, 1).
+    begin_step: ``t0``, step at which pruning starts (>= 0).
+    end_step: step at which ``s_f`` is reached (> ``begin_step``).
+    initial_sparsity: ``s_i`` in [0, 1).
+    frequency: ``Δt``, steps between sparsity changes (>= 1).
+    power: the exponent, 3 in the paper (> 0).
+
+  Returns:
+    A callable ``step -> float32 sparsity``.
+
+  Raises:
+    ValueError: on a sparsity outside [0, 1), ``end_step <= begin_step``,
+      ``frequency < 1``, ``frequency > end_step - begin_step`` (the target would be
+      reached only at ``end_step`` in one jump, never gradually), or ``power <= 0``.
+
+  References:
+    Zhu & Gupta 2017, "To prune, or not to prune", https://arxiv.org/abs/1710.01878.
+
+  Example:
+    >>> s = polynomial_sparsity(0.9, begin_step=0, end_step=100, frequency=10)
+    >>> [round(float(s(t)), 4) for t in (0, 9, 10, 50, 100, 500)]
+    [0.0, 0.0, 0.2439, 0.7875, 0.9, 0.9]
+  """
+  s_f = validate.check_sparsity("final_sparsity", final_sparsity)
+  s_i = validate.check_sparsity("initial_sparsity", initial_sparsity)
+  t0 = validate.check_int("begin_step", begin_step, low=0)
+  t1 = validate.check_int("end_step", end_step)
+  if t1 <= t0:
+    raise ValueError(f"end_step must be greater than begin_step={t0}, got end_step={t1}")
+  dt = validate.check_int("frequency", frequency, low=1)
+  if dt > t1 - t0:
+    raise ValueError(
+      f"frequency={dt} is larger than the pruning span end_step - begin_step = {t1 - t0}: "
+      "the schedule would never change sparsity gradually"
+    )
+  power = validate.check_float("power", power, low=0.0, low_open=True)
+  def schedule(step: jax.Array) -> jax.Array:
+    t = jnp.asarray(step, jnp.float32)
+    t = t0 + jnp.floor((jnp.clip(t, t0, t1) - t0) / dt) * dt
+    progress = jnp.minimum((t - t0) / (t1 - t0), 1.0)
+    return jnp.where(jnp.asarray(step) >= t1, s_f, s_f + (s_i - s_f) * (1.0 - progress) ** power)
+
+  return schedule
