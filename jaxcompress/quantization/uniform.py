@@ -48,7 +48,9 @@ def _fake_quant(x: jax.Array, scale: jax.Array, bits_array: jax.Array) -> jax.Ar
 
 
 def _fake_quant_fwd(x, scale, q):
-  inside = jnp.abs(x) <= q * scale
+  # In range means inside the rounding bins of the end codes; comparing in code units
+  # keeps the largest weight (x / scale == qmax up to rounding) inside.
+  inside = jnp.abs(x / scale) <= q + 0.5
   return _fake_quant(x, scale, q), (inside, scale, q)
 
 
@@ -63,8 +65,9 @@ _fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
 def fake_quant(x: jax.Array, scale: jax.Array, bits: int) -> jax.Array:
   """Quantize then dequantize: ``clip(round(x / scale), -qmax, qmax) * scale``.
 
-  Gradient: straight-through, ``dL/dx = dL/dy`` where ``|x| <= qmax * scale`` and 0
-  outside (the clipped STE); no gradient flows to ``scale``.
+  Gradient: straight-through, ``dL/dx = dL/dy`` where ``|x / scale| <= qmax + 1/2``
+  (the rounding bins of the codes) and 0 outside (the clipped STE); no gradient flows
+  to ``scale``.
 
   Args:
     x: float array.

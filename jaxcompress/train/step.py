@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxcompress.core.base import Compressor
@@ -55,6 +56,10 @@ def wrap_loss(loss_fn: Callable[..., Any], compressor: Compressor) -> Callable[.
 def init(params: PyTree, optimizer: optax.GradientTransformation, compressor: Compressor) -> TrainState:
   """Initializes the compressor, then the optimizer on the trainable tree.
 
+  Weakly typed leaves (``jnp.full(n, 0.1)`` is one) are made strongly typed first:
+  the optimizer returns strong types, and a step whose input types change between the
+  first and second call compiles twice.
+
   Args:
     params: the model's params.
     optimizer: an optax transformation.
@@ -66,6 +71,7 @@ def init(params: PyTree, optimizer: optax.GradientTransformation, compressor: Co
   Raises:
     Whatever ``compressor.init`` raises for a bad selection or bad leaves.
   """
+  params = jax.tree.map(lambda x: jnp.asarray(x, x.dtype) if getattr(x, "weak_type", False) else x, params)
   params, cstate = compressor.init(params)
   return TrainState(params=params, opt_state=optimizer.init(params), cstate=cstate)
 

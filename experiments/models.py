@@ -1,0 +1,113 @@
+"""LeNet-300-100 and a LeNet-5 for 8x8 digits, in Flax NNX, with a pure functional view.
+
+The compressors work on plain nested dicts whose paths read ``'fc1/kernel'``;
+:func:`functional` splits a model into such a dict and a pure ``apply(params, x)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from jaxcompress import accounting
+
+
+class LeNet300100(nnx.Module):
+  """The 64-300-100-10 ReLU MLP of LeCun et al. 1998, on flattened 8x8 digits."""
+
+  inputs = "flat"
+
+  def __init__(self, rngs: nnx.Rngs, in_features: int = 64, classes: int = 10):
+    self.fc1 = nnx.Linear(in_features, 300, rngs=rngs)
+    self.fc2 = nnx.Linear(300, 100, rngs=rngs)
+    self.fc3 = nnx.Linear(100, classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.relu(self.fc1(x))
+    x = nnx.relu(self.fc2(x))
+    return self.fc3(x)
+
+  def flops(self) -> int:
+    """Analytic forward FLOPs per example (matmuls and biases)."""
+    layers = (self.fc1, self.fc2, self.fc3)
+    return sum(accounting.dense_flops(1, fc.in_features, fc.out_features) for fc in layers)
+
+
+class LeNet5(nnx.Module):
+  """A LeNet-5 sized for 8x8x1 inputs.
+
+  conv 3x3x6 SAME, relu, max-pool 2 -> conv 3x3x16 SAME, relu, max-pool 2 -> 2x2x16
+  = 64 features -> dense 120 -> 84 -> 10.
+  """
+
+  inputs = "image"
+
+  def __init__(self, rngs: nnx.Rngs, classes: int = 10):
+    self.conv1 = nnx.Conv(1, 6, (3, 3), padding="SAME", rngs=rngs)
+    self.conv2 = nnx.Conv(6, 16, (3, 3), padding="SAME", rngs=rngs)
+    self.fc1 = nnx.Linear(2 * 2 * 16, 120, rngs=rngs)
+    self.fc2 = nnx.Linear(120, 84, rngs=rngs)
+    self.fc3 = nnx.Linear(84, classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pool = lambda h: nnx.max_pool(h, (2, 2), strides=(2, 2))  # noqa: E731
+    x = pool(nnx.relu(self.conv1(x)))
+    x = pool(nnx.relu(self.conv2(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.fc1(x))
+    x = nnx.relu(self.fc2(x))
+    return self.fc3(x)
+
+  def flops(self) -> int:
+    """Analytic forward FLOPs per example of the convs and dense layers (pooling and
+    activations are not counted)."""
+    total, shape = 0, (1, 8, 8, 1)
+    for conv in (self.conv1, self.conv2):
+      flops, (n, h, w, c) = accounting.conv_flops(shape, conv.kernel.shape, padding="SAME")
+      total += flops
+      shape = (n, h // 2, w // 2, c)  # after the 2x2 pool
+    for fc in (self.fc1, self.fc2, self.fc3):
+      total += accounting.dense_flops(1, fc.in_features, fc.out_features)
+    return total
+
+
+MODELS = {"lenet300100": LeNet300100, "lenet5": LeNet5}
+
+
+@dataclasses.dataclass(frozen=True)
+class Functional:
+  """A model as a pure function of a plain dict of params.
+
+  Attributes:
+    graphdef: the model's static structure.
+    template: its ``nnx.Param`` state, whose variable types receive the params.
+    rest: every other state (empty for these models).
+    inputs: ``'flat'`` or ``'image'``, which view of the data the model reads.
+  """
+
+  graphdef: Any
+  template: Any
+  rest: Any
+  inputs: str
+
+  def apply(self, params: dict, x: jax.Array) -> jax.Array:
+    """Logits of ``x`` under ``params`` (a pure dict like ``{'fc1': {'kernel': ...}}``)."""
+    state = jax.tree.map(lambda v: v, self.template)  # fresh variables, template untouched
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(self.graphdef, state, self.rest)(x)
+
+
+def functional(model: nnx.Module) -> tuple[Functional, dict]:
+  """Splits an NNX model into its functional view and its params as a pure dict."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return Functional(graphdef, params, rest, model.inputs), params.to_pure_dict()
+
+
+def build(name: str, seed: int) -> tuple[nnx.Module, Functional, dict]:
+  """Creates model ``name`` initialized from ``seed``: ``(model, functional, params)``."""
+  model = MODELS[name](nnx.Rngs(seed))
+  fn, params = functional(model)
+  return model, fn, params

@@ -1,0 +1,108 @@
+"""The training helper shared by the baselines and the recipes: adam, cross-entropy,
+a jitted ``jaxcompress.train`` step, seeded batches, and test accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import jaxcompress as jc
+from experiments.data import Digits, batches
+from experiments.models import Functional
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  """The outcome of :meth:`Trainer.fit`.
+
+  Attributes:
+    state: the final ``jaxcompress.train.TrainState``.
+    seconds: wall time of the training loop, compilation excluded.
+    compile_seconds: time to compile the step.
+  """
+
+  state: jc.train.TrainState
+  seconds: float
+  compile_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Trains one model on the digits.
+
+  Attributes:
+    model: the model's functional view.
+    data: the digits split.
+    batch_size: examples per step.
+    budget: multiplies every epoch count (1.0 for the full run, small for ``--quick``).
+    progress: show tqdm bars.
+  """
+
+  model: Functional
+  data: Digits
+  batch_size: int = 64
+  budget: float = 1.0
+  progress: bool = True
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.data.train_labels) // self.batch_size
+
+  def epochs(self, full: int) -> int:
+    """The epoch count to use for a schedule written for the full run."""
+    return max(1, round(full * self.budget))
+
+  def _inputs(self, split: str) -> np.ndarray:
+    images = getattr(self.data, f"{split}_images")
+    return images.reshape(len(images), -1) if self.model.inputs == "flat" else images
+
+  def loss(self, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of the model's logits."""
+    logits = self.model.apply(params, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def fit(
+    self, params: Any, compressor: jc.Compressor, *, epochs: int, lr: float, seed: int, desc: str = ""
+  ) -> Fit:
+    """Trains ``compressor.apply(params)`` with adam for ``epochs`` epochs.
+
+    Args:
+      params: the starting model params (a pure dict).
+      compressor: what to train under (``jc.identity()`` for plain training).
+      epochs: passes over the train set (0 returns the initialized state).
+      lr: adam's learning rate, cosine-decayed to 0 over the run.
+      seed: seeds the batch order.
+      desc: the progress bar's label.
+    """
+    steps = max(1, epochs * self.steps_per_epoch)
+    optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps))
+    state = jc.train.init(params, optimizer, compressor)
+    x, y = self._inputs("train"), self.data.train_labels
+    start = time.perf_counter()
+    step = jax.jit(jc.train.make_step(self.loss, optimizer, compressor))
+    step = step.lower(state, x[: self.batch_size], y[: self.batch_size]).compile()
+    compile_seconds = time.perf_counter() - start
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    for _ in tqdm(range(epochs), desc=desc, leave=False, disable=not self.progress):
+      for xb, yb in batches(x, y, self.batch_size, rng):
+        state, _ = step(state, xb, yb)
+    jax.block_until_ready(state)
+    return Fit(state, time.perf_counter() - start, compile_seconds)
+
+  @functools.cached_property
+  def _eval(self) -> Any:
+    return jax.jit(self.model.apply)
+
+  def accuracy(self, params: Any) -> float:
+    """Test accuracy (fraction) of the model under dense ``params``."""
+    logits = self._eval(params, self._inputs("test"))
+    return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == self.data.test_labels))

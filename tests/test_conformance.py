@@ -1,0 +1,164 @@
+"""The conformance suite: every compressor in the package runs through these checks.
+
+A new compressor joins by adding one line to ``CASES``: a name and a zero-argument
+factory. Each check is one property from DESIGN.md §8.
+"""
+
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jaxcompress as jc
+from tests import helpers
+
+CASES = {
+  "identity": lambda: jc.identity(),
+  "magnitude": lambda: jc.pruning.magnitude(0.5),
+  "magnitude_scheduled": lambda: jc.pruning.magnitude(
+    jc.pruning.polynomial_sparsity(0.8, begin_step=0, end_step=4, frequency=1)
+  ),
+  "magnitude_where": lambda: jc.pruning.magnitude(0.7, where="fc1/kernel"),
+  "fake_quant8": lambda: jc.quantization.fake_quant(8),
+  "fake_quant4_per_channel": lambda: jc.quantization.fake_quant(4, per_channel=True),
+  "fake_quant3_where": lambda: jc.quantization.fake_quant(3, where=".*fc0/kernel"),
+  "chain_prune_quant": lambda: jc.chain(jc.pruning.magnitude(0.6), jc.quantization.fake_quant(4, per_channel=True)),
+  "chain_quant_prune": lambda: jc.chain(jc.quantization.fake_quant(8), jc.pruning.magnitude(0.6)),
+}
+
+OPT = optax.adam(1e-2)
+ATOL = 1e-5  # float32 reductions differ in order across devices
+
+
+def _setup(factory):
+  c = factory()
+  state = jc.train.init(helpers.mlp_params(), OPT, c)
+  return c, state
+
+
+def _run(step, state, n=3, batch_size=16):
+  for i in range(n):
+    x, y = helpers.batch(seed=i, n=batch_size)
+    state, _ = step(state, x, y)
+  return state
+
+
+def _assert_trees_close(a, b, atol=ATOL):
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=atol), a, b)
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
+
+
+cases = pytest.mark.parametrize("name", sorted(CASES))
+
+
+@cases
+def test_jit_equals_eager(name):
+  c, state = _setup(CASES[name])
+  step = jc.train.make_step(helpers.mse_loss, OPT, c)
+  eager = _run(step, state)
+  jitted = _run(jax.jit(step), state)
+  _assert_trees_close(eager, jitted, atol=1e-6)
+
+
+@cases
+def test_no_recompilation_on_second_step(name):
+  c, state = _setup(CASES[name])
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c))
+  state = _run(step, state, n=1)
+  with jax.log_compiles(False):
+    before = step._cache_size()
+    _run(step, state, n=2)
+    assert step._cache_size() == before == 1
+
+
+@cases
+def test_unselected_leaves_untouched(name):
+  c, _ = _setup(CASES[name])
+  params = helpers.mlp_params()
+  trainable, cstate = c.init(params)
+  out = c.apply(trainable, cstate)
+  # Biases are never selected by these cases: apply must return them bit for bit.
+  for layer in params:
+    np.testing.assert_array_equal(out[layer]["bias"], params[layer]["bias"])
+  updated, _ = c.update(trainable, cstate)
+  for layer in params:
+    np.testing.assert_array_equal(updated[layer]["bias"], params[layer]["bias"])
+  if name == "magnitude_where":
+    np.testing.assert_array_equal(out["fc0"]["kernel"], params["fc0"]["kernel"])
+
+
+@cases
+def test_works_inside_chain(name):
+  c, _ = _setup(CASES[name])
+  params = helpers.mlp_params()
+  alone_p, alone_s = c.init(params)
+  chained = jc.chain(jc.identity(), c, jc.identity())
+  chain_p, chain_s = chained.init(params)
+  _assert_trees_equal(c.apply(alone_p, alone_s), chained.apply(chain_p, chain_s))
+  _assert_trees_equal(c.update(alone_p, alone_s)[0], chained.update(chain_p, chain_s)[0])
+
+
+@cases
+def test_pmap_and_sharded_jit_equal_single_device(name):
+  c, state = _setup(CASES[name])
+  ndev = jax.device_count()
+  assert ndev == 8
+  single = _run(jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c)), state, batch_size=32)
+
+  pstep = jax.pmap(jc.train.make_step(helpers.mse_loss, OPT, c, axis_name="data"), axis_name="data")
+  pstate = jax.tree.map(lambda a: jnp.stack([a] * ndev), state)
+  for i in range(3):
+    x, y = helpers.batch(seed=i, n=32)
+    pstate, _ = pstep(pstate, x.reshape(ndev, -1, x.shape[-1]), y.reshape(ndev, -1, y.shape[-1]))
+  _assert_trees_close(single, jax.tree.map(lambda a: a[0], pstate))
+
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  replicated = NamedSharding(mesh, P())
+  sharded = NamedSharding(mesh, P("data"))
+  sstate = jax.device_put(state, replicated)
+  sstep = jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c))
+  for i in range(3):
+    x, y = helpers.batch(seed=i, n=32)
+    sstate, _ = sstep(sstate, jax.device_put(x, sharded), jax.device_put(y, sharded))
+  _assert_trees_close(single, sstate)
+
+
+@cases
+def test_checkpoint_round_trip_resumes_identically(name):
+  c, state = _setup(CASES[name])
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c))
+  straight = _run(step, state, n=4)
+  half = _run(step, state, n=2)
+  with tempfile.TemporaryDirectory() as d:
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(os.path.join(d, "ckpt"), half)
+    ckpt.wait_until_finished()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, half)
+    restored = ckpt.restore(os.path.join(d, "ckpt"), abstract)
+  assert jax.tree.structure(restored) == jax.tree.structure(half)
+  for i in range(2, 4):
+    x, y = helpers.batch(seed=i, n=16)
+    restored, _ = step(restored, x, y)
+  _assert_trees_equal(straight, restored)
+
+
+@cases
+def test_pack_then_materialize_equals_apply(name):
+  c, state = _setup(CASES[name])
+  state = _run(jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c)), state)
+  packed = c.pack(state.params, state.cstate)
+  dense = jc.export.materialize_tree(packed)
+  _assert_trees_equal(dense, c.apply(state.params, state.cstate))
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "model.safetensors")
+    jc.export.save(path, packed)
+    _assert_trees_equal(jc.export.materialize_tree(jc.export.load(path)), dense)
