@@ -85,6 +85,8 @@ class Trainer:
     steps = max(1, epochs * self.steps_per_epoch)
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps))
     state = jc.train.init(params, optimizer, compressor)
+    if epochs == 0:
+      return Fit(state, 0.0, 0.0)
     x, y = self._inputs("train"), self.data.train_labels
     start = time.perf_counter()
     step = jax.jit(jc.train.make_step(self.loss, optimizer, compressor))

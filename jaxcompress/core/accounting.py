@@ -163,6 +163,17 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
   raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
 
 
+def _valid_taps(size: int, kernel: int, stride: int, padding: str) -> int:
+  """Kernel taps that land inside the input, summed over one axis's output positions."""
+  out = conv_output_size(size, kernel, stride, padding)
+  pad_before = max((out - 1) * stride + kernel - size, 0) // 2 if padding == "SAME" else 0
+  total = 0
+  for o in range(out):
+    start = o * stride - pad_before
+    total += min(start + kernel, size) - max(start, 0)
+  return total
+
+
 def conv_flops(
   input_shape: Sequence[int],
   kernel_shape: Sequence[int],
@@ -171,12 +182,14 @@ def conv_flops(
   padding: str = "SAME",
   feature_group_count: int = 1,
   bias: bool = True,
+  count_padding: bool = True,
 ) -> tuple[int, tuple[int, ...]]:
   """FLOPs of a 2-D convolution in Flax layout, and its output shape.
 
   Each output element takes ``kh * kw * in / groups`` multiply-accumulates (2 FLOPs
-  each); the bias adds one FLOP per output element. Padding positions are counted as
-  multiplied, as XLA does.
+  each), the convention of the papers (MobileNet's ``Dk² M N DF²``); the bias adds one
+  FLOP per output element. With ``count_padding=False`` the taps that fall on
+  ``'SAME'`` zero padding are not counted, which is what XLA's cost analysis reports.
 
   Args:
     input_shape: ``(batch, height, width, in_channels)``.
@@ -185,6 +198,7 @@ def conv_flops(
     padding: ``'SAME'`` or ``'VALID'``.
     feature_group_count: groups (``in_channels`` for depthwise).
     bias: whether a bias is added.
+    count_padding: count multiplications by padding zeros.
 
   Returns:
     ``(flops, (batch, out_h, out_w, out_channels))``.
@@ -202,4 +216,8 @@ def conv_flops(
   sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
   out = (n, conv_output_size(h, kh, sh, padding), conv_output_size(w, kw, sw, padding), cout)
   outputs = math.prod(out)
-  return 2 * outputs * kh * kw * kin + (outputs if bias else 0), out
+  if count_padding:
+    macs = outputs * kh * kw * kin
+  else:
+    macs = n * cout * kin * _valid_taps(h, kh, sh, padding) * _valid_taps(w, kw, sw, padding)
+  return 2 * macs + (outputs if bias else 0), out

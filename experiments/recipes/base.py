@@ -1,0 +1,43 @@
+"""What a recipe is: a named way to compress a trained dense baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jaxcompress as jc
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTune:
+  """A compressor and how to fine-tune under it.
+
+  Attributes:
+    compressor: applied to the trained baseline's params.
+    epochs: fine-tuning epochs (0: pack the baseline as it is, e.g. post-training).
+    lr: adam's peak learning rate (cosine-decayed).
+  """
+
+  compressor: jc.Compressor
+  epochs: int = 0
+  lr: float = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """One row family of the results table.
+
+  Attributes:
+    name: the technique's name in the table.
+    build: ``build(baseline_params, trainer) -> FineTune``; ``trainer`` is an
+      :class:`experiments.training.Trainer` (``steps_per_epoch``, ``epochs(full)``).
+    models: the model names it applies to.
+    order: position in the table (lower first).
+    description: one line for the report.
+  """
+
+  name: str
+  build: Callable[[Any, Any], FineTune]
+  models: tuple[str, ...] = ("lenet300100", "lenet5")
+  order: int = 50
+  description: str = ""

@@ -1,0 +1,112 @@
+"""Summaries of the digits runs: the table, the targets check and the Pareto plot."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Iterable
+
+import numpy as np
+
+Row = dict[str, Any]
+
+
+def summarize(rows: Iterable[Row]) -> list[Row]:
+  """Aggregates per-seed rows into one row per (model, technique), in input order.
+
+  Accuracy is reported as mean and sample std over seeds, in percent; bytes are the
+  mean over seeds (sparse formats vary by a few bytes with the surviving pattern).
+  """
+  groups: dict[tuple[str, str], list[Row]] = collections.OrderedDict()
+  for r in rows:
+    groups.setdefault((r["model"], r["technique"]), []).append(r)
+  out = []
+  for (model, technique), rs in groups.items():
+    acc = 100 * np.array([r["accuracy"] for r in rs])
+    nbytes = float(np.mean([r["bytes"] for r in rs]))
+    out.append({
+      "model": model,
+      "technique": technique,
+      "seeds": len(rs),
+      "acc_mean": float(acc.mean()),
+      "acc_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
+      "bytes": nbytes,
+      "file_bytes": float(np.mean([r["file_bytes"] for r in rs])),
+      "ratio": rs[0]["dense_bytes"] / nbytes,
+      "sparsity": float(np.mean([r["sparsity"] for r in rs])),
+      "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
+      "roundtrip_ok": all(r["roundtrip_ok"] for r in rs),
+      "packed_matches_apply": all(r["accuracy"] == r["accuracy_apply"] for r in rs),
+    })
+  return out
+
+
+def table(summary: list[Row]) -> str:
+  """Renders the summary as a fixed-width text table."""
+  head = (f"{'model':<12} {'technique':<13} {'test acc %':>14} {'packed B':>9} {'ratio':>6} "
+          f"{'sparsity':>8} {'file B':>8} {'train s':>7} {'io':>3}")
+  lines = [head, "-" * len(head)]
+  for s in summary:
+    acc = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"
+    ok = "ok" if s["roundtrip_ok"] and s["packed_matches_apply"] else "BAD"
+    lines.append(
+      f"{s['model']:<12} {s['technique']:<13} {acc:>14} {s['bytes']:>9,.0f} {s['ratio']:>5.1f}x "
+      f"{s['sparsity']:>8.3f} {s['file_bytes']:>8,.0f} {s['train_seconds']:>7.2f} {ok:>3}"
+    )
+  return "\n".join(lines)
+
+
+def targets(summary: list[Row], model: str = "lenet300100") -> tuple[bool, str]:
+  """The project's accuracy targets on ``model``: baseline >= 97%, magnitude_90 within
+  1 point of it, int8 within 0.5 points. Returns ``(all passed, one-line report)``."""
+  acc = {s["technique"]: s["acc_mean"] for s in summary if s["model"] == model}
+  base = acc.get("dense", float("nan"))
+  checks = [
+    (f"baseline {base:.2f}>=97", base >= 97.0),
+    (f"magnitude_90 drop {base - acc.get('magnitude_90', np.nan):.2f}<=1", base - acc.get("magnitude_90", np.nan) <= 1.0),
+    (f"int8 drop {base - acc.get('int8', np.nan):.2f}<=0.5", base - acc.get("int8", np.nan) <= 0.5),
+  ]
+  parts = [f"{text} {'PASS' if ok else 'FAIL'}" for text, ok in checks]
+  passed = all(ok for _, ok in checks)
+  return passed, f"targets ({model}): " + "; ".join(parts) + f" => {'PASS' if passed else 'FAIL'}"
+
+
+def pareto_plot(summary: list[Row], path: str) -> None:
+  """Accuracy versus packed bytes (log x), one marker per technique, one colour per
+  model, with each model's Pareto frontier drawn as a step line."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  markers = dict(zip(dict.fromkeys(s["technique"] for s in summary), "osD^vP*Xh<>p"))
+  colours = dict(zip(dict.fromkeys(s["model"] for s in summary), ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for model, colour in colours.items():
+    pts = [s for s in summary if s["model"] == model]
+    for s in pts:
+      ax.errorbar(s["bytes"], s["acc_mean"], yerr=s["acc_std"], marker=markers[s["technique"]],
+                  color=colour, linestyle="none", capsize=3, markersize=7)
+    front = _frontier(pts)
+    ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post",
+            color=colour, alpha=0.4, label=f"{model} frontier")
+  for technique, marker in markers.items():
+    ax.plot([], [], marker=marker, color="gray", linestyle="none", label=technique)
+  ax.set_xscale("log")
+  ax.set_xlabel("packed bytes (log scale)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title("digits: accuracy vs. size")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right", ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _frontier(points: list[Row]) -> list[Row]:
+  """Points not beaten by a smaller-or-equal one with higher accuracy, by bytes."""
+  front, best = [], -np.inf
+  for s in sorted(points, key=lambda s: (s["bytes"], -s["acc_mean"])):
+    if s["acc_mean"] > best:
+      front.append(s)
+      best = s["acc_mean"]
+  return front
