@@ -23,8 +23,7 @@ import jaxcompress as jc
 from experiments import data, models, recipes, report
 from experiments.training import Trainer
 
-BASELINE_EPOCHS = 50
-BASELINE_LR = 1e-3
+BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3)}  # (epochs, adam lr)
 
 
 def same_tree(a, b) -> bool:
@@ -64,8 +63,9 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
   """Trains one baseline and runs every recipe that applies to ``name``."""
   model, fn, init_params = models.build(name, seed)
   trainer = Trainer(fn, digits, budget=budget, progress=progress)
-  base = trainer.fit(init_params, jc.identity(), epochs=trainer.epochs(BASELINE_EPOCHS),
-                     lr=BASELINE_LR, seed=seed, desc=f"{name} s{seed} baseline")
+  epochs, lr = BASELINE[name]
+  base = trainer.fit(init_params, jc.identity(), epochs=trainer.epochs(epochs), lr=lr,
+                     seed=seed, desc=f"{name} s{seed} baseline")
   params = base.state.params
   rows = []
   for recipe in (r for r in registry.values() if name in r.models):

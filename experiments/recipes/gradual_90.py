@@ -9,11 +9,11 @@ from experiments.recipes.base import FineTune, Recipe
 
 def build(params, trainer):
   del params
-  epochs = trainer.epochs(20)
+  epochs = trainer.epochs(60)
   end = max(2, int(0.6 * epochs * trainer.steps_per_epoch))  # last 40% recovers at 90%
   every = max(1, min(trainer.steps_per_epoch // 2, end))
   schedule = pruning.polynomial_sparsity(0.9, begin_step=0, end_step=end, frequency=every)
-  return FineTune(pruning.magnitude(schedule), epochs=epochs, lr=3e-4)
+  return FineTune(pruning.magnitude(schedule), epochs=epochs, lr=3e-3)
 
 
 RECIPE = Recipe("gradual_90", build, order=20, description="polynomial 0 -> 90% during fine-tune")

@@ -9,7 +9,7 @@ from experiments.recipes.base import FineTune, Recipe
 
 def build(params, trainer):
   del params
-  return FineTune(pruning.magnitude(0.9), epochs=trainer.epochs(20), lr=3e-4)
+  return FineTune(pruning.magnitude(0.9), epochs=trainer.epochs(60), lr=3e-3)
 
 
 RECIPE = Recipe("magnitude_90", build, order=10, description="one-shot magnitude 90% + fine-tune")

@@ -12,7 +12,7 @@ from experiments.recipes.base import FineTune, Recipe
 def build(params, trainer):
   del params
   compressor = jc.chain(pruning.magnitude(0.9), quantization.fake_quant(8, per_channel=True))
-  return FineTune(compressor, epochs=trainer.epochs(20), lr=3e-4)
+  return FineTune(compressor, epochs=trainer.epochs(60), lr=3e-3)
 
 
 RECIPE = Recipe("prune90_int8", build, order=50, description="magnitude 90% + int8, fine-tune")

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxcompress.core.tree import PyTree, path_str
+from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
 
 FP32_BYTES = 4
 
@@ -92,7 +92,7 @@ class Report:
 
 
 def _kind(leaf: Any) -> str:
-  if not hasattr(leaf, "materialize"):
+  if not is_packed_leaf(leaf):
     return "dense"
   name = type(leaf).__name__
   if hasattr(leaf, "bits"):
@@ -121,11 +121,10 @@ def report(tree: PyTree) -> Report:
     >>> r.bytes, r.nonzeros, r.compression_ratio
     (80, 4, 1.0)
   """
-  is_packed = lambda x: hasattr(x, "materialize")  # noqa: E731
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_packed)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_packed_leaf)
   rows = []
   for keypath, leaf in flat:
-    dense = np.asarray(leaf.materialize() if is_packed(leaf) else leaf)
+    dense = np.asarray(leaf.materialize() if is_packed_leaf(leaf) else leaf)
     rows.append(
       LeafReport(
         path=path_str(keypath),
@@ -134,7 +133,7 @@ def report(tree: PyTree) -> Report:
         dtype=str(dense.dtype),
         size=int(dense.size),
         nonzeros=int(np.count_nonzero(dense)),
-        bytes=int(leaf.nbytes) if is_packed(leaf) else int(dense.nbytes),
+        bytes=int(leaf.nbytes) if is_packed_leaf(leaf) else int(dense.nbytes),
       )
     )
   return Report(tuple(rows))

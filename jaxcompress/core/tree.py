@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import jax
 
+from jaxcompress.export.base import CompressedLeaf
+
 PyTree = Any
 """Any JAX pytree: nested dicts, lists, tuples, NamedTuples, Flax NNX ``State``."""
 
@@ -64,8 +66,13 @@ def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree
 
 
 def is_packed_leaf(x: Any) -> bool:
-  """Compressed leaves (anything with ``materialize``) count as leaves when walking a tree."""
-  return hasattr(x, "materialize")
+  """Compressed leaves count as leaves when walking a tree.
+
+  An ``isinstance`` check, not duck typing: Flax NNX ``Variable`` forwards attribute
+  access to its value, so a ``Param`` holding a compressed leaf also "has"
+  ``materialize``.
+  """
+  return isinstance(x, CompressedLeaf)
 
 
 def check_matching(params: PyTree, other: PyTree, what: str) -> None:

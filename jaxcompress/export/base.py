@@ -40,12 +40,12 @@ class CompressedLeaf:
 
 def materialize(x: Any) -> jax.Array:
   """Dense view of a leaf: ``x.materialize()`` for compressed leaves, ``x`` otherwise."""
-  return x.materialize() if hasattr(x, "materialize") else x
+  return x.materialize() if isinstance(x, CompressedLeaf) else x
 
 
 def is_compressed(x: Any) -> bool:
-  """Whether ``x`` is a packed leaf (has ``materialize``), for ``is_leaf=`` in tree maps."""
-  return hasattr(x, "materialize")
+  """Whether ``x`` is a packed leaf, for ``is_leaf=`` in tree maps."""
+  return isinstance(x, CompressedLeaf)
 
 
 def materialize_tree(tree: Any) -> Any:

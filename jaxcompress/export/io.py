@@ -20,6 +20,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from jaxcompress.export.base import CompressedLeaf
 from jaxcompress.export.bitpack import BitPacked
 from jaxcompress.export.codebook import CodebookArray
 from jaxcompress.export.factorized import Factorized
@@ -41,6 +42,8 @@ def _digest(array: np.ndarray) -> str:
 def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
   if node is None:
     return {"kind": "none"}
+  if hasattr(node, "get_value") and not isinstance(node, (CompressedLeaf, np.ndarray)):
+    node = node.get_value()  # a Flax NNX Variable: save what it holds
   if type(node).__name__ in _LEAF_TYPES and dataclasses.is_dataclass(node):
     fields, meta = {}, {}
     for f in dataclasses.fields(node):
@@ -69,7 +72,7 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     return {"kind": "array", "key": key, "sha256": _digest(array)}
   raise TypeError(
     f"cannot save {type(node).__name__} at {name!r}: save trees of dicts, lists, tuples, "
-    "arrays and compressed leaves (for Flax NNX state, save state.to_pure_dict())"
+    "arrays and compressed leaves"
   )
 
 
