@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -81,7 +82,7 @@ class Report:
     lines = [header, "-" * len(header)]
     for r in self.leaves:
       lines.append(
-        f"{r.path:<28} {r.kind:<26} {str(r.shape):<16} {r.sparsity:>8.3f} {r.bits_per_weight:>7.2f} {r.bytes:>10,}"
+        f"{r.path:<28} {r.kind:<26} {r.shape!s:<16} {r.sparsity:>8.3f} {r.bits_per_weight:>7.2f} {r.bytes:>10,}"
       )
     lines.append("-" * len(header))
     sparsity = 1 - self.nonzeros / self.size if self.size else 0.0
@@ -209,9 +210,7 @@ def conv_flops(
   n, h, w, cin = input_shape
   kh, kw, kin, cout = kernel_shape
   if kin * feature_group_count != cin:
-    raise ValueError(
-      f"kernel input channels {kin} x feature_group_count {feature_group_count} != input channels {cin}"
-    )
+    raise ValueError(f"kernel input channels {kin} x feature_group_count {feature_group_count} != input channels {cin}")
   sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
   out = (n, conv_output_size(h, kh, sh, padding), conv_output_size(w, kw, sw, padding), cout)
   outputs = math.prod(out)

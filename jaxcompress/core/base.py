@@ -116,10 +116,10 @@ def chain(*compressors: Compressor) -> Compressor:
   Example:
     >>> import jax.numpy as jnp
     >>> from jaxcompress import pruning, quantization
-    >>> c = chain(pruning.magnitude(0.5), quantization.fake_quant(8))
-    >>> params, state = c.init({'w': jnp.array([[0.1, -2.0], [0.3, 4.0]])})
+    >>> c = chain(pruning.magnitude(0.5), quantization.fake_quant(2))  # levels -4, 0, 4
+    >>> params, state = c.init({'w': jnp.array([[0.1, -3.0], [0.3, 4.0]])})
     >>> c.apply(params, state)['w'].tolist()
-    [[0.0, -2.0], [0.0, 4.0]]
+    [[0.0, -4.0], [0.0, 4.0]]
   """
   for i, c in enumerate(compressors):
     if not isinstance(c, Compressor):

@@ -6,7 +6,8 @@ numerics of a technique are written for one array and this module walks the tree
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 
@@ -54,9 +55,7 @@ def init_selected(
   return states
 
 
-def map_selected(
-  fn: Callable[..., Any], params: PyTree, leaf_states: PyTree, *rest: PyTree
-) -> PyTree:
+def map_selected(fn: Callable[..., Any], params: PyTree, leaf_states: PyTree, *rest: PyTree) -> PyTree:
   """Maps ``fn(param, leaf_state, *rest_leaves)`` over selected leaves; others pass through.
 
   Raises:

@@ -17,12 +17,13 @@ uncompressed.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 from jaxcompress.core.tree import PyTree, leaves_with_paths
 
 Predicate = Callable[[str, Any], bool]
-Where = Union[None, str, Predicate]
+Where = None | str | Predicate
 
 
 def default(path: str, leaf: Any) -> bool:

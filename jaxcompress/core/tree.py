@@ -7,7 +7,8 @@ A compressor's state mirrors the param tree. Leaves it does not select hold ``No
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -60,9 +61,7 @@ def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree
   ``rest`` trees are flattened up to ``tree``'s leaves, so they may hold ``None``
   where a compressor did not select a leaf.
   """
-  return jax.tree_util.tree_map_with_path(
-    lambda kp, *xs: fn(path_str(kp), *xs), tree, *rest
-  )
+  return jax.tree_util.tree_map_with_path(lambda kp, *xs: fn(path_str(kp), *xs), tree, *rest)
 
 
 def is_packed_leaf(x: Any) -> bool:
@@ -93,6 +92,5 @@ def check_matching(params: PyTree, other: PyTree, what: str) -> None:
   except (ValueError, TypeError) as e:
     other_def = jax.tree_util.tree_structure(other, is_leaf=lambda x: x is None)
     raise ValueError(
-      f"{what} does not match the param tree: params are {treedef}, "
-      f"{what} is {other_def} ({e})"
+      f"{what} does not match the param tree: params are {treedef}, {what} is {other_def} ({e})"
     ) from None

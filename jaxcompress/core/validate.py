@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ import numpy as np
 Schedule = Callable[[Any], Any]
 """A hyperparameter that varies over training: ``step -> value`` (optax schedules fit)."""
 
-ScalarOrSchedule = Union[float, int, Schedule]
+ScalarOrSchedule = float | int | Schedule
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
@@ -127,8 +128,7 @@ def check_weight_leaf(path: str, leaf: Any) -> None:
     raise ValueError(f"selected leaf {path!r} is not an array: {type(leaf).__name__}")
   if not jnp.issubdtype(leaf.dtype, jnp.floating):
     raise ValueError(
-      f"selected leaf {path!r} has dtype {leaf.dtype}; only floating-point leaves can be "
-      "compressed (narrow `where=`)"
+      f"selected leaf {path!r} has dtype {leaf.dtype}; only floating-point leaves can be compressed (narrow `where=`)"
     )
   if math.prod(leaf.shape) == 0:
     raise ValueError(f"selected leaf {path!r} is empty (shape {tuple(leaf.shape)})")
@@ -145,6 +145,4 @@ def check_finite_if_concrete(path: str, leaf: Any) -> None:
   bad = ~np.isfinite(np.asarray(leaf))
   if bad.any():
     first = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(
-      f"leaf {path!r} holds {int(bad.sum())} non-finite value(s), first at index {first}"
-    )
+    raise ValueError(f"leaf {path!r} holds {int(bad.sum())} non-finite value(s), first at index {first}")

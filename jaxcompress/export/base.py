@@ -16,6 +16,8 @@ class CompressedLeaf:
   actually written by :func:`jaxcompress.export.save` (less the small JSON header).
   """
 
+  shape: tuple[int, ...]  # the dense shape; a field or property of every subclass
+
   def materialize(self) -> jax.Array:
     """Returns the dense array this leaf stands for."""
     raise NotImplementedError
@@ -32,10 +34,6 @@ class CompressedLeaf:
     for d in self.shape:
       n *= d
     return n
-
-  @property
-  def shape(self) -> tuple[int, ...]:  # pragma: no cover - every subclass defines it
-    raise NotImplementedError
 
 
 def materialize(x: Any) -> jax.Array:

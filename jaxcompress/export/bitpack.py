@@ -9,11 +9,12 @@ packed tree can be materialized on any device and under ``jit``.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxcompress.export.base import CompressedLeaf
 
 
 def code_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -24,7 +25,7 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class BitPacked:
+class BitPacked(CompressedLeaf):
   """Integer codes packed at ``bits`` bits each.
 
   Attributes:
@@ -38,10 +39,6 @@ class BitPacked:
   bits: int
   shape: tuple[int, ...]
   signed: bool
-
-  @property
-  def size(self) -> int:
-    return math.prod(self.shape)
 
   @property
   def nbytes(self) -> int:
@@ -67,9 +64,7 @@ class BitPacked:
     return codes.reshape(self.shape)
 
 
-jax.tree_util.register_dataclass(
-  BitPacked, data_fields=["data"], meta_fields=["bits", "shape", "signed"]
-)
+jax.tree_util.register_dataclass(BitPacked, data_fields=["data"], meta_fields=["bits", "shape", "signed"])
 
 
 def pack_bits(codes: np.ndarray | jax.Array, bits: int, *, signed: bool) -> BitPacked:

@@ -71,8 +71,7 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     arrays[key] = array
     return {"kind": "array", "key": key, "sha256": _digest(array)}
   raise TypeError(
-    f"cannot save {type(node).__name__} at {name!r}: save trees of dicts, lists, tuples, "
-    "arrays and compressed leaves"
+    f"cannot save {type(node).__name__} at {name!r}: save trees of dicts, lists, tuples, arrays and compressed leaves"
   )
 
 

@@ -48,9 +48,7 @@ class QArray(CompressedLeaf):
     return (codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)).astype(self.dtype)
 
 
-jax.tree_util.register_dataclass(
-  QArray, data_fields=["codes", "scale", "zero_point"], meta_fields=["bits", "dtype"]
-)
+jax.tree_util.register_dataclass(QArray, data_fields=["codes", "scale", "zero_point"], meta_fields=["bits", "dtype"])
 
 
 def store_codes(codes: np.ndarray, bits: int, *, signed: bool) -> Any:

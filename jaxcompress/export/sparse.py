@@ -85,9 +85,7 @@ def _relative_bytes(index: np.ndarray, index_bits: int, value_bits: float) -> in
   return int(np.ceil(stored * value_bits / 8)) + int(np.ceil(stored * index_bits / 8))
 
 
-def from_dense(
-  x: Any, *, value_bits: int | None = None, signed: bool = True, format: str | None = None
-) -> SparseArray:
+def from_dense(x: Any, *, value_bits: int | None = None, signed: bool = True, format: str | None = None) -> SparseArray:
   """Packs the nonzeros of ``x``, choosing the smaller position format.
 
   Args:

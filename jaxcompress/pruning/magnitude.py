@@ -27,9 +27,7 @@ class MagnitudeState(NamedTuple):
   masks: Any
 
 
-def magnitude(
-  sparsity: validate.ScalarOrSchedule, *, where: select.Where = None
-) -> Compressor:
+def magnitude(sparsity: validate.ScalarOrSchedule, *, where: select.Where = None) -> Compressor:
   """Prunes the smallest-magnitude weights of each selected leaf.
 
   Each selected leaf keeps exactly its ``size - round(sparsity * size)`` largest

@@ -22,7 +22,7 @@ def polynomial_sparsity(
   ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n Δt)) ** power`` for
   ``t0 <= t <= t0 + n Δt``, where ``t0 = begin_step``, ``n Δt = end_step - begin_step``
   and ``t`` advances in multiples of ``Δt = frequency`` steps (the sparsity is constant
-  in between, and reaches ``s_f`` exactly at ``end_step``); before ``begin_step`` it is ``s_i``, after ``end_step`` it is ``s_f``.
+  in between). Before ``begin_step`` it is ``s_i``; from ``end_step`` on it is ``s_f``.
 
   Args:
     final_sparsity: ``s_f`` in [0, 1).
@@ -61,6 +61,7 @@ def polynomial_sparsity(
       "the schedule would never change sparsity gradually"
     )
   power = validate.check_float("power", power, low=0.0, low_open=True)
+
   def schedule(step: jax.Array) -> jax.Array:
     t = jnp.asarray(step, jnp.float32)
     t = t0 + jnp.floor((jnp.clip(t, t0, t1) - t0) / dt) * dt

@@ -27,9 +27,7 @@ class FakeQuantState(NamedTuple):
   selected: Any
 
 
-def fake_quant(
-  bits: int = 8, *, per_channel: bool = False, axis: int = -1, where: select.Where = None
-) -> Compressor:
+def fake_quant(bits: int = 8, *, per_channel: bool = False, axis: int = -1, where: select.Where = None) -> Compressor:
   """Symmetric uniform quantization of weights with a straight-through gradient.
 
   ``apply`` returns ``clip(round(w / scale), -qmax, qmax) * scale`` with

@@ -60,7 +60,9 @@ def test_conv_flops_equal_xla(padding, stride, groups, kin):
   )
   assert out_shape == jax.eval_shape(conv, x, k).shape
   assert flops == xla_flops(conv, x, k)
-  paper, _ = accounting.conv_flops(x.shape, k.shape, strides=stride, padding=padding, feature_group_count=groups, bias=False)
+  paper, _ = accounting.conv_flops(
+    x.shape, k.shape, strides=stride, padding=padding, feature_group_count=groups, bias=False
+  )
   assert paper >= flops and (padding == "SAME" or paper == flops)
 
 

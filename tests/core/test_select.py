@@ -28,7 +28,7 @@ def test_regex_must_match_the_whole_path():
 
 
 def test_predicate_and_combinations():
-  is_bias = lambda path, leaf: path.endswith("bias")  # noqa: E731
+  is_bias = lambda path, leaf: path.endswith("bias")
   assert selected(is_bias) == ["Dense_0/bias"]
   assert selected(select.any_of(is_bias, "layers/.*")) == ["Dense_0/bias", "layers/0/kernel", "layers/0/scale"]
   assert selected(select.all_of(None, select.none_of("Dense.*"))) == ["layers/0/kernel"]

@@ -58,7 +58,9 @@ def test_chain_rejects_non_compressors():
     jc.chain(jc.identity(), lambda p: p)
 
 
-@pytest.mark.parametrize("factory", [lambda w: jc.pruning.magnitude(0.5, where=w), lambda w: jc.quantization.fake_quant(8, where=w)])
+@pytest.mark.parametrize(
+  "factory", [lambda w: jc.pruning.magnitude(0.5, where=w), lambda w: jc.quantization.fake_quant(8, where=w)]
+)
 def test_integer_and_empty_leaves(factory):
   params = {"ints": jnp.ones((3, 3), jnp.int32), "empty": jnp.ones((0, 4)), "w": jnp.ones((2, 2))}
   with pytest.raises(ValueError, match="'ints' has dtype int32"):

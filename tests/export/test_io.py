@@ -12,7 +12,9 @@ def packed_tree():
   codes = rng.integers(-7, 8, size=(10, 3))
   return {
     "dense": {"kernel": export.from_dense(w), "bias": np.ones(10, np.float32)},
-    "quant": export.QArray(export.store_codes(codes, 4, signed=True), np.full((1, 3), 0.1, np.float32), None, 4, "float32"),
+    "quant": export.QArray(
+      export.store_codes(codes, 4, signed=True), np.full((1, 3), 0.1, np.float32), None, 4, "float32"
+    ),
     "book": export.from_assignments(np.array([0.0, 1.5], np.float32), rng.integers(0, 2, size=(4, 4))),
     "lowrank": [export.factorize(np.ones((6, 2), np.float32), np.ones((2, 3), np.float32), (6, 3)), None],
     "step": (np.array(3, np.int32),),
@@ -31,7 +33,7 @@ def assert_same(a, b):
       assert_same(x, y)
   elif a is None:
     assert b is None
-  elif isinstance(a, export.CompressedLeaf) or isinstance(a, export.BitPacked):
+  elif isinstance(a, (export.CompressedLeaf, export.BitPacked)):
     import dataclasses
 
     for f in dataclasses.fields(a):

@@ -25,9 +25,11 @@ def test_apply_matches_the_formula(bits, per_channel):
   out = c.apply(trainable, state)
   for layer in ("fc0", "fc1"):
     w = np.asarray(params[layer]["kernel"])
-    np.testing.assert_allclose(out[layer]["kernel"], reference(w, bits, -1 if per_channel else None), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+      out[layer]["kernel"], reference(w, bits, -1 if per_channel else None), rtol=1e-6, atol=1e-7
+    )
     levels = np.unique(np.asarray(out[layer]["kernel"])).size
-    assert levels <= (2 ** bits - 1) * (w.shape[-1] if per_channel else 1)
+    assert levels <= (2**bits - 1) * (w.shape[-1] if per_channel else 1)
 
 
 def test_round_half_to_even():
