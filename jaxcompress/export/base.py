@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
+
+StoredArray = jax.Array | np.ndarray
+"""An array held by a compressed leaf: on the host after ``pack``, on device after ``jit``."""
 
 
 class CompressedLeaf:
@@ -16,8 +20,6 @@ class CompressedLeaf:
   actually written by :func:`jaxcompress.export.save` (less the small JSON header).
   """
 
-  shape: tuple[int, ...]  # the dense shape; a field or property of every subclass
-
   def materialize(self) -> jax.Array:
     """Returns the dense array this leaf stands for."""
     raise NotImplementedError
@@ -26,6 +28,11 @@ class CompressedLeaf:
   def nbytes(self) -> int:
     """Bytes as stored: the sum over every array this leaf holds."""
     return sum(int(x.nbytes) for x in jax.tree.leaves(self))
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The dense shape."""
+    raise NotImplementedError
 
   @property
   def size(self) -> int:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress.export.base import CompressedLeaf
+from jaxcompress.export.base import CompressedLeaf, StoredArray
 
 
 def code_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -31,14 +31,18 @@ class BitPacked(CompressedLeaf):
   Attributes:
     data: ``uint8[ceil(size * bits / 8)]``, the packed stream.
     bits: bits per code, 1..16.
-    shape: the shape of the code tensor.
+    code_shape: the shape of the code tensor.
     signed: whether the codes are signed (stored with an offset).
   """
 
-  data: jax.Array
+  data: StoredArray
   bits: int
-  shape: tuple[int, ...]
+  code_shape: tuple[int, ...]
   signed: bool
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.code_shape
 
   @property
   def nbytes(self) -> int:
@@ -64,7 +68,7 @@ class BitPacked(CompressedLeaf):
     return codes.reshape(self.shape)
 
 
-jax.tree_util.register_dataclass(BitPacked, data_fields=["data"], meta_fields=["bits", "shape", "signed"])
+jax.tree_util.register_dataclass(BitPacked, data_fields=["data"], meta_fields=["bits", "code_shape", "signed"])
 
 
 def pack_bits(codes: np.ndarray | jax.Array, bits: int, *, signed: bool) -> BitPacked:
@@ -103,4 +107,4 @@ def pack_bits(codes: np.ndarray | jax.Array, bits: int, *, signed: bool) -> BitP
     for j in range(bits):
       planes[:, j] = (offset >> j) & 1
     data = np.packbits(planes.reshape(-1), bitorder="little")
-  return BitPacked(data=data, bits=int(bits), shape=tuple(codes.shape), signed=bool(signed))
+  return BitPacked(data=data, bits=int(bits), code_shape=tuple(codes.shape), signed=bool(signed))

@@ -91,8 +91,8 @@ def _decode(spec: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     items = [_decode(v, arrays) for v in spec["items"]]
     return items if kind == "list" else tuple(items)
   if kind in _LEAF_TYPES:
-    meta = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["meta"].items()}
-    fields = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
+    meta: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["meta"].items()}
+    fields: dict[str, Any] = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
     return _LEAF_TYPES[kind](**fields, **meta)
   raise CorruptFileError(f"unknown node kind {kind!r} in file metadata")
 

@@ -100,8 +100,8 @@ def magnitude(sparsity: validate.ScalarOrSchedule, *, where: select.Where = None
   return Compressor(init, apply, update, pack)
 
 
-def _pack_leaf(p: Any, mask: jax.Array) -> Any:
-  mask = np.asarray(mask)
+def _pack_leaf(p: Any, mask_array: jax.Array) -> Any:
+  mask = np.asarray(mask_array)
   if isinstance(p, export.QArray):  # chained after a quantizer: keep the scale, sparsify the codes
     codes = np.asarray(export.materialize(p.codes)) * mask
     sparse = export.from_dense(codes.astype(np.int32), value_bits=p.bits, signed=p.zero_point is None)
