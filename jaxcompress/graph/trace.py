@@ -1,0 +1,307 @@
+"""Finding the model's sites: matmuls and convolutions whose one operand is a param.
+
+``trace`` turns ``apply_fn(params, *inputs)`` into a jaxpr and follows every param leaf
+through shape-only operations (reshape, transpose, dtype conversion, broadcast, slicing,
+...) into ``dot_general`` and ``conv_general_dilated``. Nested calls are searched too:
+``jit``, ``remat``, ``custom_jvp``/``custom_vjp`` functions, ``scan`` (a param stacked
+over layers and scanned over is found, with ``in_loop`` set), ``while`` and ``cond``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.extend.core as jex
+
+from jaxcompress.core.tree import PyTree, leaves_with_paths
+
+SITE_PRIMITIVES = ("dot_general", "conv_general_dilated")
+
+# Operations that carry a weight through unchanged in value (first operand only).
+_PASS_THROUGH = frozenset(
+  {
+    "reshape",
+    "transpose",
+    "convert_element_type",
+    "broadcast_in_dim",
+    "squeeze",
+    "expand_dims",
+    "copy",
+    "copy_p",
+    "slice",
+    "dynamic_slice",
+    "reduce_precision",
+    "sharding_constraint",
+    "rev",
+    "device_put",
+    "mesh_cast",
+    "optimization_barrier",
+  }
+)
+# Calls whose inner jaxpr takes the eqn's operands one to one.
+_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+          "remat2": "jaxpr", "checkpoint": "jaxpr", "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
+
+Location = tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+  """One matmul or convolution fed by a param leaf.
+
+  Attributes:
+    path: the param leaf's path string (``'fc1/kernel'``).
+    op: ``'dot_general'`` or ``'conv_general_dilated'``.
+    weight_operand: 0 or 1, which operand of the op is the weight.
+    contracted_axes: axes of the weight operand summed over (for a conv, its input
+      feature axis and spatial axes).
+    feature_axes: axes of the weight operand that index output features.
+    weight_shape: the weight operand's shape (after any reshape of the leaf).
+    activation_shape: the other operand's shape.
+    activation_dtype: the other operand's dtype.
+    output_shape: the op's output shape.
+    in_loop: whether the site is inside a ``scan`` or ``while`` body.
+    scopes: the primitives of the nested calls around the site, outermost first
+      (``('jit', 'scan')``); empty at the top level.
+    trip_count: times it runs per call: the product of enclosing ``scan`` lengths
+      (``None`` inside a ``while``, whose trip count is unknown).
+    params: the op's parameters (dimension numbers, strides, padding, ...).
+    location: where the equation sits in the (nested) jaxpr; identifies the site.
+  """
+
+  path: str
+  op: str
+  weight_operand: int
+  contracted_axes: tuple[int, ...]
+  feature_axes: tuple[int, ...]
+  weight_shape: tuple[int, ...]
+  activation_shape: tuple[int, ...]
+  activation_dtype: Any
+  output_shape: tuple[int, ...]
+  in_loop: bool
+  scopes: tuple[str, ...]
+  trip_count: int | None
+  params: dict[str, Any] = dataclasses.field(repr=False, compare=False)
+  location: Location = dataclasses.field(repr=False)
+
+  def compute(self, activation: jax.Array, weight: jax.Array, **overrides: Any) -> jax.Array:
+    """Runs the original op on ``activation`` and ``weight`` (its parameters overridable,
+    for example ``preferred_element_type``)."""
+    operands = (activation, weight) if self.weight_operand == 1 else (weight, activation)
+    prim = jax.lax.dot_general_p if self.op == "dot_general" else jax.lax.conv_general_dilated_p
+    return prim.bind(*operands, **{**self.params, **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prov:
+  """Where a value comes from: a param leaf, seen through shape-only ops."""
+
+  path: str
+
+
+def _weight_axes(op: str, params: dict[str, Any], operand: int, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  if op == "dot_general":
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    contract, batch = (lc, lb) if operand == 0 else (rc, rb)
+    free = tuple(a for a in range(ndim) if a not in contract and a not in batch)
+    return tuple(contract), free
+  dn = params["dimension_numbers"]
+  if operand == 1:  # the kernel: (out, in, *spatial) in rhs_spec order
+    out_axis, in_axis, *spatial = dn.rhs_spec
+    return (in_axis, *spatial), (out_axis,)
+  batch_axis, feat_axis, *spatial = dn.lhs_spec  # a param as the image: unusual
+  return (feat_axis, *spatial), (batch_axis,)
+
+
+def sub_jaxprs(eqn: jex.JaxprEqn) -> list[tuple[str, Any]]:
+  """The named nested jaxprs of an equation, ``[(param_name_or_index, jaxpr), ...]``."""
+  found = []
+  for name, value in eqn.params.items():
+    if isinstance(value, (jex.ClosedJaxpr, jex.Jaxpr)):
+      found.append((name, value))
+    elif isinstance(value, tuple) and value and all(isinstance(v, jex.ClosedJaxpr) for v in value):
+      found.extend((f"{name}/{i}", v) for i, v in enumerate(value))
+  return found
+
+
+def _open(j: Any) -> jex.Jaxpr:
+  return j.jaxpr if isinstance(j, jex.ClosedJaxpr) else j
+
+
+def _inner_provs(eqn: jex.JaxprEqn, name: str, provs: list[Any]) -> tuple[list[Any], float | None]:
+  """Maps operand provenance into a nested jaxpr: (inner provenance, trip factor)."""
+  prim = eqn.primitive.name
+  if prim == "scan":
+    nc, ncarry = eqn.params["num_consts"], eqn.params["num_carry"]
+    inner = provs[:nc] + [None] * ncarry + provs[nc + ncarry :]
+    return inner, eqn.params["length"]
+  if prim == "while":
+    cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    if name == "cond_jaxpr":
+      return provs[:cn] + [None] * (len(provs) - cn - bn), None
+    return provs[cn : cn + bn] + [None] * (len(provs) - cn - bn), None
+  if prim == "cond":
+    return provs[1:], 1
+  return provs, 1
+
+
+def find_sites(closed: jex.ClosedJaxpr, leaf_paths: list[str]) -> list[Site]:
+  """Finds the sites of a jaxpr whose first ``len(leaf_paths)`` inputs are param leaves."""
+  provs: list[Any] = [_Prov(p) for p in leaf_paths]
+  provs += [None] * (len(closed.jaxpr.invars) - len(provs))
+  sites: list[Site] = []
+  _walk(closed.jaxpr, provs, (), (), 1, sites)
+  return sites
+
+
+def _walk(
+  jaxpr: jex.Jaxpr, in_provs: list[Any], where: Location, scopes: tuple[str, ...], trips: float | None, sites: list[Site]
+) -> list[Any]:
+  env: dict[Any, Any] = {v: p for v, p in zip(jaxpr.invars, in_provs) if p is not None}
+  get = lambda v: None if isinstance(v, jex.Literal) else env.get(v)
+  for i, eqn in enumerate(jaxpr.eqns):
+    provs = [get(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    if name in SITE_PRIMITIVES:
+      operand = 1 if provs[1] is not None else 0 if provs[0] is not None else None
+      if operand is not None:
+        w, a = eqn.invars[operand], eqn.invars[1 - operand]
+        contracted, features = _weight_axes(name, eqn.params, operand, len(w.aval.shape))
+        sites.append(
+          Site(
+            path=provs[operand].path,
+            op=name,
+            weight_operand=operand,
+            contracted_axes=contracted,
+            feature_axes=features,
+            weight_shape=tuple(w.aval.shape),
+            activation_shape=tuple(a.aval.shape),
+            activation_dtype=a.aval.dtype,
+            output_shape=tuple(eqn.outvars[0].aval.shape),
+            in_loop=any(s in ("scan", "while") for s in scopes),
+            scopes=scopes,
+            trip_count=None if trips is None else int(trips),
+            params=dict(eqn.params),
+            location=(*where, i),
+          )
+        )
+    elif name in _PASS_THROUGH and provs and provs[0] is not None:
+      env[eqn.outvars[0]] = provs[0]
+    else:
+      for sub_name, sub in sub_jaxprs(eqn):
+        inner, factor = _inner_provs(eqn, sub_name, provs)
+        sub_trips = None if trips is None or factor is None else trips * factor
+        outs = _walk(_open(sub), inner, (*where, i, sub_name), (*scopes, name), sub_trips, sites)
+        if name in _CALLS:
+          env.update({v: p for v, p in zip(eqn.outvars, outs) if p is not None})
+  return [get(v) for v in jaxpr.outvars]
+
+
+def make_jaxpr(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> tuple[jex.ClosedJaxpr, list[str], Any]:
+  """Traces ``apply_fn(params, *inputs)``; returns the jaxpr, the leaf paths, and the output tree."""
+  paths = [p for p, _ in leaves_with_paths(params)]
+  closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, *inputs)
+  return closed, paths, jax.tree.structure(out_shape)
+
+
+def trace(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> list[Site]:
+  """Lists the sites of a model: every matmul/conv fed by a param leaf.
+
+  Args:
+    apply_fn: ``apply_fn(params, *inputs) -> outputs``, any JAX function (a Flax NNX
+      ``merge``-and-call, a Linen ``module.apply`` with ``{'params': params}``, plain JAX).
+    params: the param tree whose leaves are looked for.
+    *inputs: example inputs (arrays or ``jax.ShapeDtypeStruct``), used for shapes only.
+
+  Returns:
+    The :class:`Site` list in execution order.
+
+  Raises:
+    ValueError: if no site is found (the function has no matmul or conv fed by a param).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = {'fc': {'kernel': jnp.ones((4, 3)), 'bias': jnp.zeros(3)}}
+    >>> sites = trace(lambda p, x: x @ p['fc']['kernel'] + p['fc']['bias'], params, jnp.ones((2, 4)))
+    >>> [(s.path, s.op, s.contracted_axes, s.feature_axes) for s in sites]
+    [('fc/kernel', 'dot_general', (0,), (1,))]
+  """
+  closed, paths, _ = make_jaxpr(apply_fn, params, *inputs)
+  sites = find_sites(closed, paths)
+  if not sites:
+    raise ValueError(f"no matmul or convolution fed by a param leaf was found; the leaves are {paths[:20]}")
+  return sites
+
+
+def macs(site: Site) -> int:
+  """Multiply-accumulates of one execution of a site (padding taps excluded).
+
+  dot_general: output size times the size of the contracted axes. Convolution: output
+  size times ``kernel input features x`` the kernel taps that fall inside the input,
+  averaged as XLA counts them.
+  """
+  w = site.weight_shape
+  if site.op == "dot_general":
+    return math.prod(site.output_shape) * math.prod(w[a] for a in site.contracted_axes)
+  return _conv_macs(site)
+
+
+def _conv_macs(site: Site) -> int:
+  p = site.params
+  dn = p["dimension_numbers"]
+  lhs_shape, rhs_shape = (site.activation_shape, site.weight_shape) if site.weight_operand == 1 else (site.weight_shape, site.activation_shape)
+  batch, cin_total = lhs_shape[dn.lhs_spec[0]], lhs_shape[dn.lhs_spec[1]]
+  del cin_total
+  kernel_in = rhs_shape[dn.rhs_spec[1]]
+  cout = rhs_shape[dn.rhs_spec[0]]
+  taps = 1
+  for k, (lo, hi) in enumerate(p["padding"]):
+    size = lhs_shape[dn.lhs_spec[2 + k]]
+    ksize = rhs_shape[dn.rhs_spec[2 + k]]
+    out = site.output_shape[dn.out_spec[2 + k]]
+    stride = p["window_strides"][k]
+    lhs_dil = p["lhs_dilation"][k]
+    rhs_dil = p["rhs_dilation"][k]
+    dilated = (size - 1) * lhs_dil + 1
+    count = 0
+    for o in range(out):
+      start = o * stride - lo
+      for t in range(ksize):
+        pos = start + t * rhs_dil
+        if 0 <= pos < dilated and pos % lhs_dil == 0:
+          count += 1
+    taps *= count
+  batch_group = p.get("batch_group_count", 1)
+  return batch // batch_group * cout * kernel_in * taps
+
+
+def flops(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> dict[str, Any]:
+  """FLOPs per forward pass, per site and in total (2 per multiply-accumulate).
+
+  Sites inside a ``scan`` count once per iteration; inside a ``while`` (unknown trip
+  count) they count once and ``'while_sites'`` names them.
+
+  Args:
+    apply_fn, params, *inputs: as for :func:`trace`.
+
+  Returns:
+    ``{'sites': [(path, op, macs, flops), ...], 'macs': total, 'flops': total,
+    'while_sites': [path, ...]}``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = {'w': jnp.ones((64, 10))}
+    >>> flops(lambda p, x: x @ p['w'], params, jnp.ones((8, 64)))['flops']
+    10240
+  """
+  rows, unknown = [], []
+  for s in trace(apply_fn, params, *inputs):
+    m = macs(s) * (s.trip_count or 1)
+    if s.trip_count is None:
+      unknown.append(s.path)
+    rows.append((s.path, s.op, m, 2 * m))
+  total = sum(r[2] for r in rows)
+  return {"sites": rows, "macs": total, "flops": 2 * total, "while_sites": unknown}
