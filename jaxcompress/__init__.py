@@ -5,7 +5,7 @@ Every technique is a :class:`Compressor` built by a factory; ``chain`` composes 
 trained params into compressed leaves whose bytes are real.
 """
 
-from jaxcompress import export, pruning, quantization, train
+from jaxcompress import export, graph, pruning, quantization, train
 from jaxcompress.core import accounting, select
 from jaxcompress.core.base import Compressor, EmptyState, chain, identity
 
@@ -15,6 +15,7 @@ __all__ = [
   "accounting",
   "chain",
   "export",
+  "graph",
   "identity",
   "pruning",
   "quantization",

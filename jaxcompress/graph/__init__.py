@@ -1,6 +1,7 @@
-"""See the model's computation: sites, rewriting, capture and FLOPs from the jaxpr."""
+"""See the model's computation: sites, rewriting, capture, FLOPs and channel dependencies."""
 
-from jaxcompress.graph.rewrite import Rule, capture, rewrite
+from jaxcompress.graph.deps import Group, Member, dependency_groups
+from jaxcompress.graph.rewrite import Rule, capture, rewrite, sown
 from jaxcompress.graph.trace import Site, flops, macs, trace
 
-__all__ = ["Rule", "Site", "capture", "flops", "macs", "rewrite", "trace"]
+__all__ = ["Group", "Member", "Rule", "Site", "capture", "dependency_groups", "flops", "macs", "rewrite", "sown", "trace"]

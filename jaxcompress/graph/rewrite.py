@@ -17,7 +17,7 @@ import jax
 import jax.extend.core as jex
 
 from jaxcompress.core import select
-from jaxcompress.core.tree import PyTree
+from jaxcompress.core.tree import PyTree, leaves_with_paths
 from jaxcompress.graph.trace import Location, Site, find_sites, make_jaxpr, sub_jaxprs
 
 Rule = Callable[[Site, jax.Array, jax.Array], jax.Array]
@@ -37,6 +37,16 @@ def _bind(eqn: jex.JaxprEqn, invals: list[Any]) -> list[Any]:
   with eqn.ctx.manager:
     out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
   return out if eqn.primitive.multiple_results else [out]
+
+
+def _checked(site: Site, out: Any, aval: Any) -> Any:
+  shape, dtype = tuple(getattr(out, "shape", ())), getattr(out, "dtype", None)
+  if shape != tuple(aval.shape) or dtype != aval.dtype:
+    raise ValueError(
+      f"the rule returned {dtype}{list(shape)} at site {site.path!r} ({site.op}), "
+      f"which computes {aval.dtype}{list(aval.shape)}"
+    )
+  return out
 
 
 class _Evaluator:
@@ -63,7 +73,7 @@ class _Evaluator:
       if loc in self.sites:
         site = self.sites[loc]
         weight, activation = invals[site.weight_operand], invals[1 - site.weight_operand]
-        outs = [self.rule(site, activation, weight)]
+        outs = [_checked(site, self.rule(site, activation, weight), eqn.outvars[0].aval)]
       elif self._has_site_under(loc):
         outs = self._nested(eqn, invals, loc)
       else:
@@ -195,3 +205,24 @@ def capture(apply_fn: Callable[..., Any], *, where: select.Where = None) -> Call
     return jax.tree.unflatten(out_tree, outs), records
 
   return captured_fn
+
+
+def sown(collection: PyTree) -> dict[str, Any]:
+  """Flattens a framework's collection of sown intermediates into ``{path: value}``.
+
+  Flax Linen returns them from ``module.apply(..., mutable=['intermediates'])`` and
+  Flax NNX from ``nnx.pop(model, nnx.Intermediate)``; ``sow`` stores a tuple per name,
+  whose entries get paths ``'.../name/0'``, ``'.../name/1'``.
+
+  Args:
+    collection: the sown collection (any pytree).
+
+  Returns:
+    A dict from path string to array, in flattening order.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> sown({'block': {'features': (jnp.ones(2),)}})
+    {'block/features/0': Array([1., 1.], dtype=float32)}
+  """
+  return dict(leaves_with_paths(collection))

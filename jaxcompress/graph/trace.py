@@ -148,17 +148,27 @@ def _inner_provs(eqn: jex.JaxprEqn, name: str, provs: list[Any]) -> tuple[list[A
   return provs, 1
 
 
-def find_sites(closed: jex.ClosedJaxpr, leaf_paths: list[str]) -> list[Site]:
-  """Finds the sites of a jaxpr whose first ``len(leaf_paths)`` inputs are param leaves."""
+def find_sites(closed: jex.ClosedJaxpr, leaf_paths: list[str], *, include_activations: bool = False) -> list[Site]:
+  """Finds the sites of a jaxpr whose first ``len(leaf_paths)`` inputs are param leaves.
+
+  With ``include_activations``, matmuls and convolutions of two activations (attention's
+  ``q k^T``) are listed too, with ``path == ''``.
+  """
   provs: list[Any] = [_Prov(p) for p in leaf_paths]
   provs += [None] * (len(closed.jaxpr.invars) - len(provs))
   sites: list[Site] = []
-  _walk(closed.jaxpr, provs, (), (), 1, sites)
+  _walk(closed.jaxpr, provs, (), (), 1, sites, include_activations)
   return sites
 
 
 def _walk(
-  jaxpr: jex.Jaxpr, in_provs: list[Any], where: Location, scopes: tuple[str, ...], trips: float | None, sites: list[Site]
+  jaxpr: jex.Jaxpr,
+  in_provs: list[Any],
+  where: Location,
+  scopes: tuple[str, ...],
+  trips: float | None,
+  sites: list[Site],
+  include_activations: bool,
 ) -> list[Any]:
   env: dict[Any, Any] = {v: p for v, p in zip(jaxpr.invars, in_provs) if p is not None}
   get = lambda v: None if isinstance(v, jex.Literal) else env.get(v)
@@ -167,14 +177,14 @@ def _walk(
     name = eqn.primitive.name
     if name in SITE_PRIMITIVES:
       operand = 1 if provs[1] is not None else 0 if provs[0] is not None else None
-      if operand is not None:
-        w, a = eqn.invars[operand], eqn.invars[1 - operand]
-        contracted, features = _weight_axes(name, eqn.params, operand, len(w.aval.shape))
+      if operand is not None or include_activations:
+        w, a = eqn.invars[operand or 1], eqn.invars[1 - (operand or 1)]
+        contracted, features = _weight_axes(name, eqn.params, operand or 1, len(w.aval.shape))
         sites.append(
           Site(
-            path=provs[operand].path,
+            path=provs[operand].path if operand is not None else "",
             op=name,
-            weight_operand=operand,
+            weight_operand=operand if operand is not None else 1,
             contracted_axes=contracted,
             feature_axes=features,
             weight_shape=tuple(w.aval.shape),
@@ -194,17 +204,38 @@ def _walk(
       for sub_name, sub in sub_jaxprs(eqn):
         inner, factor = _inner_provs(eqn, sub_name, provs)
         sub_trips = None if trips is None or factor is None else trips * factor
-        outs = _walk(_open(sub), inner, (*where, i, sub_name), (*scopes, name), sub_trips, sites)
+        outs = _walk(_open(sub), inner, (*where, i, sub_name), (*scopes, name), sub_trips, sites, include_activations)
         if name in _CALLS:
           env.update({v: p for v, p in zip(eqn.outvars, outs) if p is not None})
   return [get(v) for v in jaxpr.outvars]
 
 
-def make_jaxpr(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> tuple[jex.ClosedJaxpr, list[str], Any]:
-  """Traces ``apply_fn(params, *inputs)``; returns the jaxpr, the leaf paths, and the output tree."""
+def make_jaxpr(
+  apply_fn: Callable[..., Any], params: PyTree, *inputs: Any, allow_unused: bool = True
+) -> tuple[jex.ClosedJaxpr, list[str], Any]:
+  """Traces ``apply_fn(params, *inputs)``; returns the jaxpr, the leaf paths, and the output tree.
+
+  Raises:
+    ValueError: if ``apply_fn`` cannot be traced (Python control flow on traced values,
+      inputs of the wrong shape, ...), naming the input shapes and the cause; or, unless
+      ``allow_unused``, if some param leaves are never used, naming them.
+  """
   paths = [p for p, _ in leaves_with_paths(params)]
-  closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, *inputs)
+  try:
+    closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, *inputs)
+  except Exception as e:  # any tracing failure: re-raise with what was being traced
+    shapes = [tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(inputs)]
+    raise ValueError(
+      f"could not trace apply_fn(params, *inputs) with input shapes {shapes}: {type(e).__name__}: {e}"
+    ) from e
+  if not allow_unused:
+    used = {v for eqn in closed.jaxpr.eqns for v in eqn.invars if not isinstance(v, jex.Literal)}
+    used |= {v for v in closed.jaxpr.outvars if not isinstance(v, jex.Literal)}
+    unused = [p for p, v in zip(paths, closed.jaxpr.invars) if v not in used]
+    if unused:
+      raise ValueError(f"apply_fn never uses these param leaves: {unused[:20]} (pass only the leaves it reads)")
   return closed, paths, jax.tree.structure(out_shape)
+
 
 
 def trace(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> list[Site]:
@@ -220,7 +251,8 @@ def trace(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> list[Si
     The :class:`Site` list in execution order.
 
   Raises:
-    ValueError: if no site is found (the function has no matmul or conv fed by a param).
+    ValueError: if ``apply_fn`` cannot be traced with these inputs, if a param leaf is
+      never used, or if no site is found.
 
   Example:
     >>> import jax.numpy as jnp
@@ -229,7 +261,7 @@ def trace(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> list[Si
     >>> [(s.path, s.op, s.contracted_axes, s.feature_axes) for s in sites]
     [('fc/kernel', 'dot_general', (0,), (1,))]
   """
-  closed, paths, _ = make_jaxpr(apply_fn, params, *inputs)
+  closed, paths, _ = make_jaxpr(apply_fn, params, *inputs, allow_unused=False)
   sites = find_sites(closed, paths)
   if not sites:
     raise ValueError(f"no matmul or convolution fed by a param leaf was found; the leaves are {paths[:20]}")
@@ -282,7 +314,9 @@ def flops(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> dict[st
   """FLOPs per forward pass, per site and in total (2 per multiply-accumulate).
 
   Sites inside a ``scan`` count once per iteration; inside a ``while`` (unknown trip
-  count) they count once and ``'while_sites'`` names them.
+  count) they count once and ``'while_sites'`` names them. Matmuls of two activations
+  (attention) are counted in the totals under the path ``''``. Elementwise operations
+  (bias, activations, normalization) are not counted.
 
   Args:
     apply_fn, params, *inputs: as for :func:`trace`.
@@ -297,8 +331,9 @@ def flops(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> dict[st
     >>> flops(lambda p, x: x @ p['w'], params, jnp.ones((8, 64)))['flops']
     10240
   """
+  closed, paths, _ = make_jaxpr(apply_fn, params, *inputs, allow_unused=False)
   rows, unknown = [], []
-  for s in trace(apply_fn, params, *inputs):
+  for s in find_sites(closed, paths, include_activations=True):
     m = macs(s) * (s.trip_count or 1)
     if s.trip_count is None:
       unknown.append(s.path)
