@@ -12,6 +12,7 @@ overhead between the masking in ``apply`` and the projection in ``update``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -29,6 +30,7 @@ VARIANTS = {
   "fake-quant int8": lambda: quantization.fake_quant(8),
 }
 TARGETS = {"masked 90%": 1.05, "fake-quant int8": 1.25}
+MODELS = {"lenet300100 64-300-100-10": (64, 300, 100, 10), "mlp 1024-4096-4096-10": (1024, 4096, 4096, 10)}
 
 
 def _count_only(params, state, *, grads=None, **extra):
@@ -48,7 +50,6 @@ def _explain_variants() -> dict:
     "  mask in apply": lambda: jc.Compressor(mag.init, mag.apply, _count_only, mag.pack),
     "  mask in update": lambda: jc.Compressor(mag.init, _unmasked, mag.update, mag.pack),
   }
-MODELS = {"lenet300100 64-300-100-10": (64, 300, 100, 10), "mlp 1024-4096-4096-10": (1024, 4096, 4096, 10)}
 
 
 def init_mlp(sizes: tuple[int, ...], seed: int = 0) -> dict:
@@ -99,7 +100,7 @@ def bench_model(sizes, batch, reps, inner, variants=VARIANTS) -> dict[str, list[
   times = {name: [] for name in variants}
   names = list(variants)
   for r in range(reps):
-    for name in names[r % len(names):] + names[: r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       step, state = runs[name]
       start = time.perf_counter()
       for _ in range(inner):
@@ -114,11 +115,15 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repetitions")
   parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--explain", action="store_true",
-                      help="also time the masked step's parts: masking in apply, projection in update")
+  parser.add_argument(
+    "--explain", action="store_true", help="also time the masked step's parts: masking in apply, projection in update"
+  )
   args = parser.parse_args(argv)
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, "
-        f"adam + cross-entropy, median and min over interleaved repetitions; target on the median ratio")
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, "
+    f"adam + cross-entropy, median and min over interleaved repetitions; target on the median ratio; "
+    f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other work skews the ratios)"
+  )
   head = f"{'model':<27} {'variant':<16} {'ms/step':>9} {'vs dense':>9} {'min ms':>9} {'vs dense':>9} {'target':>12}"
   print(head + "\n" + "-" * len(head))
   for model, sizes in MODELS.items():
@@ -133,8 +138,10 @@ def main(argv=None) -> int:
       ratio = med[name] / med["dense"]
       goal = TARGETS.get(name)
       verdict = "" if goal is None else f"<={goal:.2f} {'ok' if ratio <= goal else 'MISS'}"
-      print(f"{model:<27} {name:<16} {1e3 * med[name]:>9.3f} {ratio:>8.3f}x "
-            f"{1e3 * best[name]:>9.3f} {best[name] / best['dense']:>8.3f}x {verdict:>12}")
+      print(
+        f"{model:<27} {name:<16} {1e3 * med[name]:>9.3f} {ratio:>8.3f}x "
+        f"{1e3 * best[name]:>9.3f} {best[name] / best['dense']:>8.3f}x {verdict:>12}"
+      )
   return 0
 
 

@@ -6,7 +6,7 @@ A fixed, seeded, stratified train/test split, standardized with train statistics
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -54,12 +54,10 @@ def load(*, test_size: float = 0.2, split_seed: int = 0, std_floor: float = 1.0)
   raw = load_digits()
   x = raw.images.astype(np.float32)
   y = raw.target.astype(np.int32)
-  x_tr, x_te, y_tr, y_te = train_test_split(
-    x, y, test_size=test_size, stratify=y, random_state=split_seed
-  )
+  x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, stratify=y, random_state=split_seed)
   mean = x_tr.mean(axis=0)
   std = np.maximum(x_tr.std(axis=0), std_floor)
-  norm = lambda a: ((a - mean) / std)[..., None].astype(np.float32)  # noqa: E731
+  norm = lambda a: ((a - mean) / std)[..., None].astype(np.float32)
   return Digits(norm(x_tr), y_tr, norm(x_te), y_te)
 
 

@@ -53,7 +53,7 @@ class LeNet5(nnx.Module):
     self.fc3 = nnx.Linear(84, classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    pool = lambda h: nnx.max_pool(h, (2, 2), strides=(2, 2))  # noqa: E731
+    pool = lambda h: nnx.max_pool(h, (2, 2), strides=(2, 2))
     x = pool(nnx.relu(self.conv1(x)))
     x = pool(nnx.relu(self.conv2(x)))
     x = x.reshape(x.shape[0], -1)

@@ -69,9 +69,7 @@ class Trainer:
     logits = self.model.apply(params, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  def fit(
-    self, params: Any, compressor: jc.Compressor, *, epochs: int, lr: float, seed: int, desc: str = ""
-  ) -> Fit:
+  def fit(self, params: Any, compressor: jc.Compressor, *, epochs: int, lr: float, seed: int, desc: str = "") -> Fit:
     """Trains ``compressor.apply(params)`` with adam for ``epochs`` epochs.
 
     Args:

@@ -3,8 +3,8 @@
 Zhu & Gupta 2017, "To prune, or not to prune", https://arxiv.org/abs/1710.01878.
 """
 
-from jaxcompress import pruning
 from experiments.recipes.base import FineTune, Recipe
+from jaxcompress import pruning
 
 
 def build(params, trainer):

@@ -3,8 +3,8 @@
 Jacob et al. 2018, https://arxiv.org/abs/1712.05877.
 """
 
-from jaxcompress import quantization
 from experiments.recipes.base import FineTune, Recipe
+from jaxcompress import quantization
 
 
 def build(params, trainer):

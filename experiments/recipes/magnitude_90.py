@@ -3,8 +3,8 @@
 Han et al. 2015, "Learning both Weights and Connections", https://arxiv.org/abs/1506.02626.
 """
 
-from jaxcompress import pruning
 from experiments.recipes.base import FineTune, Recipe
+from jaxcompress import pruning
 
 
 def build(params, trainer):

@@ -5,8 +5,8 @@ int8 here instead of k-means codebooks, and no Huffman stage).
 """
 
 import jaxcompress as jc
-from jaxcompress import pruning, quantization
 from experiments.recipes.base import FineTune, Recipe
+from jaxcompress import pruning, quantization
 
 
 def build(params, trainer):

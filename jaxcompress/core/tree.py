@@ -24,7 +24,8 @@ def _key_name(key: Any) -> str | None:
   if isinstance(key, jax.tree_util.SequenceKey):
     return str(key.idx)
   if isinstance(key, jax.tree_util.GetAttrKey):
-    return key.name
+    # Flax NNX Variables hold their array under the attribute `value`: not part of the name.
+    return None if key.name in ("value", "raw_value") else key.name
   if isinstance(key, jax.tree_util.FlattenedIndexKey):
     return str(key.key)
   return str(key)
@@ -34,8 +35,8 @@ def path_str(keypath: tuple[Any, ...]) -> str:
   """Joins a JAX key path into a ``'/'``-separated string.
 
   Flax NNX wraps each array in a ``Variable`` whose array sits under the attribute
-  ``value``; that trailing component is dropped so NNX, Linen and plain dicts give the
-  same path, for example ``'Dense_0/kernel'`` or ``'layers/0/kernel'``.
+  ``value``; that component is dropped so NNX, Linen and plain dicts give the same
+  path, for example ``'Dense_0/kernel'`` or ``'layers/0/kernel'``.
 
   Args:
     keypath: a key path as returned by ``jax.tree_util.tree_flatten_with_path``.
@@ -43,10 +44,7 @@ def path_str(keypath: tuple[Any, ...]) -> str:
   Returns:
     The path string.
   """
-  names = [_key_name(k) for k in keypath]
-  if len(names) > 1 and names[-1] in ("value", "raw_value"):
-    names = names[:-1]
-  return "/".join(n for n in names if n is not None)
+  return "/".join(n for n in map(_key_name, keypath) if n is not None)
 
 
 def leaves_with_paths(tree: PyTree) -> list[tuple[str, Any]]:

@@ -4,4 +4,16 @@ from jaxcompress.graph.deps import Group, Member, dependency_groups
 from jaxcompress.graph.rewrite import Rule, capture, rewrite, sown
 from jaxcompress.graph.trace import Site, flops, macs, trace
 
-__all__ = ["Group", "Member", "Rule", "Site", "capture", "dependency_groups", "flops", "macs", "rewrite", "sown", "trace"]
+__all__ = [
+  "Group",
+  "Member",
+  "Rule",
+  "Site",
+  "capture",
+  "dependency_groups",
+  "flops",
+  "macs",
+  "rewrite",
+  "sown",
+  "trace",
+]

@@ -18,18 +18,21 @@ with the reason.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.extend.core as jex
 import numpy as np
 
 from jaxcompress.core.tree import PyTree
-from jaxcompress.graph.trace import SITE_PRIMITIVES, make_jaxpr, sub_jaxprs
+from jaxcompress.graph.trace import SITE_PRIMITIVES, aval_shape, make_jaxpr, sub_jaxprs
 
 WILD = "wild"  # an axis created by broadcasting: compatible with any labels
 Labels = Any  # per axis: None (data, no channels), WILD, or an int array of ids (-1 = none)
 
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call", "custom_vjp_call"})
+_CALLS = frozenset(
+  {"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call", "custom_vjp_call"}
+)
 _ELEMENTWISE = frozenset(
   {
     "add", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem", "select_n", "add_any", "nextafter",
@@ -40,7 +43,9 @@ _ELEMENTWISE = frozenset(
   }
 )  # fmt: skip
 _SHAPE_OPS = frozenset({"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "rev"})
-_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "reduce_and", "reduce_or"})
+_REDUCTIONS = frozenset(
+  {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "reduce_and", "reduce_or"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +195,8 @@ def _reshape_labels(labels: Labels, old: tuple[int, ...], new: tuple[int, ...]) 
 
 def _param_after(prim: str, param: _Param, eqn: jex.JaxprEqn) -> _Param | None:
   """How the leaf-axis map of a param-derived value changes through a shape operation."""
-  in_shape = tuple(eqn.invars[0].aval.shape)
-  out_shape = tuple(eqn.outvars[0].aval.shape)
+  in_shape = tuple(aval_shape(eqn.invars[0]))
+  out_shape = tuple(aval_shape(eqn.outvars[0]))
 
   def remap(axes: tuple[int | None, ...]) -> tuple[int | None, ...]:
     if prim == "transpose":
@@ -212,7 +217,9 @@ def _param_after(prim: str, param: _Param, eqn: jex.JaxprEqn) -> _Param | None:
   return _Param(tuple((path, remap(axes)) for path, axes in param.sources))
 
 
-def _run(an: _Analysis, jaxpr: jex.Jaxpr, in_labels: list[Labels], in_params: list[_Param | None]) -> tuple[list[Labels], list[_Param | None]]:
+def _run(
+  an: _Analysis, jaxpr: jex.Jaxpr, in_labels: list[Labels], in_params: list[_Param | None]
+) -> tuple[list[Labels], list[_Param | None]]:
   labels: dict[Any, Labels] = {}
   params: dict[Any, _Param] = {}
   for v, lab, par in zip(jaxpr.invars, in_labels, in_params):
@@ -223,7 +230,7 @@ def _run(an: _Analysis, jaxpr: jex.Jaxpr, in_labels: list[Labels], in_params: li
   def lab_of(v: Any) -> Labels:
     if isinstance(v, jex.Literal):
       return [WILD] * np.ndim(v.val)
-    return labels.get(v, [None] * len(v.aval.shape))
+    return labels.get(v, [None] * len(aval_shape(v)))
 
   def par_of(v: Any) -> _Param | None:
     return None if isinstance(v, jex.Literal) else params.get(v)
@@ -232,9 +239,9 @@ def _run(an: _Analysis, jaxpr: jex.Jaxpr, in_labels: list[Labels], in_params: li
     prim = eqn.primitive.name
     ins = [lab_of(v) for v in eqn.invars]
     pars = [par_of(v) for v in eqn.invars]
-    outs: list[Labels] = [[None] * len(v.aval.shape) for v in eqn.outvars]
+    outs: list[Labels] = [[None] * len(aval_shape(v)) for v in eqn.outvars]
     out_pars: list[_Param | None] = [None] * len(eqn.outvars)
-    out_shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
+    out_shape = tuple(aval_shape(eqn.outvars[0])) if eqn.outvars else ()
 
     if prim in SITE_PRIMITIVES and (pars[0] is not None or pars[1] is not None):
       outs[0] = _site(an, eqn, ins, pars)
@@ -246,7 +253,7 @@ def _run(an: _Analysis, jaxpr: jex.Jaxpr, in_labels: list[Labels], in_params: li
     elif prim == "broadcast_in_dim":
       outs[0] = _broadcast_labels(ins[0], out_shape, eqn.params["broadcast_dimensions"])
     elif prim in ("reshape", "squeeze", "expand_dims"):
-      outs[0] = _reshape_labels(ins[0], tuple(eqn.invars[0].aval.shape), out_shape)
+      outs[0] = _reshape_labels(ins[0], tuple(aval_shape(eqn.invars[0])), out_shape)
     elif prim == "transpose":
       outs[0] = [ins[0][p] for p in eqn.params["permutation"]]
     elif prim in _REDUCTIONS or prim == "reduce_window_sum" or prim.startswith("reduce_window"):
@@ -280,24 +287,24 @@ def _site(an: _Analysis, eqn: jex.JaxprEqn, ins: list[Labels], pars: list[_Param
   operand = 1 if pars[1] is not None else 0
   weight, act = pars[operand], ins[1 - operand]
   assert weight is not None
-  out_rank = len(eqn.outvars[0].aval.shape)
+  out_rank = len(aval_shape(eqn.outvars[0]))
   out: list[Any] = [None] * out_rank
   if eqn.primitive.name == "dot_general":
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     wc, ac = (lc, rc) if operand == 0 else (rc, lc)
-    wb, ab = (lb, rb) if operand == 0 else (rb, lb)
+    _wb, ab = (lb, rb) if operand == 0 else (rb, lb)
     for w_axis, a_axis in zip(wc, ac):
       if isinstance(act[a_axis], np.ndarray):
         an.member(weight, w_axis, act[a_axis])
     # Output axes: batch dims, then lhs free dims, then rhs free dims.
-    lhs_rank, rhs_rank = len(eqn.invars[0].aval.shape), len(eqn.invars[1].aval.shape)
+    lhs_rank, rhs_rank = len(aval_shape(eqn.invars[0])), len(aval_shape(eqn.invars[1]))
     lhs_free = [a for a in range(lhs_rank) if a not in lc and a not in lb]
     rhs_free = [a for a in range(rhs_rank) if a not in rc and a not in rb]
     pos = len(lb)
     for side, free in ((0, lhs_free), (1, rhs_free)):
       for a in free:
         if side == operand:
-          ids = an.mint(eqn.outvars[0].aval.shape[pos])
+          ids = an.mint(aval_shape(eqn.outvars[0])[pos])
           an.member(weight, a, ids)
           out[pos] = ids
         else:
@@ -313,7 +320,7 @@ def _site(an: _Analysis, eqn: jex.JaxprEqn, ins: list[Labels], pars: list[_Param
     return out
   k_out, k_in = dn.rhs_spec[0], dn.rhs_spec[1]
   a_feat, o_feat = dn.lhs_spec[1], dn.out_spec[1]
-  cin, cout = eqn.invars[0].aval.shape[a_feat], eqn.outvars[0].aval.shape[o_feat]
+  cin, cout = aval_shape(eqn.invars[0])[a_feat], aval_shape(eqn.outvars[0])[o_feat]
   for b, a in zip(dn.out_spec[:1], dn.lhs_spec[:1]):
     out[b] = act[a]
   if groups == 1:
@@ -367,7 +374,7 @@ def _concatenate(an: _Analysis, eqn: jex.JaxprEqn, ins: list[Labels], shape: tup
     if axis == dim:
       parts = []
       for v, lab in zip(eqn.invars, ins):
-        n = v.aval.shape[dim]
+        n = aval_shape(v)[dim]
         parts.append(lab[dim] if isinstance(lab[dim], np.ndarray) else np.full(n, -1))
       out[axis] = np.concatenate(parts)
     else:
@@ -422,9 +429,9 @@ def dependency_groups(apply_fn: Callable[..., Any], variables: PyTree, *inputs: 
   n_in = len(closed.jaxpr.invars)
   in_params: list[_Param | None] = [None] * n_in
   for k, path in enumerate(paths):
-    rank = len(closed.jaxpr.invars[k].aval.shape)
+    rank = len(aval_shape(closed.jaxpr.invars[k]))
     in_params[k] = _Param(((path, tuple(range(rank))),))
-  in_labels: list[Labels] = [[None] * len(v.aval.shape) for v in closed.jaxpr.invars]
+  in_labels: list[Labels] = [[None] * len(aval_shape(v)) for v in closed.jaxpr.invars]
   out_labels, _ = _run(an, closed.jaxpr, in_labels, in_params)
   for lab in out_labels:
     an.pin(lab, "the channels are model outputs")

@@ -11,7 +11,8 @@ the function's primal, so autodiff replaces that function's custom derivative ru
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.extend.core as jex
@@ -105,9 +106,7 @@ class _Evaluator:
       cond = self._closed(p["cond_jaxpr"], (*loc, "cond_jaxpr"))
       body = self._closed(p["body_jaxpr"], (*loc, "body_jaxpr"))
       cconsts, bconsts, init = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
-      return list(
-        jax.lax.while_loop(lambda c: cond(*cconsts, *c)[0], lambda c: tuple(body(*bconsts, *c)), tuple(init))
-      )
+      return list(jax.lax.while_loop(lambda c: cond(*cconsts, *c)[0], lambda c: tuple(body(*bconsts, *c)), tuple(init)))
     if name == "cond":
       branches = [self._closed(b, (*loc, f"branches/{k}")) for k, b in enumerate(p["branches"])]
       return list(jax.lax.switch(invals[0], [lambda *a, f=f: tuple(f(*a)) for f in branches], *invals[1:]))
@@ -211,8 +210,8 @@ def sown(collection: PyTree) -> dict[str, Any]:
   """Flattens a framework's collection of sown intermediates into ``{path: value}``.
 
   Flax Linen returns them from ``module.apply(..., mutable=['intermediates'])`` and
-  Flax NNX from ``nnx.pop(model, nnx.Intermediate)``; ``sow`` stores a tuple per name,
-  whose entries get paths ``'.../name/0'``, ``'.../name/1'``.
+  Flax NNX from ``nnx.capture(model, nnx.Intermediate)(x)``; ``sow`` stores a tuple
+  per name, whose entries get paths ``'.../name/0'``, ``'.../name/1'``.
 
   Args:
     collection: the sown collection (any pytree).

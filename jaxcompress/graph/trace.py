@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.extend.core as jex
@@ -42,10 +43,28 @@ _PASS_THROUGH = frozenset(
   }
 )
 # Calls whose inner jaxpr takes the eqn's operands one to one.
-_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-          "remat2": "jaxpr", "checkpoint": "jaxpr", "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
+_CALLS = {
+  "jit": "jaxpr",
+  "pjit": "jaxpr",
+  "closed_call": "call_jaxpr",
+  "core_call": "call_jaxpr",
+  "remat2": "jaxpr",
+  "checkpoint": "jaxpr",
+  "custom_jvp_call": "call_jaxpr",
+  "custom_vjp_call": "call_jaxpr",
+}
 
 Location = tuple[Any, ...]
+
+
+def aval_shape(v: Any) -> tuple[int, ...]:
+  """The shape of a jaxpr variable (``()`` for tokens and other shapeless values)."""
+  return tuple(getattr(v.aval, "shape", ()))
+
+
+def aval_dtype(v: Any) -> Any:
+  """The dtype of a jaxpr variable, or ``None``."""
+  return getattr(v.aval, "dtype", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,19 +197,21 @@ def _walk(
     if name in SITE_PRIMITIVES:
       operand = 1 if provs[1] is not None else 0 if provs[0] is not None else None
       if operand is not None or include_activations:
-        w, a = eqn.invars[operand or 1], eqn.invars[1 - (operand or 1)]
-        contracted, features = _weight_axes(name, eqn.params, operand or 1, len(w.aval.shape))
+        k = 1 if operand is None else operand  # two activations: call the rhs the "weight"
+        w, a = eqn.invars[k], eqn.invars[1 - k]
+        contracted, features = _weight_axes(name, eqn.params, k, len(aval_shape(w)))
+        prov = provs[k]
         sites.append(
           Site(
-            path=provs[operand].path if operand is not None else "",
+            path=prov.path if prov is not None else "",
             op=name,
-            weight_operand=operand if operand is not None else 1,
+            weight_operand=k,
             contracted_axes=contracted,
             feature_axes=features,
-            weight_shape=tuple(w.aval.shape),
-            activation_shape=tuple(a.aval.shape),
-            activation_dtype=a.aval.dtype,
-            output_shape=tuple(eqn.outvars[0].aval.shape),
+            weight_shape=tuple(aval_shape(w)),
+            activation_shape=tuple(aval_shape(a)),
+            activation_dtype=aval_dtype(a),
+            output_shape=tuple(aval_shape(eqn.outvars[0])),
             in_loop=any(s in ("scan", "while") for s in scopes),
             scopes=scopes,
             trip_count=None if trips is None else int(trips),
@@ -235,7 +256,6 @@ def make_jaxpr(
     if unused:
       raise ValueError(f"apply_fn never uses these param leaves: {unused[:20]} (pass only the leaves it reads)")
   return closed, paths, jax.tree.structure(out_shape)
-
 
 
 def trace(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> list[Site]:
@@ -284,13 +304,17 @@ def macs(site: Site) -> int:
 def _conv_macs(site: Site) -> int:
   p = site.params
   dn = p["dimension_numbers"]
-  lhs_shape, rhs_shape = (site.activation_shape, site.weight_shape) if site.weight_operand == 1 else (site.weight_shape, site.activation_shape)
+  lhs_shape, rhs_shape = (
+    (site.activation_shape, site.weight_shape)
+    if site.weight_operand == 1
+    else (site.weight_shape, site.activation_shape)
+  )
   batch, cin_total = lhs_shape[dn.lhs_spec[0]], lhs_shape[dn.lhs_spec[1]]
   del cin_total
   kernel_in = rhs_shape[dn.rhs_spec[1]]
   cout = rhs_shape[dn.rhs_spec[0]]
   taps = 1
-  for k, (lo, hi) in enumerate(p["padding"]):
+  for k, (lo, _hi) in enumerate(p["padding"]):
     size = lhs_shape[dn.lhs_spec[2 + k]]
     ksize = rhs_shape[dn.rhs_spec[2 + k]]
     out = site.output_shape[dn.out_spec[2 + k]]

@@ -2,8 +2,7 @@
 
 import jax
 import jax.numpy as jnp
-from flax import linen
-from flax import nnx
+from flax import linen, nnx
 
 
 class MLP(nnx.Module):
@@ -75,6 +74,7 @@ class TransformerBlock(nnx.Module):
 
   def __init__(self, rngs, d=16, heads=2, hidden=32):
     k = d // heads
+    self.scale = 1.0 / k**0.5  # fixed at construction, so removing head dims keeps it
     init = nnx.initializers.lecun_normal()
     key = rngs.params
     self.wq = nnx.Param(init(key(), (d, heads, k)))
@@ -91,7 +91,7 @@ class TransformerBlock(nnx.Module):
     q = jnp.einsum("bsd,dhk->bshk", h, self.wq[...])
     k = jnp.einsum("bsd,dhk->bshk", h, self.wk[...])
     v = jnp.einsum("bsd,dhk->bshk", h, self.wv[...])
-    att = jax.nn.softmax(jnp.einsum("bshk,bthk->bhst", q, k) / jnp.sqrt(q.shape[-1]), axis=-1)
+    att = jax.nn.softmax(jnp.einsum("bshk,bthk->bhst", q, k) * self.scale, axis=-1)
     x = x + jnp.einsum("bhst,bthk,hkd->bsd", att, v, self.wo[...])
     return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
 
@@ -125,3 +125,25 @@ def nnx_apply(model):
   """(apply_fn, variables) for an NNX model: apply_fn(variables, x) = model(x)."""
   graphdef, state = nnx.split(model)
   return (lambda s, x: nnx.merge(graphdef, s)(x)), state
+
+
+def plain_depthwise(v, x):
+  """Depthwise-separable block as a plain function: channel counts come from the arrays."""
+  dn = ("NHWC", "HWIO", "NHWC")
+  c = v["depthwise"].shape[-1]
+  h = jax.nn.relu(jax.lax.conv_general_dilated(x, v["conv"], (1, 1), "SAME", dimension_numbers=dn))
+  h = jax.lax.conv_general_dilated(h, v["depthwise"], (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
+  h = jax.nn.relu(h + v["depthwise_bias"])
+  h = jax.lax.conv_general_dilated(h, v["pointwise"], (1, 1), "SAME", dimension_numbers=dn)
+  return h.mean(axis=(1, 2)) @ v["head"]
+
+
+def plain_depthwise_params(key):
+  k = jax.random.split(key, 4)
+  return {
+    "conv": jax.random.normal(k[0], (3, 3, 3, 6)),
+    "depthwise": jax.random.normal(k[1], (3, 3, 1, 6)),
+    "depthwise_bias": jnp.zeros(6),
+    "pointwise": jax.random.normal(k[2], (1, 1, 6, 12)),
+    "head": jax.random.normal(k[3], (12, 10)),
+  }
