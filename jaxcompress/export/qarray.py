@@ -27,6 +27,9 @@ class QArray(CompressedLeaf):
     zero_point: integer array shaped like ``scale``, or ``None`` (symmetric).
     bits: bits per code, 1..16.
     dtype: the dtype ``materialize`` returns, as a string (``'float32'``).
+    group_axis: with per-group scales, the axis cut into groups (``scale`` is shaped for
+      the view where that axis is split into ``(n_groups, group_size)``); else ``None``.
+    group_size: elements per group along ``group_axis``.
 
   ``nbytes`` counts the codes, scale and zero point as stored.
   """
@@ -36,6 +39,8 @@ class QArray(CompressedLeaf):
   zero_point: Any
   bits: int
   dtype: str
+  group_axis: int | None = None
+  group_size: int | None = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -43,12 +48,19 @@ class QArray(CompressedLeaf):
 
   def materialize(self) -> jax.Array:
     codes = jnp.asarray(materialize(self.codes), jnp.int32)
+    shape = codes.shape
+    if self.group_axis is not None and self.group_size is not None:
+      a = self.group_axis % codes.ndim
+      codes = codes.reshape(shape[:a] + (shape[a] // self.group_size, self.group_size) + shape[a + 1 :])
     if self.zero_point is not None:
       codes = codes - jnp.asarray(self.zero_point, jnp.int32)
-    return (codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)).astype(self.dtype)
+    dense = codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)
+    return dense.reshape(shape).astype(self.dtype)
 
 
-jax.tree_util.register_dataclass(QArray, data_fields=["codes", "scale", "zero_point"], meta_fields=["bits", "dtype"])
+jax.tree_util.register_dataclass(
+  QArray, data_fields=["codes", "scale", "zero_point"], meta_fields=["bits", "dtype", "group_axis", "group_size"]
+)
 
 
 def store_codes(codes: np.ndarray, bits: int, *, signed: bool) -> Any:

@@ -167,9 +167,9 @@ def capture(apply_fn: Callable[..., Any], *, where: select.Where = None) -> Call
     where: which sites, as for :func:`rewrite`.
 
   Returns:
-    ``fn(params, *inputs) -> (outputs, captured)`` where ``captured[path]`` is a list,
-    one entry per execution site of that weight in execution order, of
-    ``{'input': activation, 'output': result}``. Pure: it works under ``jit``. Sites
+    ``fn(params, *inputs) -> (outputs, captured)`` where ``captured[site.key]`` is
+    ``{'input': activation, 'output': result}`` (the key is the weight's path, with
+    ``#k`` for its second and later uses). Pure: it works under ``jit``. Sites
     inside ``scan``, ``while`` and ``cond`` bodies are not captured (their values live
     inside the loop or branch); sites inside ``jit``, ``remat`` and custom-derivative
     functions are.
@@ -181,7 +181,7 @@ def capture(apply_fn: Callable[..., Any], *, where: select.Where = None) -> Call
     >>> import jax.numpy as jnp
     >>> params = {'w': jnp.ones((3, 2))}
     >>> out, cap = capture(lambda p, x: x @ p['w'])(params, jnp.ones((1, 3)))
-    >>> cap['w'][0]['output'].tolist()
+    >>> cap['w']['output'].tolist()
     [[3.0, 3.0]]
   """
 
@@ -192,11 +192,11 @@ def capture(apply_fn: Callable[..., Any], *, where: select.Where = None) -> Call
     }
     if not sites:
       raise ValueError(f"where={where!r} selects no site outside loops and branches (param leaves: {paths[:20]})")
-    records: dict[str, list[dict[str, Any]]] = {}
+    records: dict[str, dict[str, Any]] = {}
 
     def record(site: Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
       out = site.compute(activation, weight)
-      records.setdefault(site.path, []).append({"input": activation, "output": out})
+      records[site.key] = {"input": activation, "output": out}
       return out
 
     args = jax.tree.leaves((params, *inputs))

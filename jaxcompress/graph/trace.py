@@ -89,6 +89,8 @@ class Site:
       (``None`` inside a ``while``, whose trip count is unknown).
     params: the op's parameters (dimension numbers, strides, padding, ...).
     location: where the equation sits in the (nested) jaxpr; identifies the site.
+    occurrence: how many earlier sites (in execution order) use the same leaf; a
+      leaf applied twice (weight tying, a block called twice) has sites 0 and 1.
   """
 
   path: str
@@ -105,6 +107,12 @@ class Site:
   trip_count: int | None
   params: dict[str, Any] = dataclasses.field(repr=False, compare=False)
   location: Location = dataclasses.field(repr=False)
+  occurrence: int = 0
+
+  @property
+  def key(self) -> str:
+    """A name unique among the sites: the path, with ``#k`` from the second use on."""
+    return self.path if self.occurrence == 0 else f"{self.path}#{self.occurrence}"
 
   def compute(self, activation: jax.Array, weight: jax.Array, **overrides: Any) -> jax.Array:
     """Runs the original op on ``activation`` and ``weight`` (its parameters overridable,
@@ -177,7 +185,12 @@ def find_sites(closed: jex.ClosedJaxpr, leaf_paths: list[str], *, include_activa
   provs += [None] * (len(closed.jaxpr.invars) - len(provs))
   sites: list[Site] = []
   _walk(closed.jaxpr, provs, (), (), 1, sites, include_activations)
-  return sites
+  seen: dict[str, int] = {}
+  numbered = []
+  for s in sites:
+    numbered.append(dataclasses.replace(s, occurrence=seen.get(s.path, 0)))
+    seen[s.path] = seen.get(s.path, 0) + 1
+  return numbered
 
 
 def _walk(

@@ -6,12 +6,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
-from jaxcompress.quantization import uniform
+from jaxcompress.quantization.granularity import Granularity
+from jaxcompress.quantization.spec import QuantSpec
 
 
 class FakeQuantState(NamedTuple):
@@ -27,32 +27,72 @@ class FakeQuantState(NamedTuple):
   selected: Any
 
 
-def fake_quant(bits: int = 8, *, per_channel: bool = False, axis: int = -1, where: select.Where = None) -> Compressor:
-  """Symmetric uniform quantization of weights with a straight-through gradient.
+def weight_spec(
+  bits: int, *, symmetric: bool = True, per_channel: bool = False, axis: int = -1, group_size: int | None = None,
+  group_axis: int = 0,
+) -> QuantSpec:  # fmt: skip
+  """Builds and validates the :class:`QuantSpec` of a weight quantizer.
 
-  ``apply`` returns ``clip(round(w / scale), -qmax, qmax) * scale`` with
-  ``qmax = 2**(bits-1) - 1`` and ``scale = max|w| / qmax`` over the tensor or, with
-  ``per_channel``, over each slice along ``axis``. The float weights stay the
-  trainable master copy; the gradient passes straight through (clipped STE, see
-  :func:`~jaxcompress.quantization.uniform.fake_quant`). ``pack`` stores each selected
-  leaf as a :class:`~jaxcompress.export.QArray` whose codes are bit-packed below 8
-  bits (and sparse when the leaf came in sparse, inside ``chain`` after pruning).
+  Raises:
+    ValueError: on bits outside 2..16 (symmetric) or 1..16 (affine), a non-integer
+      axis, or a group size below 1.
+  """
+  validate.check_int("axis", axis)
+  if group_size is not None:
+    validate.check_int("group_size", group_size, low=1)
+    validate.check_int("group_axis", group_axis)
+  granularity = Granularity(
+    channel_axis=axis if per_channel or group_size is not None else None,
+    group_axis=group_axis if group_size is not None else None,
+    group_size=group_size,
+  )
+  return QuantSpec(
+    bits=validate.check_bits("bits", bits, low=2 if symmetric else 1), symmetric=symmetric, granularity=granularity
+  )
+
+
+def fake_quant(
+  bits: int = 8,
+  *,
+  symmetric: bool = True,
+  per_channel: bool = False,
+  axis: int = -1,
+  group_size: int | None = None,
+  group_axis: int = 0,
+  where: select.Where = None,
+) -> Compressor:
+  """Uniform quantization of weights with a straight-through gradient.
+
+  ``apply`` returns each selected weight quantized and dequantized,
+  ``(clip(round(w / scale) + zero_point, qmin, qmax) - zero_point) · scale``, with the
+  scale (and zero point) computed from the weight's current range: symmetric
+  ``scale = max|w| / (2^(b-1) - 1)``, or affine over ``[min(w, 0), max(w, 0)]`` onto
+  ``[0, 2^b - 1]``; per tensor, per channel along ``axis``, or per group of
+  ``group_size`` elements along ``group_axis`` (per output channel). The float weights
+  stay the trainable master copy; the gradient passes straight through inside the
+  range (see :func:`~jaxcompress.quantization.uniform.fake_quant`). ``pack`` stores
+  each selected leaf as a :class:`~jaxcompress.export.QArray` whose codes are
+  bit-packed below 8 bits (and sparse when the leaf arrived sparse, inside ``chain``
+  after pruning).
 
   Args:
-    bits: bits per weight, 2..16 (symmetric quantization with an exact zero needs at
-      least the three levels -1, 0, 1).
-    per_channel: one scale per slice along ``axis`` instead of one per tensor.
-    axis: the channel axis when ``per_channel``; the default -1 is the output-feature
-      axis of Flax Dense ``(in, out)`` and Conv ``(h, w, in, out)`` kernels.
-    where: which leaves to quantize (default: floating leaves with ``ndim >= 2``).
+    bits: bits per weight: 2..16 symmetric, 1..16 affine.
+    symmetric: symmetric (no zero point) or affine.
+    per_channel: one scale per slice along ``axis``.
+    axis: the channel axis; -1 is the output features of Flax Dense ``(in, out)`` and
+      Conv ``(h, w, in, out)`` kernels.
+    group_size: if given, one scale per ``group_size`` consecutive weights along
+      ``group_axis`` and per channel along ``axis``; must divide that axis.
+    group_axis: the axis cut into groups (0: a Dense kernel's contraction axis).
+    where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`FakeQuantState`.
 
   Raises:
-    ValueError: if ``bits`` is outside 2..16 or not an integer; at ``init``, if
-      ``where`` selects nothing, a selected leaf is integer, empty or non-finite, or
-      ``axis`` is out of range for a selected leaf.
+    ValueError: on bad ``bits``; at ``init``, if ``where`` selects nothing, a selected
+      leaf is integer, empty or non-finite, ``axis``/``group_axis`` is out of range or
+      ``group_size`` does not divide the axis (the message names the leaf).
 
   References:
     Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
@@ -65,12 +105,12 @@ def fake_quant(bits: int = 8, *, per_channel: bool = False, axis: int = -1, wher
     >>> c.apply(params, state)['w'].tolist()
     [[0.0, -1.0], [1.0, 1.0]]
   """
-  bits = validate.check_bits("bits", bits, low=2)
-  channel_axes = (validate.check_int("axis", axis),) if per_channel else ()
+  spec = weight_spec(
+    bits, symmetric=symmetric, per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis
+  )
 
   def init_leaf(path, p):
-    if per_channel and not -p.ndim <= axis < p.ndim:
-      raise ValueError(f"axis={axis} is out of range for leaf {path!r} of shape {tuple(p.shape)}")
+    spec.granularity.check(tuple(p.shape), f"leaf {path!r}")
     return leafwise.Selected()
 
   def init(params):
@@ -78,7 +118,8 @@ def fake_quant(bits: int = 8, *, per_channel: bool = False, axis: int = -1, wher
     return params, FakeQuantState(count=jnp.asarray(0, jnp.int32), selected=selected)
 
   def quantize_leaf(p, _):
-    return uniform.fake_quant(p, jax.lax.stop_gradient(uniform.symmetric_scale(p, bits, channel_axes)), bits)
+    scale, zero_point = jax.lax.stop_gradient(spec.params(p))
+    return spec.fake_quant(p, scale, zero_point)
 
   def apply(params, state):
     return leafwise.map_selected(quantize_leaf, params, state.selected)
@@ -89,13 +130,8 @@ def fake_quant(bits: int = 8, *, per_channel: bool = False, axis: int = -1, wher
 
   def pack_leaf(p, _):
     dense = jnp.asarray(export.materialize(p))
-    scale = uniform.symmetric_scale(dense, bits, channel_axes)
-    codes = np.asarray(uniform.quantize(dense, scale, bits))
-    if isinstance(p, export.SparseArray):  # chained after pruning: zero codes stay unstored
-      stored = export.from_dense(codes, value_bits=bits, signed=True)
-    else:
-      stored = export.store_codes(codes, bits, signed=True)
-    return export.QArray(codes=stored, scale=np.asarray(scale), zero_point=None, bits=bits, dtype=str(dense.dtype))
+    scale, zero_point = spec.params(dense)
+    return spec.pack(dense, scale, zero_point, sparse=isinstance(p, export.SparseArray))
 
   def pack(params, state):
     return leafwise.map_selected(pack_leaf, params, state.selected)

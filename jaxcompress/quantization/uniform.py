@@ -1,85 +1,274 @@
-"""Symmetric uniform quantization numerics, with a straight-through gradient."""
+"""Uniform quantization numerics: ranges, scales, fake quantization and its gradients.
+
+The quantizer is the standard affine one,
+
+  q = clip(round(x / scale) + zero_point, qmin, qmax),   x̂ = (q - zero_point) · scale,
+
+with round half to even and ``x / scale`` computed as ``x · (1 / scale)``, which is what
+PyTorch's ``fake_quantize_per_tensor_affine`` does, so the values agree exactly.
+Symmetric quantization is the case ``zero_point = 0`` on the narrow signed range
+``[-(2^(b-1) - 1), 2^(b-1) - 1]``, which keeps zero exact and the grid symmetric.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 
-def qmax(bits: int) -> int:
-  """Largest code of symmetric narrow-range ``bits``-bit quantization: ``2**(bits-1) - 1``.
+def quant_range(bits: int, *, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
+  """The integer code range ``(qmin, qmax)`` of ``bits``-bit codes.
 
-  Codes lie in ``[-qmax, qmax]`` so that zero is exact and the range is symmetric.
+  Args:
+    bits: 1..16.
+    signed: two's-complement range ``[-2^(b-1), 2^(b-1) - 1]``, else ``[0, 2^b - 1]``.
+    narrow: drop the most negative signed code, making the range symmetric.
   """
+  if signed:
+    return -(1 << (bits - 1)) + int(narrow), (1 << (bits - 1)) - 1
+  return 0, (1 << bits) - 1
+
+
+def qmax(bits: int) -> int:
+  """Largest code of symmetric narrow-range ``bits``-bit quantization: ``2**(bits-1) - 1``."""
   return (1 << (bits - 1)) - 1
 
 
-def symmetric_scale(x: jax.Array, bits: int, channel_axes: Sequence[int] = ()) -> jax.Array:
-  """Scale mapping ``max |x|`` to the largest code: ``scale = max|x| / qmax``.
+def scale_floor(dtype: jnp.dtype) -> float:
+  """The smallest scale used: the dtype's smallest normal number.
+
+  A constant-zero tensor or channel would otherwise get ``scale = 0`` and NaN codes.
+  """
+  return float(jnp.finfo(dtype).tiny)
+
+
+def affine_params(xmin: jax.Array, xmax: jax.Array, qmin: int, qmax: int) -> tuple[jax.Array, jax.Array]:
+  """Scale and zero point mapping ``[xmin, xmax]`` (widened to include 0) onto ``[qmin, qmax]``.
+
+  ``scale = (xmax - xmin) / (qmax - qmin)`` and ``zero_point = qmin - round(xmin / scale)``
+  clipped to the code range, so zero is exactly representable.
+
+  Returns:
+    ``(scale, zero_point)``: float and ``int32`` arrays of ``xmin``'s shape.
+  """
+  xmin, xmax = jnp.minimum(xmin, 0.0), jnp.maximum(xmax, 0.0)
+  scale = jnp.maximum((xmax - xmin) / (qmax - qmin), scale_floor(jnp.result_type(xmin)))
+  zero_point = jnp.clip(qmin - jnp.round(xmin / scale), qmin, qmax).astype(jnp.int32)
+  return scale, zero_point
+
+
+def symmetric_params(amax: jax.Array, qmax: int) -> jax.Array:
+  """Scale mapping ``amax`` onto code ``qmax``: ``max(amax / qmax, tiny)``."""
+  return jnp.maximum(amax / qmax, scale_floor(jnp.result_type(amax)))
+
+
+def symmetric_scale(x: jax.Array, bits: int, channel_axes: tuple[int, ...] = ()) -> jax.Array:
+  """Symmetric scale ``max|x| / qmax`` over all axes but ``channel_axes`` (keepdims).
 
   Args:
     x: float array.
     bits: 2..16.
-    channel_axes: axes that keep their own scale (per-channel); the maximum is taken
-      over all other axes. Empty for per-tensor.
+    channel_axes: axes that keep their own scale; empty for per-tensor.
 
   Returns:
-    A float array broadcastable to ``x`` (``keepdims`` over the reduced axes), floored
-    at the smallest normal number of ``x``'s dtype so that constant-zero tensors and
-    channels give finite, exact zeros instead of NaN.
+    A float array broadcastable to ``x``, floored by :func:`scale_floor`.
   """
   axes = tuple(a for a in range(x.ndim) if a not in {c % x.ndim for c in channel_axes})
-  amax = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-  return jnp.maximum(amax / qmax(bits), jnp.finfo(x.dtype).tiny)
+  return symmetric_params(jnp.max(jnp.abs(x), axis=axes, keepdims=True), qmax(bits))
 
 
-def quantize(x: jax.Array, scale: jax.Array, bits: int) -> jax.Array:
-  """Codes ``clip(round(x / scale), -qmax, qmax)`` as ``int32`` (round half to even)."""
-  q = qmax(bits)
-  return jnp.clip(jnp.round(x / scale), -q, q).astype(jnp.int32)
+def _bounds(bits: int | None, qmin: int | None, qmax_: int | None) -> tuple[int, int]:
+  if qmin is not None and qmax_ is not None:
+    return qmin, qmax_
+  if bits is None:
+    raise ValueError("give either bits (symmetric narrow range) or both qmin and qmax")
+  return -qmax(bits), qmax(bits)
+
+
+def quantize(
+  x: jax.Array,
+  scale: jax.Array,
+  bits: int | None = None,
+  *,
+  zero_point: jax.Array | None = None,
+  qmin: int | None = None,
+  qmax: int | None = None,
+) -> jax.Array:
+  """Integer codes ``clip(round(x · (1/scale)) + zero_point, qmin, qmax)`` as ``int32``.
+
+  Args:
+    x: float array.
+    scale: positive, broadcastable to ``x``.
+    bits: the symmetric narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]``, unless ``qmin`` and
+      ``qmax`` are given.
+    zero_point: integer, broadcastable to ``x``; ``None`` is 0.
+    qmin, qmax: the code range.
+  """
+  lo, hi = _bounds(bits, qmin, qmax)
+  q = jnp.round(x * (1.0 / scale))
+  if zero_point is not None:
+    q = q + zero_point
+  return jnp.clip(q, lo, hi).astype(jnp.int32)
+
+
+def dequantize(codes: jax.Array, scale: jax.Array, zero_point: jax.Array | None = None) -> jax.Array:
+  """``(codes - zero_point) · scale``."""
+  codes = codes if zero_point is None else codes - zero_point
+  return codes.astype(jnp.result_type(scale)) * scale
+
+
+def _grid(x, scale, zero_point, qmin, qmax_):
+  q = jnp.clip(jnp.round(x * (1.0 / scale)) + zero_point, qmin, qmax_)
+  return (q - zero_point) * scale, q
 
 
 @jax.custom_vjp
-def _fake_quant(x: jax.Array, scale: jax.Array, bits_array: jax.Array) -> jax.Array:
-  q = bits_array  # qmax, carried as an array so custom_vjp sees only arrays
-  return jnp.clip(jnp.round(x / scale), -q, q) * scale
+def _fake_quant_ste(x, scale, zero_point, bounds):
+  return _grid(x, scale, zero_point, bounds[0], bounds[1])[0]
 
 
-def _fake_quant_fwd(x, scale, q):
-  # In range means inside the rounding bins of the end codes; comparing in code units
-  # keeps the largest weight (x / scale == qmax up to rounding) inside.
-  inside = jnp.abs(x / scale) <= q + 0.5
-  return _fake_quant(x, scale, q), (inside, scale, q)
+def _ste_fwd(x, scale, zero_point, bounds):
+  y, _ = _grid(x, scale, zero_point, bounds[0], bounds[1])
+  # In range = inside the end codes' rounding bins; compared in code units so the
+  # largest weight (x / scale == qmax up to rounding) stays inside.
+  v = x * (1.0 / scale) + zero_point
+  inside = (v >= bounds[0] - 0.5) & (v <= bounds[1] + 0.5)
+  return y, (inside, scale, zero_point, bounds)
 
 
-def _fake_quant_bwd(res, g):
-  inside, scale, q = res
-  return g * inside.astype(g.dtype), jnp.zeros_like(scale), jnp.zeros_like(q)
+def _ste_bwd(res, g):
+  inside, scale, zero_point, bounds = res
+  return (
+    jnp.where(inside, g, jnp.zeros_like(g)),
+    jnp.zeros_like(scale),
+    jnp.zeros_like(zero_point),
+    jnp.zeros_like(bounds),
+  )
 
 
-_fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+_fake_quant_ste.defvjp(_ste_fwd, _ste_bwd)
 
 
-def fake_quant(x: jax.Array, scale: jax.Array, bits: int) -> jax.Array:
-  """Quantize then dequantize: ``clip(round(x / scale), -qmax, qmax) * scale``.
+def fake_quant(
+  x: jax.Array,
+  scale: jax.Array,
+  bits: int | None = None,
+  *,
+  zero_point: jax.Array | None = None,
+  qmin: int | None = None,
+  qmax: int | None = None,
+) -> jax.Array:
+  """Quantize then dequantize, with the clipped straight-through gradient.
 
-  Gradient: straight-through, ``dL/dx = dL/dy`` where ``|x / scale| <= qmax + 1/2``
-  (the rounding bins of the codes) and 0 outside (the clipped STE); no gradient flows
-  to ``scale``.
+  Forward: ``(clip(round(x · (1/scale)) + zero_point, qmin, qmax) - zero_point) · scale``.
+  Gradient: ``dL/dx = dL/dy`` where ``x`` lies inside the code range (within half a step
+  of its ends) and 0 outside; no gradient reaches ``scale`` or ``zero_point`` (they are
+  statistics here; see :func:`fake_quant_learnable` for learned ones).
 
   Args:
     x: float array.
-    scale: float array broadcastable to ``x``, positive.
-    bits: 2..16.
+    scale: positive float, broadcastable to ``x``.
+    bits: the symmetric narrow range of ``bits`` (when ``qmin``/``qmax`` are not given).
+    zero_point: integer-valued, broadcastable to ``x``; ``None`` is 0.
+    qmin, qmax: the code range.
 
   Returns:
     An array of ``x``'s shape and dtype on the quantization grid.
 
   References:
     Bengio, Léonard & Courville 2013, "Estimating or Propagating Gradients Through
-    Stochastic Neurons", https://arxiv.org/abs/1308.3432 (straight-through estimator).
+    Stochastic Neurons", https://arxiv.org/abs/1308.3432.
   """
-  q = jnp.asarray(qmax(bits), x.dtype)
-  return _fake_quant(x, jnp.asarray(scale, x.dtype), q)
+  lo, hi = _bounds(bits, qmin, qmax)
+  scale = jnp.asarray(scale, x.dtype)
+  zp = jnp.zeros((), x.dtype) if zero_point is None else jnp.asarray(zero_point, x.dtype)
+  return _fake_quant_ste(x, scale, zp, jnp.asarray([lo, hi], x.dtype))
+
+
+@jax.custom_vjp
+def _fake_quant_learnable(x, scale, zero_point, bounds):
+  return _grid(x, scale, zero_point, bounds[0], bounds[1])[0]
+
+
+def _learnable_fwd(x, scale, zero_point, bounds):
+  y, q = _grid(x, scale, zero_point, bounds[0], bounds[1])
+  return y, (x, q, scale, zero_point, bounds)
+
+
+def _learnable_bwd(res, g):
+  x, q, scale, zero_point, bounds = res
+  v = jnp.round(x * (1.0 / scale)) + zero_point
+  below, above = v < bounds[0], v > bounds[1]
+  inside = ~(below | above)
+  # d x̂ / d scale: (q - z) - x / s inside (round passes straight through), (qmin|qmax - z) outside.
+  d_scale = jnp.where(inside, (q - zero_point) - x * (1.0 / scale), q - zero_point)
+  d_zero = jnp.where(inside, 0.0, -scale)
+  return (
+    jnp.where(inside, g, 0.0),
+    _sum_to(g * d_scale, scale.shape),
+    _sum_to(g * d_zero, zero_point.shape),
+    jnp.zeros_like(bounds),
+  )
+
+
+def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Sums a broadcast result back to ``shape`` (the reverse of broadcasting)."""
+  lead = x.ndim - len(shape)
+  axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
+  return jnp.sum(x, axis=axes).reshape(shape) if axes else x.reshape(shape)
+
+
+_fake_quant_learnable.defvjp(_learnable_fwd, _learnable_bwd)
+
+
+def fake_quant_learnable(x: jax.Array, scale: jax.Array, zero_point: jax.Array, *, qmin: int, qmax: int) -> jax.Array:
+  """Fake quantization with gradients for ``x``, ``scale`` and ``zero_point``.
+
+  The forward pass equals :func:`fake_quant`. With ``v = round(x / scale) + zero_point``:
+
+  - ``dL/dx = dL/dy`` where ``qmin <= v <= qmax``, else 0;
+  - ``dL/dscale = Σ dL/dy · ((q - zero_point) - x / scale)`` inside the range and
+    ``Σ dL/dy · (qmin|qmax - zero_point)`` below/above it;
+  - ``dL/dzero_point = Σ dL/dy · (-scale)`` outside the range, 0 inside;
+
+  summed over the elements that share a scale. These are the gradients of PyTorch's
+  ``_fake_quantize_learnable_per_tensor_affine`` (without LSQ's gradient scaling).
+
+  Args:
+    x: float array.
+    scale: positive float array broadcastable to ``x`` (shape ``()`` or keepdims).
+    zero_point: float array of ``scale``'s shape (kept float so it can be learned; it is
+      rounded in the forward pass).
+    qmin, qmax: the code range.
+
+  Returns:
+    The fake-quantized ``x``.
+
+  References:
+    Esser et al. 2020, "Learned Step Size Quantization", https://arxiv.org/abs/1902.08153.
+  """
+  zp = jnp.round(jnp.asarray(zero_point, x.dtype))
+  zp = zero_point + jax.lax.stop_gradient(zp - zero_point)  # round forward, identity backward
+  return _fake_quant_learnable(x, jnp.asarray(scale, x.dtype), zp, jnp.asarray([qmin, qmax], x.dtype))
+
+
+def cast_float8(x: jax.Array, dtype: jnp.dtype = jnp.float8_e4m3fn) -> jax.Array:
+  """Casts to a float8 type after clipping to its finite range.
+
+  A plain ``astype`` turns values beyond the largest finite float8 into NaN
+  (``e4m3fn`` has no infinity) or infinity (``e5m2``); clipping first saturates them.
+
+  Args:
+    x: float array.
+    dtype: ``jnp.float8_e4m3fn`` (default) or ``jnp.float8_e5m2``.
+
+  Returns:
+    ``x`` in ``dtype``, saturated, with NaN inputs kept NaN.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> cast_float8(jnp.array([1e6, -1e6, 0.1])).astype(jnp.float32).tolist()
+    [448.0, -448.0, 0.1015625]
+  """
+  limit = float(jnp.finfo(dtype).max)
+  return jnp.clip(x, -limit, limit).astype(dtype)

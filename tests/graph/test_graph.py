@@ -156,10 +156,14 @@ def test_capture_inputs_and_outputs():
   out, captured = jax.jit(graph.capture(apply_fn, where=r"layers/[01]/kernel"))(variables, x)
   np.testing.assert_array_equal(out, apply_fn(variables, x))
   assert sorted(captured) == ["layers/0/kernel", "layers/1/kernel"]
-  (first,) = captured["layers/0/kernel"]
+  first = captured["layers/0/kernel"]
   np.testing.assert_array_equal(first["input"], x)
   np.testing.assert_allclose(first["output"], x @ variables["layers"][0]["kernel"][...], rtol=1e-6)
-  assert captured["layers/1/kernel"][0]["input"].shape == (8, 300)
+  assert captured["layers/1/kernel"]["input"].shape == (8, 300)
+  # a leaf used twice gets a key per use
+  shared = lambda p, x: jnp.tanh(x @ p["w"]) @ p["w"]
+  _, cap = graph.capture(shared)({"w": jnp.eye(3)}, jnp.ones((1, 3)))
+  assert sorted(cap) == ["w", "w#1"]
 
 
 def test_sown_intermediates_from_nnx_and_linen():

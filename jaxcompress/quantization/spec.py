@@ -1,0 +1,86 @@
+"""``QuantSpec``: bit-width, symmetry and granularity of one quantizer, with its numerics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress import export
+from jaxcompress.core import validate
+from jaxcompress.quantization import uniform
+from jaxcompress.quantization.granularity import Granularity
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+  """A uniform quantizer's configuration.
+
+  Attributes:
+    bits: bits per code: 2..16 when symmetric (codes ``[-(2^(b-1)-1), 2^(b-1)-1]``),
+      1..16 when affine (codes ``[0, 2^b - 1]`` with a zero point).
+    symmetric: symmetric (zero point 0) or affine.
+    granularity: which elements share a scale.
+  """
+
+  bits: int
+  symmetric: bool = True
+  granularity: Granularity = dataclasses.field(default_factory=Granularity)
+
+  def __post_init__(self):
+    validate.check_bits("bits", self.bits, low=2 if self.symmetric else 1)
+
+  @property
+  def qrange(self) -> tuple[int, int]:
+    """``(qmin, qmax)``."""
+    return uniform.quant_range(self.bits, signed=self.symmetric, narrow=self.symmetric)
+
+  def params_from_range(self, xmin: jax.Array, xmax: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """``(scale, zero_point)`` for a calibrated range (zero point ``None`` when symmetric)."""
+    qmin, qmax = self.qrange
+    if self.symmetric:
+      return uniform.symmetric_params(jnp.maximum(jnp.abs(xmin), jnp.abs(xmax)), qmax), None
+    return uniform.affine_params(xmin, xmax, qmin, qmax)
+
+  def params(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """``(scale, zero_point)`` from ``x``'s own min/max, shaped for the blocked view."""
+    lo, hi = self.granularity.minmax(x)
+    return self.params_from_range(lo, hi)
+
+  def fake_quant(self, x: jax.Array, scale: jax.Array, zero_point: jax.Array | None) -> jax.Array:
+    """Quantize-dequantize with the straight-through gradient."""
+    qmin, qmax = self.qrange
+    fq = lambda b: uniform.fake_quant(b, scale, zero_point=zero_point, qmin=qmin, qmax=qmax)
+    return self.granularity.apply(fq, x)
+
+  def quantize(self, x: jax.Array, scale: jax.Array, zero_point: jax.Array | None) -> jax.Array:
+    """``int32`` codes of ``x``'s shape."""
+    qmin, qmax = self.qrange
+    return self.granularity.apply(lambda b: uniform.quantize(b, scale, zero_point=zero_point, qmin=qmin, qmax=qmax), x)
+
+  def pack(
+    self, x: jax.Array, scale: jax.Array, zero_point: jax.Array | None, *, sparse: bool = False
+  ) -> export.QArray:
+    """A :class:`~jaxcompress.export.QArray` of ``x``.
+
+    With ``sparse`` and a symmetric spec the codes are stored as a
+    :class:`~jaxcompress.export.SparseArray` (zero weights have code 0); an affine
+    spec's zero code is its zero point, so its codes stay dense.
+    """
+    codes = np.asarray(self.quantize(x, scale, zero_point))
+    if sparse and self.symmetric:
+      stored = export.from_dense(codes, value_bits=self.bits, signed=True)
+    else:
+      stored = export.store_codes(codes, self.bits, signed=self.symmetric)
+    g = self.granularity
+    return export.QArray(
+      codes=stored,
+      scale=np.asarray(scale),
+      zero_point=None if zero_point is None else np.asarray(zero_point),
+      bits=self.bits,
+      dtype=str(x.dtype),
+      group_axis=None if g.group_size is None else g.group_axis,
+      group_size=g.group_size,
+    )

@@ -1,0 +1,120 @@
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcompress as jc
+from jaxcompress import graph
+from jaxcompress.quantization import QuantSpec, activation_rule, ptq, quantized_backward, serve, stochastic_quantize
+from tests import helpers
+from tests.graph import models as M
+
+PARAMS = helpers.mlp_params(sizes=(16, 64, 8))
+BATCHES = [helpers.batch(seed=i, sizes=(16, 64, 8))[0] for i in range(4)]
+X = helpers.batch(seed=9, sizes=(16, 64, 8))[0]
+
+
+def test_weight_only_ptq_packs_and_matches_fake_quant():
+  for bits in (8, 4):
+    q = ptq(helpers.mlp_apply, PARAMS, weight_bits=bits)
+    c = jc.quantization.fake_quant(bits, per_channel=True)
+    fq = c.apply(*c.init(PARAMS))
+    np.testing.assert_array_equal(q.apply(q.packed, X), helpers.mlp_apply(fq, X))
+    kernel = q.packed["fc0"]["kernel"]
+    assert isinstance(kernel, jc.export.QArray) and kernel.codes.nbytes == 16 * 64 * bits // 8
+
+
+def test_w8a8_ptq_quantizes_activations_at_calibrated_ranges():
+  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=8, act_bits=8, batches=BATCHES)
+  assert sorted(q.act_ranges) == ["fc0/kernel", "fc1/kernel"]
+  weights = jc.export.materialize_tree(q.packed)
+  lo, hi = q.act_ranges["fc0/kernel"]
+  scale = max(abs(float(lo)), abs(float(hi))) / 127
+  x_q = jnp.clip(jnp.round(X / scale), -127, 127) * scale
+  first = x_q @ weights["fc0"]["kernel"] + weights["fc0"]["bias"]
+  expected_hidden = jax.nn.relu(first)
+  h_lo, h_hi = q.act_ranges["fc1/kernel"]
+  h_scale = max(abs(float(h_lo)), abs(float(h_hi))) / 127
+  h_q = jnp.clip(jnp.round(expected_hidden / h_scale), -127, 127) * h_scale
+  expected = h_q @ weights["fc1"]["kernel"] + weights["fc1"]["bias"]
+  np.testing.assert_allclose(q.apply(q.packed, X), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_bits", [8, 4])
+def test_served_integer_path_agrees_with_fake_quant(weight_bits):
+  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=weight_bits, act_bits=8, batches=BATCHES)
+  served = serve(helpers.mlp_apply, q.packed, act_ranges=q.act_ranges)
+  expected = q.apply(q.packed, X)
+  tolerance = 1e-5 * float(jnp.abs(expected).max())  # int32 accumulation is exact; float sums round
+  np.testing.assert_allclose(served(X), expected, atol=tolerance, rtol=1e-5)
+
+
+def test_served_graph_uses_int8_dots_and_never_int4():
+  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=4, act_bits=8, batches=BATCHES)
+  served = jax.jit(lambda p, x: serve(helpers.mlp_apply, p, act_ranges=q.act_ranges)(x))
+  hlo = served.lower(q.packed, X).as_text()
+  dots = re.findall(r"stablehlo.dot_general[^\n]*", hlo)
+  assert len(dots) == 2 and all("xi8>" in d and "-> tensor<" in d and "xi32>" in d for d in dots)
+  assert "i4>" not in hlo
+
+
+def test_weight_only_serving_and_conv_model():
+  from flax import nnx
+
+  apply_fn, variables = M.nnx_apply(M.Inception(nnx.Rngs(0)))
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  q = ptq(apply_fn, variables, weight_bits=8, act_bits=8, batches=[x])
+  served = serve(apply_fn, q.packed, act_ranges=q.act_ranges)
+  expected = q.apply(q.packed, x)
+  np.testing.assert_allclose(served(x), expected, atol=1e-4 * float(jnp.abs(expected).max()))
+  weight_only = serve(apply_fn, q.packed, act_bits=None)
+  np.testing.assert_allclose(weight_only(x), apply_fn(jc.export.materialize_tree(q.packed), x), rtol=1e-5, atol=1e-5)
+
+
+def test_activation_rule_dynamic_and_qat_gradient():
+  f = graph.rewrite(helpers.mlp_apply, activation_rule(QuantSpec(4)))
+  y = f(PARAMS, X)
+  assert y.shape == (16, 8) and not np.allclose(y, helpers.mlp_apply(PARAMS, X))
+  grads = jax.grad(lambda p: f(p, X).sum())(PARAMS)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_ptq_bad_input():
+  with pytest.raises(ValueError, match="needs calibration batches"):
+    ptq(helpers.mlp_apply, PARAMS, act_bits=8)
+  with pytest.raises(ValueError, match="bits must be in"):
+    ptq(helpers.mlp_apply, PARAMS, weight_bits=17)
+  with pytest.raises(ValueError, match=r"group_size=5 does not divide axis 0 of size 16 of leaf 'fc0/kernel'"):
+    ptq(helpers.mlp_apply, PARAMS, group_size=5)
+  with pytest.raises(ValueError, match="act_bits must be in"):
+    serve(helpers.mlp_apply, ptq(helpers.mlp_apply, PARAMS).packed, act_bits=16)
+  bad = jax.tree.map(lambda x: x.at[0].set(jnp.inf) if x.ndim == 2 else x, PARAMS)
+  with pytest.raises(ValueError, match="non-finite"):
+    ptq(helpers.mlp_apply, bad)
+
+
+def test_stochastic_rounding_is_unbiased():
+  x = jnp.linspace(-1.0, 1.0, 101)
+  keys = jax.random.split(jax.random.key(0), 4000)
+  mean = jax.vmap(lambda k: stochastic_quantize(x, 3, k))(keys).mean(axis=0)
+  # 3 bits: step 1/3; per-element std of the mean <= (1/6) / sqrt(4000) ~ 0.0026
+  np.testing.assert_allclose(mean, x, atol=0.012)
+
+
+def test_quantized_backward_pulls_back_the_quantized_error():
+  w = PARAMS["fc0"]["kernel"]
+  f = lambda p, x: x @ p["w"]
+  key = jax.random.key(3)
+  rule = quantized_backward(lambda s, a, w: s.compute(a, w), key, error_bits=4)
+  g_out = jax.random.normal(jax.random.key(4), (16, 64))
+  _, pull = jax.vjp(lambda w: graph.rewrite(f, rule)({"w": w}, X), w)
+  (dw,) = pull(g_out)
+  import zlib
+
+  site_key = jax.random.fold_in(key, zlib.crc32(b"w") & 0x7FFFFFFF)
+  g_q = stochastic_quantize(g_out, 4, jax.random.split(site_key)[0])
+  np.testing.assert_allclose(dw, X.T @ g_q, rtol=1e-5, atol=1e-5)
+  assert len(np.unique(np.asarray(g_q))) <= 15
+  np.testing.assert_array_equal(graph.rewrite(f, rule)({"w": w}, X), X @ w)  # forward unchanged
