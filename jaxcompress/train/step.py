@@ -83,6 +83,7 @@ def make_step(
   compressor: Compressor,
   *,
   axis_name: str | None = None,
+  reduce_gradients: bool = True,
   has_aux: bool = False,
 ) -> Callable[..., tuple[TrainState, Any]]:
   """Builds one training step: grad through ``apply``, the optimizer, then ``update``.
@@ -100,6 +101,9 @@ def make_step(
     compressor: the compressor; its ``update`` runs after each optimizer step with
       ``grads=`` the (averaged) gradients.
     axis_name: the ``pmap`` axis to average over, or ``None``.
+    reduce_gradients: average the gradients over ``axis_name`` (``pmean``). Set it to
+      False when the optimizer does the reduction itself, for example a compressed
+      all-reduce from :mod:`jaxcompress.quantization.gradient_compression`.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
 
   Returns:
@@ -121,7 +125,8 @@ def make_step(
   def step(state: TrainState, *batch: Any) -> tuple[TrainState, Any]:
     out, grads = grad_fn(state.params, state.cstate, *batch)
     if axis_name is not None:
-      grads = jax.lax.pmean(grads, axis_name)
+      if reduce_gradients:
+        grads = jax.lax.pmean(grads, axis_name)
       out = jax.lax.pmean(out, axis_name)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

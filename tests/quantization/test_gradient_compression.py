@@ -1,0 +1,137 @@
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcompress as jc
+from jaxcompress.quantization import gradient_compression as gc
+from tests import helpers
+
+G = jax.random.normal(jax.random.key(0), (6, 5))
+
+
+@pytest.mark.parametrize("codec", [gc.qsgd_codec(4), gc.terngrad_codec()], ids=["qsgd", "terngrad"])
+def test_stochastic_codecs_are_unbiased(codec):
+  keys = jax.random.split(jax.random.key(1), 20000)
+  decoded = jax.vmap(lambda k: codec.decode(*codec.encode(G, k), G.shape))(keys)
+  # the standard error of the mean is at most max-step / sqrt(n) ~ 0.02
+  np.testing.assert_allclose(decoded.mean(axis=0), G, atol=0.05)
+
+
+def test_qsgd_levels_and_norm():
+  codes, norm = gc.qsgd_codec(4).encode(G, jax.random.key(2))
+  assert codes.dtype == jnp.int8 and int(jnp.abs(codes).max()) <= 4
+  assert float(norm) == pytest.approx(float(jnp.linalg.norm(G)))
+
+
+def test_sign_codec_packs_one_bit_and_scales_by_mean_abs():
+  data, scale = gc.sign_codec().encode(G, None)
+  assert data.dtype == jnp.uint8 and data.size == -(-G.size // 8)
+  np.testing.assert_allclose(
+    gc.sign_codec().decode(data, scale, G.shape), jnp.where(G >= 0, 1.0, -1.0) * jnp.abs(G).mean()
+  )
+
+
+def _run_pmap(transform, grads_per_device, steps=1):
+  ndev = jax.device_count()
+
+  def body(g):
+    state = transform.init(g)
+    outs = []
+    for _ in range(steps):
+      out, state = transform.update(g, state)
+      outs.append(out)
+    return outs, state
+
+  return jax.pmap(body, axis_name="d")(grads_per_device)
+
+
+def test_mean_over_devices_of_decoded_codes():
+  ndev = jax.device_count()
+  per_device = jax.random.normal(jax.random.key(3), (ndev, 4, 3))
+  (out,), _ = _run_pmap(gc.terngrad(axis_name="d"), per_device)
+  np.testing.assert_allclose(out[0], out[-1])  # every device gets the same mean
+  # each device's contribution is s * {-1, 0, 1}: the mean lies on that grid / ndev
+  scales = jnp.abs(per_device).max(axis=(1, 2))
+  assert bool(jnp.all(jnp.abs(out[0]) <= scales.sum() / ndev + 1e-6))
+
+
+def test_error_feedback_telescopes():
+  """sum of what was sent + the final residual == sum of the gradients (exactly the EF identity)."""
+  ndev = jax.device_count()
+  g = jax.random.normal(jax.random.key(4), (ndev, 7))
+  transform = gc.sign_error_feedback(axis_name="d")
+
+  def body(g):
+    state = transform.init(g)
+    sent = jnp.zeros_like(g)
+    for t in range(5):
+      gt = g * (t + 1)
+      corrected = gt + state.error
+      data, scale = gc.sign_codec().encode(corrected, None)
+      sent = sent + gc.sign_codec().decode(data, scale, g.shape)
+      _, state = transform.update(gt, state)
+    return sent, state.error
+
+  sent, error = jax.pmap(body, axis_name="d")(g)
+  np.testing.assert_allclose(sent + error, g * 15, rtol=1e-5, atol=1e-5)
+
+
+def test_only_codes_cross_devices():
+  ndev = jax.device_count()
+  per_device = jnp.ones((ndev, 64))
+  hlo = (
+    jax.pmap(lambda g: gc.terngrad(axis_name="d").update(g, gc.terngrad(axis_name="d").init(g))[0], axis_name="d")
+    .lower(per_device)
+    .as_text()
+  )
+  gathers = re.findall(r"all_gather[^\n]*", hlo)
+  assert gathers and not re.search(r"all_reduce", hlo)
+  assert any("xui8>" in g or "ui8" in g for g in gathers)
+
+
+def test_training_step_with_compressed_all_reduce():
+  ndev = jax.device_count()
+  params = helpers.mlp_params()
+  opt = optax.chain(gc.qsgd(16, axis_name="d"), optax.sgd(0.05))
+  c = jc.identity()
+  step = jax.pmap(jc.train.make_step(helpers.mse_loss, opt, c, axis_name="d", reduce_gradients=False), axis_name="d")
+  state = jax.tree.map(lambda a: jnp.stack([a] * ndev), jc.train.init(params, opt, c))
+  x, y = helpers.batch(n=8 * ndev)
+  losses = []
+  for _ in range(20):
+    state, loss = step(state, x.reshape(ndev, 8, -1), y.reshape(ndev, 8, -1))
+    losses.append(float(loss[0]))
+  assert losses[-1] < 0.8 * losses[0]
+  jax.tree.map(lambda a: np.testing.assert_array_equal(a[0], a[-1]), state.params)  # replicas agree
+
+
+def test_bytes_sent():
+  params = {"w": jnp.ones((100, 10)), "b": jnp.ones(10)}
+  assert gc.bytes_sent(params, None) == 4 * 1010
+  assert gc.bytes_sent(params, gc.sign_codec()) == (125 + 4) + (2 + 4)
+  assert gc.bytes_sent(params, gc.terngrad_codec()) == (250 + 4) + (3 + 4)
+  with pytest.raises(ValueError, match="levels must be in"):
+    gc.qsgd(200, axis_name="d")
+
+
+def test_under_shard_map():
+  from jax.sharding import Mesh
+  from jax.sharding import PartitionSpec as P
+
+  ndev = jax.device_count()
+  mesh = Mesh(np.array(jax.devices()), ("d",))
+  per_device = jax.random.normal(jax.random.key(5), (ndev, 3, 4))
+  transform = gc.qsgd(8, axis_name="d")
+
+  def body(g):
+    g = g[0]
+    out, _ = transform.update(g, transform.init(g))
+    return out[None]
+
+  out = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("d"), out_specs=P("d")))(per_device)
+  (pmapped,), _ = _run_pmap(transform, per_device)
+  np.testing.assert_allclose(out, pmapped, rtol=1e-6, atol=1e-6)
