@@ -37,6 +37,9 @@ def same_tree(a, b) -> bool:
   )
 
 
+_materialize = jax.jit(jc.export.materialize_tree)  # one compile instead of many eager ops
+
+
 def evaluate(trainer, technique, fit, compressor, path) -> dict:
   """Packs a trained state, saves and reloads it, and scores the loaded model."""
   params, cstate = fit.state.params, fit.state.cstate
@@ -46,7 +49,7 @@ def evaluate(trainer, technique, fit, compressor, path) -> dict:
   loaded = jc.export.load(path)
   return {
     "technique": technique,
-    "accuracy": trainer.accuracy(jc.export.materialize_tree(loaded)),
+    "accuracy": trainer.accuracy(_materialize(loaded)),
     "accuracy_apply": trainer.accuracy(compressor.apply(params, cstate)),
     "bytes": rep.bytes,
     "dense_bytes": rep.dense_fp32_bytes,
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
   passed, check = report.targets(summary)
   wall = time.perf_counter() - start
 
-  flops = {name: models.build(name, 0)[0].flops() for name in models.MODELS}
+  flops = {r["model"]: r["flops"] for r in rows}
   print(
     f"\ndigits: {len(digits.train_labels)} train / {len(digits.test_labels)} test, "
     f"{seeds} seed(s){', quick' if args.quick else ''}; forward FLOPs/example: "
