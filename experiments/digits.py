@@ -40,17 +40,24 @@ def same_tree(a, b) -> bool:
 _materialize = jax.jit(jc.export.materialize_tree)  # one compile instead of many eager ops
 
 
-def evaluate(trainer, technique, fit, compressor, path) -> dict:
+def evaluate(trainer, technique, fit, plan, path) -> dict:
   """Packs a trained state, saves and reloads it, and scores the loaded model."""
+  compressor = plan.compressor
   params, cstate = fit.state.params, fit.state.cstate
   packed = compressor.pack(params, cstate)
   rep = jc.accounting.report(packed)
   file_bytes = jc.export.save(path, packed)
   loaded = jc.export.load(path)
+  forward = jax.jit(plan.forward(trainer.model.apply)) if plan.forward else None
+  if plan.serve:  # the packed model through its serving path (e.g. integer matmuls)
+    served = plan.serve(trainer.model.apply, loaded)
+    accuracy = trainer.accuracy(None, lambda _, x: served(x))
+  else:
+    accuracy = trainer.accuracy(_materialize(loaded), forward)
   return {
     "technique": technique,
-    "accuracy": trainer.accuracy(_materialize(loaded)),
-    "accuracy_apply": trainer.accuracy(compressor.apply(params, cstate)),
+    "accuracy": accuracy,
+    "accuracy_apply": trainer.accuracy(compressor.apply(params, cstate), forward),
     "bytes": rep.bytes,
     "dense_bytes": rep.dense_fp32_bytes,
     "sparsity": 1 - rep.nonzeros / rep.size,
@@ -74,12 +81,18 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
   for recipe in (r for r in registry.values() if name in r.models):
     plan = recipe.build(params, trainer)
     fit = trainer.fit(
-      params, plan.compressor, epochs=plan.epochs, lr=plan.lr, seed=seed + 1000, desc=f"{name} s{seed} {recipe.name}"
+      params,
+      plan.compressor,
+      epochs=plan.epochs,
+      lr=plan.lr,
+      seed=seed + 1000,
+      desc=f"{name} s{seed} {recipe.name}",
+      forward=plan.forward,
     )
     if recipe.name == "dense":
       fit = base  # the dense row reports the baseline's own training time
     path = os.path.join(out, "packed", f"{name}-{recipe.name}-s{seed}.safetensors")
-    row = evaluate(trainer, recipe.name, fit, plan.compressor, path)
+    row = evaluate(trainer, recipe.name, fit, plan, path)
     rows.append({"model": name, "seed": seed, "flops": model.flops(), "epochs": plan.epochs, **row})
   return rows
 
@@ -90,6 +103,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="out", help="output folder (default: out/)")
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
   parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+  parser.add_argument("--recipes", default=None, help="comma-separated recipe names to run (default: all)")
   args = parser.parse_args(argv)
   seeds = args.seeds or (1 if args.quick else 3)
   budget = 0.2 if args.quick else 1.0
@@ -98,6 +112,12 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   digits = data.load()
   registry = recipes.discover()
+  if args.recipes:
+    wanted = set(args.recipes.split(",")) | {"dense"}
+    unknown = wanted - set(registry)
+    if unknown:
+      parser.error(f"unknown recipes {sorted(unknown)}; available: {sorted(registry)}")
+    registry = {k: v for k, v in registry.items() if k in wanted}
   jobs = [(name, seed) for seed in range(seeds) for name in models.MODELS]
   rows = []
   for name, seed in tqdm(jobs, desc="models x seeds", disable=args.no_progress):

@@ -64,12 +64,30 @@ class Trainer:
     images = getattr(self.data, f"{split}_images")
     return images.reshape(len(images), -1) if self.model.inputs == "flat" else images
 
-  def loss(self, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of the model's logits."""
-    logits = self.model.apply(params, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  def loss_of(self, apply: Any) -> Any:
+    """Mean softmax cross-entropy of ``apply(params, x)``'s logits."""
 
-  def fit(self, params: Any, compressor: jc.Compressor, *, epochs: int, lr: float, seed: int, desc: str = "") -> Fit:
+    def loss(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+      return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+
+    return loss
+
+  def calibration_batches(self, count: int = 8) -> list[np.ndarray]:
+    """The first ``count`` training batches (inputs only), for calibration."""
+    x = self._inputs("train")
+    return [x[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
+
+  def fit(
+    self,
+    params: Any,
+    compressor: jc.Compressor,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    desc: str = "",
+    forward: Any = None,
+  ) -> Fit:
     """Trains ``compressor.apply(params)`` with adam for ``epochs`` epochs.
 
     Args:
@@ -79,6 +97,7 @@ class Trainer:
       lr: adam's learning rate, cosine-decayed to 0 over the run.
       seed: seeds the batch order.
       desc: the progress bar's label.
+      forward: wraps the model's apply (e.g. quantized activations); ``None`` keeps it.
     """
     steps = max(1, epochs * self.steps_per_epoch)
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps))
@@ -87,7 +106,8 @@ class Trainer:
       return Fit(state, 0.0, 0.0)
     x, y = self._inputs("train"), self.data.train_labels
     start = time.perf_counter()
-    step = jax.jit(jc.train.make_step(self.loss, optimizer, compressor))
+    apply = forward(self.model.apply) if forward else self.model.apply
+    step = jax.jit(jc.train.make_step(self.loss_of(apply), optimizer, compressor))
     step = step.lower(state, x[: self.batch_size], y[: self.batch_size]).compile()
     compile_seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed)
@@ -102,7 +122,11 @@ class Trainer:
   def _eval(self) -> Any:
     return jax.jit(self.model.apply)
 
-  def accuracy(self, params: Any) -> float:
-    """Test accuracy (fraction) of the model under dense ``params``."""
-    logits = self._eval(params, self._inputs("test"))
+  def accuracy(self, params: Any, predict: Any = None) -> float:
+    """Test accuracy (fraction) of the model under ``params``.
+
+    ``predict(params, x) -> logits`` replaces the model's jitted apply (a quantized
+    forward, or a served model that ignores ``params``).
+    """
+    logits = (predict or self._eval)(params, self._inputs("test"))
     return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == self.data.test_labels))
