@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ import numpy as np
 import optax
 
 import jaxcompress as jc
+from experiments import timing
 from jaxcompress import pruning, quantization
 
 VARIANTS = {
@@ -90,25 +90,11 @@ def bench_model(sizes, batch, reps, inner, variants=VARIANTS) -> dict[str, list[
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(batch, sizes[0])), jnp.float32)
   y = jnp.asarray(rng.integers(0, sizes[-1], size=batch), jnp.int32)
-  runs = {}
+  runners = {}
   for name, make in variants.items():
     step, state = compiled_step(init_mlp(sizes), make(), x, y)
-    for _ in range(2):  # warm-up
-      state, _ = step(state, x, y)
-    jax.block_until_ready(state)
-    runs[name] = [step, state]
-  times = {name: [] for name in variants}
-  names = list(variants)
-  for r in range(reps):
-    for name in names[r % len(names) :] + names[: r % len(names)]:
-      step, state = runs[name]
-      start = time.perf_counter()
-      for _ in range(inner):
-        state, _ = step(state, x, y)
-      jax.block_until_ready(state)
-      times[name].append((time.perf_counter() - start) / inner)
-      runs[name][1] = state
-  return times
+    runners[name] = ((lambda s, step=step: step(s, x, y)[0]), state)
+  return timing.interleaved(runners, reps, inner)
 
 
 def main(argv=None) -> int:
