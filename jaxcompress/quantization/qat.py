@@ -149,8 +149,8 @@ def qat(
     >>> import jax, jax.numpy as jnp
     >>> q = qat(lambda p, x: x @ p['w'], weight_bits=4)
     >>> params = {'w': jnp.array([[0.7, -0.2], [0.1, 0.4]])}
-    >>> q.apply(params, jnp.ones((1, 2))).round(3).tolist()
-    [[0.8, 0.229]]
+    >>> [round(v, 3) for v in q.apply(params, jnp.ones((1, 2)))[0].tolist()]
+    [0.8, 0.229]
   """
   high = 8 if integer else 16
   validate.check_bits("weight_bits", weight_bits, low=2, high=high)
