@@ -31,7 +31,6 @@ CASES = {
   "fake_quant3_where": lambda: jc.quantization.fake_quant(3, where=".*fc0/kernel"),
   "fake_quant4_affine": lambda: jc.quantization.fake_quant(4, symmetric=False, per_channel=True),
   "fake_quant8_group": lambda: jc.quantization.fake_quant(8, group_size=8),
-  "qat_packer": lambda: jc.quantization.qat(helpers.mlp_apply, weight_bits=4).compressor,
   "chain_prune_quant": lambda: jc.chain(jc.pruning.magnitude(0.6), jc.quantization.fake_quant(4, per_channel=True)),
   "chain_quant_prune": lambda: jc.chain(jc.quantization.fake_quant(8), jc.pruning.magnitude(0.6)),
   "magnitude_global": lambda: jc.pruning.magnitude(0.6, scope="global"),

@@ -76,6 +76,18 @@ def test_qat_trains_and_packs_a_conv_model():
   assert isinstance(kernel, jc.export.QArray) and kernel.bits == 4
 
 
+def test_packed_weights_are_the_weights_the_sites_used():
+  """The QAT compressor's apply is the identity (weights are quantized at the op, not in
+  the tree), so the conformance property pack -> materialize == apply holds for QAT.apply
+  instead: the packed weights reproduce the fake-quant forward."""
+  fake = qat(helpers.mlp_apply, weight_bits=4, integer=False)
+  packed = fake.compressor.pack(*fake.compressor.init(PARAMS))
+  dense = jc.export.materialize_tree(packed)
+  np.testing.assert_array_equal(
+    graph.rewrite(helpers.mlp_apply, activation_rule(QuantSpec(8)))(dense, X), fake.apply(PARAMS, X)
+  )
+
+
 def test_bad_bits():
   with pytest.raises(ValueError, match=r"weight_bits must be in \[2, 8\], got 16"):
     qat(helpers.mlp_apply, weight_bits=16)
