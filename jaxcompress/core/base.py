@@ -25,20 +25,28 @@ from jaxcompress.core.tree import PyTree
 
 
 class InitFn(Protocol):
+  """``init(params) -> (trainable_params, state)``."""
+
   def __call__(self, params: PyTree) -> tuple[PyTree, Any]: ...
 
 
 class ApplyFn(Protocol):
+  """``apply(params, state) -> model_params``; differentiable in ``params``."""
+
   def __call__(self, params: PyTree, state: Any) -> PyTree: ...
 
 
 class UpdateFn(Protocol):
+  """``update(params, state, *, grads=None, **extra) -> (params, state)``, once per step."""
+
   def __call__(
     self, params: PyTree, state: Any, *, grads: PyTree | None = None, **extra: Any
   ) -> tuple[PyTree, Any]: ...
 
 
 class PackFn(Protocol):
+  """``pack(params, state) -> packed_tree`` of compressed leaves; runs on concrete arrays."""
+
   def __call__(self, params: PyTree, state: Any) -> PyTree: ...
 
 
