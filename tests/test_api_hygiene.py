@@ -17,7 +17,9 @@ def public_functions():
 
 
 def test_public_names_have_docstrings():
-  missing = [f"{path}:{node.lineno} {node.name}" for path, node in public_functions() if ast.get_docstring(node) is None]
+  missing = [
+    f"{path}:{node.lineno} {node.name}" for path, node in public_functions() if ast.get_docstring(node) is None
+  ]
   assert not missing, missing
 
 

@@ -6,6 +6,7 @@ from jaxcompress.export.codebook import CodebookArray, from_assignments, index_b
 from jaxcompress.export.factorized import Factorized, factorize
 from jaxcompress.export.io import CorruptFileError, load, save
 from jaxcompress.export.qarray import QArray, store_codes
+from jaxcompress.export.sliced import SlicedArray, sliced_from_parts
 from jaxcompress.export.sparse import SparseArray, from_dense
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
   "CorruptFileError",
   "Factorized",
   "QArray",
+  "SlicedArray",
   "SparseArray",
   "code_range",
   "factorize",
@@ -27,5 +29,6 @@ __all__ = [
   "materialize_tree",
   "pack_bits",
   "save",
+  "sliced_from_parts",
   "store_codes",
 ]

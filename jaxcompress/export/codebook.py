@@ -20,14 +20,18 @@ class CodebookArray(CompressedLeaf):
   2016, https://arxiv.org/abs/1510.00149, §3).
 
   Attributes:
-    codebook: ``float[k]``, the shared values.
+    codebook: ``float[k]``, the shared values; or ``float[c, k]``, one codebook per
+      slice along ``axis`` (per-channel codebooks, ``c = shape[axis]``).
     indices: unsigned integer indices of ``shape``, stored at ``ceil(log2 k)`` bits (a
       bit-packed stream, a native ``uint8``/``uint16`` array, or a sparse array of
       indices when index 0 stands for pruned zeros).
+    axis: with a 2-D codebook, the axis of ``shape`` whose slices each use their own
+      row of ``codebook``; ``None`` for one codebook.
   """
 
   codebook: Any
   indices: Any
+  axis: int | None = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -35,10 +39,14 @@ class CodebookArray(CompressedLeaf):
 
   def materialize(self) -> jax.Array:
     idx = jnp.asarray(materialize(self.indices), jnp.int32)
-    return jnp.asarray(self.codebook)[idx]
+    codebook = jnp.asarray(self.codebook)
+    if self.axis is None:
+      return codebook[idx]
+    channel = jax.lax.broadcasted_iota(jnp.int32, idx.shape, self.axis % idx.ndim)
+    return codebook[channel, idx]
 
 
-jax.tree_util.register_dataclass(CodebookArray, data_fields=["codebook", "indices"], meta_fields=[])
+jax.tree_util.register_dataclass(CodebookArray, data_fields=["codebook", "indices"], meta_fields=["axis"])
 
 
 def index_bits(num_codes: int) -> int:
@@ -46,24 +54,34 @@ def index_bits(num_codes: int) -> int:
   return max(1, math.ceil(math.log2(num_codes)))
 
 
-def from_assignments(codebook: Any, indices: Any) -> CodebookArray:
+def from_assignments(codebook: Any, indices: Any, *, axis: int | None = None) -> CodebookArray:
   """Packs a codebook and per-weight indices, storing indices at ``log2 k`` bits.
 
   Args:
-    codebook: ``float[k]``, ``k >= 1``.
+    codebook: ``float[k]``, ``k >= 1``; or ``float[c, k]`` with ``axis``.
     indices: integer array in ``[0, k)`` of the weight tensor's shape.
+    axis: for a 2-D codebook, the axis of ``indices`` (of size ``c``) whose slices use
+      their own codebook row.
 
   Returns:
     A :class:`CodebookArray`.
 
   Raises:
-    ValueError: if the codebook is not 1-D and non-empty, or an index is out of range.
+    ValueError: if the codebook is empty or not 1-D (2-D with ``axis``, with one row per
+      slice), or an index is out of range.
   """
   codebook = np.asarray(codebook)
-  if codebook.ndim != 1 or codebook.size == 0:
-    raise ValueError(f"codebook must be a non-empty 1-D array, got shape {codebook.shape}")
-  bits = index_bits(codebook.size)
   indices = np.asarray(indices)
-  if indices.size and (indices.min() < 0 or indices.max() >= codebook.size):
-    raise ValueError(f"indices must lie in [0, {codebook.size}), got range [{indices.min()}, {indices.max()}]")
-  return CodebookArray(codebook=codebook, indices=store_codes(indices, bits, signed=False))
+  if axis is None and (codebook.ndim != 1 or codebook.size == 0):
+    raise ValueError(f"codebook must be a non-empty 1-D array, got shape {codebook.shape}")
+  if axis is not None:
+    if not -indices.ndim <= axis < indices.ndim:
+      raise ValueError(f"axis={axis} is out of range for indices of shape {indices.shape}")
+    if codebook.ndim != 2 or codebook.shape[0] != indices.shape[axis] or codebook.shape[1] == 0:
+      raise ValueError(f"a per-channel codebook must have shape ({indices.shape[axis]}, k >= 1), got {codebook.shape}")
+    axis = axis % indices.ndim
+  k = codebook.shape[-1]
+  bits = index_bits(k)
+  if indices.size and (indices.min() < 0 or indices.max() >= k):
+    raise ValueError(f"indices must lie in [0, {k}), got range [{indices.min()}, {indices.max()}]")
+  return CodebookArray(codebook=codebook, indices=store_codes(indices, bits, signed=False), axis=axis)

@@ -25,10 +25,11 @@ from jaxcompress.export.bitpack import BitPacked
 from jaxcompress.export.codebook import CodebookArray
 from jaxcompress.export.factorized import Factorized
 from jaxcompress.export.qarray import QArray
+from jaxcompress.export.sliced import SlicedArray
 from jaxcompress.export.sparse import SparseArray
 
 FORMAT_VERSION = 1
-_LEAF_TYPES = {cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized)}
+_LEAF_TYPES = {cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray)}
 
 
 class CorruptFileError(ValueError):

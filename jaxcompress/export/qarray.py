@@ -51,7 +51,7 @@ class QArray(CompressedLeaf):
     shape = codes.shape
     if self.group_axis is not None and self.group_size is not None:
       a = self.group_axis % codes.ndim
-      codes = codes.reshape(shape[:a] + (shape[a] // self.group_size, self.group_size) + shape[a + 1 :])
+      codes = codes.reshape((*shape[:a], shape[a] // self.group_size, self.group_size, *shape[a + 1 :]))
     if self.zero_point is not None:
       codes = codes - jnp.asarray(self.zero_point, jnp.int32)
     dense = codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)

@@ -1,7 +1,63 @@
 """Pruning: delete redundant weights by an importance criterion."""
 
-from jaxcompress.pruning.criteria import num_pruned, topk_mask
+from jaxcompress.pruning.allocation import Allocation, erk_sparsities
+from jaxcompress.pruning.channels import ChannelState, channel_prune, narrow_nnx, shrink, slimming_penalty
+from jaxcompress.pruning.criteria import (
+  block_mask,
+  global_topk_masks,
+  keep_top,
+  nm_mask,
+  num_pruned,
+  topk_mask,
+)
+from jaxcompress.pruning.dst import DSTState, rigl, sparse_evolutionary
+from jaxcompress.pruning.lottery import LotteryState, lottery_ticket
 from jaxcompress.pruning.magnitude import MagnitudeState, magnitude
-from jaxcompress.pruning.schedules import polynomial_sparsity
+from jaxcompress.pruning.masking import PruningState
+from jaxcompress.pruning.movement import movement
+from jaxcompress.pruning.nm import n_m
+from jaxcompress.pruning.optimizer import make_step, masks_of, reset_where
+from jaxcompress.pruning.random_pruning import random
+from jaxcompress.pruning.saliency import saliency, snip
+from jaxcompress.pruning.schedules import (
+  check_reaches,
+  constant_sparsity,
+  one_shot_sparsity,
+  polynomial_sparsity,
+)
 
-__all__ = ["MagnitudeState", "magnitude", "num_pruned", "polynomial_sparsity", "topk_mask"]
+__all__ = [
+  "Allocation",
+  "ChannelState",
+  "DSTState",
+  "LotteryState",
+  "MagnitudeState",
+  "PruningState",
+  "block_mask",
+  "channel_prune",
+  "check_reaches",
+  "constant_sparsity",
+  "erk_sparsities",
+  "global_topk_masks",
+  "keep_top",
+  "lottery_ticket",
+  "magnitude",
+  "make_step",
+  "masks_of",
+  "movement",
+  "n_m",
+  "narrow_nnx",
+  "nm_mask",
+  "num_pruned",
+  "one_shot_sparsity",
+  "polynomial_sparsity",
+  "random",
+  "reset_where",
+  "rigl",
+  "saliency",
+  "shrink",
+  "slimming_penalty",
+  "snip",
+  "sparse_evolutionary",
+  "topk_mask",
+]

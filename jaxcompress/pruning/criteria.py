@@ -1,6 +1,13 @@
-"""Pruning numerics: exact top-k masks from importance scores."""
+"""Pruning numerics: importance scores and exact masks (top-k, global top-k, block, N:M).
+
+Every function here works on plain arrays and is jit-, grad- and shard-safe: counts are
+computed with :func:`num_pruned`, ranks with a stable sort, so a mask always holds
+exactly its target number of kept entries and ties are broken by position.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +27,26 @@ def num_pruned(sparsity: jax.Array | float, size: int) -> jax.Array:
   return jnp.clip(count, 0, size)
 
 
+def _ranks(flat: jax.Array) -> jax.Array:
+  """Rank of each score, 0 = most important; NaN ranks last; ties keep row-major order."""
+  flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
+  order = jnp.argsort(flat, descending=True, stable=True)
+  return jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+
+
+def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
+  """Keeps the ``keep`` highest scores exactly (ties: the earlier element wins).
+
+  Args:
+    scores: float array of any shape; higher means more important. NaN ranks lowest.
+    keep: how many to keep, an integer scalar (may be traced).
+
+  Returns:
+    A ``bool`` mask of ``scores.shape`` with exactly ``clip(keep, 0, size)`` True.
+  """
+  return (_ranks(scores.reshape(-1)) < keep).reshape(scores.shape)
+
+
 def topk_mask(scores: jax.Array, sparsity: jax.Array | float) -> jax.Array:
   """Keeps the ``size - num_pruned(sparsity, size)`` highest scores, exactly.
 
@@ -35,9 +62,106 @@ def topk_mask(scores: jax.Array, sparsity: jax.Array | float) -> jax.Array:
     A ``bool`` mask of ``scores.shape``, True where kept, with exactly the target
     number of True entries.
   """
-  flat = scores.reshape(-1)
-  flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
-  keep = flat.size - num_pruned(sparsity, flat.size)
-  order = jnp.argsort(flat, descending=True, stable=True)
-  rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-  return (rank < keep).reshape(scores.shape)
+  return keep_top(scores, scores.size - num_pruned(sparsity, scores.size))
+
+
+def global_topk_masks(scores: Sequence[jax.Array], sparsity: jax.Array | float) -> list[jax.Array]:
+  """One top-k over several arrays: keeps the highest scores wherever they are.
+
+  The arrays are ranked as if flattened and concatenated in the given order, so ties
+  keep the earlier array, then the earlier element. Works on sharded arrays (the
+  concatenation is global under ``jit``, whatever the leaves' shardings).
+
+  Args:
+    scores: float arrays of any shapes.
+    sparsity: fraction of all their entries to remove (may be traced).
+
+  Returns:
+    ``bool`` masks of the arrays' shapes whose True entries total exactly
+    ``n - num_pruned(sparsity, n)``, ``n`` being the total size.
+  """
+  flat = jnp.concatenate([jnp.asarray(s, jnp.float32).reshape(-1) for s in scores])
+  keep = keep_top(flat, flat.size - num_pruned(sparsity, flat.size))
+  out, start = [], 0
+  for s in scores:
+    out.append(keep[start : start + s.size].reshape(s.shape))
+    start += s.size
+  return out
+
+
+def block_scores(scores: jax.Array, block: tuple[int, ...]) -> jax.Array:
+  """Sums ``scores`` over blocks tiling the trailing ``len(block)`` axes.
+
+  Args:
+    scores: array whose trailing axes are divisible by ``block``.
+    block: block shape, e.g. ``(1, 4)``: one input row by four outputs of a Dense kernel.
+
+  Returns:
+    An array with each trailing axis ``d`` reduced to ``d // b``.
+
+  Raises:
+    ValueError: if an axis is not divisible by its block size.
+  """
+  lead = scores.ndim - len(block)
+  if lead < 0:
+    raise ValueError(f"block={block} has more axes than the leaf's shape {scores.shape}")
+  shape = list(scores.shape[:lead])
+  for d, b in zip(scores.shape[lead:], block):
+    if d % b:
+      raise ValueError(f"block={block} does not tile shape {scores.shape}: {d} is not divisible by {b}")
+    shape += [d // b, b]
+  summed_axes = tuple(lead + 2 * i + 1 for i in range(len(block)))
+  return scores.reshape(shape).sum(axis=summed_axes)
+
+
+def expand_blocks(mask: jax.Array, block: tuple[int, ...]) -> jax.Array:
+  """Inverse of :func:`block_scores` for masks: repeats each block entry over its block."""
+  lead = mask.ndim - len(block)
+  for i, b in enumerate(block):
+    mask = jnp.repeat(mask, b, axis=lead + i)
+  return mask
+
+
+def block_mask(scores: jax.Array, sparsity: jax.Array | float, block: tuple[int, ...]) -> jax.Array:
+  """Keeps whole blocks: the ``n_blocks - num_pruned(sparsity, n_blocks)`` blocks with
+  the highest summed scores (ties keep the earlier block).
+
+  Raises:
+    ValueError: if ``block`` does not tile ``scores``'s trailing axes.
+  """
+  return expand_blocks(topk_mask(block_scores(scores, block), sparsity), block)
+
+
+def nm_mask(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
+  """N:M sparsity: in every group of ``m`` consecutive entries along ``axis``, keeps the
+  ``n`` highest scores (ties keep the earlier entry), so each group holds exactly ``n``.
+
+  Args:
+    scores: float array; ``scores.shape[axis]`` must be divisible by ``m``.
+    n: entries kept per group, ``1 <= n <= m``.
+    m: group length.
+    axis: the grouped axis; for Flax kernels the contraction (input) axis is ``-2``
+      (Dense ``(in, out)``, Conv ``(h, w, in, out)``).
+
+  Returns:
+    A ``bool`` mask of ``scores.shape``.
+
+  Raises:
+    ValueError: if ``n > m`` or the axis length is not divisible by ``m``.
+  """
+  if not 1 <= n <= m:
+    raise ValueError(f"N:M sparsity needs 1 <= n <= m, got n={n}, m={m}")
+  if scores.ndim == 0:
+    raise ValueError("N:M sparsity needs an array with at least one axis, got a scalar")
+  if not -scores.ndim <= axis < scores.ndim:
+    raise ValueError(f"axis={axis} is out of range for shape {scores.shape}")
+  axis = axis % scores.ndim
+  if scores.shape[axis] % m:
+    raise ValueError(f"axis {axis} of shape {scores.shape} has length {scores.shape[axis]}, not divisible by m={m}")
+  moved = jnp.moveaxis(scores, axis, -1)
+  groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+  groups = jnp.where(jnp.isnan(groups), -jnp.inf, groups)
+  order = jnp.argsort(groups, axis=-1, descending=True, stable=True)
+  ranks = jnp.argsort(order, axis=-1, stable=True)
+  keep = (ranks < n).reshape(moved.shape)
+  return jnp.moveaxis(keep, -1, axis)

@@ -1,46 +1,57 @@
-"""Layer-wise unstructured magnitude pruning."""
+"""Magnitude pruning: keep the largest ``|w|``, per leaf or over the whole tree."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxcompress import export
-from jaxcompress.core import leafwise, select, validate
+from jaxcompress.core import select, validate
 from jaxcompress.core.base import Compressor
-from jaxcompress.pruning.criteria import num_pruned, topk_mask
+from jaxcompress.pruning import masking
+from jaxcompress.pruning.allocation import Allocation
+from jaxcompress.pruning.masking import PruningState
+
+MagnitudeState = PruningState
+"""State of :func:`magnitude` (``count``, ``masks``; ``scores`` and ``key`` unused)."""
 
 
-class MagnitudeState(NamedTuple):
-  """State of :func:`magnitude`.
-
-  Attributes:
-    count: ``int32`` step counter, advanced by ``update``.
-    masks: ``bool`` masks (True = keep) mirroring the params, ``None`` at unselected
-      leaves.
-  """
-
-  count: jax.Array
-  masks: Any
+def magnitude_score(w: jax.Array, g: Any = None, acc: Any = None, key: Any = None) -> jax.Array:
+  """``|w|``, the magnitude criterion."""
+  del g, acc, key
+  return jnp.abs(w)
 
 
-def magnitude(sparsity: validate.ScalarOrSchedule, *, where: select.Where = None) -> Compressor:
-  """Prunes the smallest-magnitude weights of each selected leaf.
+def magnitude(
+  sparsity: validate.ScalarOrSchedule,
+  *,
+  where: select.Where = None,
+  scope: str = "layer",
+  allocation: str | Allocation = "uniform",
+  block: tuple[int, ...] | None = None,
+) -> Compressor:
+  """Prunes the smallest-magnitude weights, per leaf or globally, unstructured or in blocks.
 
-  Each selected leaf keeps exactly its ``size - round(sparsity * size)`` largest
-  ``|w|`` (see :func:`~jaxcompress.pruning.criteria.topk_mask` for rounding and ties).
+  With ``scope='layer'`` each selected leaf keeps exactly its
+  ``size - round(sparsity_l * size)`` largest ``|w|`` (see
+  :func:`~jaxcompress.pruning.criteria.topk_mask` for rounding and ties), where
+  ``sparsity_l`` comes from ``allocation`` (uniform by default; ``'erk'`` or an
+  :class:`~jaxcompress.pruning.allocation.Allocation` with overrides and exclusions).
+  With ``scope='global'`` one exact top-k runs over all selected weights together
+  (ties: earlier leaf in flattening order, then earlier element). With ``block=(1, 4)``
+  whole blocks tiling the trailing axes are kept or removed by their summed ``|w|``.
+
   ``init`` computes the masks from the given weights at ``sparsity(0)`` (one-shot
-  pruning of a trained model); ``update`` advances the step and recomputes a leaf's
-  mask, from the masked weights, only on steps where its target count changes, so a
-  constant sparsity keeps its masks fixed and a schedule such as
+  pruning of a trained model); ``update`` advances the step and recomputes masks, from
+  the masked weights, only on steps where a target count changes, so a constant
+  sparsity keeps its masks fixed and a schedule such as
   :func:`~jaxcompress.pruning.schedules.polynomial_sparsity` prunes gradually.
 
   ``apply`` zeroes pruned weights, so they receive zero gradient; ``update`` sets them
   to exactly zero in the params after every optimizer step, so momentum or weight decay
-  cannot revive them. ``pack`` stores each selected leaf as a
+  cannot revive them (use :func:`~jaxcompress.pruning.make_step` to also give them no
+  update and reset their optimizer moments). ``pack`` stores each selected leaf as a
   :class:`~jaxcompress.export.SparseArray` (or, inside ``chain`` after a quantizer, a
   :class:`~jaxcompress.export.QArray` whose codes are sparse).
 
@@ -48,16 +59,22 @@ def magnitude(sparsity: validate.ScalarOrSchedule, *, where: select.Where = None
   ranks below every number, so it is pruned first and replaced by zero.
 
   Args:
-    sparsity: fraction of weights removed per selected leaf, in [0, 1), or a schedule
-      ``step -> sparsity``.
+    sparsity: fraction of weights removed, in [0, 1), or a schedule ``step -> sparsity``.
     where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
+    scope: ``'layer'`` (each leaf reaches its own target) or ``'global'`` (one ranking
+      over all selected leaves; the overall sparsity is exact).
+    allocation: ``'uniform'``, ``'erk'`` or an :class:`Allocation` (layer scope only).
+    block: a block shape such as ``(1, 4)`` tiling each leaf's trailing axes, or
+      ``None`` for unstructured pruning (layer scope only).
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`MagnitudeState`.
 
   Raises:
-    ValueError: if ``sparsity`` (or ``sparsity(0)``) is outside [0, 1); at ``init``, if
-      ``where`` selects nothing or a selected leaf is integer, empty or non-finite.
+    ValueError: if ``sparsity`` (or ``sparsity(0)``) is outside [0, 1), ``scope`` is
+      unknown, ``block`` is not a tuple of positive ints or is combined with
+      ``scope='global'``; at ``init``, if ``where`` selects nothing, a selected leaf is
+      integer, empty or non-finite, or ``block`` does not tile a selected leaf.
 
   References:
     Han, Pool, Tran & Dally 2015, "Learning both Weights and Connections for Efficient
@@ -69,42 +86,11 @@ def magnitude(sparsity: validate.ScalarOrSchedule, *, where: select.Where = None
     >>> params, state = c.init({'w': jnp.array([[1.0, -4.0], [3.0, 0.5]])})
     >>> c.apply(params, state)['w'].tolist()
     [[0.0, -4.0], [3.0, 0.0]]
+    >>> c = magnitude(0.5, scope='global')
+    >>> params, state = c.init({'a': jnp.array([[1.0, 2.0]]), 'b': jnp.array([[3.0, 4.0]])})
+    >>> c.apply(params, state)
+    {'a': Array([[0., 0.]], dtype=float32), 'b': Array([[3., 4.]], dtype=float32)}
   """
-  schedule = validate.as_schedule("sparsity", sparsity, validate.check_sparsity)
-
-  def init(params):
-    s0 = schedule(jnp.asarray(0, jnp.int32))
-    masks = leafwise.init_selected(params, where, lambda path, p: topk_mask(jnp.abs(p), s0))
-    return params, MagnitudeState(count=jnp.asarray(0, jnp.int32), masks=masks)
-
-  def apply(params, state):
-    return leafwise.map_selected(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, state.masks)
-
-  def update(params, state, *, grads=None, **extra):
-    del grads, extra
-    count = state.count + 1
-    s_old, s_new = schedule(state.count), schedule(count)
-
-    def refresh(p, m):
-      changed = num_pruned(s_new, p.size) != num_pruned(s_old, p.size)
-      scores = jnp.abs(jnp.where(m, p, jnp.zeros_like(p)))
-      m = jax.lax.cond(changed, lambda: topk_mask(scores, s_new), lambda: m)
-      return jnp.where(m, p, jnp.zeros_like(p)), m
-
-    params, masks = leafwise.update_selected(refresh, params, state.masks)
-    return params, MagnitudeState(count=count, masks=masks)
-
-  def pack(params, state):
-    return leafwise.map_selected(_pack_leaf, params, state.masks)
-
-  return Compressor(init, apply, update, pack)
-
-
-def _pack_leaf(p: Any, mask_array: jax.Array) -> Any:
-  mask = np.asarray(mask_array)
-  if isinstance(p, export.QArray):  # chained after a quantizer: keep the scale, sparsify the codes
-    codes = np.asarray(export.materialize(p.codes)) * mask
-    sparse = export.from_dense(codes.astype(np.int32), value_bits=p.bits, signed=p.zero_point is None)
-    return export.QArray(codes=sparse, scale=p.scale, zero_point=p.zero_point, bits=p.bits, dtype=p.dtype)
-  dense = np.asarray(export.materialize(p))
-  return export.from_dense(np.where(mask, dense, np.zeros_like(dense)))
+  return masking.build(
+    sparsity, magnitude_score, where=where, scope=scope, allocation=allocation, block=block, who="magnitude"
+  )

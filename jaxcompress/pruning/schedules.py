@@ -69,3 +69,73 @@ def polynomial_sparsity(
     return jnp.where(jnp.asarray(step) >= t1, s_f, s_f + (s_i - s_f) * (1.0 - progress) ** power)
 
   return schedule
+
+
+def constant_sparsity(sparsity: float) -> validate.Schedule:
+  """The same sparsity at every step.
+
+  Raises:
+    ValueError: if ``sparsity`` is outside [0, 1).
+
+  Example:
+    >>> float(constant_sparsity(0.5)(1000))
+    0.5
+  """
+  s = validate.check_sparsity("sparsity", sparsity)
+  return lambda step: jnp.full((), s, jnp.float32)
+
+
+def one_shot_sparsity(sparsity: float, *, at_step: int, initial_sparsity: float = 0.0) -> validate.Schedule:
+  """``initial_sparsity`` before ``at_step``, ``sparsity`` from ``at_step`` on.
+
+  Args:
+    sparsity: the target in [0, 1).
+    at_step: the step whose ``update`` prunes (>= 1; for pruning before training pass
+      the constant ``sparsity`` to the compressor instead).
+    initial_sparsity: the sparsity before, in [0, 1).
+
+  Raises:
+    ValueError: for a sparsity outside [0, 1) or ``at_step < 1``.
+
+  Example:
+    >>> s = one_shot_sparsity(0.8, at_step=100)
+    >>> [float(s(t)) for t in (0, 99, 100, 101)]
+    [0.0, 0.0, 0.800000011920929, 0.800000011920929]
+  """
+  s_f = validate.check_sparsity("sparsity", sparsity)
+  s_i = validate.check_sparsity("initial_sparsity", initial_sparsity)
+  t = validate.check_int("at_step", at_step, low=1)
+  return lambda step: jnp.where(jnp.asarray(step) >= t, jnp.float32(s_f), jnp.float32(s_i))
+
+
+def check_reaches(schedule: validate.Schedule, target: float, *, total_steps: int) -> None:
+  """Raises if ``schedule`` has not reached ``target`` by the last step of a run.
+
+  A run of ``total_steps`` optimizer steps calls ``update`` with counts ``1 ..
+  total_steps``; this checks the value at ``total_steps``, so a schedule whose end lies
+  beyond the run (or that never gets there) fails before training instead of leaving a
+  silently denser model.
+
+  Args:
+    schedule: ``step -> sparsity``.
+    target: the sparsity the run must end at.
+    total_steps: the run's length (>= 1).
+
+  Raises:
+    ValueError: naming the reached value, the target and the run's length.
+
+  Example:
+    >>> s = polynomial_sparsity(0.9, begin_step=0, end_step=1000)
+    >>> check_reaches(s, 0.9, total_steps=500)
+    Traceback (most recent call last):
+    ...
+    ValueError: the schedule reaches sparsity 0.7875 at the last step 500, not the target 0.9: end the schedule by step 500
+  """
+  validate.check_sparsity("target", target)
+  n = validate.check_int("total_steps", total_steps, low=1)
+  reached = float(schedule(jnp.asarray(n, jnp.int32)))
+  if abs(reached - target) > 1e-6:
+    raise ValueError(
+      f"the schedule reaches sparsity {reached:.4g} at the last step {n}, not the target {target}: "
+      f"end the schedule by step {n}"
+    )

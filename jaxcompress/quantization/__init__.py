@@ -12,12 +12,14 @@ from jaxcompress.quantization.lsq import lsq, lsq_activations
 from jaxcompress.quantization.pact import pact, pact_activations
 from jaxcompress.quantization.power_of_two import power_of_two
 from jaxcompress.quantization.ptq import QuantizedModel, ptq
+from jaxcompress.quantization.qat import QAT, qat
 from jaxcompress.quantization.serve import serve
 from jaxcompress.quantization.spec import QuantSpec
 from jaxcompress.quantization.ternary import ttq, twn
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
 __all__ = [
+  "QAT",
   "ActivationQuantizer",
   "FakeQuantState",
   "Granularity",
@@ -44,6 +46,7 @@ __all__ = [
   "per_tensor",
   "power_of_two",
   "ptq",
+  "qat",
   "qmax",
   "quantize",
   "quantized_backward",

@@ -13,7 +13,8 @@ the state, split every step and folded with the device index.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -139,8 +140,9 @@ def compressed_mean(
     error = jax.tree.map(jnp.zeros_like, params) if error_feedback else None
     return CompressionState(key=jax.random.key(seed), error=error)
 
-  def update(grads, state, params=None):
+  def update(updates, state, params=None):
     del params
+    grads = updates
     key, step_key = jax.random.split(state.key)
     device_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
     leaves, treedef = jax.tree.flatten(grads)
@@ -154,7 +156,7 @@ def compressed_mean(
       new_errors.append(None if e is None else corrected - mine)
       all_codes = jax.lax.all_gather(codes, axis_name)  # only the codes cross devices
       all_scales = jax.lax.all_gather(scale, axis_name)
-      decoded = jax.vmap(lambda c, s: codec.decode(c, s, g.shape))(all_codes, all_scales)
+      decoded = jax.vmap(lambda c, s, shape=g.shape: codec.decode(c, s, shape))(all_codes, all_scales)
       means.append(decoded.mean(axis=0).astype(g.dtype))
     error = treedef.unflatten(new_errors) if error_feedback else None
     return treedef.unflatten(means), CompressionState(key=key, error=error)

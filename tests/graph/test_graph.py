@@ -315,5 +315,10 @@ def test_weight_as_left_operand():
   f = lambda p, x: p["w"] @ x
   x = jnp.ones((4, 2))
   (site,) = graph.trace(f, p, x)
-  assert (site.weight_operand, site.contracted_axes, site.feature_axes, site.activation_shape) == (0, (1,), (0,), (4, 2))
+  assert (site.weight_operand, site.contracted_axes, site.feature_axes, site.activation_shape) == (
+    0,
+    (1,),
+    (0,),
+    (4, 2),
+  )
   np.testing.assert_array_equal(graph.rewrite(f, lambda s, a, w: s.compute(a, w))(p, x), f(p, x))

@@ -36,8 +36,6 @@ def test_sign_codec_packs_one_bit_and_scales_by_mean_abs():
 
 
 def _run_pmap(transform, grads_per_device, steps=1):
-  ndev = jax.device_count()
-
   def body(g):
     state = transform.init(g)
     outs = []

@@ -1,0 +1,19 @@
+"""Shared piece of the LSQ recipes: learned steps for weights and activations."""
+
+import numpy as np
+
+from experiments.recipes.base import FineTune
+from jaxcompress import quantization
+
+# Every matmul/conv input except the first layer's (the image), as in the paper.
+HIDDEN = "(?!(fc1|conv1)/).*kernel"
+
+
+def lsq_wa(params, trainer, bits: int, epochs: int, lr: float) -> FineTune:
+  """LSQ W{bits}A{bits}: every kernel at ``bits`` with a learned step, and the input of
+  every layer but the first at ``bits`` unsigned with a learned step (initialized on
+  the first training batches)."""
+  aq = quantization.lsq_activations(trainer.model.apply, bits, where=HIDDEN)
+  acts = aq.init(params, np.concatenate(trainer.calibration_batches(4)))
+  compressor = quantization.with_activations(quantization.lsq(bits), aq, acts)
+  return FineTune(compressor, epochs=epochs, lr=lr, forward=lambda apply: quantization.joint_apply(aq))

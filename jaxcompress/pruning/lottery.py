@@ -1,0 +1,152 @@
+"""Iterative magnitude pruning with rewinding: the lottery ticket procedure."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxcompress.core import leafwise, select, validate
+from jaxcompress.core.base import Compressor
+from jaxcompress.core.tree import is_packed_leaf
+from jaxcompress.pruning import criteria, masking
+
+
+class LotteryState(NamedTuple):
+  """State of :func:`lottery_ticket`.
+
+  Attributes:
+    count: ``int32`` step counter.
+    masks: ``bool`` masks per selected leaf (``None`` elsewhere).
+    rewind: the weights that survivors are reset to at the end of each round: the
+      params at ``rewind_step`` (``init``'s params when it is 0).
+  """
+
+  count: jax.Array
+  masks: Any
+  rewind: Any
+
+
+def round_sparsity(rate: float, rounds: jax.Array) -> jax.Array:
+  """Sparsity after ``rounds`` rounds that each remove ``rate`` of the survivors:
+  ``1 - (1 - rate) ** rounds``."""
+  return 1.0 - (1.0 - jnp.asarray(rate, jnp.float32)) ** jnp.asarray(rounds, jnp.float32)
+
+
+def lottery_ticket(
+  rate: float,
+  *,
+  rounds: int,
+  round_steps: int,
+  rewind_step: int = 0,
+  total_steps: int | None = None,
+  where: select.Where = None,
+  scope: str = "layer",
+) -> Compressor:
+  """Iterative magnitude pruning (IMP) with weight rewinding.
+
+  Training runs in rounds of ``round_steps`` steps. At the end of round ``r``
+  (``update`` at step ``r * round_steps``, for ``r = 1..rounds``) the ``rate`` fraction
+  of the surviving weights with the smallest ``|w|`` is pruned (per leaf, or over all
+  selected leaves with ``scope='global'``), so the sparsity becomes exactly
+  ``1 - (1 - rate) ** r`` up to rounding, and the survivors are **rewound** to their
+  values at ``rewind_step`` (0: the initialization, Frankle & Carbin 2019; a few hundred
+  steps: late rewinding, Frankle et al. 2020); then training restarts from there.
+  After the last round the ticket trains to the end of the run.
+
+  Only the weights are rewound: with :func:`~jaxcompress.pruning.make_step` the moments
+  of the newly pruned weights are reset, those of the survivors carry over (restart the
+  optimizer between rounds for a fully fresh retrain), and the learning-rate schedule is
+  the caller's.
+
+  Args:
+    rate: fraction of the surviving weights pruned per round, in (0, 1) (0.2 in the
+      paper for fully connected layers).
+    rounds: number of pruning rounds (>= 1).
+    round_steps: training steps per round (>= 1).
+    rewind_step: the step whose weights survivors are rewound to, in
+      ``[0, round_steps)``.
+    total_steps: the run's length, if known: checked so the last round ends before
+      it (a ticket that is never retrained is an error).
+    where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
+    scope: ``'layer'`` or ``'global'``.
+
+  Returns:
+    A :class:`~jaxcompress.Compressor` with :class:`LotteryState`.
+
+  Raises:
+    ValueError: if ``rate`` is outside (0, 1), ``rounds`` or ``round_steps`` < 1,
+      ``rewind_step`` is outside ``[0, round_steps)``, ``scope`` is unknown, or
+      ``rounds * round_steps >= total_steps``.
+
+  References:
+    Frankle & Carbin 2019, "The Lottery Ticket Hypothesis: Finding Sparse, Trainable
+    Neural Networks", https://arxiv.org/abs/1803.03635; Frankle, Dziugaite, Roy &
+    Carbin 2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis",
+    https://arxiv.org/abs/1912.05671.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> c = lottery_ticket(0.5, rounds=2, round_steps=1)
+    >>> params, state = c.init({'w': jnp.array([[1.0, 2.0, 3.0, 4.0]])})
+    >>> trained = {'w': jnp.array([[9.0, 1.0, 8.0, 7.0]])}
+    >>> params, state = c.update(trained, state)  # round 1: prune 2 of 4, rewind
+    >>> params['w'].tolist()
+    [[1.0, 0.0, 3.0, 0.0]]
+  """
+  rate = validate.check_float("rate", rate, low=0.0, high=1.0, low_open=True, high_open=True)
+  rounds = validate.check_int("rounds", rounds, low=1)
+  round_steps = validate.check_int("round_steps", round_steps, low=1)
+  rewind_step = validate.check_int("rewind_step", rewind_step, low=0, high=round_steps - 1)
+  masking.check_scope(scope)
+  if total_steps is not None:
+    total = validate.check_int("total_steps", total_steps, low=1)
+    if rounds * round_steps >= total:
+      raise ValueError(
+        f"the last of rounds={rounds} ends at step {rounds * round_steps}, not before the run's "
+        f"total_steps={total}: the final ticket would never be retrained"
+      )
+
+  def init(params):
+    masks = leafwise.init_selected(params, where, lambda path, p: jnp.ones(p.shape, bool))
+    rewind = leafwise.map_selected(lambda p, m: p, params, masks)
+    rewind = jax.tree.map(lambda r, m: None if m is None else r, rewind, masks, is_leaf=lambda x: x is None)
+    return params, LotteryState(jnp.asarray(0, jnp.int32), masks, rewind)
+
+  def apply(params, state):
+    return leafwise.map_selected(masking.zero_pruned, params, state.masks)
+
+  def update(params, state, *, grads=None, **extra):
+    del grads, extra
+    count = state.count + 1
+    treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
+    flat_p = treedef.flatten_up_to(params)
+    flat_m = treedef.flatten_up_to(state.masks)
+    flat_r = treedef.flatten_up_to(state.rewind)
+    idx = [i for i, m in enumerate(flat_m) if m is not None]
+    masked = [masking.zero_pruned(flat_p[i], flat_m[i]) for i in idx]
+    rewind = [jnp.where(count == rewind_step, w, flat_r[i]) if rewind_step else flat_r[i] for w, i in zip(masked, idx)]
+    r = count // round_steps
+    end = (count % round_steps == 0) & (r <= rounds)
+    s = round_sparsity(rate, r)
+
+    def prune():
+      scores = [jnp.where(flat_m[i], jnp.abs(w), -jnp.inf) for w, i in zip(masked, idx)]
+      if scope == "global":
+        masks = criteria.global_topk_masks(scores, s)
+      else:
+        masks = [criteria.topk_mask(sc, s) for sc in scores]
+      return masks, [masking.zero_pruned(rw, m) for rw, m in zip(rewind, masks)]
+
+    masks, new_p = jax.lax.cond(end, prune, lambda: ([flat_m[i] for i in idx], masked))
+    out_p, out_m, out_r = list(flat_p), list(flat_m), list(flat_r)
+    for j, i in enumerate(idx):
+      out_p[i], out_m[i], out_r[i] = new_p[j], masks[j], rewind[j]
+    state = LotteryState(count, treedef.unflatten(out_m), treedef.unflatten(out_r))
+    return treedef.unflatten(out_p), state
+
+  def pack(params, state):
+    return leafwise.map_selected(masking.pack_masked, params, state.masks)
+
+  return Compressor(init, apply, update, pack)

@@ -1,0 +1,328 @@
+"""Binary weights and activations: BinaryConnect, XNOR-Net scaling, BNN activations.
+
+Numerics (:func:`sign`, :func:`binarize`, :func:`binarize_stochastic`,
+:func:`binary_activation`, :func:`xnor_scale`) act on one array; :func:`binary_connect`
+and :func:`xnor_net` walk the param tree, and :func:`binary_activation_rule` plugs the
+activation binarizer into :func:`jaxcompress.graph.rewrite`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress import export
+from jaxcompress.core import leafwise, select, validate
+from jaxcompress.core.base import Compressor
+from jaxcompress.graph.trace import Site
+
+
+def sign(x: jax.Array) -> jax.Array:
+  """``+1`` where ``x >= 0``, ``-1`` elsewhere, in ``x``'s dtype (zero maps to ``+1``)."""
+  return jnp.where(x >= 0, 1, -1).astype(x.dtype)
+
+
+@jax.custom_vjp
+def binarize(x: jax.Array) -> jax.Array:
+  """Deterministic binarization :func:`sign` with a straight-through gradient.
+
+  Gradient: ``dL/dx = dL/dy`` (identity; BinaryConnect bounds the weights by clipping
+  them to ``[-1, 1]`` after each update instead of cancelling the gradient).
+  """
+  return sign(x)
+
+
+def _binarize_fwd(x):
+  return sign(x), None
+
+
+def _binarize_bwd(_, g):
+  return (g,)
+
+
+binarize.defvjp(_binarize_fwd, _binarize_bwd)
+
+
+@jax.custom_vjp
+def binarize_stochastic(x: jax.Array, noise: jax.Array) -> jax.Array:
+  """Stochastic binarization: ``+1`` with probability ``hard_sigmoid(x) = clip((x+1)/2, 0, 1)``.
+
+  Args:
+    x: float array.
+    noise: uniform samples in ``[0, 1)`` of ``x``'s shape; the result is ``+1`` where
+      ``noise < hard_sigmoid(x)``, ``-1`` elsewhere.
+
+  Returns:
+    ``±1`` in ``x``'s dtype. Gradient: straight-through to ``x`` (identity), none to
+    ``noise``.
+  """
+  return _stochastic(x, noise)
+
+
+def _stochastic(x, noise):
+  p = jnp.clip((x + 1) / 2, 0, 1)
+  return jnp.where(noise < p, 1, -1).astype(x.dtype)
+
+
+def _stochastic_fwd(x, noise):
+  return _stochastic(x, noise), noise
+
+
+def _stochastic_bwd(noise, g):
+  return g, jnp.zeros_like(noise)
+
+
+binarize_stochastic.defvjp(_stochastic_fwd, _stochastic_bwd)
+
+
+@jax.custom_vjp
+def binary_activation(x: jax.Array) -> jax.Array:
+  """BNN activation: :func:`sign` forward, hard-tanh straight-through backward.
+
+  Gradient: ``dL/dx = dL/dy * 1[|x| <= 1]``, the derivative of ``hardtanh(x) =
+  clip(x, -1, 1)`` (Hubara et al. 2016, Eq. 4).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jnp.array([-2.0, -0.5, 0.0, 3.0])
+    >>> binary_activation(x).tolist()
+    [-1.0, -1.0, 1.0, 1.0]
+    >>> jax.grad(lambda x: binary_activation(x).sum())(x).tolist()
+    [0.0, 1.0, 1.0, 0.0]
+  """
+  return sign(x)
+
+
+def _act_fwd(x):
+  return sign(x), jnp.abs(x) <= 1
+
+
+def _act_bwd(inside, g):
+  return (g * inside.astype(g.dtype),)
+
+
+binary_activation.defvjp(_act_fwd, _act_bwd)
+
+
+def binary_activation_rule() -> Any:
+  """A :func:`jaxcompress.graph.rewrite` rule that binarizes each selected site's input.
+
+  Returns:
+    ``rule(site, activation, weight) = site.compute(binary_activation(activation),
+    weight)``: the matmul or convolution sees ``sign(activation)`` and the gradient is
+    the hard-tanh straight-through estimator (:func:`binary_activation`).
+
+  References:
+    Hubara, Courbariaux, Soudry, El-Yaniv & Bengio 2016, "Binarized Neural Networks",
+    https://arxiv.org/abs/1602.02830.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxcompress import graph
+    >>> f = graph.rewrite(lambda p, x: x @ p['w'], binary_activation_rule())
+    >>> f({'w': jnp.ones((3, 1))}, jnp.array([[0.2, -0.7, 4.0]])).tolist()
+    [[1.0]]
+  """
+
+  def rule(site: Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+    return site.compute(binary_activation(activation), weight)
+
+  return rule
+
+
+def xnor_scale(w: jax.Array, channel_axes: tuple[int, ...] = ()) -> jax.Array:
+  """XNOR-Net's optimal binary scale ``alpha = mean |w|`` (Rastegari et al. 2016, Eq. 4).
+
+  Args:
+    w: float array.
+    channel_axes: axes that keep their own alpha (the output-channel axis for
+      per-channel scaling); the mean runs over all other axes. Empty: one alpha.
+
+  Returns:
+    ``alpha`` with ``keepdims`` over the reduced axes, differentiable.
+  """
+  axes = tuple(a for a in range(w.ndim) if a not in {c % w.ndim for c in channel_axes})
+  return jnp.mean(jnp.abs(w), axis=axes, keepdims=True)
+
+
+class BinaryLeaf(NamedTuple):
+  """Per-leaf state of :func:`binary_connect`.
+
+  Attributes:
+    key: raw ``uint32`` PRNG key data of this leaf (stochastic mode), else ``None``.
+  """
+
+  key: Any
+
+
+class BinaryState(NamedTuple):
+  """State of :func:`binary_connect` and :func:`xnor_net`.
+
+  Attributes:
+    count: ``int32`` step counter; the stochastic sample of step ``t`` uses
+      ``fold_in(key, t)``.
+    leaves: :class:`BinaryLeaf` at binarized leaves, ``None`` elsewhere.
+  """
+
+  count: jax.Array
+  leaves: Any
+
+
+_SCALINGS = (None, "tensor", "channel")
+
+
+def binary_connect(
+  *,
+  stochastic: bool = False,
+  seed: int = 0,
+  scaling: str | None = None,
+  axis: int = -1,
+  clip: bool = True,
+  where: select.Where = None,
+) -> Compressor:
+  """BinaryConnect: train with weights binarized to ``±alpha``, keep float masters.
+
+  ``apply`` returns ``alpha * b(w)``: ``b = sign(w)`` (``+1`` at zero), or with
+  ``stochastic`` ``+1`` with probability ``hard_sigmoid(w) = clip((w + 1) / 2, 0, 1)``.
+  ``alpha`` is 1 (``scaling=None``, the paper), ``mean |w|`` over the tensor
+  (``'tensor'``) or per slice along ``axis`` (``'channel'``, XNOR-Net; see
+  :func:`xnor_net`). ``update`` clips the float weights to ``[-1, 1]`` (``clip``).
+
+  Randomness: the state keeps one PRNG key per selected leaf (derived from ``seed``);
+  ``apply`` draws the sample of step ``count`` from ``fold_in(key, count)``, so it is
+  deterministic given the state, identical across devices under ``pmap`` and
+  resumable from a checkpoint, and a new sample is drawn each step as ``update``
+  advances ``count``. ``pack`` stores the sample ``apply`` shows at the current step
+  (the paper evaluates stochastic nets with the float weights instead).
+
+  Gradient: straight-through for the binarizer, ``dL/dw = alpha * dL/dw_b``
+  (:func:`binarize`, :func:`binarize_stochastic`); with scaling, ``alpha = mean|w|``
+  is differentiated exactly as well, adding ``sign(w) / n * sum(dL/dw_b * b)``.
+
+  ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
+  ``[-alpha, +alpha]`` (one row per channel with ``'channel'``) and 1-bit indices.
+
+  Args:
+    stochastic: stochastic instead of deterministic binarization.
+    seed: seeds the per-leaf keys of stochastic binarization.
+    scaling: ``None``, ``'tensor'`` or ``'channel'``.
+    axis: the channel axis for ``'channel'`` (-1: Flax's output features).
+    clip: clip the float weights to ``[-1, 1]`` in ``update``.
+    where: which leaves to binarize (default: floating leaves with ``ndim >= 2``).
+
+  Returns:
+    A :class:`~jaxcompress.Compressor` with :class:`BinaryState`.
+
+  Raises:
+    ValueError: for an unknown ``scaling``, a non-integer ``seed`` or ``axis``; at
+      ``init``, as :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out
+      of range for a selected leaf.
+
+  References:
+    Courbariaux, Bengio & David 2015, "BinaryConnect: Training Deep Neural Networks
+    with binary weights during propagations", https://arxiv.org/abs/1511.00363.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> c = binary_connect()
+    >>> params, state = c.init({'w': jnp.array([[0.3, -0.2], [0.0, -4.0]])})
+    >>> c.apply(params, state)['w'].tolist()
+    [[1.0, -1.0], [1.0, -1.0]]
+    >>> c.update(params, state)[0]['w'].tolist()  # float weights clipped to [-1, 1]
+    [[0.30000001192092896, -0.20000000298023224], [0.0, -1.0]]
+  """
+  validate.check_choice("scaling", scaling, _SCALINGS)
+  seed = validate.check_int("seed", seed)
+  axis = validate.check_int("axis", axis)
+  channel_axes = (axis,) if scaling == "channel" else ()
+  root = jax.random.key(seed)
+
+  def init(params):
+    counter = [0]
+
+    def init_leaf(path, p):
+      if scaling == "channel" and not -p.ndim <= axis < p.ndim:
+        raise ValueError(f"axis={axis} is out of range for leaf {path!r} of shape {tuple(p.shape)}")
+      key = jax.random.key_data(jax.random.fold_in(root, counter[0])) if stochastic else None
+      counter[0] += 1
+      return BinaryLeaf(key)
+
+    leaves = leafwise.init_selected(params, where, init_leaf)
+    return params, BinaryState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+
+  def alpha(w):
+    if scaling is None:
+      return jnp.ones((1,) * w.ndim, w.dtype)
+    return xnor_scale(w, channel_axes)
+
+  def bits_of(w, leaf, count):
+    if not stochastic:
+      return binarize(w)
+    key = jax.random.fold_in(jax.random.wrap_key_data(leaf.key), count)
+    return binarize_stochastic(w, jax.random.uniform(key, w.shape, w.dtype))
+
+  def apply(params, state):
+    return leafwise.map_selected(lambda w, leaf: alpha(w) * bits_of(w, leaf, state.count), params, state.leaves)
+
+  def update(params, state, *, grads=None, **extra):
+    del grads, extra
+    if clip:
+      params = leafwise.map_selected(lambda w, _: jnp.clip(w, -1, 1), params, state.leaves)
+    return params, state._replace(count=state.count + 1)
+
+  def pack_leaf(p, leaf, count):
+    w = jnp.asarray(export.materialize(p))
+    a = alpha(w)
+    b = np.asarray(bits_of(w, leaf, count))
+    indices = (b > 0).astype(np.uint8)
+    if scaling == "channel":
+      a_row = np.moveaxis(np.asarray(a), axis, 0).reshape(-1, 1)
+      return export.from_assignments(np.concatenate([-a_row, a_row], axis=1), indices, axis=axis)
+    a_scalar = np.asarray(a).reshape(1)
+    return export.from_assignments(np.concatenate([-a_scalar, a_scalar]), indices)
+
+  def pack(params, state):
+    return leafwise.map_selected(lambda p, leaf: pack_leaf(p, leaf, state.count), params, state.leaves)
+
+  return Compressor(init, apply, update, pack)
+
+
+def xnor_net(*, axis: int = -1, per_channel: bool = True, clip: bool = False, where: select.Where = None) -> Compressor:
+  """XNOR-Net weight binarization: ``w ≈ alpha * sign(w)`` with ``alpha = mean |w|``.
+
+  :func:`binary_connect` with ``scaling='channel'`` (one ``alpha`` per output channel,
+  the slices along ``axis``) or ``'tensor'``. Gradient: straight-through for ``sign``
+  plus the exact gradient of ``alpha = mean|w|``: ``dL/dw_i = alpha * g_i + sign(w_i) /
+  n * sum_j g_j sign(w_j)`` over the ``n`` weights sharing ``alpha`` (the paper's
+  ``g_i (1/n + alpha * STE)`` is this with the sum approximated). Packs at 1 bit per
+  weight plus two floats per channel (a :class:`~jaxcompress.export.CodebookArray`).
+
+  Args:
+    axis: the output-channel axis (-1: Flax Dense ``(in, out)`` and Conv
+      ``(h, w, in, out)``).
+    per_channel: one ``alpha`` per channel; ``False`` for one per tensor.
+    clip: clip the float weights to ``[-1, 1]`` in ``update`` (off by default: XNOR-Net
+      does not clip, and clipping would change ``alpha``).
+    where: which leaves (default: floating leaves with ``ndim >= 2``).
+
+  Returns:
+    A :class:`~jaxcompress.Compressor` with :class:`BinaryState`.
+
+  Raises:
+    ValueError: as :func:`binary_connect`.
+
+  References:
+    Rastegari, Ordonez, Redmon & Farhadi 2016, "XNOR-Net: ImageNet Classification
+    Using Binary Convolutional Neural Networks", https://arxiv.org/abs/1603.05279.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> c = xnor_net()
+    >>> params, state = c.init({'w': jnp.array([[0.5, -2.0], [-1.5, 1.0]])})
+    >>> c.apply(params, state)['w'].tolist()  # alpha = [1.0, 1.5] per column
+    [[1.0, -1.5], [-1.0, 1.5]]
+  """
+  return binary_connect(scaling="channel" if per_channel else "tensor", axis=axis, clip=clip, where=where)

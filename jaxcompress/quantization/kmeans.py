@@ -1,0 +1,239 @@
+"""K-means codebook quantization with codebook fine-tuning (Deep Compression §3).
+
+Numerics (:func:`init_centroids`, :func:`kmeans_1d`, :func:`assign`) act on a 1-D
+array and are jit-safe (a fixed number of Lloyd iterations, fixed shapes);
+:func:`kmeans` walks the tree and makes the codebooks the trainable parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress import export
+from jaxcompress.core import select, validate
+from jaxcompress.core.base import Compressor
+from jaxcompress.quantization import _reparam
+
+CENTROID_INITS = ("linear", "density", "kmeans++")
+
+
+def init_centroids(x: jax.Array, k: int, method: str = "linear", key: jax.Array | None = None) -> jax.Array:
+  """Initial centroids for 1-D k-means, ascending.
+
+  Args:
+    x: ``float[n]``, the values to cluster.
+    k: the number of centroids.
+    method: ``'linear'`` (``k`` values evenly spaced over ``[min x, max x]``),
+      ``'density'`` (the ``x``-values where the empirical CDF crosses ``k`` evenly
+      spaced levels in ``[0, 1]``: quantiles) or ``'kmeans++'`` (Arthur & Vassilvitskii
+      2007: the first at random, each next one drawn with probability proportional to
+      its squared distance to the nearest chosen one).
+    key: a PRNG key, needed for ``'kmeans++'``.
+
+  Returns:
+    ``float[k]`` in ``x``'s dtype. Repeated values are allowed (fewer distinct values
+    than ``k``).
+
+  Raises:
+    ValueError: for an unknown method, or ``'kmeans++'`` without a key.
+  """
+  if method == "linear":
+    return jnp.linspace(jnp.min(x), jnp.max(x), k).astype(x.dtype)
+  if method == "density":
+    return jnp.quantile(x, jnp.linspace(0.0, 1.0, k)).astype(x.dtype)
+  if method != "kmeans++":
+    raise ValueError(f"method must be one of {CENTROID_INITS}, got {method!r}")
+  if key is None:
+    raise ValueError("method='kmeans++' needs a PRNG key")
+  n = x.shape[0]
+  keys = jax.random.split(key, k)
+  first = x[jax.random.randint(keys[0], (), 0, n)]
+  centroids = jnp.full((k,), first, x.dtype)
+
+  def pick(i, carry):
+    centroids, d2 = carry
+    total = jnp.sum(d2)
+    p = jnp.where(total > 0, d2 / jnp.where(total > 0, total, 1), 1.0 / n)  # all equal: uniform
+    c = x[jax.random.choice(keys[i], n, p=p)]
+    return centroids.at[i].set(c), jnp.minimum(d2, (x - c) ** 2)
+
+  centroids, _ = jax.lax.fori_loop(1, k, pick, (centroids, (x - first) ** 2))
+  return jnp.sort(centroids)
+
+
+def assign(x: jax.Array, centroids: jax.Array) -> jax.Array:
+  """Index of the nearest centroid of each value (the first on ties), ``int32``."""
+  return jnp.argmin(jnp.abs(x[..., None] - centroids), axis=-1).astype(jnp.int32)
+
+
+def kmeans_1d(x: jax.Array, centroids: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:
+  """Lloyd's algorithm on scalars for a fixed number of iterations (jit-safe).
+
+  Each iteration assigns every value to its nearest centroid, then moves each centroid
+  to the mean of its values; a centroid with no value keeps its place (so fewer
+  distinct values than centroids leaves duplicates or unused centroids, never NaN).
+
+  Args:
+    x: ``float[n]``.
+    centroids: ``float[k]``, the initial centroids.
+    iterations: the number of Lloyd iterations, >= 0.
+
+  Returns:
+    ``(centroids, assignments)``: the final ``float[k]`` and ``int32[n]`` with
+    ``x ≈ centroids[assignments]``.
+  """
+  k = centroids.shape[0]
+
+  def step(_, c):
+    idx = assign(x, c)
+    sums = jax.ops.segment_sum(x, idx, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones_like(x), idx, num_segments=k)
+    return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), c)
+
+  centroids = jax.lax.fori_loop(0, iterations, step, centroids)
+  return centroids, assign(x, centroids)
+
+
+class KMeansLeaf(NamedTuple):
+  """Per-leaf state of :func:`kmeans`.
+
+  Attributes:
+    indices: ``int32`` assignments, the weight's shape (fixed during fine-tuning).
+  """
+
+  indices: jax.Array
+
+
+class KMeansState(NamedTuple):
+  """State of :func:`kmeans`.
+
+  Attributes:
+    count: ``int32`` step counter.
+    leaves: :class:`KMeansLeaf` at clustered leaves, ``None`` elsewhere.
+  """
+
+  count: jax.Array
+  leaves: Any
+
+
+def kmeans(
+  clusters: int = 16,
+  *,
+  centroid_init: str = "linear",
+  iterations: int = 20,
+  per_channel: bool = False,
+  axis: int = -1,
+  seed: int = 0,
+  where: select.Where = None,
+) -> Compressor:
+  """K-means weight sharing with codebook fine-tuning (Deep Compression, §3).
+
+  ``init`` clusters each selected leaf's values (per layer, or per slice along ``axis``
+  with ``per_channel``) into ``clusters`` centroids with ``iterations`` Lloyd steps run
+  in JAX, then replaces the leaf in the *trainable tree* by its codebook (``float[k]``,
+  or ``float[c, k]`` per channel); the assignments stay fixed in the state. ``apply``
+  returns ``codebook[indices]``. Gradient: ``dL/dcodebook[j] = sum of dL/dw_i over the
+  weights i assigned to centroid j`` (Han et al. 2016, Eq. 3; the transpose of the
+  gather), so fine-tuning trains the shared values. A leaf with fewer distinct values
+  than clusters is handled: its spare centroids stay unused or repeat a value.
+  ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with
+  ``ceil(log2 clusters)``-bit indices. Put ``kmeans`` leftmost in a ``chain``.
+
+  Args:
+    clusters: centroids per codebook, >= 2 (16 gives 4-bit indices).
+    centroid_init: ``'linear'`` (the paper's best), ``'density'`` or ``'kmeans++'``
+      (see :func:`init_centroids`).
+    iterations: Lloyd iterations, >= 0 (0 keeps the initial centroids).
+    per_channel: one codebook per slice along ``axis`` instead of one per leaf.
+    axis: the channel axis (-1: Flax's output features).
+    seed: seeds ``'kmeans++'``.
+    where: which leaves (default: floating leaves with ``ndim >= 2``).
+
+  Returns:
+    A :class:`~jaxcompress.Compressor` with :class:`KMeansState`; its trainable tree
+    holds the codebooks at the selected leaves.
+
+  Raises:
+    ValueError: if ``clusters < 2``, ``iterations < 0``, or ``centroid_init`` is
+      unknown; at ``init``, as :func:`jaxcompress.core.leafwise.init_selected`, if
+      ``axis`` is out of range, or if ``clusters`` exceeds the number of weights
+      sharing a codebook.
+
+  References:
+    Han, Mao & Dally 2016, "Deep Compression: Compressing Deep Neural Networks with
+    Pruning, Trained Quantization and Huffman Coding", https://arxiv.org/abs/1510.00149.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> c = kmeans(2)
+    >>> params, state = c.init({'w': jnp.array([[0.1, 0.2], [2.0, 2.2]])})
+    >>> [round(v, 2) for v in params['w'].tolist()]  # the trainable codebook
+    [0.15, 2.1]
+    >>> c.apply(params, state)['w'][:, 0].tolist() == params['w'].tolist()
+    True
+    >>> grad = jax.grad(lambda p: (c.apply(p, state)['w'] * jnp.array([[1., 2.], [3., 4.]])).sum())
+    >>> grad(params)['w'].tolist()  # each centroid: the sum of its weights' gradients
+    [3.0, 7.0]
+  """
+  clusters = validate.check_int("clusters", clusters, low=2)
+  validate.check_choice("centroid_init", centroid_init, CENTROID_INITS)
+  iterations = validate.check_int("iterations", iterations, low=0)
+  axis = validate.check_int("axis", axis)
+  seed = validate.check_int("seed", seed)
+  root = jax.random.key(seed)
+
+  def cluster(x, key):
+    return kmeans_1d(x, init_centroids(x, clusters, centroid_init, key), iterations)
+
+  def init(params):
+    counter = [0]
+
+    def init_leaf(path, w):
+      key = jax.random.fold_in(root, counter[0])
+      counter[0] += 1
+      if per_channel and not -w.ndim <= axis < w.ndim:
+        raise ValueError(f"axis={axis} is out of range for leaf {path!r} of shape {tuple(w.shape)}")
+      per_codebook = w.size // w.shape[axis] if per_channel else w.size
+      if clusters > per_codebook:
+        raise ValueError(f"clusters={clusters} is larger than the {per_codebook} weights per codebook of leaf {path!r}")
+      if not per_channel:
+        codebook, idx = cluster(w.reshape(-1), key)
+        return codebook, KMeansLeaf(idx.reshape(w.shape))
+      rows = jnp.moveaxis(w, axis, 0)
+      codebook, idx = jax.vmap(cluster)(rows.reshape(rows.shape[0], -1), jax.random.split(key, rows.shape[0]))
+      return codebook, KMeansLeaf(jnp.moveaxis(idx.reshape(rows.shape), 0, axis))
+
+    trainable, leaves = _reparam.init(params, where, init_leaf)
+    return trainable, KMeansState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+
+  def dense(codebook, leaf):
+    idx = leaf.indices
+    expected = (idx.shape[axis], clusters) if per_channel else (clusters,)
+    if tuple(jnp.shape(codebook)) != expected:
+      raise ValueError(
+        f"expected a codebook of shape {expected} in the trainable tree, got {tuple(jnp.shape(codebook))}: "
+        "pass the tree that init returned, not the model's params"
+      )
+    if not per_channel:
+      return codebook[leaf.indices]
+    channel = jax.lax.broadcasted_iota(jnp.int32, leaf.indices.shape, axis % leaf.indices.ndim)
+    return codebook[channel, leaf.indices]
+
+  def apply(params, state):
+    return _reparam.map_nodes(dense, params, state.leaves, KMeansLeaf)
+
+  def update(params, state, *, grads=None, **extra):
+    del grads, extra
+    return params, state._replace(count=state.count + 1)
+
+  def pack_leaf(codebook, leaf):
+    return export.from_assignments(np.asarray(codebook), np.asarray(leaf.indices), axis=axis if per_channel else None)
+
+  def pack(params, state):
+    return _reparam.map_nodes(pack_leaf, params, state.leaves, KMeansLeaf)
+
+  return Compressor(init, apply, update, pack)

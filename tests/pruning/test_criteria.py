@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxcompress import pruning
+
+
+def test_global_topk_keeps_the_largest_anywhere_exactly():
+  scores = [jax.random.normal(jax.random.key(i), s) for i, s in enumerate([(7, 3), (5,), (2, 2, 2)])]
+  masks = pruning.global_topk_masks(scores, 0.7)
+  flat = np.concatenate([np.asarray(s).ravel() for s in scores])
+  kept = np.concatenate([np.asarray(m).ravel() for m in masks])
+  assert kept.sum() == flat.size - round(0.7 * flat.size)
+  assert flat[kept].min() > flat[~kept].max()
+
+
+def test_global_ties_keep_the_earlier_leaf_then_element():
+  masks = pruning.global_topk_masks([jnp.ones(3), jnp.ones(3)], 0.5)
+  assert [m.tolist() for m in masks] == [[True, True, True], [False, False, False]]
+
+
+def test_global_topk_is_the_same_on_sharded_leaves():
+  mesh = Mesh(np.array(jax.devices()), ("x",))
+  scores = [jax.random.normal(jax.random.key(0), (16, 8)), jax.random.normal(jax.random.key(1), (8, 32))]
+  sharded = [jax.device_put(s, NamedSharding(mesh, P("x"))) for s in scores]
+  expected = pruning.global_topk_masks(scores, 0.9)
+  got = jax.jit(pruning.global_topk_masks, static_argnums=1)(sharded, 0.9)
+  for e, g in zip(expected, got):
+    np.testing.assert_array_equal(e, g)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
+@pytest.mark.parametrize("shape", [(16, 6), (3, 3, 8, 5)])
+def test_nm_every_group_along_contraction_axis_has_exactly_n(n, m, shape):
+  w = jax.random.normal(jax.random.key(0), shape)
+  mask = np.asarray(pruning.nm_mask(jnp.abs(w), n, m))
+  moved = np.moveaxis(mask, -2, -1)
+  groups = moved.reshape(*moved.shape[:-1], -1, m)
+  assert (groups.sum(-1) == n).all()
+  # The kept ones are the n largest of each group.
+  absw = np.moveaxis(np.abs(np.asarray(w)), -2, -1).reshape(groups.shape)
+  assert (np.where(groups, absw, np.inf).min(-1) >= np.where(groups, -np.inf, absw).max(-1)).all()
+
+
+def test_nm_ties_and_bad_input():
+  assert pruning.nm_mask(jnp.ones((4, 1)), 2, 4).ravel().tolist() == [True, True, False, False]
+  with pytest.raises(ValueError, match="n <= m, got n=5, m=4"):
+    pruning.nm_mask(jnp.ones((8, 2)), 5, 4)
+  with pytest.raises(ValueError, match="length 6, not divisible by m=4"):
+    pruning.nm_mask(jnp.ones((6, 2)), 2, 4)
+
+
+def test_block_mask_keeps_whole_blocks():
+  w = jax.random.normal(jax.random.key(0), (8, 16))
+  mask = np.asarray(pruning.block_mask(jnp.abs(w), 0.75, (1, 4)))
+  blocks = mask.reshape(8, 4, 4)
+  assert ((blocks.all(-1)) | (~blocks.any(-1))).all()
+  assert blocks.all(-1).sum() == 32 - 24
+  with pytest.raises(ValueError, match="not divisible by 4"):
+    pruning.block_mask(jnp.ones((8, 6)), 0.5, (1, 4))
+
+
+def test_all_equal_scores_keep_exactly_the_count_by_position():
+  mask = pruning.topk_mask(jnp.zeros((10,)), 0.99)  # round(9.9) = 10 pruned
+  assert int(mask.sum()) == 0
+  mask = pruning.topk_mask(jnp.zeros((10,)), 0.94)
+  assert mask.tolist() == [True] + [False] * 9
