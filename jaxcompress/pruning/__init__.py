@@ -16,7 +16,6 @@ from jaxcompress.pruning.magnitude import MagnitudeState, magnitude
 from jaxcompress.pruning.masking import PruningState
 from jaxcompress.pruning.movement import movement
 from jaxcompress.pruning.nm import n_m
-from jaxcompress.pruning.optimizer import make_step, masks_of, reset_where
 from jaxcompress.pruning.random_pruning import random
 from jaxcompress.pruning.saliency import saliency, snip
 from jaxcompress.pruning.schedules import (
@@ -42,8 +41,6 @@ __all__ = [
   "keep_top",
   "lottery_ticket",
   "magnitude",
-  "make_step",
-  "masks_of",
   "movement",
   "n_m",
   "narrow_nnx",
@@ -52,7 +49,6 @@ __all__ = [
   "one_shot_sparsity",
   "polynomial_sparsity",
   "random",
-  "reset_where",
   "rigl",
   "saliency",
   "shrink",

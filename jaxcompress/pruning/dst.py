@@ -4,7 +4,7 @@ The number of weights per leaf is fixed (by an allocation of the target sparsity
 ``update_every`` steps until ``end_step`` a cosine-decaying fraction of the active
 weights with the smallest ``|w|`` is dropped and as many inactive ones are regrown, at
 random (SET) or by largest dense-gradient magnitude (RigL). Regrown weights start at 0;
-:func:`~jaxcompress.pruning.make_step` also resets their optimizer moments.
+:func:`~jaxcompress.train.make_step` also resets their optimizer moments.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def rigl(
   :func:`drop_fraction_at`, and activates as many inactive weights with the largest
   ``|g|``, where ``g`` is the **dense** gradient: ``apply`` masks the weights with an
   identity gradient, so ``update`` receives gradients at inactive positions too (use
-  :func:`~jaxcompress.pruning.make_step` so those do not move the optimizer's moments).
+  :func:`~jaxcompress.train.make_step` so those do not move the optimizer's moments).
   Regrown weights start at exactly 0. The active count per leaf never changes. An
   ``update`` called without ``grads`` cannot regrow and leaves the masks as they are.
 

@@ -55,7 +55,7 @@ def lottery_ticket(
   steps: late rewinding, Frankle et al. 2020); then training restarts from there.
   After the last round the ticket trains to the end of the run.
 
-  Only the weights are rewound: with :func:`~jaxcompress.pruning.make_step` the moments
+  Only the weights are rewound: with :func:`~jaxcompress.train.make_step` the moments
   of the newly pruned weights are reset, those of the survivors carry over (restart the
   optimizer between rounds for a fully fresh retrain), and the learning-rate schedule is
   the caller's.

@@ -50,7 +50,7 @@ def magnitude(
 
   ``apply`` zeroes pruned weights, so they receive zero gradient; ``update`` sets them
   to exactly zero in the params after every optimizer step, so momentum or weight decay
-  cannot revive them (use :func:`~jaxcompress.pruning.make_step` to also give them no
+  cannot revive them (use :func:`~jaxcompress.train.make_step` to also give them no
   update and reset their optimizer moments). ``pack`` stores each selected leaf as a
   :class:`~jaxcompress.export.SparseArray` (or, inside ``chain`` after a quantizer, a
   :class:`~jaxcompress.export.QArray` whose codes are sparse).

@@ -11,6 +11,7 @@ import optax
 
 from jaxcompress.core.base import Compressor
 from jaxcompress.core.tree import PyTree
+from jaxcompress.train.masks import mask_tree, masks_of, reset_where
 
 
 class TrainState(NamedTuple):
@@ -88,6 +89,13 @@ def make_step(
 ) -> Callable[..., tuple[TrainState, Any]]:
   """Builds one training step: grad through ``apply``, the optimizer, then ``update``.
 
+  When the compressor's state holds keep-masks (pruning; found by
+  :func:`~jaxcompress.train.masks.masks_of`, inside ``chain`` too), the optimizer
+  receives zero gradients at pruned coordinates, its updates there are zeroed, and after
+  ``update`` the optimizer moments of every coordinate whose mask changed (pruned or
+  regrown) are reset to 0. ``update`` still receives the unmasked gradients (RigL
+  regrows by them). Without masks it is the plain step.
+
   The step is a pure function ``step(state, *batch) -> (state, loss)`` (or
   ``(state, (loss, aux))`` with ``has_aux``); jitting is the caller's choice. It works
   under ``jax.jit``, under ``jax.pmap`` with ``axis_name`` (gradients and loss are
@@ -128,9 +136,17 @@ def make_step(
       if reduce_gradients:
         grads = jax.lax.pmean(grads, axis_name)
       out = jax.lax.pmean(out, axis_name)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    masks = masks_of(state.cstate, state.params)
+    opt_grads = grads if masks is None else mask_tree(grads, masks)
+    updates, opt_state = optimizer.update(opt_grads, state.opt_state, state.params)
+    if masks is not None:
+      updates = mask_tree(updates, masks)
     params = optax.apply_updates(state.params, updates)
     params, cstate = compressor.update(params, state.cstate, grads=grads)
+    new_masks = masks_of(cstate, params)
+    if masks is not None and new_masks is not None:
+      changed = jax.tree.map(lambda a, b: None if a is None else a != b, masks, new_masks, is_leaf=lambda x: x is None)
+      opt_state = reset_where(opt_state, params, changed)
     return TrainState(params, opt_state, cstate), out
 
   return step

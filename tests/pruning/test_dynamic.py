@@ -54,7 +54,7 @@ def test_set_keeps_the_count_and_erk_split():
   opt = optax.sgd(0.1, momentum=0.9)
   state = jc.train.init(params, opt, c)
   targets = pruning.erk_sparsities([(16, 32), (32, 8)], 0.9)
-  step = jax.jit(pruning.make_step(helpers.mse_loss, opt, c))
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
   masks = [state.cstate.masks]
   for i in range(4):
     state, _ = step(state, *helpers.batch(seed=i))
@@ -71,7 +71,7 @@ def test_make_step_resets_moments_where_masks_change_and_never_updates_pruned():
   c = pruning.rigl(0.75, update_every=3, end_step=100, allocation="uniform")
   opt = optax.adamw(1e-2, weight_decay=0.1)
   state = jc.train.init(params, opt, c)
-  step = jax.jit(pruning.make_step(helpers.mse_loss, opt, c))
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
   for i in range(6):
     old_mask = state.cstate.masks["fc0"]["kernel"]
     state, _ = step(state, *helpers.batch(seed=i))
@@ -92,9 +92,9 @@ def test_masks_of_finds_masks_inside_chain():
   params = helpers.mlp_params()
   c = jc.chain(pruning.magnitude(0.5), jc.quantization.fake_quant(8))
   _, cstate = c.init(params)
-  masks = pruning.masks_of(cstate, params)
+  masks = jc.train.masks_of(cstate, params)
   assert masks["fc0"]["bias"] is None and masks["fc0"]["kernel"].sum() == 256
-  assert pruning.masks_of(jc.identity().init(params)[1], params) is None
+  assert jc.train.masks_of(jc.identity().init(params)[1], params) is None
 
 
 def test_lottery_ticket_prunes_per_round_and_rewinds():
@@ -102,7 +102,7 @@ def test_lottery_ticket_prunes_per_round_and_rewinds():
   c = pruning.lottery_ticket(0.5, rounds=2, round_steps=3, rewind_step=1, total_steps=10)
   opt = optax.sgd(0.1)
   state = jc.train.init(params, opt, c)
-  step = jax.jit(pruning.make_step(helpers.mse_loss, opt, c))
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
   state, _ = step(state, *helpers.batch(seed=0))
   early = np.asarray(state.params["fc0"]["kernel"])  # the weights at step 1
   for i in range(1, 3):
