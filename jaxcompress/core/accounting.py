@@ -122,10 +122,14 @@ def report(tree: PyTree) -> Report:
     >>> r.bytes, r.nonzeros, r.compression_ratio
     (80, 4, 1.0)
   """
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_packed_leaf)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_packed_leaf)
+  packed = [leaf for _, leaf in flat if is_packed_leaf(leaf)]
+  # One jitted call materializes every compressed leaf (eager unpacking would compile
+  # each small op of each leaf separately); dense leaves are read as they are.
+  unpacked = iter(jax.jit(lambda ls: [x.materialize() for x in ls])(packed))
   rows = []
   for keypath, leaf in flat:
-    dense = np.asarray(leaf.materialize() if is_packed_leaf(leaf) else leaf)
+    dense = np.asarray(next(unpacked) if is_packed_leaf(leaf) else leaf)
     rows.append(
       LeafReport(
         path=path_str(keypath),
