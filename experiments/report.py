@@ -46,7 +46,7 @@ def summarize(rows: Iterable[Row]) -> list[Row]:
 def table(summary: list[Row]) -> str:
   """Renders the summary as a fixed-width text table."""
   head = (
-    f"{'model':<12} {'technique':<13} {'test acc %':>14} {'packed B':>9} {'ratio':>6} "
+    f"{'model':<12} {'technique':<15} {'test acc %':>14} {'packed B':>9} {'ratio':>6} "
     f"{'sparsity':>8} {'file B':>8} {'train s':>7} {'io':>3}"
   )
   lines = [head, "-" * len(head)]
@@ -54,7 +54,7 @@ def table(summary: list[Row]) -> str:
     acc = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"
     ok = "ok" if s["roundtrip_ok"] and s["packed_matches_apply"] else "BAD"
     lines.append(
-      f"{s['model']:<12} {s['technique']:<13} {acc:>14} {s['bytes']:>9,.0f} {s['ratio']:>5.1f}x "
+      f"{s['model']:<12} {s['technique']:<15} {acc:>14} {s['bytes']:>9,.0f} {s['ratio']:>5.1f}x "
       f"{s['sparsity']:>8.3f} {s['file_bytes']:>8,.0f} {s['train_seconds']:>7.2f} {ok:>3}"
     )
   return "\n".join(lines)
@@ -78,46 +78,27 @@ def targets(summary: list[Row], model: str = "lenet300100") -> tuple[bool, str]:
 
 
 def pareto_plot(summary: list[Row], path: str) -> None:
-  """Accuracy versus packed bytes (log x), one marker per technique, one colour per
-  model, with each model's Pareto frontier drawn as a step line."""
+  """Accuracy versus packed bytes (log x), one panel per model: every technique is a
+  labelled point with its spread over seeds, and the Pareto frontier a step line."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  markers = dict(zip(dict.fromkeys(s["technique"] for s in summary), "osD^vP*Xh<>p"))
-  colours = dict(zip(dict.fromkeys(s["model"] for s in summary), ("tab:blue", "tab:orange", "tab:green", "tab:red")))
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for model, colour in colours.items():
+  models = list(dict.fromkeys(s["model"] for s in summary))
+  fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5), squeeze=False)
+  for ax, model in zip(axes[0], models):
     pts = [s for s in summary if s["model"] == model]
     for s in pts:
-      ax.errorbar(
-        s["bytes"],
-        s["acc_mean"],
-        yerr=s["acc_std"],
-        marker=markers[s["technique"]],
-        color=colour,
-        linestyle="none",
-        capsize=3,
-        markersize=7,
-      )
+      ax.errorbar(s["bytes"], s["acc_mean"], yerr=s["acc_std"], marker="o", markersize=4, linestyle="none", capsize=2)
+      ax.annotate(s["technique"], (s["bytes"], s["acc_mean"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     front = _frontier(pts)
-    ax.step(
-      [s["bytes"] for s in front],
-      [s["acc_mean"] for s in front],
-      where="post",
-      color=colour,
-      alpha=0.4,
-      label=f"{model} frontier",
-    )
-  for technique, marker in markers.items():
-    ax.plot([], [], marker=marker, color="gray", linestyle="none", label=technique)
-  ax.set_xscale("log")
-  ax.set_xlabel("packed bytes (log scale)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title("digits: accuracy vs. size")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8, loc="lower right", ncol=2)
+    ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post", color="black", alpha=0.4)
+    ax.set_xscale("log")
+    ax.set_xlabel("packed bytes (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{model}: accuracy vs. size (frontier in grey)")
+    ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
