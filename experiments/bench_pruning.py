@@ -36,13 +36,12 @@ STEP_VARIANTS = {
 
 def mask_update_runners(sizes, x, y):
   """One dense step vs ``update`` alone when every layer's mask is recomputed."""
-  params = bench_overhead.init_mlp(sizes)
-  step, state = bench_overhead.compiled_step(params, jc.identity(), x, y)
+  step, state = bench_overhead.compiled_step(bench_overhead.init_mlp(sizes), jc.identity(), x, y)
   runners = {"dense training step": ((lambda s: step(s, x, y)[0]), state)}
   ramp = lambda t: jnp.minimum(0.5 + 0.001 * jnp.asarray(t, jnp.float32), 0.95)  # a new target every step
   for scope in ("layer", "global"):
     c = pruning.magnitude(ramp, scope=scope)
-    p, s = c.init(params)
+    p, s = c.init(bench_overhead.init_mlp(sizes))  # fresh arrays: the dense step donates its own
     update = jax.jit(c.update)
     runners[f"mask update ({scope} top-k)"] = (lambda ps, update=update: update(*ps), (p, s))
   return runners

@@ -122,7 +122,7 @@ def report(tree: PyTree) -> Report:
     >>> r.bytes, r.nonzeros, r.compression_ratio
     (80, 4, 1.0)
   """
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_packed_leaf)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_packed_leaf)
   packed = [leaf for _, leaf in flat if is_packed_leaf(leaf)]
   # One jitted call materializes every compressed leaf (eager unpacking would compile
   # each small op of each leaf separately); dense leaves are read as they are.

@@ -68,3 +68,18 @@ def test_all_equal_scores_keep_exactly_the_count_by_position():
   assert int(mask.sum()) == 0
   mask = pruning.topk_mask(jnp.zeros((10,)), 0.94)
   assert mask.tolist() == [True] + [False] * 9
+
+
+def test_radix_select_equals_a_stable_sort_with_ties_nan_and_signed_zeros():
+  from jaxcompress.pruning.criteria import keep_top
+
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 4, size=500).astype(np.float32)  # many ties
+  x[::37] = np.nan
+  x[5], x[6] = -0.0, 0.0
+  ranked = np.where(np.isnan(x), -np.inf, x)
+  order = np.argsort(-ranked, kind="stable")
+  for keep in (0, 1, 7, 250, 499, 500):
+    expected = np.zeros(x.size, bool)
+    expected[order[:keep]] = True
+    np.testing.assert_array_equal(np.asarray(keep_top(jnp.asarray(x), keep)), expected)
