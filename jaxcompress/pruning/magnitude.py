@@ -48,10 +48,11 @@ def magnitude(
   sparsity keeps its masks fixed and a schedule such as
   :func:`~jaxcompress.pruning.schedules.polynomial_sparsity` prunes gradually.
 
-  ``apply`` zeroes pruned weights, so they receive zero gradient; ``update`` sets them
-  to exactly zero in the params after every optimizer step, so momentum or weight decay
-  cannot revive them (use :func:`~jaxcompress.train.make_step` to also give them no
-  update and reset their optimizer moments). ``pack`` stores each selected leaf as a
+  ``apply`` zeroes pruned weights, so they receive zero gradient (and, inside ``chain``
+  after a quantizer, the quantized values are masked); ``update`` sets them to exactly
+  zero in the params after every optimizer step, so momentum or weight decay cannot
+  revive them. :func:`~jaxcompress.train.make_step` also gives them no update and resets
+  their optimizer moments when a mask changes. ``pack`` stores each selected leaf as a
   :class:`~jaxcompress.export.SparseArray` (or, inside ``chain`` after a quantizer, a
   :class:`~jaxcompress.export.QArray` whose codes are sparse).
 

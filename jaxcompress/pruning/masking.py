@@ -175,6 +175,9 @@ def build(
     return params, state
 
   def apply(params, state):
+    # Masking here, not only by projection in `update`, keeps chains right: in
+    # chain(prune, quantize) the quantizer's output is masked, and a quantizer whose
+    # grid has no exact zero (binary, k-means) would otherwise revive pruned weights.
     return leafwise.map_selected(zero_pruned, params, state.masks)
 
   def update(params, state, *, grads=None, **extra):

@@ -41,12 +41,14 @@ def wrap_loss(loss_fn: Callable[..., Any], compressor: Compressor) -> Callable[.
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from jaxcompress import pruning
-    >>> c = pruning.magnitude(0.5)
-    >>> params, cstate = c.init({'w': jnp.array([[1.0, 2.0], [3.0, 4.0]])})
+    >>> from jaxcompress import quantization
+    >>> c = quantization.fake_quant(2)  # levels -4, 0, 4 for these weights
+    >>> params, cstate = c.init({'w': jnp.array([[1.0, -3.0], [0.5, 4.0]])})
     >>> loss = wrap_loss(lambda p: p['w'].sum(), c)
-    >>> jax.grad(loss)(params, cstate)['w'].tolist()  # pruned weights get no gradient
-    [[0.0, 0.0], [1.0, 1.0]]
+    >>> float(loss(params, cstate))  # the model sees [[0, -4], [0, 4]]
+    0.0
+    >>> jax.grad(loss)(params, cstate)['w'].tolist()  # straight through the rounding
+    [[1.0, 1.0], [1.0, 1.0]]
   """
 
   def loss(params, cstate, *args, **kwargs):
