@@ -46,16 +46,27 @@ class QArray(CompressedLeaf):
   def shape(self) -> tuple[int, ...]:
     return tuple(self.codes.shape)
 
+  def _blocked(self, x: Any) -> Any:
+    """``x`` (of ``shape``) viewed with the group axis split, as ``scale`` is laid out."""
+    if self.group_axis is None or self.group_size is None:
+      return x
+    shape = tuple(x.shape)
+    a = self.group_axis % len(shape)
+    return x.reshape((*shape[:a], shape[a] // self.group_size, self.group_size, *shape[a + 1 :]))
+
+  def zero_code(self) -> np.ndarray:
+    """The code that stands for 0.0 at every position (the zero point, or 0), ``int32[shape]``."""
+    zeros = np.zeros(self.shape, np.int32)
+    if self.zero_point is None:
+      return zeros
+    return (self._blocked(zeros) + np.asarray(self.zero_point, np.int32)).reshape(self.shape)
+
   def materialize(self) -> jax.Array:
-    codes = jnp.asarray(materialize(self.codes), jnp.int32)
-    shape = codes.shape
-    if self.group_axis is not None and self.group_size is not None:
-      a = self.group_axis % codes.ndim
-      codes = codes.reshape((*shape[:a], shape[a] // self.group_size, self.group_size, *shape[a + 1 :]))
+    codes = self._blocked(jnp.asarray(materialize(self.codes), jnp.int32))
     if self.zero_point is not None:
       codes = codes - jnp.asarray(self.zero_point, jnp.int32)
     dense = codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)
-    return dense.reshape(shape).astype(self.dtype)
+    return dense.reshape(self.shape).astype(self.dtype)
 
 
 jax.tree_util.register_dataclass(

@@ -14,6 +14,7 @@ never revives a weight and a constant sparsity costs one ``where`` per step.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -242,8 +243,11 @@ def pack_masked(p: Any, mask_array: Any) -> Any:
   scale and gets sparse codes."""
   mask = np.asarray(mask_array)
   if isinstance(p, export.QArray):
-    codes = np.asarray(export.materialize(p.codes)) * mask
-    sparse = export.from_dense(codes.astype(np.int32), value_bits=p.bits, signed=p.zero_point is None)
-    return export.QArray(codes=sparse, scale=p.scale, zero_point=p.zero_point, bits=p.bits, dtype=p.dtype)
+    codes = np.where(mask, np.asarray(export.materialize(p.codes), np.int32), p.zero_code())
+    if p.zero_point is None:  # zero is code 0: store the codes sparse
+      stored = export.from_dense(codes, value_bits=p.bits, signed=True)
+    else:  # an affine grid's zero is its zero point: the codes stay dense
+      stored = export.store_codes(codes, p.bits, signed=False)
+    return dataclasses.replace(p, codes=stored)
   dense = np.asarray(export.materialize(p))
   return export.from_dense(np.where(mask, dense, np.zeros_like(dense)))
