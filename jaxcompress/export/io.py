@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
@@ -29,6 +30,10 @@ from jaxcompress.export.sliced import SlicedArray
 from jaxcompress.export.sparse import SparseArray
 
 FORMAT_VERSION = 1
+# dtypes safetensors' NumPy reader understands; others travel as raw bytes
+_SAFETENSORS_DTYPES = frozenset(
+  {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
+)
 _LEAF_TYPES = {cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray)}
 
 
@@ -67,10 +72,19 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     kind = "list" if isinstance(node, list) else "tuple"
     return {"kind": kind, "items": [_encode(v, f"{name}/{i}", arrays) for i, v in enumerate(node)]}
   if hasattr(node, "shape") and hasattr(node, "dtype"):
-    array = np.asarray(node)
+    array = np.asarray(node, order="C")  # (ascontiguousarray would turn a scalar into 1-d)
+    if array.dtype.byteorder == ">":
+      array = array.astype(array.dtype.newbyteorder("="))  # safetensors is little-endian
     key = name.lstrip("/") or "array"
+    if key in arrays:  # paths can collide ({'a/b': x, 'a': {'b': y}}): number the later one
+      key = f"{key}#{len(arrays)}"
+    spec = {"kind": "array", "key": key, "sha256": _digest(array)}
+    if array.dtype.name not in _SAFETENSORS_DTYPES:
+      # bfloat16, float8, int4 ...: stored as raw bytes, the dtype and shape in the header
+      spec.update(dtype=array.dtype.name, shape=list(array.shape))
+      array = array.reshape(-1).view(np.uint8)
     arrays[key] = array
-    return {"kind": "array", "key": key, "sha256": _digest(array)}
+    return spec
   raise TypeError(
     f"cannot save {type(node).__name__} at {name!r}: save trees of dicts, lists, tuples, arrays and compressed leaves"
   )
@@ -82,6 +96,8 @@ def _decode(spec: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     return None
   if kind == "array":
     array = arrays[spec["key"]]
+    if "dtype" in spec:
+      array = array.view(jnp.dtype(spec["dtype"])).reshape(spec["shape"])
     if _digest(array) != spec["sha256"]:
       raise CorruptFileError(f"array {spec['key']!r} does not match its checksum: the file is corrupted")
     return array
@@ -123,8 +139,13 @@ def save(path: str | os.PathLike[str], packed: Any) -> int:
   blob = safetensors.numpy.save(arrays, metadata={"jaxcompress": header})
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist")
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it a normal file's mode
     with os.fdopen(fd, "wb") as f:
       f.write(blob)
       f.flush()
@@ -167,5 +188,7 @@ def load(path: str | os.PathLike[str]) -> Any:
     if header.get("version") != FORMAT_VERSION:
       raise CorruptFileError(f"{path} has format version {header.get('version')!r}, expected {FORMAT_VERSION}")
     return _decode(header["tree"], arrays)
-  except (KeyError, TypeError, json.JSONDecodeError) as e:
+  except CorruptFileError as e:
+    raise CorruptFileError(f"{path}: {e}") from None
+  except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
     raise CorruptFileError(f"{path} has malformed jaxcompress metadata: {e!r}") from None

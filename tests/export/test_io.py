@@ -99,3 +99,36 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
     export.save(path, {"a": np.zeros(3, np.float32)})
   assert path.read_bytes() == before
   assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_low_precision_dtypes_round_trip(tmp_path):
+  import jax.numpy as jnp
+
+  tree = {
+    "bf16": np.asarray(jnp.arange(5, dtype=jnp.bfloat16) / 3),
+    "f8": np.asarray(jnp.array([0.5, -448.0], jnp.float8_e4m3fn)),
+    "i4": np.asarray(jnp.array([[-8, 7]], jnp.int4)),
+  }
+  export.save(tmp_path / "m.safetensors", tree)
+  assert_same(tree, export.load(tmp_path / "m.safetensors"))
+
+
+def test_colliding_paths_and_odd_layouts(tmp_path):
+  tree = {"a/b": np.zeros(2, np.float32), "a": {"b": np.ones(2, np.float32)}, "t": np.arange(6.0).reshape(2, 3).T}
+  tree["big"] = np.arange(3, dtype=">f4")
+  export.save(tmp_path / "m.safetensors", tree)
+  loaded = export.load(tmp_path / "m.safetensors")
+  np.testing.assert_array_equal(loaded["a/b"], 0.0)
+  np.testing.assert_array_equal(loaded["a"]["b"], 1.0)
+  np.testing.assert_array_equal(loaded["t"], tree["t"])
+  np.testing.assert_array_equal(loaded["big"], [0.0, 1.0, 2.0])
+
+
+def test_file_mode_and_missing_folder(tmp_path):
+  path = tmp_path / "m.safetensors"
+  export.save(path, {"a": np.ones(2, np.float32)})
+  umask = os.umask(0)
+  os.umask(umask)
+  assert (os.stat(path).st_mode & 0o777) == 0o666 & ~umask
+  with pytest.raises(FileNotFoundError, match="the folder .*nowhere.* does not exist"):
+    export.save(tmp_path / "nowhere" / "m.safetensors", {"a": np.ones(2, np.float32)})
