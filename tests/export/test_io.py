@@ -130,5 +130,5 @@ def test_file_mode_and_missing_folder(tmp_path):
   umask = os.umask(0)
   os.umask(umask)
   assert (os.stat(path).st_mode & 0o777) == 0o666 & ~umask
-  with pytest.raises(FileNotFoundError, match="the folder .*nowhere.* does not exist"):
+  with pytest.raises(FileNotFoundError, match=r"the folder .*nowhere.* does not exist"):
     export.save(tmp_path / "nowhere" / "m.safetensors", {"a": np.ones(2, np.float32)})
