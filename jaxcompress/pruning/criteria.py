@@ -18,13 +18,16 @@ def num_pruned(sparsity: jax.Array | float, size: int) -> jax.Array:
 
   Rounding is half to even, so the achieved sparsity is the closest one reachable:
   0.99 on a 10-weight layer prunes all 10, 0.94 prunes 9. Computed in float32, so for
-  layers above 2**24 weights the count can be off by one.
+  layers above 2**24 weights the count can be off by one. A traced sparsity cannot be
+  checked: one outside [0, 1] is clipped to it and NaN counts as 0 (factories check
+  constants, and schedules at step 0).
 
   Returns:
     An ``int32`` scalar in ``[0, size]``.
   """
-  count = jnp.round(jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
-  return jnp.clip(count, 0, size)
+  s = jnp.asarray(sparsity, jnp.float32)
+  s = jnp.where(jnp.isnan(s), 0.0, jnp.clip(s, 0.0, 1.0))
+  return jnp.round(s * size).astype(jnp.int32)
 
 
 def _sortable_key(x: jax.Array) -> jax.Array:

@@ -198,4 +198,20 @@ def calibrate_activations(
       states[key] = calibrator.update(states.get(key, calibrator.init()), record["input"])
   if not states:
     raise ValueError("calibration with no batches: `batches` was empty")
-  return {key: calibrator.range(state, spec) for key, state in states.items()}
+  ranges = {key: calibrator.range(state, spec) for key, state in states.items()}
+  check_ranges(ranges)
+  return ranges
+
+
+def check_ranges(ranges: dict[str, tuple[Any, Any]]) -> None:
+  """Raises ``ValueError`` naming the site if a range is non-finite or inverted.
+
+  A NaN or infinity in a calibration batch would otherwise become a NaN scale and turn
+  every output of the quantized model into NaN.
+  """
+  for key, (lo, hi) in ranges.items():
+    lo, hi = float(lo), float(hi)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+      raise ValueError(f"site {key!r} has a non-finite activation range [{lo}, {hi}] (NaN or inf in its inputs)")
+    if lo > hi:
+      raise ValueError(f"site {key!r} has an inverted activation range [{lo}, {hi}]")

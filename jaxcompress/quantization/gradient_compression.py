@@ -68,9 +68,10 @@ def qsgd_codec(levels: int) -> Codec:
   """
 
   def encode(g, key):
+    g = g.astype(jnp.float32)  # a float16 norm overflows; bf16 levels would be biased
     norm = jnp.linalg.norm(g.reshape(-1))
     safe = jnp.where(norm > 0, norm, 1.0)
-    level = jnp.floor(jnp.abs(g) / safe * levels + jax.random.uniform(key, g.shape, g.dtype))
+    level = jnp.floor(jnp.abs(g) / safe * levels + jax.random.uniform(key, g.shape, jnp.float32))
     return (jnp.sign(g) * level).astype(jnp.int8), norm
 
   def decode(codes, norm, shape):
@@ -84,8 +85,9 @@ def terngrad_codec() -> Codec:
   ``b ~ Bernoulli(|g| / s)``; unbiased. Codes travel at 2 bits."""
 
   def encode(g, key):
+    g = g.astype(jnp.float32)
     s = jnp.max(jnp.abs(g))
-    keep = jax.random.uniform(key, g.shape, g.dtype) * jnp.where(s > 0, s, 1.0) < jnp.abs(g)
+    keep = jax.random.uniform(key, g.shape, jnp.float32) * jnp.where(s > 0, s, 1.0) < jnp.abs(g)
     codes = (jnp.sign(g) * keep).astype(jnp.int32) + 1  # {-1, 0, 1} -> {0, 1, 2}
     return _pack(codes, 2), s
 
@@ -105,7 +107,7 @@ def sign_codec() -> Codec:
 
   def encode(g, key):
     del key
-    return _pack((g >= 0).astype(jnp.int32), 1), jnp.mean(jnp.abs(g))
+    return _pack((g >= 0).astype(jnp.int32), 1), jnp.mean(jnp.abs(g.astype(jnp.float32)))
 
   def decode(data, scale, shape):
     size = 1

@@ -67,7 +67,8 @@ def pact_quantize(x: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
   Returns:
     ``x``'s shape and dtype.
   """
-  return _pact(x, jnp.asarray(alpha, x.dtype), jnp.asarray((1 << bits) - 1, x.dtype))
+  levels = (1 << bits) - 1
+  return _pact(x, _clip_floor(jnp.asarray(alpha, x.dtype), levels), jnp.asarray(levels, x.dtype))
 
 
 def _symmetric(w, alpha, levels):
@@ -115,7 +116,15 @@ def pact_quantize_symmetric(w: jax.Array, alpha: jax.Array, bits: int) -> jax.Ar
   Returns:
     ``w``'s shape and dtype.
   """
-  return _pact_sym(w, jnp.asarray(alpha, w.dtype), jnp.asarray((1 << (bits - 1)) - 1, w.dtype))
+  levels = (1 << (bits - 1)) - 1
+  return _pact_sym(w, _clip_floor(jnp.asarray(alpha, w.dtype), levels), jnp.asarray(levels, w.dtype))
+
+
+def _clip_floor(alpha: jax.Array, levels: int) -> jax.Array:
+  """``alpha`` floored so that the step ``alpha / levels`` stays a normal number: an
+  all-zero layer or an optimizer step that drives ``alpha`` to or below 0 gives exact
+  zeros, never 0 / 0."""
+  return jnp.maximum(alpha, levels * jnp.finfo(alpha.dtype).tiny)
 
 
 def _floor_positive(a: jax.Array) -> jax.Array:
@@ -267,14 +276,14 @@ def pact(bits: int = 4, *, init_alpha: float | None = None, where: select.Where 
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    keep_positive = lambda node, _: node._replace(alpha=_floor_positive(node.alpha))
+    keep_positive = lambda node, _: node._replace(alpha=_clip_floor(node.alpha, levels))
     return _reparam.map_nodes(keep_positive, params, state.leaves, PACTLeaf, PACTParams), state._replace(
       count=state.count + 1
     )
 
   def pack_leaf(node, _):
     w = jnp.asarray(node.weight)
-    alpha, n = jnp.asarray(node.alpha, w.dtype), jnp.asarray(levels, w.dtype)
+    alpha, n = _clip_floor(jnp.asarray(node.alpha, w.dtype), levels), jnp.asarray(levels, w.dtype)
     codes = np.asarray(_symmetric_codes(w, alpha, n)).astype(np.int32)
     return export.QArray(
       codes=export.store_codes(codes, bits, signed=True),

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxcompress import graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.base import Compressor
-from jaxcompress.quantization import uniform
+from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization.activation_quant import activation_scale
 from jaxcompress.quantization.fake_quant import fake_quant
 from jaxcompress.quantization.spec import QuantSpec
@@ -152,6 +152,8 @@ def qat(
     >>> [round(v, 3) for v in q.apply(params, jnp.ones((1, 2)))[0].tolist()]
     [0.8, 0.229]
   """
+  if act_ranges is not None:
+    calibration.check_ranges(act_ranges)
   high = 8 if integer else 16
   validate.check_bits("weight_bits", weight_bits, low=2, high=high)
   validate.check_bits("act_bits", act_bits, low=2, high=high)

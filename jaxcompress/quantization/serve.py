@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxcompress import export, graph
 from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
+from jaxcompress.quantization import calibration
 from jaxcompress.quantization.activation_quant import activation_scale
 from jaxcompress.quantization.spec import QuantSpec
 
@@ -116,6 +117,8 @@ def serve(
     >>> [round(v, 3) for v in serve(lambda p, x: x @ p['w'], q.packed)(jnp.ones((1, 2)))[0].tolist()]
     [0.752, 0.992]
   """
+  if act_ranges is not None:
+    calibration.check_ranges(act_ranges)
   act_spec = None
   if act_bits is not None:
     if not 2 <= int(act_bits) <= 8:

@@ -28,6 +28,10 @@ def test_rounding_rule():
   assert int(num_pruned(0.75, 2)) == 2  # round(1.5) is 2
 
 
+def test_traced_sparsity_out_of_range_is_clipped_and_nan_is_zero():
+  assert [int(num_pruned(s, 10)) for s in (jnp.nan, -0.5, 1.5, jnp.inf)] == [0, 0, 10, 10]
+
+
 def test_ties_keep_the_earlier_element():
   mask = topk_mask(jnp.ones((2, 3)), 0.5)
   assert mask.tolist() == [[True, True, True], [False, False, False]]

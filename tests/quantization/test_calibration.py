@@ -79,3 +79,11 @@ def test_calibrate_activations_of_each_site():
   assert [float(v) for v in ranges["fc0/kernel"]] == [float(inputs.min()), float(inputs.max())]
   hidden = np.maximum(inputs @ np.asarray(params["fc0"]["kernel"]) + np.asarray(params["fc0"]["bias"]), 0)
   assert float(ranges["fc1/kernel"][1]) == pytest.approx(float(hidden.max()), rel=1e-5)
+
+
+def test_non_finite_or_inverted_ranges_are_errors():
+  batches = [np.array([[1.0, np.nan]], np.float32)]
+  with pytest.raises(ValueError, match=r"site 'fc0/kernel' has a non-finite activation range"):
+    calibration.calibrate_activations(helpers.mlp_apply, helpers.mlp_params(sizes=(2, 4, 3)), batches, QuantSpec(8))
+  with pytest.raises(ValueError, match="inverted"):
+    calibration.check_ranges({"w": (1.0, -1.0)})
