@@ -188,6 +188,25 @@ def expand_leaf(x: jax.Array, kept: tuple[Any, ...]) -> jax.Array:
   return x
 
 
+def check_sliced(params: PyTree, kept: PyTree) -> None:
+  """Raises ``ValueError`` if a leaf is not the sliced tree ``init`` returned.
+
+  The kept flags are data, so this check runs only where they are concrete (outside
+  ``jit``); the original, unsliced params would otherwise be scattered into garbage.
+  """
+  flat_p = leaves_with_paths(params)
+  flat_k = jax.tree.structure(params, is_leaf=is_packed_leaf).flatten_up_to(kept)
+  for (path, x), k in zip(flat_p, flat_k):
+    for axis, flags in enumerate(k or ()):
+      if flags is None or isinstance(flags, jax.core.Tracer):
+        continue
+      if int(np.sum(flags)) != x.shape[axis]:
+        raise ValueError(
+          f"leaf {path!r} has {x.shape[axis]} entries on axis {axis} but channel pruning kept "
+          f"{int(np.sum(flags))}: pass the smaller tree that init returned"
+        )
+
+
 # --- plumbing -------------------------------------------------------------------------------
 
 
@@ -393,6 +412,7 @@ def channel_prune(
     return treedef.unflatten(small), ChannelState(jnp.asarray(0, jnp.int32), kept)
 
   def apply(params, state):
+    check_sliced(params, state.kept)
     return jax.tree.map(
       lambda x, k: x if k is None else expand_leaf(x, k), params, state.kept, is_leaf=lambda x: x is None
     )
