@@ -24,6 +24,7 @@ from experiments import data, models, recipes, report
 from experiments.training import Trainer
 
 BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3)}  # (epochs, adam lr)
+QUICK_RECIPES = ("dense", "magnitude_90", "int8", "prune90_int8", "served_w8a8")  # --quick: a smoke test
 
 
 def same_tree(a, b) -> bool:
@@ -99,7 +100,9 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="1 seed, few epochs (smoke test)")
+  parser.add_argument(
+    "--quick", action="store_true", help=f"smoke test: 1 seed, few epochs, recipes {', '.join(QUICK_RECIPES)}"
+  )
   parser.add_argument("--out", default="out", help="output folder (default: out/)")
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
   parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -112,8 +115,9 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   digits = data.load()
   registry = recipes.discover()
-  if args.recipes:
-    wanted = set(args.recipes.split(",")) | {"dense"}
+  chosen = args.recipes or (",".join(QUICK_RECIPES) if args.quick else None)
+  if chosen:
+    wanted = set(chosen.split(",")) | {"dense"}
     unknown = wanted - set(registry)
     if unknown:
       parser.error(f"unknown recipes {sorted(unknown)}; available: {sorted(registry)}")

@@ -165,7 +165,9 @@ def load(path: str | os.PathLike[str]) -> Any:
     path: the file.
 
   Returns:
-    The packed tree, with NumPy arrays.
+    The packed tree, with NumPy arrays. Containers come back as plain ``dict``,
+    ``list`` and ``tuple`` (a Flax NNX ``State`` is saved as the nested dict it holds;
+    ``nnx.merge`` and :func:`~jaxcompress.export.materialize_tree` accept it).
 
   Raises:
     FileNotFoundError: if ``path`` does not exist.

@@ -91,6 +91,9 @@ class Site:
     location: where the equation sits in the (nested) jaxpr; identifies the site.
     occurrence: how many earlier sites (in execution order) use the same leaf; a
       leaf applied twice (weight tying, a block called twice) has sites 0 and 1.
+
+  The property ``key`` (the path, with ``#k`` from the second use on) names the site in
+  calibration ranges and captures.
   """
 
   path: str
@@ -348,7 +351,8 @@ def _conv_macs(site: Site) -> int:
 
 
 def flops(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> dict[str, Any]:
-  """FLOPs per forward pass, per site and in total (2 per multiply-accumulate).
+  """FLOPs of one forward pass on the given inputs (the whole batch), per site and in
+  total (2 per multiply-accumulate).
 
   Sites inside a ``scan`` count once per iteration; inside a ``while`` (unknown trip
   count) they count once and ``'while_sites'`` names them. Matmuls of two activations

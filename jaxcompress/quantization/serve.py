@@ -10,6 +10,7 @@ Weight-only: the codes are dequantized right before the op.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -124,6 +125,13 @@ def serve(
     if not 2 <= int(act_bits) <= 8:
       raise ValueError(f"act_bits must be in [2, 8] for int8 matmuls, got {act_bits}")
     act_spec = QuantSpec(int(act_bits))
+
+  if not _integer_weights(packed):
+    warnings.warn(
+      "serve: no weight of `packed` is a symmetric QArray of at most 8 bits, so every op runs in "
+      "float; pass the output of pack (for example ptq(...).packed)",
+      stacklevel=2,
+    )
 
   @jax.jit
   def run(packed, *inputs):
