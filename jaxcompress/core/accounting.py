@@ -87,7 +87,9 @@ class Report:
     lines.append("-" * len(header))
     sparsity = 1 - self.nonzeros / self.size if self.size else 0.0
     bits = 8 * self.bytes / self.size if self.size else 0.0
-    lines.append(f"{'total':<28} {'':<26} {self.size:<16,} {sparsity:>8.3f} {bits:>7.2f} {self.bytes:>10,}")
+    lines.append(
+      f"{'total':<28} {'':<26} {f'{self.size:,} weights':<16} {sparsity:>8.3f} {bits:>7.2f} {self.bytes:>10,}"
+    )
     lines.append(f"compression ratio vs dense float32: {self.compression_ratio:.2f}x")
     return "\n".join(lines)
 
