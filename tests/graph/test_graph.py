@@ -322,3 +322,16 @@ def test_weight_as_left_operand():
     (4, 2),
   )
   np.testing.assert_array_equal(graph.rewrite(f, lambda s, a, w: s.compute(a, w))(p, x), f(p, x))
+
+
+def test_equinox_when_installed():
+  eqx = pytest.importorskip("equinox")
+  model = eqx.nn.MLP(4, 3, 8, depth=2, key=jax.random.key(0))
+  params, static = eqx.partition(model, eqx.is_array)
+  apply_fn = lambda p, x: jax.vmap(eqx.combine(p, static))(x)
+  x = jnp.ones((5, 4))
+  sites = graph.trace(apply_fn, params, x)
+  assert [s.path for s in sites] == ["layers/0/weight", "layers/1/weight", "layers/2/weight"]
+  same = graph.rewrite(apply_fn, lambda site, a, w: site.compute(a, w))
+  np.testing.assert_array_equal(same(params, x), apply_fn(params, x))
+  assert graph.flops(apply_fn, params, x)["macs"] == 5 * (4 * 8 + 8 * 8 + 8 * 3)

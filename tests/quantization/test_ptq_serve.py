@@ -81,6 +81,17 @@ def test_activation_rule_dynamic_and_qat_gradient():
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
+def test_per_channel_on_a_scalar_and_bad_axes():
+  from jaxcompress.quantization import granularity
+
+  with pytest.raises(ValueError, match=r"per-channel or per-group quantization of the scalar leaf 's' is undefined"):
+    granularity.per_channel(0).check((), "leaf 's'")
+  with pytest.raises(ValueError, match=r"axis=3 is out of range for leaf 'fc0/kernel' of shape \(16, 64\)"):
+    jc.quantization.fake_quant(8, per_channel=True, axis=3).init(PARAMS)
+  with pytest.raises(ValueError, match="bits must be in"):
+    jc.quantization.fake_quant(0)
+
+
 def test_ptq_bad_input():
   with pytest.raises(ValueError, match="needs calibration batches"):
     ptq(helpers.mlp_apply, PARAMS, act_bits=8)
