@@ -78,7 +78,7 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     key = name.lstrip("/") or "array"
     if key in arrays:  # paths can collide ({'a/b': x, 'a': {'b': y}}): number the later one
       key = f"{key}#{len(arrays)}"
-    spec = {"kind": "array", "key": key, "sha256": _digest(array)}
+    spec: dict[str, Any] = {"kind": "array", "key": key, "sha256": _digest(array)}
     if array.dtype.name not in _SAFETENSORS_DTYPES:
       # bfloat16, float8, int4 ...: stored as raw bytes, the dtype and shape in the header
       spec.update(dtype=array.dtype.name, shape=list(array.shape))

@@ -93,10 +93,11 @@ def make_step(
 
   When the compressor's state holds keep-masks (pruning; found by
   :func:`~jaxcompress.train.masks.masks_of`, inside ``chain`` too), the optimizer
-  receives zero gradients at pruned coordinates, its updates there are zeroed, and after
-  ``update`` the optimizer moments of every coordinate whose mask changed (pruned or
-  regrown) are reset to 0. ``update`` still receives the unmasked gradients (RigL
-  regrows by them). Without masks it is the plain step.
+  moments of pruned coordinates are zeroed before each optimizer update (so a weight
+  pruned at one step loses its history at the next, and a regrown weight starts from
+  zero moments), and the gradients and updates there are zeroed: no weight is moved or
+  revived by momentum or weight decay. ``update`` still receives the unmasked gradients
+  (RigL regrows by them). Without masks it is the plain step.
 
   The step is a pure function ``step(state, *batch) -> (state, loss)`` (or
   ``(state, (loss, aux))`` with ``has_aux``); jitting is the caller's choice. It works
@@ -139,16 +140,21 @@ def make_step(
         grads = jax.lax.pmean(grads, axis_name)
       out = jax.lax.pmean(out, axis_name)
     masks = masks_of(state.cstate, state.params)
-    opt_grads = grads if masks is None else mask_tree(grads, masks)
-    updates, opt_state = optimizer.update(opt_grads, state.opt_state, state.params)
+    opt_state = state.opt_state
+    if masks is not None:
+      # Zero the moments of pruned coordinates before the optimizer reads them (this fuses
+      # into its update): a newly pruned weight drops its history, and a regrown one
+      # starts from zeros. Gradients and updates there are zeroed too.
+      pruned = jax.tree.map(lambda m: None if m is None else ~m, masks, is_leaf=lambda x: x is None)
+      opt_state = reset_where(opt_state, state.params, pruned)
+      grads_in = mask_tree(grads, masks)
+    else:
+      grads_in = grads
+    updates, opt_state = optimizer.update(grads_in, opt_state, state.params)
     if masks is not None:
       updates = mask_tree(updates, masks)
     params = optax.apply_updates(state.params, updates)
     params, cstate = compressor.update(params, state.cstate, grads=grads)
-    new_masks = masks_of(cstate, params)
-    if masks is not None and new_masks is not None:
-      changed = jax.tree.map(lambda a, b: None if a is None else a != b, masks, new_masks, is_leaf=lambda x: x is None)
-      opt_state = reset_where(opt_state, params, changed)
     return TrainState(params, opt_state, cstate), out
 
   return step
