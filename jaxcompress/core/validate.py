@@ -111,7 +111,13 @@ def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], 
     ValueError: if the constant or the schedule's value at step 0 is invalid.
   """
   if callable(value):
-    check(f"{name}(0)", float(np.asarray(value(jnp.asarray(0, jnp.int32)))))
+    try:
+      at_zero = np.asarray(value(jnp.asarray(0, jnp.int32)), np.float64)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{name} schedule must return a number at step 0: {e}") from None
+    if at_zero.shape != ():
+      raise ValueError(f"{name} schedule must return a scalar, got shape {at_zero.shape} at step 0")
+    check(f"{name}(0)", float(at_zero))
     return value
   constant = check(name, value)
   return lambda step: jnp.asarray(constant, jnp.float32)

@@ -15,6 +15,13 @@ def test_sparsity_outside_unit_interval(sparsity):
     jc.pruning.magnitude(sparsity)
 
 
+def test_schedule_returning_no_scalar():
+  with pytest.raises(ValueError, match=r"sparsity schedule must return a scalar, got shape \(2,\)"):
+    jc.pruning.magnitude(lambda step: jnp.array([0.5, 0.5]))
+  with pytest.raises(ValueError, match="sparsity schedule must return a number"):
+    jc.pruning.magnitude(lambda step: "x")
+
+
 def test_schedule_starting_out_of_range():
   with pytest.raises(ValueError, match=r"sparsity\(0\) must be in \[0.0, 1.0\), got 1.2"):
     jc.pruning.magnitude(lambda step: 1.2)
