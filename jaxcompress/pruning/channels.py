@@ -293,6 +293,68 @@ def narrow_nnx(model: Any, state: ChannelState, params: PyTree) -> Any:
   return model
 
 
+def narrow_linen(module: Any) -> Callable[..., Any]:
+  """The Flax Linen counterpart of :func:`narrow_nnx`: runs ``module`` at the pruned widths.
+
+  Linen layers read their widths from their fields (``Dense.features``,
+  ``Conv.features``) and check every parameter's shape against them, so a narrower
+  Linen model is the same module definition with smaller feature counts. The returned
+  function applies ``module`` with a method interceptor that, for each ``nn.Dense`` and
+  ``nn.Conv`` call, sets ``features`` from the kernel it is given (and a depthwise
+  conv's ``feature_group_count`` from its input's channels) while that call runs; norm
+  layers take their sizes from their inputs already. Modules that store widths in other
+  fields of their own must be rebuilt by their owner.
+
+  Args:
+    module: the original Linen module (left unchanged).
+
+  Returns:
+    ``apply(variables, *args, **kwargs)``: ``module.apply`` on the smaller variables
+    (the tree :func:`channel_prune`'s ``init`` returns, or :func:`shrink` of the
+    originals); its output equals the original model under ``channel_prune``'s
+    ``apply``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import linen as nn
+    >>> module = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(1)])
+    >>> x = jnp.ones((1, 3))
+    >>> variables = module.init(jax.random.key(0), x)
+    >>> c = channel_prune(0.5, apply_fn=module.apply, inputs=[x])
+    >>> small, state = c.init(variables)
+    >>> small['params']['layers_0']['kernel'].shape
+    (3, 2)
+    >>> bool(jnp.allclose(narrow_linen(module)(small, x), module.apply(c.apply(small, state), x)))
+    True
+  """
+  from flax import linen as nn
+
+  def interceptor(next_fun, args, kwargs, context):
+    m = context.module
+    if context.method_name != "__call__" or not isinstance(m, (nn.Dense, nn.Conv)):
+      return next_fun(*args, **kwargs)
+    if not m.has_variable("params", "kernel"):
+      return next_fun(*args, **kwargs)
+    kernel = m.get_variable("params", "kernel")
+    changes = {"features": kernel.shape[-1]}
+    if isinstance(m, nn.Conv) and m.feature_group_count > 1 and kernel.shape[-2] == 1:
+      changes["feature_group_count"] = args[0].shape[-1]  # depthwise: one group per input channel
+    old = {k: getattr(m, k) for k in changes}
+    for k, v in changes.items():
+      object.__setattr__(m, k, v)  # Linen modules are frozen; restored right after the call
+    try:
+      return next_fun(*args, **kwargs)
+    finally:
+      for k, v in old.items():
+        object.__setattr__(m, k, v)
+
+  def apply(variables: PyTree, *args: Any, **kwargs: Any) -> Any:
+    with nn.intercept_methods(interceptor):
+      return module.apply(variables, *args, **kwargs)
+
+  return apply
+
+
 def slimming_penalty(params: PyTree, strength: float, *, where: select.Where = r"(.*/)?scale") -> jax.Array:
   """Network slimming's sparsity term: ``strength * sum |gamma|`` over BatchNorm scales.
 

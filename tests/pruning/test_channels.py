@@ -155,3 +155,28 @@ def test_slimming_penalty_and_bad_input():
     _mlp_channel(0.5, where="fc1/bias").init(helpers.mlp_params())
   with pytest.raises(ValueError, match="grads does not match"):
     _mlp_channel(0.5, criterion="taylor", grads={"fc0": {}}).init(helpers.mlp_params())
+
+
+def test_narrow_linen_runs_the_module_at_the_pruned_widths():
+  from flax import linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(8, (3, 3))(x))
+      x = nn.relu(nn.Conv(8, (3, 3), feature_group_count=8)(x))  # depthwise
+      x = nn.BatchNorm(use_running_average=True)(x)
+      x = nn.relu(nn.Conv(6, (1, 1))(x))
+      x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+      return nn.Dense(10)(x)
+
+  module = Net()
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 1))
+  variables = module.init(jax.random.key(0), x)
+  c = pruning.channel_prune(0.5, apply_fn=module.apply, inputs=[x])
+  small, state = c.init(variables)
+  assert small["params"]["Conv_1"]["kernel"].shape == (3, 3, 1, 4)
+  assert small["batch_stats"]["BatchNorm_0"]["mean"].shape == (4,)
+  np.testing.assert_allclose(
+    pruning.narrow_linen(module)(small, x), module.apply(c.apply(small, state), x), rtol=1e-5, atol=1e-5
+  )
