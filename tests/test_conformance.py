@@ -151,7 +151,9 @@ def test_pmap_and_sharded_jit_equal_single_device(name):
   for i in range(3):
     x, y = helpers.batch(seed=i, n=32)
     pstate, _ = pstep(pstate, x.reshape(ndev, -1, x.shape[-1]), y.reshape(ndev, -1, y.shape[-1]))
-  _assert_trees_close(single, jax.tree.map(lambda a: a[0], pstate))
+  # Read pmap outputs on the host: eager indexing of a device-sharded array aborted
+  # inside XLA's CPU runtime (SIGABRT) in 2 of 6 full runs.
+  _assert_trees_close(single, jax.tree.map(lambda a: np.asarray(a)[0], pstate))
 
   mesh = Mesh(np.array(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
