@@ -7,11 +7,14 @@ trained params into compressed leaves whose bytes are real.
 
 from jaxcompress import export, graph, pruning, quantization, train
 from jaxcompress.core import accounting, select
-from jaxcompress.core.base import Compressor, EmptyState, chain, identity
+from jaxcompress.core.base import Compressor, EmptyState, Joint, identity
+from jaxcompress.core.chain import ChainState, chain
 
 __all__ = [
+  "ChainState",
   "Compressor",
   "EmptyState",
+  "Joint",
   "accounting",
   "chain",
   "export",

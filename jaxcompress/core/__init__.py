@@ -1,12 +1,15 @@
 """The protocol, selection, tree helpers, validation and accounting."""
 
 from jaxcompress.core import accounting, leafwise, select, tree, validate
-from jaxcompress.core.base import Compressor, EmptyState, chain, identity
+from jaxcompress.core.base import Compressor, EmptyState, Joint, identity
+from jaxcompress.core.chain import ChainState, chain
 from jaxcompress.core.tree import PyTree
 
 __all__ = [
+  "ChainState",
   "Compressor",
   "EmptyState",
+  "Joint",
   "PyTree",
   "accounting",
   "chain",

@@ -1,10 +1,13 @@
-"""The Compressor protocol, ``identity`` and ``chain``.
+"""The Compressor protocol and ``identity``; ``chain`` lives in :mod:`jaxcompress.core.chain`.
 
-A compressor is a ``NamedTuple`` of four pure functions built by a factory, in the
-spirit of optax's ``GradientTransformation``:
+A compressor is a ``NamedTuple`` of pure functions built by a factory, in the spirit of
+optax's ``GradientTransformation``. Four are required:
 
-- ``init(params) -> (params, state)``: returns the *trainable* tree (which may differ
-  from the model's, for example low-rank factors) and the compressor's state;
+- ``init(params, *, masks=None) -> (params, state)``: returns the *trainable* tree (which
+  may differ from the model's, for example a codebook instead of a kernel) and the state.
+  ``masks`` are the keep-masks of earlier stages of a :func:`~jaxcompress.chain` (passed
+  only when there are some): a stage that can use them (k-means clusters the survivors
+  only) does; others ignore them;
 - ``apply(params, state) -> params``: the dense view the model sees; it is the only
   thing that enters the loss and it is differentiable;
 - ``update(params, state, *, grads=None, **extra) -> (params, state)``: runs once per
@@ -13,21 +16,40 @@ spirit of optax's ``GradientTransformation``:
 - ``pack(params, state) -> packed``: the deployable tree, whose compressed leaves
   (``jaxcompress.export``) report their true storage in ``nbytes``.
 
+Three are seams with defaults, through which techniques meet the rest of training
+without knowing each other:
+
+- ``masks(state) -> tree | None``: the keep-masks (``bool``, True = keep) this compressor
+  holds the model's params to, mirroring the model's tree with ``None`` at unmasked
+  leaves; ``None`` when it prunes nothing. ``chain`` ANDs them, ``train.make_step`` keeps
+  the optimizer off the pruned coordinates, and ``pack`` of a chain prunes the packed
+  leaf of the other stages with them (:func:`jaxcompress.export.prune`);
+- ``penalty(params, state) -> scalar | None``: a term added to the loss (network
+  slimming's L1 on BatchNorm scales, PACT's L2 on its clipping levels), or ``None``;
+- ``rewrite(fn, params, state) -> fn``: a model-side transformation of any function of
+  the model's params ``fn(model_params, *args)`` (the loss in training, the model's
+  apply in evaluation), for techniques that act on the computation rather than on the
+  params (activation quantization, integer matmuls); the identity by default.
+
+A compressor whose model-side technique learns parameters (LSQ's activation steps)
+returns its trainable tree as :class:`Joint` ``(params, extra)``.
+
 ``pack`` runs on concrete arrays (its output sizes depend on the values, for example the
-number of nonzeros); the other three are jit-, grad-, vmap- and shard-safe.
+number of nonzeros); the other functions are jit-, grad-, vmap- and shard-safe.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from jaxcompress.core.tree import PyTree
 
 
 class InitFn(Protocol):
-  """``init(params) -> (trainable_params, state)``."""
+  """``init(params, *, masks=None) -> (trainable_params, state)``."""
 
-  def __call__(self, params: PyTree) -> tuple[PyTree, Any]: ...
+  def __call__(self, params: PyTree, *, masks: PyTree | None = None) -> tuple[PyTree, Any]: ...
 
 
 class ApplyFn(Protocol):
@@ -50,20 +72,70 @@ class PackFn(Protocol):
   def __call__(self, params: PyTree, state: Any) -> PyTree: ...
 
 
+MasksFn = Callable[[Any], Any]
+"""``masks(state) -> tree of bool | None``, mirroring the model's params."""
+
+PenaltyFn = Callable[[PyTree, Any], Any]
+"""``penalty(params, state) -> scalar | None``, added to the loss."""
+
+RewriteFn = Callable[[Callable[..., Any], PyTree, Any], Callable[..., Any]]
+"""``rewrite(fn, params, state) -> fn'``: ``fn(model_params, *args)`` transformed."""
+
+
+def no_masks(state: Any) -> None:
+  """The default ``masks``: this compressor prunes nothing."""
+  del state
+
+
+def no_penalty(params: PyTree, state: Any) -> None:
+  """The default ``penalty``: no loss term."""
+  del params, state
+
+
+def no_rewrite(fn: Callable[..., Any], params: PyTree, state: Any) -> Callable[..., Any]:
+  """The default ``rewrite``: the computation is left alone."""
+  del params, state
+  return fn
+
+
 class Compressor(NamedTuple):
-  """A compression technique as four pure functions (see the module docstring).
+  """A compression technique as pure functions (see the module docstring).
 
   Attributes:
-    init: ``(params) -> (trainable_params, state)``.
+    init: ``(params, *, masks=None) -> (trainable_params, state)``.
     apply: ``(params, state) -> model_params``, differentiable.
     update: ``(params, state, *, grads=None, **extra) -> (params, state)``.
     pack: ``(params, state) -> packed_tree`` of compressed leaves.
+    masks: ``(state) -> keep-masks | None``; default: none.
+    penalty: ``(params, state) -> loss term | None``; default: none.
+    rewrite: ``(fn, params, state) -> fn'``, model-side; default: identity.
   """
 
   init: InitFn
   apply: ApplyFn
   update: UpdateFn
   pack: PackFn
+  masks: MasksFn = no_masks
+  penalty: PenaltyFn = no_penalty
+  rewrite: RewriteFn = no_rewrite
+
+
+class Joint(NamedTuple):
+  """A trainable tree with model-side learned parameters beside the params.
+
+  Attributes:
+    params: the trainable tree of the params (the model's tree, possibly restructured).
+    extra: learned parameters of model-side techniques (for example
+      ``{site_key: {'step': s}}`` for LSQ activations); a dict.
+  """
+
+  params: PyTree
+  extra: dict[str, Any]
+
+
+def split(tree: PyTree) -> tuple[PyTree, dict[str, Any] | None]:
+  """``(params, extra)`` of a :class:`Joint` tree, ``(tree, None)`` of any other."""
+  return (tree.params, tree.extra) if isinstance(tree, Joint) else (tree, None)
 
 
 class EmptyState(NamedTuple):
@@ -71,7 +143,7 @@ class EmptyState(NamedTuple):
 
 
 def identity() -> Compressor:
-  """A compressor that changes nothing; the neutral element of :func:`chain`.
+  """A compressor that changes nothing; the neutral element of :func:`~jaxcompress.chain`.
 
   Returns:
     A :class:`Compressor` whose ``apply`` and ``pack`` return the params unchanged.
@@ -84,7 +156,8 @@ def identity() -> Compressor:
     [1.0, 1.0]
   """
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks
     return params, EmptyState()
 
   def apply(params, state):
@@ -98,73 +171,5 @@ def identity() -> Compressor:
   def pack(params, state):
     del state
     return params
-
-  return Compressor(init, apply, update, pack)
-
-
-def chain(*compressors: Compressor) -> Compressor:
-  """Composes compressors into one.
-
-  ``init`` runs left to right, each stage on the tree the previous one returned.
-  ``apply``, ``update`` and ``pack`` run right to left, so the model sees
-  ``c1.apply(c2.apply(p, s2), s1)`` and the params after ``update`` are what ``apply``
-  shows: ``chain(prune, quantize)`` quantizes, then masks. A stage that restructures the
-  trainable tree (low-rank factors, codebooks) belongs leftmost, so every later stage
-  works on the restructured tree.
-
-  Args:
-    *compressors: the stages.
-
-  Returns:
-    A :class:`Compressor` whose state is the tuple of the stages' states.
-
-  Raises:
-    TypeError: if a stage is not a :class:`Compressor`.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from jaxcompress import pruning, quantization
-    >>> c = chain(pruning.magnitude(0.5), quantization.fake_quant(2))  # levels -4, 0, 4
-    >>> params, state = c.init({'w': jnp.array([[0.1, -3.0], [0.3, 4.0]])})
-    >>> c.apply(params, state)['w'].tolist()
-    [[0.0, -4.0], [0.0, 4.0]]
-  """
-  for i, c in enumerate(compressors):
-    if not isinstance(c, Compressor):
-      raise TypeError(f"chain argument {i} is not a Compressor: {c!r}")
-
-  def init(params):
-    states = []
-    for c in compressors:
-      params, state = c.init(params)
-      states.append(state)
-    return params, tuple(states)
-
-  def apply(params, state):
-    _check_chain_state(state)
-    for c, s in zip(reversed(compressors), reversed(state)):
-      params = c.apply(params, s)
-    return params
-
-  def update(params, state, *, grads=None, **extra):
-    _check_chain_state(state)
-    new_states = []
-    for c, s in zip(reversed(compressors), reversed(state)):
-      params, s = c.update(params, s, grads=grads, **extra)
-      new_states.append(s)
-    return params, tuple(reversed(new_states))
-
-  def pack(params, state):
-    _check_chain_state(state)
-    for c, s in zip(reversed(compressors), reversed(state)):
-      params = c.pack(params, s)
-    return params
-
-  def _check_chain_state(state):
-    if not isinstance(state, tuple) or len(state) != len(compressors):
-      raise ValueError(
-        f"chain of {len(compressors)} compressors expects a tuple of {len(compressors)} "
-        f"states, got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else '?'}"
-      )
 
   return Compressor(init, apply, update, pack)

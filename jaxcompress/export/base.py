@@ -34,6 +34,25 @@ class CompressedLeaf:
     """The dense shape."""
     raise NotImplementedError
 
+  def prune(self, mask: Any) -> CompressedLeaf:
+    """This leaf with the positions where ``mask`` is False set to exactly 0.
+
+    The seam by which compressed leaves compose with pruning: each leaf type keeps its own
+    representation (codes and scales, codebook, factors) and stores only what the mask
+    keeps, or the cheaper of that and its dense form. This default wraps the leaf in a
+    :class:`~jaxcompress.export.masked.MaskedArray` (the leaf plus a 1-bit mask), for leaf
+    types whose representation cannot drop entries (low-rank factors).
+
+    Args:
+      mask: ``bool`` array of the leaf's shape (True = keep), on the host.
+
+    Returns:
+      A compressed leaf whose ``materialize()`` is ``where(mask, self.materialize(), 0)``.
+    """
+    from jaxcompress.export.masked import MaskedArray
+
+    return MaskedArray.wrap(self, mask)
+
   @property
   def size(self) -> int:
     """Number of elements of the dense array."""

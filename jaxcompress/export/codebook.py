@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxcompress.export.base import CompressedLeaf, materialize
 from jaxcompress.export.qarray import store_codes
+from jaxcompress.export.sparse import SparseArray, from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +42,45 @@ class CodebookArray(CompressedLeaf):
     idx = jnp.asarray(materialize(self.indices), jnp.int32)
     codebook = jnp.asarray(self.codebook)
     if self.axis is None:
-      return codebook[idx]
-    channel = jax.lax.broadcasted_iota(jnp.int32, idx.shape, self.axis % idx.ndim)
-    return codebook[channel, idx]
+      dense = codebook[idx]
+    else:
+      channel = jax.lax.broadcasted_iota(jnp.int32, idx.shape, self.axis % idx.ndim)
+      dense = codebook[channel, idx]
+    if isinstance(self.indices, SparseArray):  # pruned positions read 0.0, not codebook[0]
+      dense = jnp.where(self.indices.present(), dense, jnp.zeros_like(dense))
+    return dense
+
+  def _zero_indices(self) -> np.ndarray | None:
+    """Per position, the index of an exact 0.0 in its codebook row, or ``None`` if a row has none."""
+    codebook = np.asarray(self.codebook)
+    rows = codebook.reshape(1, -1) if self.axis is None else codebook
+    has_zero = (rows == 0).any(axis=1)
+    if not has_zero.all():
+      return None
+    first = np.argmax(rows == 0, axis=1)
+    shape = self.shape
+    if self.axis is None:
+      return np.full(shape, first[0], np.int64)
+    view = [1] * len(shape)
+    view[self.axis] = shape[self.axis]
+    return np.broadcast_to(first.reshape(view), shape)
+
+  def prune(self, mask: Any) -> CompressedLeaf:
+    """Keeps the codebook; stores the surviving indices sparse, or (when every codebook row
+    holds an exact 0.0, as TTQ's ``[-W_n, 0, W_p]``) all indices dense pointing pruned
+    positions at 0.0, whichever is smaller."""
+    keep = np.asarray(mask, bool)
+    idx = np.asarray(materialize(self.indices), np.int64)
+    if isinstance(self.indices, SparseArray):
+      keep = keep & np.asarray(self.indices.present())
+    bits = index_bits(np.asarray(self.codebook).shape[-1])
+    best = from_mask(idx, keep, value_bits=bits, signed=False)
+    zeros = self._zero_indices()
+    if zeros is not None:
+      dense = store_codes(np.where(keep, idx, zeros), bits, signed=False)
+      if dense.nbytes <= best.nbytes:
+        return dataclasses.replace(self, indices=dense)
+    return dataclasses.replace(self, indices=best)
 
 
 jax.tree_util.register_dataclass(CodebookArray, data_fields=["codebook", "indices"], meta_fields=["axis"])

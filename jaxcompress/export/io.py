@@ -25,6 +25,7 @@ from jaxcompress.export.base import CompressedLeaf
 from jaxcompress.export.bitpack import BitPacked
 from jaxcompress.export.codebook import CodebookArray
 from jaxcompress.export.factorized import Factorized
+from jaxcompress.export.masked import MaskedArray
 from jaxcompress.export.qarray import QArray
 from jaxcompress.export.sliced import SlicedArray
 from jaxcompress.export.sparse import SparseArray
@@ -34,7 +35,7 @@ FORMAT_VERSION = 1
 _SAFETENSORS_DTYPES = frozenset(
   {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
 )
-_LEAF_TYPES = {cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray)}
+_LEAF_TYPES = {cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)}
 
 
 class CorruptFileError(ValueError):

@@ -65,8 +65,44 @@ class QArray(CompressedLeaf):
     codes = self._blocked(jnp.asarray(materialize(self.codes), jnp.int32))
     if self.zero_point is not None:
       codes = codes - jnp.asarray(self.zero_point, jnp.int32)
-    dense = codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)
-    return dense.reshape(self.shape).astype(self.dtype)
+    dense = (codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)).reshape(self.shape)
+    if _is_sparse(self.codes):  # pruned positions read 0.0 whatever their code means
+      dense = jnp.where(self.codes.present(), dense, jnp.zeros_like(dense))
+    return dense.astype(self.dtype)
+
+  @property
+  def signed(self) -> bool:
+    """Whether the codes are signed (symmetric grids) or unsigned (affine)."""
+    return _codes_signed(self.codes)
+
+  def prune(self, mask: Any) -> CompressedLeaf:
+    """Keeps the scales and zero point; stores the surviving codes sparse, or all codes
+    dense with the zero code at pruned positions, whichever is smaller."""
+    from jaxcompress.export.sparse import from_mask
+
+    keep = np.asarray(mask, bool)
+    codes = np.asarray(materialize(self.codes), np.int32)
+    if _is_sparse(self.codes):
+      keep = keep & np.asarray(self.codes.present())
+    signed = self.signed
+    dense = store_codes(np.where(keep, codes, self.zero_code()), self.bits, signed=signed)
+    sparse = from_mask(codes, keep, value_bits=self.bits, signed=signed)
+    return dataclasses.replace(self, codes=sparse if sparse.nbytes < dense.nbytes else dense)
+
+
+def _is_sparse(codes: Any) -> bool:
+  from jaxcompress.export.sparse import SparseArray  # sparse.py imports this module
+
+  return isinstance(codes, SparseArray)
+
+
+def _codes_signed(codes: Any) -> bool:
+  """Signedness of stored codes: a bit-packed stream's flag, or a native array's dtype."""
+  if _is_sparse(codes):
+    return _codes_signed(codes.values)
+  if hasattr(codes, "signed"):
+    return bool(codes.signed)
+  return bool(np.issubdtype(np.asarray(codes).dtype, np.signedinteger))
 
 
 jax.tree_util.register_dataclass(

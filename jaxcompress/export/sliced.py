@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress.export.base import CompressedLeaf
+from jaxcompress.export.base import CompressedLeaf, materialize
 from jaxcompress.export.bitpack import pack_bits
 
 
@@ -39,8 +39,20 @@ class SlicedArray(CompressedLeaf):
   def shape(self) -> tuple[int, ...]:
     return self.dense_shape
 
+  def _flags(self) -> list[np.ndarray]:
+    flags = np.asarray(self.kept.materialize(), bool)
+    bounds = np.cumsum((0, *self.dense_shape))
+    return [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+  def prune(self, mask: Any) -> CompressedLeaf:
+    """Prunes the kept sub-array (positions outside it are zeros already)."""
+    from jaxcompress.export.masked import prune
+
+    sub = np.asarray(mask, bool)[np.ix_(*self._flags())]
+    return dataclasses.replace(self, values=prune(self.values, sub))
+
   def materialize(self) -> jax.Array:
-    x = jnp.asarray(self.values)
+    x = jnp.asarray(materialize(self.values))
     flags = self.kept.materialize().astype(bool)
     start = 0
     for axis, full in enumerate(self.dense_shape):

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxcompress import export
 from jaxcompress.core import select, validate
@@ -220,32 +221,30 @@ def _sizes_of(kept: tuple[Any, ...], like: Any) -> list[int | None]:
   return [None if k is None else int(np.asarray(k).sum()) for k in kept] if like is None else list(like)
 
 
-def shrink(tree: PyTree, state: ChannelState, params: PyTree) -> PyTree:
-  """Slices every leaf of ``tree`` that belongs to a pruned parameter.
+def shrink(optimizer: optax.GradientTransformation, opt_state: optax.OptState, state: ChannelState) -> optax.OptState:
+  """Slices an optimizer state built on the full-size params to match the pruned ones.
 
-  A leaf belongs to a parameter when its path equals or ends with the parameter's path
-  and it has the parameter's original shape: the params themselves, or an optax state
-  built on them (Adam's ``mu``/``nu``, momentum), which is then sliced to match the
-  smaller tree. Runs on concrete arrays (the kept counts are read from ``state``).
+  The optimizer-state entries that belong to a parameter (Adam's ``mu``/``nu``, momentum)
+  are found exactly by ``optax.tree_map_params`` (the optimizer rebuilds its own state's
+  structure), never by name; each is sliced like its parameter. Runs on concrete arrays
+  (the kept counts are read from ``state``).
 
   Args:
-    tree: the tree to slice.
-    state: a :class:`ChannelState`.
-    params: the original (full-size) params, for paths and shapes.
+    optimizer: the optax transformation that built ``opt_state``.
+    opt_state: its state, on the full-size params.
+    state: the :class:`ChannelState` from :func:`channel_prune`'s ``init``.
 
   Returns:
-    ``tree`` with those leaves sliced.
+    The state as ``optimizer.init`` would build it on the smaller params, holding the
+    kept entries of the full-size state.
   """
-  kept = _kept_map(state.kept, params)
-  shapes = dict((p, tuple(x.shape)) for p, x in leaves_with_paths(params))
 
-  def one(path, leaf):
-    for ppath, k in kept.items():
-      if (path == ppath or path.endswith("/" + ppath)) and tuple(getattr(leaf, "shape", ())) == shapes[ppath]:
-        return slice_leaf(leaf, k, _sizes_of(k, None))
-    return leaf
+  def one(leaf, kept):
+    if kept is None or len(kept) != np.ndim(leaf):
+      return leaf
+    return slice_leaf(leaf, kept, _sizes_of(kept, None))
 
-  return map_with_path(one, tree)
+  return optax.tree_map_params(optimizer, one, opt_state, state.kept)
 
 
 def narrow_nnx(model: Any, state: ChannelState, params: PyTree) -> Any:
@@ -459,7 +458,8 @@ def channel_prune(
     raise ValueError("criterion='taylor' needs grads= (the loss gradient at the params)")
   inputs = tuple(inputs)
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     if grads is not None:
       masking.check_grads(params, grads, "channel_prune")
     for path, leaf in leaves_with_paths(params):

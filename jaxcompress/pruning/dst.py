@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
 from jaxcompress.core.tree import is_packed_leaf, leaves_with_paths
@@ -86,7 +87,8 @@ def _build(
   validate.check_choice("init_mask", init_mask, ("random", "magnitude"))
   seed = validate.check_int("seed", seed)
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     marker = leafwise.init_selected(params, where, lambda path, p: True)
     treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
     flat_p, flat_mk = treedef.flatten_up_to(params), treedef.flatten_up_to(marker)
@@ -144,9 +146,9 @@ def _build(
     return treedef.unflatten(out_p), DSTState(count, treedef.unflatten(out_m), state.key)
 
   def pack(params, state):
-    return leafwise.map_selected(masking.pack_masked, params, state.masks)
+    return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack)
+  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)
 
 
 _ARGS_DOC = """

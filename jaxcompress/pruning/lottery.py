@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
 from jaxcompress.core.tree import is_packed_leaf
@@ -108,7 +109,8 @@ def lottery_ticket(
         f"total_steps={total}: the final ticket would never be retrained"
       )
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     masks = leafwise.init_selected(params, where, lambda path, p: jnp.ones(p.shape, bool))
     rewind = leafwise.map_selected(lambda p, m: p, params, masks)
     rewind = jax.tree.map(lambda r, m: None if m is None else r, rewind, masks, is_leaf=lambda x: x is None)
@@ -147,6 +149,6 @@ def lottery_ticket(
     return treedef.unflatten(out_p), state
 
   def pack(params, state):
-    return leafwise.map_selected(masking.pack_masked, params, state.masks)
+    return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack)
+  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)

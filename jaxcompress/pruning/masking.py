@@ -14,7 +14,6 @@ never revives a weight and a constant sparsity costs one ``where`` per step.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -145,7 +144,8 @@ def build(
     base = jax.random.fold_in(jax.random.wrap_key_data(key), step)
     return [jax.random.fold_in(base, i) for i in range(n)]
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     if init_grads is not None:
       check_grads(params, init_grads, who)
     elif needs_grads and s0 > 0:
@@ -232,22 +232,6 @@ def build(
     return treedef.unflatten(out_p), new_state
 
   def pack(params, state):
-    return leafwise.map_selected(pack_masked, params, state.masks)
+    return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack)
-
-
-def pack_masked(p: Any, mask_array: Any) -> Any:
-  """Stores a masked leaf as a :class:`~jaxcompress.export.SparseArray`; a
-  :class:`~jaxcompress.export.QArray` (a quantizer ran first inside ``chain``) keeps its
-  scale and gets sparse codes."""
-  mask = np.asarray(mask_array)
-  if isinstance(p, export.QArray):
-    codes = np.where(mask, np.asarray(export.materialize(p.codes), np.int32), p.zero_code())
-    if p.zero_point is None:  # zero is code 0: store the codes sparse
-      stored = export.from_dense(codes, value_bits=p.bits, signed=True)
-    else:  # an affine grid's zero is its zero point: the codes stay dense
-      stored = export.store_codes(codes, p.bits, signed=False)
-    return dataclasses.replace(p, codes=stored)
-  dense = np.asarray(export.materialize(p))
-  return export.from_dense(np.where(mask, dense, np.zeros_like(dense)))
+  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)

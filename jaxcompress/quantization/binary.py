@@ -240,7 +240,8 @@ def binary_connect(
   channel_axes = (axis,) if scaling == "channel" else ()
   root = jax.random.key(seed)
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     counter = [0]
 
     def init_leaf(path, p):

@@ -72,8 +72,8 @@ def fake_quant(
   stay the trainable master copy; the gradient passes straight through inside the
   range (see :func:`~jaxcompress.quantization.uniform.fake_quant`). ``pack`` stores
   each selected leaf as a :class:`~jaxcompress.export.QArray` whose codes are
-  bit-packed below 8 bits (and sparse when the leaf arrived sparse, inside ``chain``
-  after pruning).
+  bit-packed below 8 bits (after pruning in a ``chain``, the chain stores only the
+  surviving codes: :meth:`~jaxcompress.export.QArray.prune`).
 
   Args:
     bits: bits per weight: 2..16 symmetric, 1..16 affine.
@@ -113,7 +113,8 @@ def fake_quant(
     spec.granularity.check(tuple(p.shape), f"leaf {path!r}")
     return leafwise.Selected()
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     selected = leafwise.init_selected(params, where, init_leaf)
     return params, FakeQuantState(count=jnp.asarray(0, jnp.int32), selected=selected)
 
@@ -129,9 +130,9 @@ def fake_quant(
     return params, state._replace(count=state.count + 1)
 
   def pack_leaf(p, _):
-    dense = jnp.asarray(export.materialize(p))
+    dense = jnp.asarray(p)
     scale, zero_point = spec.params(dense)
-    return spec.pack(dense, scale, zero_point, sparse=isinstance(p, export.SparseArray))
+    return spec.pack(dense, scale, zero_point)
 
   def pack(params, state):
     return leafwise.map_selected(pack_leaf, params, state.selected)

@@ -16,12 +16,15 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import select, validate
 from jaxcompress.core.base import Compressor
+from jaxcompress.core.tree import leaves_with_paths
 from jaxcompress.quantization import _reparam
 
 CENTROID_INITS = ("linear", "density", "kmeans++")
 
 
-def init_centroids(x: jax.Array, k: int, method: str = "linear", key: jax.Array | None = None) -> jax.Array:
+def init_centroids(
+  x: jax.Array, k: int, method: str = "linear", key: jax.Array | None = None, weights: jax.Array | None = None
+) -> jax.Array:
   """Initial centroids for 1-D k-means, ascending.
 
   Args:
@@ -33,6 +36,8 @@ def init_centroids(x: jax.Array, k: int, method: str = "linear", key: jax.Array 
       2007: the first at random, each next one drawn with probability proportional to
       its squared distance to the nearest chosen one).
     key: a PRNG key, needed for ``'kmeans++'``.
+    weights: ``bool[n]``: only these values count (the survivors of pruning); ``None``
+      for all. With no value selected, every value counts.
 
   Returns:
     ``float[k]`` in ``x``'s dtype. Repeated values are allowed (fewer distinct values
@@ -41,23 +46,28 @@ def init_centroids(x: jax.Array, k: int, method: str = "linear", key: jax.Array 
   Raises:
     ValueError: for an unknown method, or ``'kmeans++'`` without a key.
   """
+  w = jnp.ones(x.shape, bool) if weights is None else jnp.asarray(weights, bool)
+  w = jnp.where(jnp.any(w), w, True)
   if method == "linear":
-    return jnp.linspace(jnp.min(x), jnp.max(x), k).astype(x.dtype)
+    lo, hi = jnp.min(jnp.where(w, x, jnp.inf)), jnp.max(jnp.where(w, x, -jnp.inf))
+    return jnp.linspace(lo, hi, k).astype(x.dtype)
   if method == "density":
-    return jnp.quantile(x, jnp.linspace(0.0, 1.0, k)).astype(x.dtype)
+    return jnp.nanquantile(jnp.where(w, x, jnp.nan), jnp.linspace(0.0, 1.0, k)).astype(x.dtype)
   if method != "kmeans++":
     raise ValueError(f"method must be one of {CENTROID_INITS}, got {method!r}")
   if key is None:
     raise ValueError("method='kmeans++' needs a PRNG key")
   n = x.shape[0]
   keys = jax.random.split(key, k)
-  first = x[jax.random.randint(keys[0], (), 0, n)]
+  wf = w.astype(jnp.float32)
+  first = x[jax.random.choice(keys[0], n, p=wf / jnp.sum(wf))]
   centroids = jnp.full((k,), first, x.dtype)
 
   def pick(i, carry):
     centroids, d2 = carry
+    d2 = d2 * wf
     total = jnp.sum(d2)
-    p = jnp.where(total > 0, d2 / jnp.where(total > 0, total, 1), 1.0 / n)  # all equal: uniform
+    p = jnp.where(total > 0, d2 / jnp.where(total > 0, total, 1), wf / jnp.sum(wf))  # all equal: uniform
     c = x[jax.random.choice(keys[i], n, p=p)]
     return centroids.at[i].set(c), jnp.minimum(d2, (x - c) ** 2)
 
@@ -70,7 +80,9 @@ def assign(x: jax.Array, centroids: jax.Array) -> jax.Array:
   return jnp.argmin(jnp.abs(x[..., None] - centroids), axis=-1).astype(jnp.int32)
 
 
-def kmeans_1d(x: jax.Array, centroids: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:
+def kmeans_1d(
+  x: jax.Array, centroids: jax.Array, iterations: int, weights: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Lloyd's algorithm on scalars for a fixed number of iterations (jit-safe).
 
   Each iteration assigns every value to its nearest centroid, then moves each centroid
@@ -81,17 +93,20 @@ def kmeans_1d(x: jax.Array, centroids: jax.Array, iterations: int) -> tuple[jax.
     x: ``float[n]``.
     centroids: ``float[k]``, the initial centroids.
     iterations: the number of Lloyd iterations, >= 0.
+    weights: ``bool[n]``: only these values move the centroids (the survivors of
+      pruning); ``None`` for all. Every value is still assigned.
 
   Returns:
     ``(centroids, assignments)``: the final ``float[k]`` and ``int32[n]`` with
     ``x ≈ centroids[assignments]``.
   """
   k = centroids.shape[0]
+  w = jnp.ones_like(x) if weights is None else jnp.asarray(weights, x.dtype)
 
   def step(_, c):
     idx = assign(x, c)
-    sums = jax.ops.segment_sum(x, idx, num_segments=k)
-    counts = jax.ops.segment_sum(jnp.ones_like(x), idx, num_segments=k)
+    sums = jax.ops.segment_sum(x * w, idx, num_segments=k)
+    counts = jax.ops.segment_sum(w, idx, num_segments=k)
     return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), c)
 
   centroids = jax.lax.fori_loop(0, iterations, step, centroids)
@@ -141,7 +156,14 @@ def kmeans(
   gather), so fine-tuning trains the shared values. A leaf with fewer distinct values
   than clusters is handled: its spare centroids stay unused or repeat a value.
   ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with
-  ``ceil(log2 clusters)``-bit indices. Put ``kmeans`` leftmost in a ``chain``.
+  ``ceil(log2 clusters)``-bit indices.
+
+  After pruning, ``chain(prune, kmeans(...))`` is Deep Compression: ``init`` receives the
+  keep-masks (``masks=``) and clusters the survivors only (initialization and Lloyd
+  steps; pruned weights are assigned but never move a centroid), the chain keeps the
+  pruned positions at exactly zero (their gradient is zero, so no centroid is trained
+  by them and no weight revives), and the packed indices are stored for the survivors
+  only.
 
   Args:
     clusters: centroids per codebook, >= 2 (16 gives 4-bit indices).
@@ -186,13 +208,16 @@ def kmeans(
   seed = validate.check_int("seed", seed)
   root = jax.random.key(seed)
 
-  def cluster(x, key):
-    return kmeans_1d(x, init_centroids(x, clusters, centroid_init, key), iterations)
+  def cluster(x, key, keep):
+    return kmeans_1d(x, init_centroids(x, clusters, centroid_init, key, keep), iterations, keep)
 
-  def init(params):
+  def init(params, *, masks=None):
     counter = [0]
+    keep_of = dict(leaves_with_paths(masks)) if masks is not None else {}
 
     def init_leaf(path, w):
+      keep = keep_of.get(path)
+      keep = jnp.ones(w.shape, bool) if keep is None else jnp.asarray(keep, bool)
       key = jax.random.fold_in(root, counter[0])
       counter[0] += 1
       if per_channel and not -w.ndim <= axis < w.ndim:
@@ -201,10 +226,13 @@ def kmeans(
       if clusters > per_codebook:
         raise ValueError(f"clusters={clusters} is larger than the {per_codebook} weights per codebook of leaf {path!r}")
       if not per_channel:
-        codebook, idx = cluster(w.reshape(-1), key)
+        codebook, idx = cluster(w.reshape(-1), key, keep.reshape(-1))
         return codebook, KMeansLeaf(idx.reshape(w.shape))
-      rows = jnp.moveaxis(w, axis, 0)
-      codebook, idx = jax.vmap(cluster)(rows.reshape(rows.shape[0], -1), jax.random.split(key, rows.shape[0]))
+      rows, keep_rows = jnp.moveaxis(w, axis, 0), jnp.moveaxis(keep, axis, 0)
+      n_rows = rows.shape[0]
+      codebook, idx = jax.vmap(cluster)(
+        rows.reshape(n_rows, -1), jax.random.split(key, n_rows), keep_rows.reshape(n_rows, -1)
+      )
       return codebook, KMeansLeaf(jnp.moveaxis(idx.reshape(rows.shape), 0, axis))
 
     trainable, leaves = _reparam.init(params, where, init_leaf)

@@ -165,7 +165,8 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
     step = lsq_init_step(w, qp) if init_step is None else jnp.asarray(init_step, w.dtype)
     return LSQParams(weight=w, step=step), LSQLeaf()
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     trainable, leaves = _reparam.init(params, where, init_leaf)
     return trainable, LSQState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
 

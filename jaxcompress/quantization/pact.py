@@ -265,7 +265,8 @@ def pact(bits: int = 4, *, init_alpha: float | None = None, where: select.Where 
     alpha = _floor_positive(jnp.max(jnp.abs(w))) if init_alpha is None else jnp.asarray(init_alpha, w.dtype)
     return PACTParams(weight=w, alpha=alpha), PACTLeaf()
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     trainable, leaves = _reparam.init(params, where, init_leaf)
     return trainable, PACTState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
 

@@ -130,7 +130,8 @@ def power_of_two(levels: int = 7, *, where: select.Where = None) -> Compressor:
   """
   levels = validate.check_int("levels", levels, low=1, high=64)
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     selected = leafwise.init_selected(params, where, lambda path, p: leafwise.Selected())
     return params, PowerOfTwoState(count=jnp.asarray(0, jnp.int32), selected=selected)
 

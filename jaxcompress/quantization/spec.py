@@ -60,20 +60,10 @@ class QuantSpec:
     qmin, qmax = self.qrange
     return self.granularity.apply(lambda b: uniform.quantize(b, scale, zero_point=zero_point, qmin=qmin, qmax=qmax), x)
 
-  def pack(
-    self, x: jax.Array, scale: jax.Array, zero_point: jax.Array | None, *, sparse: bool = False
-  ) -> export.QArray:
-    """A :class:`~jaxcompress.export.QArray` of ``x``.
-
-    With ``sparse`` and a symmetric spec the codes are stored as a
-    :class:`~jaxcompress.export.SparseArray` (zero weights have code 0); an affine
-    spec's zero code is its zero point, so its codes stay dense.
-    """
+  def pack(self, x: jax.Array, scale: jax.Array, zero_point: jax.Array | None) -> export.QArray:
+    """A :class:`~jaxcompress.export.QArray` of ``x`` (prune it with ``.prune(mask)``)."""
     codes = np.asarray(self.quantize(x, scale, zero_point))
-    if sparse and self.symmetric:
-      stored = export.from_dense(codes, value_bits=self.bits, signed=True)
-    else:
-      stored = export.store_codes(codes, self.bits, signed=self.symmetric)
+    stored = export.store_codes(codes, self.bits, signed=self.symmetric)
     g = self.granularity
     return export.QArray(
       codes=stored,

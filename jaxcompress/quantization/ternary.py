@@ -123,7 +123,8 @@ def twn(
       raise ValueError(f"axis={axis} is out of range for leaf {path!r} of shape {tuple(p.shape)}")
     return leafwise.Selected()
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     leaves = leafwise.init_selected(params, where, init_leaf)
     return params, TernaryState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
 
@@ -279,7 +280,8 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
       neg = jnp.sum(jnp.where(below, -w, 0)) / jnp.maximum(jnp.sum(below), 1).astype(w.dtype)
     return TTQParams(weight=w, positive=pos, negative=neg), TTQLeaf()
 
-  def init(params):
+  def init(params, *, masks=None):
+    del masks  # earlier stages' masks: zeros in the view are enough here
     trainable, leaves = _reparam.init(params, where, init_leaf)
     return trainable, TernaryState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
 

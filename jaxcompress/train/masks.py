@@ -1,82 +1,77 @@
-"""Masks in training: find a compressor's keep-masks, keep the optimizer off pruned
-coordinates, and reset its moments where a mask changes, so momentum and weight decay
-never revive a weight and a regrown weight starts with fresh moments."""
+"""Masks in training: keep the optimizer off pruned coordinates.
+
+A compressor says which coordinates it prunes through ``Compressor.masks(state)``: keep-masks
+mirroring the *model's* tree. :func:`trainable_masks` carries them onto the trainable tree
+(path by path: at each model leaf, every array of the trainable node with the mask's shape),
+and :func:`reset_pruned` zeroes the optimizer state where they are False, mapping optimizer
+state to params exactly with ``optax.tree_map_params`` (no name or suffix matching), so
+momentum and weight decay never revive a weight and a regrown weight starts with fresh
+moments.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcompress.core.tree import PyTree, is_packed_leaf, leaves_with_paths, map_with_path
+from jaxcompress.core.base import Joint, split
+from jaxcompress.core.tree import PyTree
 
 
-def masks_of(cstate: Any, params: PyTree) -> PyTree | None:
-  """The combined keep-masks of a compressor state, mirroring ``params``.
+def _same_shape(x: Any, m: Any) -> bool:
+  return m is not None and tuple(jnp.shape(x)) == tuple(jnp.shape(m))
 
-  Looks through the state (and a ``chain``'s tuple of states) for ``masks`` fields that
-  mirror ``params`` and ANDs them; leaves without a mask hold ``None``.
+
+def trainable_masks(params: PyTree, masks: PyTree) -> PyTree:
+  """Carries keep-masks over the model's tree onto a trainable tree.
+
+  Args:
+    params: the trainable tree (``Compressor.init``'s first output; a
+      :class:`~jaxcompress.Joint` is handled, its ``extra`` is never masked).
+    masks: ``bool`` masks mirroring the model's tree, ``None`` at unmasked leaves
+      (``Compressor.masks(state)``).
 
   Returns:
-    The mask tree, or ``None`` if the state holds no masks.
+    A tree mirroring ``params`` leaf for leaf: the mask where a trainable array has the
+    mask's shape under the masked model leaf (the weight itself, or the ``weight`` of a
+    restructured node such as LSQ's), ``None`` elsewhere (a codebook, a step size).
   """
-  treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
-  found: list[list[Any]] = []
-
-  def visit(node):
-    masks = getattr(node, "masks", None) if hasattr(node, "_fields") else None
-    if masks is not None:
-      with contextlib.suppress(ValueError, TypeError):
-        found.append(treedef.flatten_up_to(masks))
-    if isinstance(node, tuple):
-      for child in node:
-        visit(child)
-
-  visit(cstate)
-  if not found:
-    return None
-  combined: list[Any] = []
-  for column in zip(*found):
-    present = [m for m in column if m is not None]
-    combined.append(
-      None if not present else jnp.logical_and.reduce(jnp.stack(present)) if len(present) > 1 else present[0]
-    )
-  return treedef.unflatten(combined)
+  tree, extra = split(params)
+  model_def = jax.tree.structure(masks, is_leaf=lambda x: x is None)
+  nodes = model_def.flatten_up_to(tree)
+  flat = model_def.flatten_up_to(masks)
+  out = [jax.tree.map(lambda x, m=m: m if _same_shape(x, m) else None, node) for node, m in zip(nodes, flat)]
+  carried = model_def.unflatten(out)
+  return carried if extra is None else Joint(carried, jax.tree.map(lambda _: None, extra))
 
 
 def mask_tree(tree: PyTree, masks: PyTree) -> PyTree:
-  """Zeroes ``tree``'s leaves where ``masks`` is False (``None`` masks pass through)."""
-  return jax.tree.map(
-    lambda x, m: x if m is None else jnp.where(m, x, jnp.zeros_like(x)), tree, masks, is_leaf=lambda x: x is None
-  )
+  """Zeroes ``tree``'s leaves where ``masks`` is False (``None`` masks pass through).
+
+  ``masks`` mirrors ``tree`` up to its leaves, as :func:`trainable_masks` returns.
+  """
+  return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)) if _same_shape(x, m) else x, tree, masks)
 
 
-def reset_where(opt_state: optax.OptState, params: PyTree, reset: PyTree) -> optax.OptState:
-  """Zeroes the optimizer state's per-parameter entries where ``reset`` is True.
+def reset_pruned(optimizer: optax.GradientTransformation, opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
+  """Zeroes the optimizer state's per-parameter entries where ``masks`` is False.
 
-  An optimizer-state leaf belongs to a parameter when its path ends with the
-  parameter's path and it has the parameter's shape (Adam's ``mu`` and ``nu``, SGD's
-  momentum trace, ...); scalars such as step counts are left alone.
+  The entries that belong to a parameter (Adam's ``mu`` and ``nu``, momentum traces) are
+  found by ``optax.tree_map_params``, which rebuilds the state's structure from the
+  optimizer itself; leaves of another shape (factored statistics) and scalars (counts)
+  are left alone.
 
   Args:
-    opt_state: an optax state built on ``params``.
-    params: the param tree, for paths and shapes.
-    reset: ``bool`` arrays (or ``None``) mirroring ``params``.
+    optimizer: the optax transformation that built ``opt_state``.
+    opt_state: its state.
+    masks: keep-masks mirroring the trainable tree (:func:`trainable_masks`).
 
   Returns:
-    The optimizer state with those entries set to 0.
+    The optimizer state with the pruned entries set to 0.
   """
-  treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
-  flat_reset = treedef.flatten_up_to(reset)
-  targets = {path: (tuple(p.shape), r) for (path, p), r in zip(leaves_with_paths(params), flat_reset) if r is not None}
-
-  def one(path, leaf):
-    for ppath, (shape, r) in targets.items():
-      if (path == ppath or path.endswith("/" + ppath)) and tuple(getattr(leaf, "shape", ())) == shape:
-        return jnp.where(r, jnp.zeros_like(leaf), leaf)
-    return leaf
-
-  return map_with_path(one, opt_state)
+  return optax.tree_map_params(
+    optimizer, lambda s, m: jnp.where(m, s, jnp.zeros_like(s)) if _same_shape(s, m) else s, opt_state, masks
+  )

@@ -11,7 +11,7 @@ import optax
 
 from jaxcompress.core.base import Compressor
 from jaxcompress.core.tree import PyTree
-from jaxcompress.train.masks import mask_tree, masks_of, reset_where
+from jaxcompress.train.masks import mask_tree, reset_pruned, trainable_masks
 
 
 class TrainState(NamedTuple):
@@ -28,16 +28,21 @@ class TrainState(NamedTuple):
   cstate: Any
 
 
-def wrap_loss(loss_fn: Callable[..., Any], compressor: Compressor) -> Callable[..., Any]:
+def wrap_loss(loss_fn: Callable[..., Any], compressor: Compressor, *, has_aux: bool = False) -> Callable[..., Any]:
   """Turns a loss over the model's params into a loss over the trainable tree.
+
+  The compressor enters through its three seams: ``apply`` gives the model's params,
+  ``rewrite`` transforms the loss's computation (quantized activations, integer matmuls),
+  and ``penalty`` adds its loss term (network slimming's L1, PACT's L2 on its clip).
 
   Args:
     loss_fn: ``loss_fn(model_params, *args, **kwargs) -> loss`` (or ``(loss, aux)``).
-    compressor: the compressor whose ``apply`` produces the model's params.
+    compressor: the compressor.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)`` (the penalty is added to ``loss``).
 
   Returns:
-    ``loss(params, cstate, *args, **kwargs) = loss_fn(compressor.apply(params, cstate),
-    *args, **kwargs)``, differentiable in ``params``.
+    ``loss(params, cstate, *args, **kwargs) = rewrite(loss_fn)(apply(params, cstate), *args,
+    **kwargs) + penalty(params, cstate)``, differentiable in ``params``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -52,7 +57,11 @@ def wrap_loss(loss_fn: Callable[..., Any], compressor: Compressor) -> Callable[.
   """
 
   def loss(params, cstate, *args, **kwargs):
-    return loss_fn(compressor.apply(params, cstate), *args, **kwargs)
+    out = compressor.rewrite(loss_fn, params, cstate)(compressor.apply(params, cstate), *args, **kwargs)
+    term = compressor.penalty(params, cstate)
+    if term is None:
+      return out
+    return (out[0] + term, out[1]) if has_aux else out + term
 
   return loss
 
@@ -91,13 +100,14 @@ def make_step(
 ) -> Callable[..., tuple[TrainState, Any]]:
   """Builds one training step: grad through ``apply``, the optimizer, then ``update``.
 
-  When the compressor's state holds keep-masks (pruning; found by
-  :func:`~jaxcompress.train.masks.masks_of`, inside ``chain`` too), the optimizer
-  moments of pruned coordinates are zeroed before each optimizer update (so a weight
-  pruned at one step loses its history at the next, and a regrown weight starts from
-  zero moments), and the gradients and updates there are zeroed: no weight is moved or
-  revived by momentum or weight decay. ``update`` still receives the unmasked gradients
-  (RigL regrows by them). Without masks it is the plain step.
+  The loss is :func:`wrap_loss`'s (``apply``, ``rewrite`` and ``penalty``). When the
+  compressor prunes (``compressor.masks(cstate)`` is not ``None``), the optimizer moments
+  of pruned coordinates are zeroed before each optimizer update (so a weight pruned at
+  one step loses its history at the next, and a regrown weight starts from zero moments;
+  :func:`~jaxcompress.train.masks.reset_pruned` maps the optimizer state to the params
+  exactly), and the gradients and updates there are zeroed: no weight is moved or revived
+  by momentum or weight decay. ``update`` still receives the unmasked gradients (RigL
+  regrows by them). Without masks it is the plain step.
 
   The step is a pure function ``step(state, *batch) -> (state, loss)`` (or
   ``(state, (loss, aux))`` with ``has_aux``); jitting is the caller's choice. It works
@@ -131,7 +141,7 @@ def make_step(
     >>> state.params['w'].tolist()
     [[0.0, 0.0], [2.9000000953674316, 3.9000000953674316]]
   """
-  grad_fn = jax.value_and_grad(wrap_loss(loss_fn, compressor), has_aux=has_aux)
+  grad_fn = jax.value_and_grad(wrap_loss(loss_fn, compressor, has_aux=has_aux), has_aux=has_aux)
 
   def step(state: TrainState, *batch: Any) -> tuple[TrainState, Any]:
     out, grads = grad_fn(state.params, state.cstate, *batch)
@@ -139,14 +149,14 @@ def make_step(
       if reduce_gradients:
         grads = jax.lax.pmean(grads, axis_name)
       out = jax.lax.pmean(out, axis_name)
-    masks = masks_of(state.cstate, state.params)
+    model_masks = compressor.masks(state.cstate)
     opt_state = state.opt_state
+    masks = None if model_masks is None else trainable_masks(state.params, model_masks)
     if masks is not None:
       # Zero the moments of pruned coordinates before the optimizer reads them (this fuses
       # into its update): a newly pruned weight drops its history, and a regrown one
       # starts from zeros. Gradients and updates there are zeroed too.
-      pruned = jax.tree.map(lambda m: None if m is None else ~m, masks, is_leaf=lambda x: x is None)
-      opt_state = reset_where(opt_state, state.params, pruned)
+      opt_state = reset_pruned(optimizer, opt_state, masks)
       grads_in = mask_tree(grads, masks)
     else:
       grads_in = grads
