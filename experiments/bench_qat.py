@@ -71,11 +71,9 @@ def qwix_step(params, weight_qtype, x, y):
 def training_runners(sizes, x, y, with_qwix):
   params = init_mlp(sizes)
   runners = {"dense float32": our_step(mlp, jc.identity(), params, x, y)}
-  fake = quantization.qat(mlp, weight_bits=8, integer=False)
-  runners["ours fake-quant W8A8"] = our_step(fake.apply, fake.compressor, params, x, y)
+  runners["ours fake-quant W8A8"] = our_step(mlp, quantization.qat(8, 8, integer=False), params, x, y)
   for bits in (8, 4):
-    q = quantization.qat(mlp, weight_bits=bits, integer=True)
-    runners[f"ours int W{bits}A8"] = our_step(q.apply, q.compressor, params, x, y)
+    runners[f"ours int W{bits}A8"] = our_step(mlp, quantization.qat(bits, 8, integer=True), params, x, y)
   if with_qwix:
     runners["qwix W8A8"] = qwix_step(params, jnp.int8, x, y)
     runners["qwix W4A8"] = qwix_step(params, jnp.int4, x, y)

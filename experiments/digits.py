@@ -49,9 +49,10 @@ def evaluate(trainer, technique, fit, plan, path) -> dict:
   rep = jc.accounting.report(packed)
   file_bytes = jc.export.save(path, packed)
   loaded = jc.export.load(path)
-  forward = jax.jit(plan.forward(trainer.model.apply)) if plan.forward else None
-  if plan.serve:  # the packed model through its serving path (e.g. integer matmuls)
-    served = plan.serve(trainer.model.apply, loaded)
+  # The model as the compressor sees it (quantized activations, integer matmuls, ...).
+  forward = jax.jit(compressor.rewrite(trainer.model.apply, params, cstate))
+  if plan.serve:  # the packed model through its deployment path (e.g. integer matmuls)
+    served = plan.serve(trainer.model.apply, loaded, cstate)
     accuracy = trainer.accuracy(None, lambda _, x: served(x))
   else:
     accuracy = trainer.accuracy(_materialize(loaded), forward)
@@ -88,7 +89,6 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
       lr=plan.lr,
       seed=seed + 1000,
       desc=f"{name} s{seed} {recipe.name}",
-      forward=plan.forward,
     )
     if recipe.name == "dense":
       fit = base  # the dense row reports the baseline's own training time

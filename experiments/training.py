@@ -86,7 +86,6 @@ class Trainer:
     lr: float,
     seed: int,
     desc: str = "",
-    forward: Any = None,
   ) -> Fit:
     """Trains ``compressor.apply(params)`` with adam for ``epochs`` epochs.
 
@@ -97,7 +96,6 @@ class Trainer:
       lr: adam's learning rate, cosine-decayed to 0 over the run.
       seed: seeds the batch order.
       desc: the progress bar's label.
-      forward: wraps the model's apply (e.g. quantized activations); ``None`` keeps it.
     """
     steps = max(1, epochs * self.steps_per_epoch)
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps))
@@ -106,8 +104,7 @@ class Trainer:
       return Fit(state, 0.0, 0.0)
     x, y = self._inputs("train"), self.data.train_labels
     start = time.perf_counter()
-    apply = forward(self.model.apply) if forward else self.model.apply
-    step = jax.jit(jc.train.make_step(self.loss_of(apply), optimizer, compressor))
+    step = jax.jit(jc.train.make_step(self.loss_of(self.model.apply), optimizer, compressor))
     step = step.lower(state, x[: self.batch_size], y[: self.batch_size]).compile()
     compile_seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed)
@@ -125,8 +122,8 @@ class Trainer:
   def accuracy(self, params: Any, predict: Any = None) -> float:
     """Test accuracy (fraction) of the model under ``params``.
 
-    ``predict(params, x) -> logits`` replaces the model's jitted apply (a quantized
-    forward, or a served model that ignores ``params``).
+    ``predict(params, x) -> logits`` replaces the model's jitted apply (the compressor's
+    ``rewrite`` of it, or a served model that ignores ``params``).
     """
     logits = (predict or self._eval)(params, self._inputs("test"))
     return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == self.data.test_labels))

@@ -1,7 +1,10 @@
 """The conformance suite: every compressor in the package runs through these checks.
 
 A new compressor joins by adding one line to ``CASES``: a name and a zero-argument
-factory. Each check is one property from DESIGN.md §8.
+factory (a chain of stages goes into ``CHAINS``, so its bytes are also checked against
+each stage packed alone). A pruner or a quantizer also joins ``PRUNERS`` or
+``QUANTIZERS``: every pair is trained in ``chain(pruner, quantizer)``. Each check is one
+property from DESIGN.md §8.
 """
 
 import os
@@ -31,11 +34,6 @@ CASES = {
   "fake_quant3_where": lambda: jc.quantization.fake_quant(3, where=".*fc0/kernel"),
   "fake_quant4_affine": lambda: jc.quantization.fake_quant(4, symmetric=False, per_channel=True),
   "fake_quant8_group": lambda: jc.quantization.fake_quant(8, group_size=8),
-  "chain_prune_quant": lambda: jc.chain(jc.pruning.magnitude(0.6), jc.quantization.fake_quant(4, per_channel=True)),
-  "chain_quant_prune": lambda: jc.chain(jc.quantization.fake_quant(8), jc.pruning.magnitude(0.6)),
-  "chain_prune_affine": lambda: jc.chain(jc.pruning.magnitude(0.5), jc.quantization.fake_quant(4, symmetric=False)),
-  "chain_prune_group": lambda: jc.chain(jc.pruning.magnitude(0.5), jc.quantization.fake_quant(4, group_size=8)),
-  "chain_prune_binary": lambda: jc.chain(jc.pruning.magnitude(0.5), jc.quantization.binary_connect()),
   "magnitude_global": lambda: jc.pruning.magnitude(0.6, scope="global"),
   "magnitude_erk_block": lambda: jc.pruning.magnitude(0.7, allocation="erk", block=(1, 4)),
   "random_pruning": lambda: jc.pruning.random(0.5, seed=1),
@@ -60,6 +58,65 @@ CASES = {
   "kmeans16": lambda: jc.quantization.kmeans(16),
   "kmeans_per_channel_pp": lambda: jc.quantization.kmeans(4, centroid_init="kmeans++", per_channel=True),
   "kmeans_density_where": lambda: jc.quantization.kmeans(8, centroid_init="density", where="fc1/kernel"),
+  "lsq2": lambda: jc.quantization.lsq(2),
+  "pact4": lambda: jc.quantization.pact(4, alpha_decay=1e-3),
+  "quantize_activations": lambda: jc.quantization.quantize_activations(8),
+  "quantize_activations_calibrated": lambda: jc.quantization.quantize_activations(
+    6, apply_fn=helpers.mlp_apply, batches=[helpers.batch()[0]], where="fc1/kernel"
+  ),
+  "lsq_activations": lambda: jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1]),
+  "pact_activations": lambda: jc.quantization.pact_activations(
+    helpers.mlp_apply, 4, inputs=helpers.batch()[:1], alpha_decay=1e-3
+  ),
+  "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
+  "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
+}
+
+# Chains: name -> the stages' factories. Each chain is also a case of CASES.
+CHAINS = {
+  "chain_prune_quant": (lambda: jc.pruning.magnitude(0.6), lambda: jc.quantization.fake_quant(4, per_channel=True)),
+  "chain_quant_prune": (lambda: jc.quantization.fake_quant(8), lambda: jc.pruning.magnitude(0.6)),
+  "chain_prune_affine": (lambda: jc.pruning.magnitude(0.5), lambda: jc.quantization.fake_quant(4, symmetric=False)),
+  "chain_prune_group": (lambda: jc.pruning.magnitude(0.5), lambda: jc.quantization.fake_quant(4, group_size=8)),
+  "chain_prune_binary": (lambda: jc.pruning.magnitude(0.5), lambda: jc.quantization.binary_connect()),
+  "chain_prune_kmeans": (lambda: jc.pruning.magnitude(0.8), lambda: jc.quantization.kmeans(16)),
+  "chain_kmeans_prune": (lambda: jc.quantization.kmeans(8), lambda: jc.pruning.magnitude(0.5)),
+  "chain_prune_ttq": (lambda: jc.pruning.magnitude(0.7), lambda: jc.quantization.ttq()),
+  "chain_prune_lsq_acts": (
+    lambda: jc.pruning.rigl(0.8, update_every=2, end_step=10),
+    lambda: jc.quantization.lsq(4),
+    lambda: jc.quantization.lsq_activations(helpers.mlp_apply, 8, inputs=helpers.batch()[:1]),
+  ),
+  "chain_prune_w4_a8": (
+    lambda: jc.pruning.magnitude(0.9),
+    lambda: jc.quantization.fake_quant(4, per_channel=True),
+    lambda: jc.quantization.quantize_activations(8, apply_fn=helpers.mlp_apply, batches=[helpers.batch()[0]]),
+  ),
+  "chain_ttq_prune_where": (lambda: jc.quantization.ttq(), lambda: jc.pruning.magnitude(0.5, where="fc1/kernel")),
+}
+CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for name, stages in CHAINS.items()})
+
+# Every pair trains in chain(pruner, quantizer); the pruners are at high sparsity, where
+# a pruned 1-bit code can be smaller than the unpruned one (at 50% it cannot: the
+# entropy of {0, -a, +a} at 1/2, 1/4, 1/4 is 1.5 bits).
+PRUNERS = {
+  "magnitude": lambda: jc.pruning.magnitude(0.9),
+  "global": lambda: jc.pruning.magnitude(0.9, scope="global"),
+  "rigl": lambda: jc.pruning.rigl(0.9, update_every=2, end_step=10),
+  "n_m_1_8": lambda: jc.pruning.n_m(1, 8),
+}
+QUANTIZERS = {
+  "int8": lambda: jc.quantization.fake_quant(8),
+  "int4_channel": lambda: jc.quantization.fake_quant(4, per_channel=True),
+  "int4_affine": lambda: jc.quantization.fake_quant(4, symmetric=False, per_channel=True),
+  "int4_group": lambda: jc.quantization.fake_quant(4, group_size=8),
+  "binary": lambda: jc.quantization.binary_connect(),
+  "xnor": lambda: jc.quantization.xnor_net(),
+  "twn": lambda: jc.quantization.twn(),
+  "ttq": lambda: jc.quantization.ttq(),
+  "power_of_two": lambda: jc.quantization.power_of_two(7),
+  "kmeans16": lambda: jc.quantization.kmeans(16),
+  "kmeans4_channel": lambda: jc.quantization.kmeans(4, per_channel=True),
   "lsq2": lambda: jc.quantization.lsq(2),
   "pact4": lambda: jc.quantization.pact(4),
 }
@@ -122,6 +179,7 @@ def test_unselected_leaves_untouched(name):
   for layer in params:
     np.testing.assert_array_equal(out[layer]["bias"], params[layer]["bias"])
   updated, _ = c.update(trainable, cstate)
+  updated = updated.params if isinstance(updated, jc.Joint) else updated
   for layer in params:
     np.testing.assert_array_equal(updated[layer]["bias"], params[layer]["bias"])
   if name == "magnitude_where":
@@ -186,6 +244,18 @@ def test_checkpoint_round_trip_resumes_identically(name):
 
 
 @cases
+def test_model_side_rewrite_is_what_training_sees(name):
+  """The step's loss is the compressor's rewrite of the loss at its view of the params."""
+  c, state = _setup(CASES[name])
+  x, y = helpers.batch(seed=5)
+  loss = jc.train.wrap_loss(helpers.mse_loss, c)(state.params, state.cstate, x, y)
+  model = c.rewrite(helpers.mlp_apply, state.params, state.cstate)
+  expected = jnp.mean((model(c.apply(state.params, state.cstate), x) - y) ** 2)
+  term = c.penalty(state.params, state.cstate)
+  np.testing.assert_allclose(loss, expected + (0.0 if term is None else term), rtol=1e-6)
+
+
+@cases
 def test_pack_then_materialize_equals_apply(name):
   c, state = _setup(CASES[name])
   state = _run(jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c)), state)
@@ -196,3 +266,44 @@ def test_pack_then_materialize_equals_apply(name):
     path = os.path.join(d, "model.safetensors")
     jc.export.save(path, packed)
     _assert_trees_equal(jc.export.materialize_tree(jc.export.load(path)), dense)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_chain_packs_no_larger_than_its_largest_stage(name):
+  params = helpers.mlp_params()
+  c = CASES[name]()
+  packed = c.pack(*c.init(params))
+  alone = []
+  for factory in CHAINS[name]:
+    stage = factory()
+    alone.append(jc.accounting.report(stage.pack(*stage.init(params))).bytes)
+  assert jc.accounting.report(packed).bytes <= max(alone), (jc.accounting.report(packed).bytes, alone)
+
+
+def _view_is_zero_where_pruned(c, state):
+  view = c.apply(state.params, state.cstate)
+  masks = c.masks(state.cstate)
+  pairs = zip(jax.tree.leaves(view), jax.tree.leaves(masks, is_leaf=lambda m: m is None))
+  checked = 0
+  for v, m in pairs:
+    if m is not None:
+      assert not np.any(np.asarray(v)[~np.asarray(m)]), "a pruned weight is not exactly zero"
+      checked += 1
+  assert checked > 0
+
+
+@pytest.mark.parametrize("quantizer", sorted(QUANTIZERS))
+@pytest.mark.parametrize("pruner", sorted(PRUNERS))
+def test_every_pruner_composes_with_every_quantizer(pruner, quantizer):
+  """chain(pruner, quantizer) trains, keeps pruned weights at exactly zero through
+  fine-tuning, packs to what apply shows, and stores no more than the quantizer alone."""
+  c = jc.chain(PRUNERS[pruner](), QUANTIZERS[quantizer]())
+  state = jc.train.init(helpers.mlp_params(), OPT, c)
+  _view_is_zero_where_pruned(c, state)
+  state = _run(jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c)), state, n=3)
+  _view_is_zero_where_pruned(c, state)
+  packed = c.pack(state.params, state.cstate)
+  _assert_trees_equal(jc.export.materialize_tree(packed), c.apply(state.params, state.cstate))
+  q = QUANTIZERS[quantizer]()
+  alone = jc.accounting.report(q.pack(*q.init(helpers.mlp_params()))).bytes
+  assert jc.accounting.report(packed).bytes <= alone

@@ -1,7 +1,8 @@
 """The registry of compression recipes.
 
-Every module in this folder (except ``base``) defines ``RECIPE``, a
-:class:`~experiments.recipes.base.Recipe`. :func:`discover` imports them all, so a new
+Every module in this folder (except ``base`` and ``_``-prefixed helpers) defines
+``RECIPE``, a :class:`~experiments.recipes.base.Recipe`, or ``RECIPES``, a tuple of them
+(one technique at several settings). :func:`discover` imports them all, so a new
 technique adds a row to the results by adding one file here.
 """
 
@@ -19,7 +20,8 @@ def discover() -> dict[str, Recipe]:
   """Imports every recipe module and returns ``{name: recipe}`` in table order.
 
   Raises:
-    TypeError: if a module lacks a ``RECIPE`` that is a :class:`Recipe`.
+    TypeError: if a module defines neither a ``RECIPE`` that is a :class:`Recipe` nor a
+      tuple ``RECIPES`` of them.
     ValueError: if two recipes share a name.
   """
   found: dict[str, Recipe] = {}
@@ -27,10 +29,11 @@ def discover() -> dict[str, Recipe]:
     if info.name == "base" or info.name.startswith("_"):
       continue
     module = importlib.import_module(f"{__name__}.{info.name}")
-    recipe = getattr(module, "RECIPE", None)
-    if not isinstance(recipe, Recipe):
-      raise TypeError(f"recipe module {module.__name__} must define RECIPE = Recipe(...)")
-    if recipe.name in found:
-      raise ValueError(f"two recipes are named {recipe.name!r}")
-    found[recipe.name] = recipe
+    recipes = getattr(module, "RECIPES", None) or (getattr(module, "RECIPE", None),)
+    for recipe in recipes:
+      if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe module {module.__name__} must define RECIPE = Recipe(...) or RECIPES = (...)")
+      if recipe.name in found:
+        raise ValueError(f"two recipes are named {recipe.name!r}")
+      found[recipe.name] = recipe
   return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+import jaxcompress as jc
 from experiments.recipes.base import FineTune
 from jaxcompress import quantization
 
@@ -13,7 +14,7 @@ def lsq_wa(params, trainer, bits: int, epochs: int, lr: float) -> FineTune:
   """LSQ W{bits}A{bits}: every kernel at ``bits`` with a learned step, and the input of
   every layer but the first at ``bits`` unsigned with a learned step (initialized on
   the first training batches)."""
-  aq = quantization.lsq_activations(trainer.model.apply, bits, where=HIDDEN)
-  acts = aq.init(params, np.concatenate(trainer.calibration_batches(4)))
-  compressor = quantization.with_activations(quantization.lsq(bits), aq, acts)
-  return FineTune(compressor, epochs=epochs, lr=lr, forward=lambda apply: quantization.joint_apply(aq))
+  del params
+  example = (np.concatenate(trainer.calibration_batches(4)),)
+  acts = quantization.lsq_activations(trainer.model.apply, bits, inputs=example, where=HIDDEN)
+  return FineTune(jc.chain(quantization.lsq(bits), acts), epochs=epochs, lr=lr)

@@ -1,13 +1,9 @@
-"""Shared pieces of the quantization recipes: calibrated activation quantization."""
+"""Shared piece of the quantization recipes: activations calibrated on training batches."""
 
-from jaxcompress import graph, quantization
+from jaxcompress import quantization
 
 
-def calibrated_activations(params, trainer, bits=8):
-  """A ``forward`` wrapper quantizing every matmul/conv input at ranges calibrated on
-  eight training batches of the float baseline (min-max), and those ranges."""
-  spec = quantization.QuantSpec(bits)
-  ranges = quantization.calibration.calibrate_activations(
-    trainer.model.apply, params, trainer.calibration_batches(), spec
-  )
-  return (lambda apply: graph.rewrite(apply, quantization.activation_rule(spec, ranges))), ranges
+def calibrated_activations(trainer, bits=8):
+  """8-bit activations at every matmul/conv input, at ranges calibrated (min-max) on eight
+  training batches with the stage's input weights in place."""
+  return quantization.quantize_activations(bits, apply_fn=trainer.model.apply, batches=trainer.calibration_batches())

@@ -17,17 +17,15 @@ class FineTune:
     compressor: applied to the trained baseline's params.
     epochs: fine-tuning epochs (0: pack the baseline as it is, e.g. post-training).
     lr: adam's peak learning rate (cosine-decayed).
-    forward: wraps the model's ``apply(params, x)`` for training and evaluation, for
-      example with quantized activations through ``jaxcompress.graph.rewrite``.
-    serve: ``serve(apply, packed) -> fn(x)``: evaluate the packed model through this
-      path (for example integer matmuls) instead of ``forward(apply)`` of its dense view.
+    serve: ``serve(apply, packed, cstate) -> fn(x)``: evaluate the packed model through
+      this deployment path (for example ``jaxcompress.quantization.serve``'s integer
+      matmuls) instead of the compressor's own view of it.
   """
 
   compressor: jc.Compressor
   epochs: int = 0
   lr: float = 1e-4
-  forward: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
-  serve: Callable[[Callable[..., Any], Any], Callable[..., Any]] | None = None
+  serve: Callable[[Callable[..., Any], Any, Any], Callable[..., Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

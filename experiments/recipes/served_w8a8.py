@@ -1,18 +1,18 @@
 """PTQ W8A8 served through real integer matmuls (int8 x int8 -> int32, then rescale):
-``jaxcompress.quantization.serve``."""
+``jaxcompress.quantization.serve`` with the ranges the activation stage calibrated."""
 
+import jaxcompress as jc
 from experiments.recipes._quant import calibrated_activations
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import quantization
 
 
 def build(params, trainer):
-  forward, ranges = calibrated_activations(params, trainer)
+  del params
   return FineTune(
-    quantization.fake_quant(8, per_channel=True),
+    jc.chain(quantization.fake_quant(8, per_channel=True), calibrated_activations(trainer)),
     epochs=0,
-    forward=forward,
-    serve=lambda apply, packed: quantization.serve(apply, packed, act_ranges=ranges),
+    serve=lambda apply, packed, cstate: quantization.serve(apply, packed, act_ranges=cstate.stages[1].data),
   )
 
 

@@ -91,6 +91,9 @@ class Site:
     location: where the equation sits in the (nested) jaxpr; identifies the site.
     occurrence: how many earlier sites (in execution order) use the same leaf; a
       leaf applied twice (weight tying, a block called twice) has sites 0 and 1.
+    leaf_axes: for each axis of the weight operand, the axis of the param leaf it is,
+      when only transposes and dtype conversions lie between them (``x @ w.T`` gives
+      ``(1, 0)``); ``None`` after a reshape, broadcast or slice.
 
   The property ``key`` (the path, with ``#k`` from the second use on) names the site in
   calibration ranges and captures.
@@ -111,6 +114,7 @@ class Site:
   params: dict[str, Any] = dataclasses.field(repr=False, compare=False)
   location: Location = dataclasses.field(repr=False)
   occurrence: int = 0
+  leaf_axes: tuple[int, ...] | None = None
 
   @property
   def key(self) -> str:
@@ -125,11 +129,30 @@ class Site:
     return prim.bind(*operands, **{**self.params, **overrides})
 
 
+# Pass-through ops that keep every axis where it is (so the leaf's axes stay known).
+_SAME_AXES = frozenset(
+  {"convert_element_type", "copy", "copy_p", "reduce_precision", "sharding_constraint", "device_put", "mesh_cast"}
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Prov:
-  """Where a value comes from: a param leaf, seen through shape-only ops."""
+  """Where a value comes from: a param leaf, seen through shape-only ops.
+
+  ``axes[i]`` is the leaf axis that the value's axis ``i`` is, while only transposes and
+  dtype conversions lie between them; ``None`` after a reshape, broadcast or slice.
+  """
 
   path: str
+  axes: tuple[int, ...] | None = None
+
+  def through(self, eqn: Any) -> _Prov:
+    name = eqn.primitive.name
+    if self.axes is not None and name == "transpose":
+      return _Prov(self.path, tuple(self.axes[p] for p in eqn.params["permutation"]))
+    if self.axes is not None and name in _SAME_AXES:
+      return self
+    return _Prov(self.path, None)
 
 
 def _weight_axes(op: str, params: dict[str, Any], operand: int, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -184,7 +207,7 @@ def find_sites(closed: jex.ClosedJaxpr, leaf_paths: list[str], *, include_activa
   With ``include_activations``, matmuls and convolutions of two activations (attention's
   ``q k^T``) are listed too, with ``path == ''``.
   """
-  provs: list[Any] = [_Prov(p) for p in leaf_paths]
+  provs: list[Any] = [_Prov(p, tuple(range(len(aval_shape(v))))) for p, v in zip(leaf_paths, closed.jaxpr.invars)]
   provs += [None] * (len(closed.jaxpr.invars) - len(provs))
   sites: list[Site] = []
   _walk(closed.jaxpr, provs, (), (), 1, sites, include_activations)
@@ -233,10 +256,11 @@ def _walk(
             trip_count=None if trips is None else int(trips),
             params=dict(eqn.params),
             location=(*where, i),
+            leaf_axes=prov.axes if prov is not None else None,
           )
         )
     elif name in _PASS_THROUGH and provs and provs[0] is not None:
-      env[eqn.outvars[0]] = provs[0]
+      env[eqn.outvars[0]] = provs[0].through(eqn)
     else:
       for sub_name, sub in sub_jaxprs(eqn):
         inner, factor = _inner_provs(eqn, sub_name, provs)

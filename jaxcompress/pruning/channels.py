@@ -388,6 +388,61 @@ def slimming_penalty(params: PyTree, strength: float, *, where: select.Where = r
   return strength * _total(jnp.abs(jnp.asarray(x, jnp.float32)).sum() for x in chosen)
 
 
+def slimming(strength: validate.ScalarOrSchedule, *, where: select.Where = r"(.*/)?scale") -> Compressor:
+  """Network slimming's training phase as a compressor: the L1 term on BatchNorm scales.
+
+  Its ``penalty`` is :func:`slimming_penalty` (``strength * sum |gamma|``), which
+  ``jaxcompress.train`` adds to the loss; ``apply``, ``update`` and ``pack`` leave the params
+  alone. Train with it, then prune the channels whose scales shrank:
+  ``channel_prune(..., criterion='bn_scale')``.
+
+  Args:
+    strength: ``lambda`` (1e-4 to 1e-5 in the paper), >= 0, or a schedule of the step.
+    where: which leaves are BatchNorm scales (default: leaves named ``scale``).
+
+  Returns:
+    A :class:`~jaxcompress.Compressor` whose state is the step count.
+
+  Raises:
+    ValueError: if ``strength`` is negative or not finite; at ``init``, if ``where``
+      selects nothing.
+
+  References:
+    Liu, Li, Shen, Huang, Yan & Zhang 2017, "Learning Efficient Convolutional Networks
+    through Network Slimming", https://arxiv.org/abs/1708.06519.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> c = slimming(0.5)
+    >>> params, state = c.init({'bn': {'scale': jnp.array([1.0, -2.0])}})
+    >>> float(c.penalty(params, state))
+    1.5
+  """
+  schedule = validate.as_schedule("strength", strength, lambda name, v: validate.check_float(name, v, low=0.0))
+
+  def init(params, *, masks=None):
+    del masks
+    slimming_penalty(params, 0.0, where=where)  # raises if where selects nothing
+    return params, jnp.asarray(0, jnp.int32)
+
+  def apply(params, state):
+    del state
+    return params
+
+  def update(params, state, *, grads=None, **extra):
+    del grads, extra
+    return params, state + 1
+
+  def pack(params, state):
+    del state
+    return params
+
+  def penalty(params, state):
+    return schedule(state) * slimming_penalty(params, 1.0, where=where)
+
+  return Compressor(init, apply, update, pack, penalty=penalty)
+
+
 def channel_prune(
   sparsity: float,
   *,

@@ -1,42 +1,32 @@
-"""Activation quantization through :mod:`jaxcompress.graph`: learned parameters per site.
+"""Model-side compressors: techniques that act on the model's computation, not its params.
 
-Weights live in the param tree, so weight quantizers are compressors; activations do
-not, so quantizing them changes the model's function. An :class:`ActivationQuantizer`
-does it for any ``apply_fn(params, *inputs)`` without special layers:
+Weights live in the param tree, so weight quantizers transform params. Activations do
+not, so quantizing them changes the model's function: a model-side compressor does it
+through the protocol's ``rewrite`` seam, which transforms any function of the model's
+params ``fn(model_params, *args)`` with :func:`jaxcompress.graph.rewrite` (the loss in
+training, the model's apply in evaluation). Its ``apply`` and ``pack`` leave the params
+alone, so it goes anywhere in a :func:`~jaxcompress.chain`, and one chain holds pruning,
+weight quantization and activation quantization::
 
-- ``init(params, *inputs)`` traces the model (:func:`jaxcompress.graph.trace`), runs it
-  once on example ``inputs`` (:func:`jaxcompress.graph.capture`) and returns the
-  *activation tree* ``{site_key: node}``: one node of learned parameters (a dict of
-  scalars such as ``{'step': s}`` for LSQ or ``{'alpha': a}`` for PACT; plain dicts, so
-  the tree saves with :func:`jaxcompress.export.save`) for each selected site,
-  initialized from the activation that feeds it;
-- ``apply(params, act_params, *inputs)`` is ``apply_fn`` with the activation operand of
-  every selected matmul/convolution fake-quantized with its node
-  (:func:`jaxcompress.graph.rewrite`). It is differentiable in both trees.
+    c = jc.chain(
+      jc.pruning.magnitude(0.9),
+      jc.quantization.fake_quant(4, per_channel=True),
+      jc.quantization.lsq_activations(model_apply, 8, inputs=(x_example,)),
+    )
+    state = jc.train.init(params, opt, c)              # one trainable tree, one optimizer
+    step = jc.train.make_step(loss_fn, opt, c)         # the loss's matmuls see quantized inputs
+    logits = c.rewrite(model_apply, state.params, state.cstate)(c.apply(state.params, state.cstate), x)
 
-- ``update(act_params) -> act_params`` keeps the parameters valid after an optimizer
-  step (LSQ's step and PACT's clip stay positive).
-
-Train the weights and the activation tree together, with one optimizer, as the joint
-tree ``{'params': params, 'activations': act_params}`` (:func:`joint`): the model is
-:func:`joint_apply`, and :func:`with_activations` lifts a weight compressor to the
-joint tree (it compresses ``'params'`` and runs the quantizer's ``update`` on
-``'activations'``); given the initial activation tree, its ``init`` also accepts the
-model's params and builds the joint tree itself::
-
-    aq = lsq_activations(model_apply, bits=4, where='(fc2|fc3)/kernel')
-    c = with_activations(lsq(4), aq, aq.init(params, x_example))
-    loss = lambda t, x, y: ce(joint_apply(aq)(t, x), y)
-    state = jc.train.init(params, opt, c)       # trainable: {'params', 'activations'}
-    step = jc.train.make_step(loss, opt, c)
-
-Nodes are keyed by :attr:`jaxcompress.graph.Site.key` (the weight's path, with ``#k``
+Learned parameters (LSQ's steps, PACT's clips) are trainable: the compressor's trainable
+tree is a :class:`~jaxcompress.Joint` ``(params, extra)`` with ``extra = {site_key: node}``
+(a dict of scalars such as ``{'step': s}``), trained by the same optimizer as the weights.
+Sites are keyed by :attr:`jaxcompress.graph.Site.key` (the weight's path, with ``#k``
 from its second use on), as calibrated ranges are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -44,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxcompress import graph
 from jaxcompress.core import select
-from jaxcompress.core.base import Compressor
+from jaxcompress.core.base import Compressor, Joint, split
 from jaxcompress.core.tree import PyTree
 from jaxcompress.graph.trace import Site
 
@@ -54,105 +44,84 @@ QuantizeFn = Callable[[jax.Array, Any, Site], jax.Array]
 InitNodeFn = Callable[[Site, jax.Array], Any]
 """``init_node(site, example_activation) -> node`` of learned parameters."""
 
-
-class ActivationQuantizer(NamedTuple):
-  """A model transformation that fake-quantizes activations with learned parameters.
-
-  Attributes:
-    init: ``(params, *inputs) -> act_params``, ``{site_key: node}``.
-    apply: ``(params, act_params, *inputs) -> outputs`` of the quantized model.
-    update: ``(act_params) -> act_params``, run after each optimizer step.
-  """
-
-  init: Callable[..., PyTree]
-  apply: Callable[..., Any]
-  update: Callable[[PyTree], PyTree]
+RuleFn = Callable[[Any, Any], graph.Rule]
+"""``rule(extra, data) -> graph.Rule``: the rewrite rule, given the learned parameters
+(``None`` when there are none) and the compressor's data (calibrated ranges, ...)."""
 
 
-def joint(params: PyTree, act_params: PyTree) -> dict[str, PyTree]:
-  """The trainable tree ``{'params': params, 'activations': act_params}``."""
-  return {"params": params, "activations": act_params}
-
-
-def joint_apply(quantizer: ActivationQuantizer) -> Callable[..., Any]:
-  """The quantized model as a function of the joint tree: ``fn(tree, *inputs)``."""
-  return lambda tree, *inputs: quantizer.apply(tree["params"], tree["activations"], *inputs)
-
-
-class JointState(NamedTuple):
-  """State of :func:`with_activations`.
+class SiteState(NamedTuple):
+  """State of a model-side compressor.
 
   Attributes:
-    params: the weight compressor's state.
+    count: ``int32`` step counter.
+    data: what the technique fixed at ``init`` (for example calibrated ranges
+      ``{site_key: (xmin, xmax)}``), or ``None``.
   """
 
-  params: Any
+  count: jax.Array
+  data: Any
 
 
-def with_activations(
-  compressor: Compressor, quantizer: ActivationQuantizer, act_params: PyTree | None = None
+def site_predicate(where: select.Where) -> Callable[[str, Site], bool]:
+  """``where`` over sites by their weight's path: a regex, a predicate ``(path, site)``, or ``None`` (all)."""
+  return (lambda path, site: True) if where is None else select.as_predicate(where)
+
+
+def site_compressor(
+  rule: RuleFn,
+  *,
+  init: Callable[[PyTree], tuple[dict[str, Any] | None, Any]],
+  update: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+  penalty: Callable[[dict[str, Any]], Any] | None = None,
+  where: select.Where = None,
 ) -> Compressor:
-  """Lifts a weight compressor to the joint tree ``{'params', 'activations'}``.
-
-  ``init``, ``apply`` and ``pack`` run ``compressor`` on ``tree['params']`` and pass
-  ``tree['activations']`` through (the steps or clips are plain arrays, which
-  inference needs, so they are packed as they are); ``update`` runs
-  ``compressor.update`` on ``'params'`` (with the ``'params'`` part of ``grads``) and
-  ``quantizer.update`` on ``'activations'``. ``apply`` returns the joint tree, the
-  input of :func:`joint_apply`.
+  """Builds a model-side :class:`~jaxcompress.Compressor` (see the module docstring).
 
   Args:
-    compressor: the weight compressor (``jaxcompress.identity()`` for activations only).
-    quantizer: the activation quantizer.
-    act_params: the initial activation tree (``quantizer.init(params, *inputs)``); with
-      it, ``init`` accepts the model's params and returns the joint tree.
+    rule: builds the :func:`jaxcompress.graph.rewrite` rule from the learned parameters
+      and the data.
+    init: ``init(model_params) -> (extra, data)``: the learned parameters ``{site_key:
+      node}`` (or ``None``) and the fixed data kept in :class:`SiteState`.
+    update: keeps the learned parameters valid after an optimizer step.
+    penalty: a loss term over the learned parameters.
+    where: which sites, by weight path.
 
   Returns:
-    A :class:`~jaxcompress.Compressor` over the joint tree, with :class:`JointState`.
-
-  Raises:
-    ValueError: at ``init``, if the tree is not ``{'params': ..., 'activations': ...}``
-      and no ``act_params`` were given.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from jaxcompress.core.base import identity
-    >>> from jaxcompress.quantization.lsq import lsq_activations
-    >>> aq = lsq_activations(lambda p, x: x @ p["w"], 2, init_step=0.5)
-    >>> params, x = {'w': jnp.ones((2, 1))}, jnp.array([[0.5, 1.5]])
-    >>> c = with_activations(identity(), aq)
-    >>> tree, state = c.init(joint(params, aq.init(params, x)))
-    >>> joint_apply(aq)(c.apply(tree, state), x).tolist()
-    [[2.0]]
+    A compressor whose ``apply``/``pack`` pass the params through, whose ``rewrite`` runs
+    ``rule`` at the selected sites and whose trainable tree is :class:`~jaxcompress.Joint`
+    when there are learned parameters.
   """
+  pred = site_predicate(where)
 
-  def split(tree):
-    if not isinstance(tree, dict) or set(tree) != {"params", "activations"}:
-      keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-      raise ValueError(f"with_activations expects the tree {{'params': ..., 'activations': ...}}, got {keys}")
-    return tree["params"], tree["activations"]
-
-  def init(params):
-    is_joint = isinstance(params, dict) and set(params) == {"params", "activations"}
-    tree = params if is_joint or act_params is None else joint(params, act_params)
-    params, acts = split(tree)
-    params, state = compressor.init(params)
-    return joint(params, acts), JointState(state)
+  def init_(params, *, masks=None):
+    del masks
+    extra, data = init(params)
+    return (params if extra is None else Joint(params, extra)), SiteState(jnp.asarray(0, jnp.int32), data)
 
   def apply(params, state):
-    params, acts = split(params)
-    return joint(compressor.apply(params, state.params), acts)
+    del state
+    return split(params)[0]
 
-  def update(params, state, *, grads=None, **extra):
-    params, acts = split(params)
-    params, inner = compressor.update(params, state.params, grads=None if grads is None else grads["params"], **extra)
-    return joint(params, quantizer.update(acts)), JointState(inner)
+  def update_(params, state, *, grads=None, **extra_kw):
+    del grads, extra_kw
+    tree, extra = split(params)
+    if extra is not None and update is not None:
+      extra = update(extra)
+    return (tree if extra is None else Joint(tree, extra)), state._replace(count=state.count + 1)
 
   def pack(params, state):
-    params, acts = split(params)
-    return joint(compressor.pack(params, state.params), acts)
+    del state
+    return split(params)[0]
 
-  return Compressor(init, apply, update, pack)
+  def penalty_(params, state):
+    del state
+    extra = split(params)[1]
+    return None if penalty is None or extra is None else penalty(extra)
+
+  def rewrite(fn, params, state):
+    return graph.rewrite(fn, rule(split(params)[1], state.data), where=pred)
+
+  return Compressor(init_, apply, update_, pack, penalty=penalty_, rewrite=rewrite)
 
 
 def features_per_example(site: Site) -> int:
@@ -165,53 +134,74 @@ def features_per_example(site: Site) -> int:
   return n
 
 
+def capture_inputs(
+  apply_fn: Callable[..., Any], params: PyTree, inputs: Sequence[Any], where: select.Where
+) -> dict[str, tuple[Site, jax.Array]]:
+  """The selected sites and the (flattened) activation feeding each on example inputs.
+
+  Raises:
+    ValueError: if ``where`` selects no site, or a selected site lies inside a
+      ``scan``/``while``/``cond`` (its activations cannot be captured).
+  """
+  pred = site_predicate(where)
+  sites = [s for s in graph.trace(apply_fn, params, *inputs) if pred(s.path, s)]
+  if not sites:
+    raise ValueError(f"where={where!r} selects no site of this model")
+  _, captured = graph.capture(apply_fn, where=pred)(params, *inputs)
+  out = {}
+  for site in sites:
+    if site.key not in captured:
+      raise ValueError(f"site {site.key!r} lies inside {site.scopes}: its activations cannot be captured")
+    out[site.key] = (site, jnp.ravel(captured[site.key]["input"]))
+  return out
+
+
 def site_quantizer(
   apply_fn: Callable[..., Any],
   *,
+  inputs: Sequence[Any],
   init_node: InitNodeFn,
   quantize: QuantizeFn,
-  update: Callable[[PyTree], PyTree] = lambda act_params: act_params,
+  update: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+  penalty: Callable[[dict[str, Any]], Any] | None = None,
   where: select.Where = None,
-) -> ActivationQuantizer:
-  """Builds an :class:`ActivationQuantizer` from a per-site quantizer.
+) -> Compressor:
+  """A model-side compressor with learned parameters at each selected site (LSQ, PACT).
 
   Args:
     apply_fn: ``apply_fn(params, *inputs)``; the first axis of every activation is the
       batch.
+    inputs: example positional inputs of ``apply_fn``; ``init`` runs the model on them
+      (with the params it is given: the view of the earlier stages of a chain) and
+      builds each site's node from the activation that feeds it.
     init_node: builds a site's node from its :class:`~jaxcompress.graph.Site` and the
-      activation that fed it on the example inputs (flattened).
+      example activation (flattened).
     quantize: fake-quantizes an activation with its node.
-    update: keeps the activation tree valid after an optimizer step.
+    update: keeps the nodes valid after an optimizer step.
+    penalty: a loss term over the nodes.
     where: which sites, by weight path (regex or ``(path, site) -> bool``); ``None``
       for all.
 
   Returns:
-    An :class:`ActivationQuantizer`.
+    A :class:`~jaxcompress.Compressor` (see :func:`site_compressor`).
 
   Raises:
-    ValueError: at ``init``, if ``where`` selects no site, or a selected site lies
-      inside a ``scan``/``while``/``cond`` (its activations cannot be captured).
+    ValueError: at ``init``, as :func:`capture_inputs`.
   """
+  inputs = tuple(inputs)
 
-  def init(params: PyTree, *inputs: Any) -> dict[str, Any]:
-    pred = (lambda path, site: True) if where is None else select.as_predicate(where)
-    sites = [s for s in graph.trace(apply_fn, params, *inputs) if pred(s.path, s)]
-    if not sites:
-      raise ValueError(f"where={where!r} selects no site of this model")
-    _, captured = graph.capture(apply_fn, where=where)(params, *inputs)
-    nodes = {}
-    for site in sites:
-      if site.key not in captured:
-        raise ValueError(f"site {site.key!r} lies inside {site.scopes}: its activations cannot be captured")
-      nodes[site.key] = init_node(site, jnp.ravel(captured[site.key]["input"]))
-    return nodes
+  def init(params):
+    found = capture_inputs(apply_fn, params, inputs, where)
+    return {key: init_node(site, x) for key, (site, x) in found.items()}, None
 
-  def apply(params: PyTree, act_params: dict[str, Any], *inputs: Any) -> Any:
-    def rule(site: Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
-      if site.key not in act_params:
-        raise ValueError(f"no activation parameters for site {site.key!r} (have {sorted(act_params)})")
-      return site.compute(quantize(activation, act_params[site.key], site), weight)
+  def rule(extra, data):
+    del data
 
-    return graph.rewrite(apply_fn, rule, where=where)(params, *inputs)
+    def one(site: Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+      if site.key not in extra:
+        raise ValueError(f"no activation parameters for site {site.key!r} (have {sorted(extra)})")
+      return site.compute(quantize(activation, extra[site.key], site), weight)
 
-  return ActivationQuantizer(init, apply, update)
+    return one
+
+  return site_compressor(rule, init=init, update=update, penalty=penalty, where=where)

@@ -133,6 +133,38 @@ def binary_activation_rule() -> Any:
   return rule
 
 
+def binary_activations(*, where: select.Where = None) -> Compressor:
+  """BNN activations as a model-side compressor: each selected site's input is binarized.
+
+  The ``rewrite`` seam runs :func:`binary_activation_rule` at the selected sites (the
+  matmul or convolution sees ``sign(x)``, the gradient is the hard-tanh straight-through
+  estimator); ``apply`` and ``pack`` leave the params alone, so it chains with a weight
+  binarizer: ``chain(binary_connect(), binary_activations(where=...))`` is a BNN.
+
+  Args:
+    where: which sites, by weight path (regex or ``(path, site) -> bool``; default all).
+      The first layer's input is usually left in float.
+
+  Returns:
+    A :class:`~jaxcompress.Compressor`.
+
+  References:
+    Hubara, Courbariaux, Soudry, El-Yaniv & Bengio 2016, "Binarized Neural Networks",
+    https://arxiv.org/abs/1602.02830.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> model = lambda p, x: x @ p['w']
+    >>> c = binary_activations()
+    >>> params, state = c.init({'w': jnp.ones((3, 1))})
+    >>> c.rewrite(model, params, state)(c.apply(params, state), jnp.array([[0.2, -0.7, 4.0]])).tolist()
+    [[1.0]]
+  """
+  from jaxcompress.quantization.activations import site_compressor
+
+  return site_compressor(lambda extra, data: binary_activation_rule(), init=lambda params: (None, None), where=where)
+
+
 def xnor_scale(w: jax.Array, channel_axes: tuple[int, ...] = ()) -> jax.Array:
   """XNOR-Net's optimal binary scale ``alpha = mean |w|`` (Rastegari et al. 2016, Eq. 4).
 

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
@@ -132,7 +133,8 @@ def fake_quant(
   def pack_leaf(p, _):
     dense = jnp.asarray(p)
     scale, zero_point = spec.params(dense)
-    return spec.pack(dense, scale, zero_point)
+    # Weights that are exactly zero (a pruned model's) stay absent when that is smaller.
+    return export.prune(spec.pack(dense, scale, zero_point), np.asarray(dense) != 0)
 
   def pack(params, state):
     return leafwise.map_selected(pack_leaf, params, state.selected)

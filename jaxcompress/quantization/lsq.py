@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -129,7 +129,7 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
   (:func:`lsq_quantize`) with gradient scale ``1 / sqrt(N * Q_P)``, ``N`` the leaf's
   weight count. ``update`` keeps the step positive (floored at the dtype's smallest
   normal number). ``pack`` stores a :class:`~jaxcompress.export.QArray` of signed
-  ``bits``-bit codes with the step as scale. Put ``lsq`` leftmost in a ``chain``.
+  ``bits``-bit codes with the step as scale.
 
   Args:
     bits: bits per weight, 2..16.
@@ -205,14 +205,16 @@ def lsq_activations(
   apply_fn: Callable[..., Any],
   bits: int = 4,
   *,
+  inputs: Sequence[Any],
   signed: bool = False,
   init_step: float | None = None,
   where: select.Where = None,
-) -> activations.ActivationQuantizer:
+) -> Compressor:
   """LSQ for activations: the input of each selected matmul/convolution gets a learned step.
 
-  See :mod:`jaxcompress.quantization.activations` for how the activation tree is built
-  and trained. The activation feeding site ``p`` becomes
+  A model-side compressor (:mod:`jaxcompress.quantization.activations`): the steps are
+  trainable (``extra`` of its :class:`~jaxcompress.Joint` tree) and its ``rewrite``
+  quantizes the activations. The activation feeding site ``p`` becomes
   ``round(clip(x / s_p, -Q_N, Q_P)) * s_p``, unsigned by default (``Q_N = 0``,
   ``Q_P = 2^b - 1``, for post-ReLU activations), with the paper's gradients
   (:func:`lsq_quantize`) and gradient scale ``1 / sqrt(N_F * Q_P)``, ``N_F`` the
@@ -223,13 +225,14 @@ def lsq_activations(
   Args:
     apply_fn: ``apply_fn(params, *inputs)``, batch first.
     bits: bits per activation, 1..16 unsigned, 2..16 signed.
+    inputs: example positional inputs of ``apply_fn`` (one batch), to find the sites and
+      initialize the steps.
     signed: signed codes (for activations that can be negative, such as the inputs).
     init_step: the initial step, > 0, or ``None`` for the data-driven initialization.
     where: which sites, by weight path (default: all).
 
   Returns:
-    An :class:`~jaxcompress.quantization.activations.ActivationQuantizer` whose nodes
-    are ``{'step': float[]}``.
+    A :class:`~jaxcompress.Compressor` whose learned nodes are ``{'step': float[]}``.
 
   Raises:
     ValueError: if ``bits`` is out of range or ``init_step <= 0``; at ``init``, as
@@ -242,10 +245,11 @@ def lsq_activations(
   Example:
     >>> import jax.numpy as jnp
     >>> model = lambda p, x: x @ p['w']
-    >>> aq = lsq_activations(model, 2, init_step=0.5)  # codes 0..3
-    >>> params = {'w': jnp.ones((3, 1))}
-    >>> act = aq.init(params, jnp.ones((1, 3)))
-    >>> aq.apply(params, act, jnp.array([[0.3, 0.9, 7.0]])).tolist()  # 0.5 + 1.0 + 1.5
+    >>> c = lsq_activations(model, 2, inputs=(jnp.ones((1, 3)),), init_step=0.5)  # codes 0..3
+    >>> tree, state = c.init({'w': jnp.ones((3, 1))})
+    >>> tree.extra
+    {'w': {'step': Array(0.5, dtype=float32)}}
+    >>> c.rewrite(model, tree, state)(c.apply(tree, state), jnp.array([[0.3, 0.9, 7.0]])).tolist()  # 0.5 + 1.0 + 1.5
     [[3.0]]
   """
   bits = _check_bits(bits, signed)
@@ -264,4 +268,6 @@ def lsq_activations(
   def update(act_params):
     return jax.tree.map(lambda step: jnp.maximum(step, jnp.finfo(step.dtype).tiny), act_params)
 
-  return activations.site_quantizer(apply_fn, init_node=init_node, quantize=quantize, update=update, where=where)
+  return activations.site_quantizer(
+    apply_fn, inputs=inputs, init_node=init_node, quantize=quantize, update=update, where=where
+  )

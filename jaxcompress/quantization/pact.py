@@ -8,7 +8,7 @@ the weight compressor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -132,30 +132,40 @@ def _floor_positive(a: jax.Array) -> jax.Array:
 
 
 def pact_activations(
-  apply_fn: Callable[..., Any], bits: int = 4, *, init_alpha: float | None = None, where: select.Where = None
-) -> activations.ActivationQuantizer:
+  apply_fn: Callable[..., Any],
+  bits: int = 4,
+  *,
+  inputs: Sequence[Any],
+  init_alpha: float | None = None,
+  alpha_decay: float = 0.0,
+  where: select.Where = None,
+) -> Compressor:
   """PACT for activations: the input of each selected matmul/convolution is clipped to a
   learned ``[0, alpha]`` and quantized to ``bits`` unsigned bits.
 
-  See :mod:`jaxcompress.quantization.activations` for the activation tree and its
-  training. Gradients: :func:`pact_quantize`. ``init`` sets each ``alpha`` to
-  ``init_alpha`` (the paper uses 10) or to the largest example activation feeding the
-  site; ``update`` keeps ``alpha`` positive (floored at the dtype's smallest normal
-  number). The paper's L2 penalty on ``alpha`` is left to the loss.
+  A model-side compressor (:mod:`jaxcompress.quantization.activations`): the clips are
+  trainable (``extra`` of its :class:`~jaxcompress.Joint` tree). Gradients:
+  :func:`pact_quantize`. ``init`` sets each ``alpha`` to ``init_alpha`` (the paper uses
+  10) or to the largest example activation feeding the site; ``update`` keeps ``alpha``
+  positive (floored at the dtype's smallest normal number). The paper's L2
+  regularization of ``alpha`` enters the loss through the ``penalty`` seam:
+  ``alpha_decay * sum(alpha^2)`` (the paper uses the weights' decay rate, which depends
+  on the training recipe, so the default is 0: no term).
 
   Args:
     apply_fn: ``apply_fn(params, *inputs)``, batch first.
     bits: bits per activation, 1..16.
+    inputs: example positional inputs of ``apply_fn`` (one batch).
     init_alpha: the initial clip, > 0, or ``None`` to start at the example maximum.
+    alpha_decay: the L2 coefficient on the clips, >= 0.
     where: which sites, by weight path (default: all).
 
   Returns:
-    An :class:`~jaxcompress.quantization.activations.ActivationQuantizer` whose nodes
-    are ``{'alpha': float[]}``.
+    A :class:`~jaxcompress.Compressor` whose learned nodes are ``{'alpha': float[]}``.
 
   Raises:
-    ValueError: if ``bits`` is outside 1..16 or ``init_alpha <= 0``; at ``init``, as
-      :func:`~jaxcompress.quantization.activations.site_quantizer`.
+    ValueError: if ``bits`` is outside 1..16, ``init_alpha <= 0`` or ``alpha_decay < 0``;
+      at ``init``, as :func:`~jaxcompress.quantization.activations.site_quantizer`.
 
   References:
     Choi, Wang, Venkataramani, Chuang, Srinivasan & Gopalakrishnan 2018, "PACT:
@@ -164,15 +174,16 @@ def pact_activations(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> aq = pact_activations(lambda p, x: x @ p['w'], 2, init_alpha=3.0)  # levels 0, 1, 2, 3
-    >>> params = {'w': jnp.ones((3, 1))}
-    >>> act = aq.init(params, jnp.ones((1, 3)))
-    >>> aq.apply(params, act, jnp.array([[-1.0, 1.4, 9.0]])).tolist()  # 0 + 1 + 3
+    >>> model = lambda p, x: x @ p['w']
+    >>> c = pact_activations(model, 2, inputs=(jnp.ones((1, 3)),), init_alpha=3.0)  # levels 0..3
+    >>> tree, state = c.init({'w': jnp.ones((3, 1))})
+    >>> c.rewrite(model, tree, state)(c.apply(tree, state), jnp.array([[-1.0, 1.4, 9.0]])).tolist()  # 0 + 1 + 3
     [[4.0]]
   """
   bits = validate.check_bits("bits", bits)
   if init_alpha is not None:
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
+  alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
 
   def init_node(site, x):
     del site
@@ -186,7 +197,12 @@ def pact_activations(
   def update(act_params):
     return jax.tree.map(_floor_positive, act_params)
 
-  return activations.site_quantizer(apply_fn, init_node=init_node, quantize=quantize, update=update, where=where)
+  def penalty(act_params):
+    return alpha_decay * sum(jnp.sum(a**2) for a in jax.tree.leaves(act_params)) if alpha_decay else None
+
+  return activations.site_quantizer(
+    apply_fn, inputs=inputs, init_node=init_node, quantize=quantize, update=update, penalty=penalty, where=where
+  )
 
 
 class PACTParams(NamedTuple):
@@ -217,7 +233,9 @@ class PACTState(NamedTuple):
   leaves: Any
 
 
-def pact(bits: int = 4, *, init_alpha: float | None = None, where: select.Where = None) -> Compressor:
+def pact(
+  bits: int = 4, *, init_alpha: float | None = None, alpha_decay: float = 0.0, where: select.Where = None
+) -> Compressor:
   """Weights quantized with a learned symmetric clip ``alpha`` per tensor (PACT for weights).
 
   ``init`` replaces each selected leaf of the trainable tree by :class:`PACTParams`
@@ -228,11 +246,13 @@ def pact(bits: int = 4, *, init_alpha: float | None = None, where: select.Where 
   ``update`` keeps ``alpha`` positive. ``pack`` stores a
   :class:`~jaxcompress.export.QArray` of signed ``bits``-bit codes. The paper clips
   activations and quantizes weights with DoReFa; this is its clipping rule carried to
-  weights. Put ``pact`` leftmost in a ``chain``.
+  weights. ``alpha_decay * sum(alpha^2)`` enters the loss through the ``penalty`` seam
+  (the paper's L2 on the clip; default 0: no term).
 
   Args:
     bits: bits per weight, 2..16.
     init_alpha: the initial clip, > 0, or ``None`` for ``max|w|``.
+    alpha_decay: the L2 coefficient on the clips, >= 0.
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -240,8 +260,8 @@ def pact(bits: int = 4, *, init_alpha: float | None = None, where: select.Where 
     :class:`PACTParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``bits`` is outside 2..16 or ``init_alpha <= 0``; at ``init``, as
-      :func:`jaxcompress.core.leafwise.init_selected`.
+    ValueError: if ``bits`` is outside 2..16, ``init_alpha <= 0`` or ``alpha_decay < 0``;
+      at ``init``, as :func:`jaxcompress.core.leafwise.init_selected`.
 
   References:
     Choi, Wang, Venkataramani, Chuang, Srinivasan & Gopalakrishnan 2018, "PACT:
@@ -258,6 +278,7 @@ def pact(bits: int = 4, *, init_alpha: float | None = None, where: select.Where 
   bits = validate.check_bits("bits", bits, low=2)
   if init_alpha is not None:
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
+  alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
   levels = (1 << (bits - 1)) - 1
 
   def init_leaf(path, w):
@@ -297,4 +318,11 @@ def pact(bits: int = 4, *, init_alpha: float | None = None, where: select.Where 
   def pack(params, state):
     return _reparam.map_nodes(pack_leaf, params, state.leaves, PACTLeaf, PACTParams)
 
-  return Compressor(init, apply, update, pack)
+  def penalty(params, state):
+    if not alpha_decay:
+      return None
+    alphas: list[jax.Array] = []
+    _reparam.map_nodes(lambda node, _: alphas.append(node.alpha) or node, params, state.leaves, PACTLeaf, PACTParams)
+    return alpha_decay * sum(jnp.sum(a**2) for a in alphas)
+
+  return Compressor(init, apply, update, pack, penalty=penalty)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from jaxcompress import export, graph
+from jaxcompress import export
 from jaxcompress.core import select
+from jaxcompress.core.chain import chain
 from jaxcompress.core.tree import PyTree
-from jaxcompress.quantization.activation_quant import activation_rule
-from jaxcompress.quantization.calibration import Calibrator, calibrate_activations
+from jaxcompress.quantization.calibration import Calibrator
 from jaxcompress.quantization.fake_quant import fake_quant
+from jaxcompress.quantization.qat import quantize_activations
 from jaxcompress.quantization.spec import QuantSpec
 
 
@@ -44,13 +45,15 @@ def ptq(
   calibrator: Calibrator | None = None,
   where: select.Where = None,
 ) -> QuantizedModel:
-  """Quantizes a trained model's weights and, optionally, its activations.
+  """Quantizes a trained model's weights and, optionally, its activations, in one call.
 
-  Weights: the selected leaves are quantized with :func:`fake_quant`'s numerics and
-  packed to :class:`~jaxcompress.export.QArray`. Activations (``act_bits``): the input
-  of every matmul and convolution fed by a selected weight is calibrated on ``batches``
-  with ``calibrator`` (on the float model) and fake-quantized, symmetric per tensor, at
-  that static range through :func:`jaxcompress.graph.rewrite`.
+  The compressor ``chain(fake_quant(weight_bits, ...), quantize_activations(act_bits,
+  apply_fn=apply_fn, batches=batches))`` is initialized on ``params`` and packed at
+  once (no training): the selected weights become
+  :class:`~jaxcompress.export.QArray`, and weights that are exactly zero (a pruned
+  model's) stay absent in storage, so PTQ of a pruned model keeps its sparsity. The
+  activation ranges are calibrated on ``batches`` with the quantized weights in place.
+  Training with the same compressor and ``jaxcompress.train`` is QAT.
 
   Args:
     apply_fn: ``apply_fn(params, *inputs)``.
@@ -62,7 +65,8 @@ def ptq(
     act_bits: bits per activation, or ``None`` for weight-only quantization.
     batches: calibration batches (tuples of inputs), required with ``act_bits``.
     calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
-    where: which weight leaves (default: floating leaves with ``ndim >= 2``).
+    where: which weight leaves (default: floating leaves with ``ndim >= 2``); with
+      ``act_bits``, the sites those weights feed.
 
   Returns:
     A :class:`QuantizedModel`.
@@ -78,16 +82,20 @@ def ptq(
     >>> [round(v, 3) for v in q.apply(q.packed, jnp.ones((1, 2)))[0].tolist()]  # 0.75, 1.0 on an 8-bit grid
     [0.752, 0.992]
   """
-  compressor = fake_quant(weight_bits, symmetric=symmetric, per_channel=per_channel, group_size=group_size, where=where)
+  weights = fake_quant(weight_bits, symmetric=symmetric, per_channel=per_channel, group_size=group_size, where=where)
+  if act_bits is None:
+    compressor = weights
+  else:
+    if batches is None:
+      raise ValueError(f"act_bits={act_bits} needs calibration batches: pass batches=[...]")
+    chosen = {path for path, _, selected in select.explain(where, params) if selected}
+    acts = quantize_activations(
+      act_bits, apply_fn=apply_fn, batches=batches, calibrator=calibrator, where=lambda path, site: path in chosen
+    )
+    compressor = chain(weights, acts)
   trainable, state = compressor.init(params)
   packed = compressor.pack(trainable, state)
-  if act_bits is None:
-    return QuantizedModel(lambda p, *x: apply_fn(export.materialize_tree(p), *x), packed, None, None)
-  if batches is None:
-    raise ValueError(f"act_bits={act_bits} needs calibration batches: pass batches=[...]")
-  act_spec = QuantSpec(act_bits)
-  chosen = {path for path, _, selected in select.explain(where, params) if selected}
-  site_where = lambda path, site: path in chosen
-  ranges = calibrate_activations(apply_fn, params, batches, act_spec, calibrator, where=site_where)
-  rewritten = graph.rewrite(apply_fn, activation_rule(act_spec, ranges), where=site_where)
-  return QuantizedModel(lambda p, *x: rewritten(export.materialize_tree(p), *x), packed, ranges, act_spec)
+  forward = compressor.rewrite(apply_fn, trainable, state)
+  ranges = None if act_bits is None else state.stages[1].data
+  spec = None if act_bits is None else QuantSpec(act_bits)
+  return QuantizedModel(lambda p, *x: forward(export.materialize_tree(p), *x), packed, ranges, spec)

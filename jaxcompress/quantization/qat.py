@@ -1,23 +1,29 @@
-"""Quantization-aware training of weights and activations at every matmul and conv.
+"""Quantized activations at every matmul and conv, and quantization-aware training.
 
-:func:`qat` rewrites a model (through :mod:`jaxcompress.graph`) so each selected site
-quantizes its weight (symmetric, per output channel or per tensor) and its activation
-(symmetric per tensor, dynamic or at calibrated ranges) and then either
+:func:`quantize_activations` is the model-side compressor of uniform activation
+quantization (through the protocol's ``rewrite`` seam): each selected site's input is
+quantized (symmetric per tensor, at ranges calibrated at ``init`` or each batch's own)
+and then either
 
-- ``integer=True``: runs the op on the codes, ``int8 × int8 → int32``, and rescales
-  once (weights of 2..8 bits use int8 containers, so W4A8 and W2A8 also run as int8
-  dots), or
-- ``integer=False``: fake-quantizes both operands and runs the op in float.
+- ``integer=True``: the op runs on the codes, ``int8 × int8 → int32``, and is rescaled
+  once; the weight, which an earlier :func:`~jaxcompress.quantization.fake_quant` stage
+  put on a per-output-channel grid, is read back as int8 codes (2..8-bit weights in int8
+  containers, so W4A8 and W2A8 also run as int8 dots); or
+- ``integer=False``: the fake-quantized activation meets the weight in a float op.
 
 Both have the same straight-through gradients: the backward pass differentiates the op
-at the dequantized operands and passes the gradient through the rounding, zeroing it
-where an operand was clipped. The forward outputs agree up to float summation order.
+at the dequantized operands and zeroes the activation's gradient where it was clipped.
+The forward outputs agree up to float summation order.
+
+:func:`qat` is the one way to do QAT: ``chain(fake_quant(weight_bits, per_channel),
+quantize_activations(act_bits, integer=...))``, so what is trained is what is packed:
+``pack`` stores the weight exactly as the model saw it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,16 +31,13 @@ import jax.numpy as jnp
 from jaxcompress import graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.base import Compressor
+from jaxcompress.core.chain import chain
 from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization.activation_quant import activation_scale
+from jaxcompress.quantization.activations import site_compressor, site_predicate
 from jaxcompress.quantization.fake_quant import fake_quant
+from jaxcompress.quantization.serve import integer_op, output_scale
 from jaxcompress.quantization.spec import QuantSpec
-
-
-def _weight_scale(site: graph.Site, w: jax.Array, bits: int, per_channel: bool) -> jax.Array:
-  """Symmetric scale of the weight operand: per output feature, or per tensor."""
-  axes = tuple(a for a in range(w.ndim) if not per_channel or a not in site.feature_axes)
-  return uniform.symmetric_params(jnp.max(jnp.abs(w), axis=axes, keepdims=True), uniform.qmax(bits))
 
 
 def _codes(x: jax.Array, scale: jax.Array, q: int) -> tuple[jax.Array, jax.Array]:
@@ -43,32 +46,43 @@ def _codes(x: jax.Array, scale: jax.Array, q: int) -> tuple[jax.Array, jax.Array
   return jnp.clip(jnp.round(v), -q, q).astype(jnp.int8), jnp.abs(v) <= q + 0.5
 
 
-def _out_layout(site: graph.Site, w_scale: jax.Array) -> jax.Array:
-  """A per-output-feature weight scale laid out on the op's output."""
-  if w_scale.size == 1:
-    return w_scale.reshape(())
-  from jaxcompress.quantization.serve import _output_scale
-
-  out = _output_scale(site, w_scale)
-  assert out is not None
-  return out
+def _on_channel_grid(site: graph.Site, per_channel: bool) -> bool:
+  """Whether the weight's per-channel scales (along the leaf's last axis) are per output
+  feature of this op, so the op factors as ``scale_a · scale_w · (codes_a · codes_w)``."""
+  if not per_channel:
+    return True
+  axes = site.leaf_axes
+  return axes is not None and tuple(axes[a] for a in site.feature_axes) == (len(axes) - 1,)
 
 
 def site_rule(
-  weight_bits: int,
   act_spec: QuantSpec,
   *,
+  integer: bool = False,
+  weight_bits: int = 8,
   per_channel: bool = True,
-  integer: bool = True,
   act_ranges: dict | None = None,
 ) -> graph.Rule:
-  """The rewrite rule of :func:`qat` (see the module docstring)."""
-  qw, qa = uniform.qmax(weight_bits), act_spec.qrange[1]
+  """The rewrite rule of :func:`quantize_activations` (see the module docstring).
+
+  A site whose weight scales do not lie along its output features (a weight used
+  transposed, or reshaped before the op) runs the float op on the quantized operands,
+  which computes the same function.
+  """
+  qa, qw = act_spec.qrange[1], uniform.qmax(weight_bits)
+
+  def float_rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+    scale, zero_point = activation_scale(act_spec, site, activation, act_ranges)
+    return site.compute(act_spec.fake_quant(activation, scale, zero_point), weight)
 
   def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
-    w_scale = jax.lax.stop_gradient(_weight_scale(site, weight, weight_bits, per_channel))
+    if not integer or not _on_channel_grid(site, per_channel):
+      return float_rule(site, activation, weight)
+    axes = tuple(a for a in range(weight.ndim) if not per_channel or a not in site.feature_axes)
+    w_scale = jax.lax.stop_gradient(uniform.symmetric_params(jnp.max(jnp.abs(weight), axis=axes, keepdims=True), qw))
     a_scale, _ = activation_scale(act_spec, site, activation, act_ranges)
     a_scale = jax.lax.stop_gradient(jnp.reshape(a_scale, ()))
+    out_scale = output_scale(site, w_scale)
 
     @jax.custom_vjp
     def op(a, w):
@@ -76,23 +90,16 @@ def site_rule(
 
     def forward(a, w):
       a_codes, a_in = _codes(a, a_scale, qa)
-      w_codes, w_in = _codes(w, w_scale, qw)
-      if integer:
-        acc = site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
-        out = (acc.astype(jnp.float32) * (a_scale * _out_layout(site, w_scale))).astype(a.dtype)
-      else:
-        a_q = a_codes.astype(a.dtype) * a_scale
-        w_q = w_codes.astype(w.dtype) * w_scale
-        out = site.compute(a_q, w_q)
-      return out, (a_codes, a_in, w_codes, w_in)
+      w_codes, _ = _codes(w, w_scale, qw)
+      return integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype), (a_codes, a_in, w_codes)
 
     def backward(res, g):
-      a_codes, a_in, w_codes, w_in = res
+      a_codes, a_in, w_codes = res
       a_q = a_codes.astype(g.dtype) * a_scale
       w_q = w_codes.astype(g.dtype) * w_scale.astype(g.dtype)
       _, pullback = jax.vjp(site.compute, a_q, w_q)
       da, dw = pullback(g)
-      return jnp.where(a_in, da, 0).astype(activation.dtype), jnp.where(w_in, dw, 0).astype(weight.dtype)
+      return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype)
 
     op.defvjp(forward, backward)
     return op(activation, weight)
@@ -100,44 +107,111 @@ def site_rule(
   return rule
 
 
-class QAT(NamedTuple):
-  """The result of :func:`qat`.
+def quantize_activations(
+  bits: int = 8,
+  *,
+  apply_fn: Callable[..., Any] | None = None,
+  batches: Iterable[Any] | None = None,
+  calibrator: calibration.Calibrator | None = None,
+  integer: bool = False,
+  weight_bits: int = 8,
+  per_channel: bool = True,
+  where: select.Where = None,
+) -> Compressor:
+  """Uniform activation quantization at every selected matmul and convolution (model-side).
 
-  Attributes:
-    apply: ``apply(params, *inputs)``: the model with quantized weights and activations
-      at every selected site; differentiable in ``params`` (straight-through).
-    compressor: for ``jaxcompress.train``: its ``apply`` leaves the params alone (the
-      weights are quantized inside ``apply`` above, at the op), its ``pack`` stores the
-      selected weights as :class:`~jaxcompress.export.QArray` with the same scales.
+  ``rewrite`` fake-quantizes the input of each selected site, symmetric per tensor at
+  ``bits`` bits, and (``integer``) runs the op in ``int8 × int8 → int32``. Ranges are
+  static when ``apply_fn`` and calibration ``batches`` are given: ``init`` runs
+  ``apply_fn`` on them with the params it receives (in a chain, the view of the earlier
+  stages: the pruned and quantized weights the deployed model has) and keeps the
+  calibrated ``{site.key: (xmin, xmax)}`` in the state (``state.data``, for
+  :func:`~jaxcompress.quantization.serve`); otherwise each batch uses its own range.
+
+  Args:
+    bits: bits per activation: 2..16, 2..8 with ``integer``.
+    apply_fn: ``apply_fn(params, *inputs)``, for calibration.
+    batches: calibration batches (each a tuple of inputs, or one array).
+    calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
+    integer: run the ops on int8 codes (see the module docstring).
+    weight_bits: with ``integer``, the bits of the weight grid that the earlier
+      ``fake_quant`` stage uses (2..8).
+    per_channel: with ``integer``, whether that grid has one scale per output channel
+      (along the leaf's last axis) or one per tensor.
+    where: which sites, by weight path (regex or ``(path, site) -> bool``; default all).
+
+  Returns:
+    A model-side :class:`~jaxcompress.Compressor` with
+    :class:`~jaxcompress.quantization.activations.SiteState`.
+
+  Raises:
+    ValueError: on bit-widths out of range, or ``batches`` without ``apply_fn``; at
+      ``init``, if calibration finds a non-finite range or reaches no site.
+
+  References:
+    Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference", https://arxiv.org/abs/1712.05877.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> model = lambda p, x: x @ p['w']
+    >>> c = quantize_activations(2)  # levels -1, 0, 1 times the batch's max |x|
+    >>> params, state = c.init({'w': jnp.eye(2)})
+    >>> c.rewrite(model, params, state)(c.apply(params, state), jnp.array([[0.2, -1.0]])).tolist()
+    [[0.0, -1.0]]
   """
+  high = 8 if integer else 16
+  validate.check_bits("bits", bits, low=2, high=high)
+  validate.check_bits("weight_bits", weight_bits, low=2, high=8)
+  if batches is not None and apply_fn is None:
+    raise ValueError("calibration batches need apply_fn= (the model to run them through)")
+  spec = QuantSpec(bits)
+  batches = None if batches is None else list(batches)
+  pred = site_predicate(where)
 
-  apply: Callable[..., Any]
-  compressor: Compressor
+  def init(params):
+    if batches is None:
+      return None, None
+    return None, calibration.calibrate_activations(apply_fn, params, batches, spec, calibrator, where=pred)
+
+  def rule(extra, ranges):
+    del extra
+    return site_rule(spec, integer=integer, weight_bits=weight_bits, per_channel=per_channel, act_ranges=ranges)
+
+  return site_compressor(rule, init=init, where=where)
 
 
 def qat(
-  apply_fn: Callable[..., Any],
-  *,
   weight_bits: int = 8,
   act_bits: int = 8,
+  *,
   per_channel: bool = True,
   integer: bool = True,
-  act_ranges: dict | None = None,
+  apply_fn: Callable[..., Any] | None = None,
+  batches: Iterable[Any] | None = None,
   where: select.Where = None,
-) -> QAT:
-  """Quantization-aware training with weights and activations quantized at each op.
+) -> Compressor:
+  """Quantization-aware training of weights and activations: one compressor.
+
+  ``chain(fake_quant(weight_bits, per_channel=per_channel, where=where),
+  quantize_activations(act_bits, integer=integer, ...))``: the weights are fake-quantized
+  symmetric per output channel (the leaf's last axis) or per tensor, the activations per
+  tensor at calibrated (``apply_fn`` and ``batches``) or dynamic ranges, and with
+  ``integer`` every op whose weight scales lie along its output features runs as
+  ``int8 × int8 → int32``. ``pack`` stores exactly the weights the model trained with.
 
   Args:
-    apply_fn: ``apply_fn(params, *inputs)`` of the float model.
     weight_bits: 2..8 with ``integer`` (int8 containers), 2..16 otherwise.
-    act_bits: 2..8 with ``integer``, 2..16 otherwise; symmetric per tensor.
-    per_channel: weight scales per output feature (else per tensor).
-    integer: run the forward op as ``int8 × int8 → int32`` (see the module docstring).
-    act_ranges: calibrated ``{site.key: (xmin, xmax)}``; ``None`` uses each batch's range.
-    where: which sites, by weight path (default: every site).
+    act_bits: 2..8 with ``integer``, 2..16 otherwise.
+    per_channel: weight scales per output channel (else per tensor).
+    integer: run the forward ops on int8 codes.
+    apply_fn: the model, for activation calibration.
+    batches: calibration batches; ``None`` uses each batch's own range.
+    where: which weights (and the sites they feed), by path (default: every floating
+      leaf with ``ndim >= 2``, and every site).
 
   Returns:
-    A :class:`QAT` with the quantized ``apply`` and the packing compressor.
+    A :class:`~jaxcompress.Compressor` (a :func:`~jaxcompress.chain`).
 
   Raises:
     ValueError: on bit-widths out of range.
@@ -146,18 +220,25 @@ def qat(
     Jacob et al. 2018, https://arxiv.org/abs/1712.05877 (integer-arithmetic inference).
 
   Example:
-    >>> import jax, jax.numpy as jnp
-    >>> q = qat(lambda p, x: x @ p['w'], weight_bits=4)
-    >>> params = {'w': jnp.array([[0.7, -0.2], [0.1, 0.4]])}
-    >>> [round(v, 3) for v in q.apply(params, jnp.ones((1, 2)))[0].tolist()]
+    >>> import jax.numpy as jnp
+    >>> model = lambda p, x: x @ p['w']
+    >>> c = qat(weight_bits=4)
+    >>> params, state = c.init({'w': jnp.array([[0.7, -0.2], [0.1, 0.4]])})
+    >>> out = c.rewrite(model, params, state)(c.apply(params, state), jnp.ones((1, 2)))
+    >>> [round(v, 3) for v in out[0].tolist()]
     [0.8, 0.229]
   """
-  if act_ranges is not None:
-    calibration.check_ranges(act_ranges)
   high = 8 if integer else 16
   validate.check_bits("weight_bits", weight_bits, low=2, high=high)
   validate.check_bits("act_bits", act_bits, low=2, high=high)
-  rule = site_rule(weight_bits, QuantSpec(act_bits), per_channel=per_channel, integer=integer, act_ranges=act_ranges)
-  c = fake_quant(weight_bits, per_channel=per_channel, where=where)
-  packer = Compressor(c.init, lambda params, state: params, c.update, c.pack)
-  return QAT(graph.rewrite(apply_fn, rule, where=where), packer)
+  weights = fake_quant(weight_bits, per_channel=per_channel, where=where)
+  acts = quantize_activations(
+    act_bits,
+    apply_fn=apply_fn,
+    batches=batches,
+    integer=integer,
+    weight_bits=min(weight_bits, 8),
+    per_channel=per_channel,
+    where=where,
+  )
+  return chain(weights, acts)

@@ -33,7 +33,7 @@ def _integer_weights(packed: PyTree) -> dict[str, export.QArray]:
   }
 
 
-def _output_scale(site: graph.Site, w_scale: jax.Array) -> jax.Array | None:
+def output_scale(site: graph.Site, w_scale: jax.Array) -> jax.Array | None:
   """The weight scale laid out on the site's output, or ``None`` if it varies off the feature axis."""
   w_scale = jnp.asarray(w_scale, jnp.float32)
   varying = [a for a, d in enumerate(w_scale.shape) if d != 1]
@@ -58,6 +58,21 @@ def _output_scale(site: graph.Site, w_scale: jax.Array) -> jax.Array | None:
   return w_scale.reshape(shape)
 
 
+def integer_op(site: graph.Site, a_codes: jax.Array, w_codes: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:
+  """The site's op on int8 codes, ``int8 × int8 → int32``, then one rescale to ``dtype``.
+
+  Args:
+    site: the matmul or convolution.
+    a_codes: ``int8`` activation codes of the activation's shape.
+    w_codes: ``int8`` weight codes of the weight operand's shape.
+    scale: ``activation_scale · weight_scale`` laid out on the op's output (a scalar,
+      or per output feature: :func:`output_scale`).
+    dtype: the output dtype.
+  """
+  acc = site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
+  return (acc.astype(jnp.float32) * scale).astype(dtype)
+
+
 def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges: dict | None) -> graph.Rule:
   """The serving rule: int8 × int8 → int32 where possible, dequantized weights otherwise.
 
@@ -70,7 +85,7 @@ def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges
 
   def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
     q = weights.get(site.path)
-    out_scale = None if q is None or tuple(q.shape) != site.weight_shape else _output_scale(site, q.scale)
+    out_scale = None if q is None or tuple(q.shape) != site.weight_shape else output_scale(site, q.scale)
     if q is None or out_scale is None:
       return site.compute(activation, weight)  # not servable in integers: the dequantized weight
     codes = jnp.asarray(export.materialize(q.codes)).astype(jnp.int8)
@@ -79,9 +94,7 @@ def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges
     a_scale, _ = activation_scale(act_spec, site, activation, act_ranges)
     qmin, qmax = act_spec.qrange
     a_codes = jnp.clip(jnp.round(activation * (1.0 / a_scale)), qmin, qmax).astype(jnp.int8)
-    acc = site.compute(a_codes, codes, preferred_element_type=jnp.int32)
-    out = acc.astype(jnp.float32) * (jnp.reshape(a_scale, ()) * out_scale)
-    return out.astype(activation.dtype)
+    return integer_op(site, a_codes, codes, jnp.reshape(a_scale, ()) * out_scale, activation.dtype)
 
   return rule
 
@@ -112,7 +125,7 @@ def serve(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from jaxcompress.quantization import ptq
+    >>> from jaxcompress.quantization.ptq import ptq
     >>> params = {'w': jnp.array([[0.5, -1.0], [0.25, 2.0]])}
     >>> q = ptq(lambda p, x: x @ p['w'], params)
     >>> [round(v, 3) for v in serve(lambda p, x: x @ p['w'], q.packed)(jnp.ones((1, 2)))[0].tolist()]

@@ -231,8 +231,7 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
   (see :func:`ttq_quantize`): each scale gets the sum of the gradients of its weights,
   the latent weights a straight-through gradient scaled by ``W_p``/``1``/``W_n``.
   ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
-  ``[-W_n, 0, W_p]`` and 2-bit indices. Put ``ttq`` leftmost in a ``chain``: later stages
-  then see the restructured tree.
+  ``[-W_n, 0, W_p]`` and 2-bit indices.
 
   Args:
     threshold_factor: ``t``, the fraction of ``max|w|`` giving the threshold, > 0 (the

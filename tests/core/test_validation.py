@@ -56,7 +56,7 @@ def test_mismatched_params_and_state():
 def test_chain_state_of_wrong_length():
   c = jc.chain(jc.identity(), jc.identity())
   params, _ = c.init({"w": jnp.ones((2, 2))})
-  with pytest.raises(ValueError, match="expects a tuple of 2 states"):
+  with pytest.raises(ValueError, match="expects the ChainState its init returned, got tuple"):
     c.apply(params, (jc.EmptyState(),))
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxcompress import export
-from jaxcompress.export.sparse import _relative_layout
+from jaxcompress.export.sparse import _relative_codes
 
 
 def sparse_matrix(density, shape=(64, 48), seed=0):
@@ -38,12 +38,29 @@ def test_sparse_bytes_are_what_is_stored():
   assert s.nbytes == 4 * nnz + x.size // 8
 
 
-def test_relative_indices_insert_fillers_for_long_gaps():
-  # Deep Compression's example: 3-bit gaps, a jump of more than 8 needs a filler zero.
-  d, slot = _relative_layout(np.array([1, 4, 15]), 3)
-  assert d.tolist() == [1, 2, 7, 2]  # position 12 is a filler: 4 + 7 + 1
-  assert slot.tolist() == [0, 1, 3]
-  assert (np.cumsum(d + 1) - 1).tolist() == [1, 4, 12, 15]
+def test_relative_indices_bridge_long_gaps_with_skip_codes():
+  # 3-bit gaps: code 7 means "advance 7, no entry"; a real code c advances c + 1.
+  codes = _relative_codes(np.array([1, 4, 15]), 3)
+  assert codes.tolist() == [1, 2, 7, 3]  # 4 -> (skip 7) 11 -> 11 + 3 + 1 = 15
+  s = export.from_mask(np.arange(16.0), np.isin(np.arange(16), [1, 4, 15]), format="relative")
+  np.testing.assert_array_equal(np.flatnonzero(np.asarray(s.present())), [1, 4, 15])
+  # A gap of 6 fits one code; a gap of 7 needs a skip code first.
+  assert _relative_codes(np.array([0, 7]), 3).tolist() == [0, 6]
+  assert _relative_codes(np.array([0, 8]), 3).tolist() == [0, 7, 0]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5])
+def test_relative_codes_round_trip_every_gap(bits):
+  rng = np.random.default_rng(bits)
+  mask = rng.random(300) < 0.15
+  mask[[0, -1]] = True, False
+  x = np.where(mask, rng.integers(0, 3, 300), 0)  # stored values include 0: the mask is exact
+  for b in (bits,):
+    codes = _relative_codes(np.flatnonzero(mask), b)
+    assert codes.max() <= (1 << b) - 1
+  s = export.from_mask(x, mask, value_bits=2, signed=False, format="relative")
+  np.testing.assert_array_equal(np.asarray(s.present()), mask)
+  np.testing.assert_array_equal(np.asarray(s.materialize()), x)
 
 
 def test_sparse_integer_codes_at_their_bit_width():

@@ -62,7 +62,7 @@ def test_optimizer_state_is_sliced_to_match():
   full, _ = step(full, *helpers.batch())
   c = _mlp_channel(0.5)
   small, state = c.init(full.params)
-  sliced = pruning.shrink(full.opt_state, state, full.params)
+  sliced = pruning.shrink(opt, full.opt_state, state)
   assert jax.tree.map(jnp.shape, sliced) == jax.tree.map(jnp.shape, opt.init(small))
   keep = np.flatnonzero(np.asarray(state.kept["fc0"]["kernel"][1]))
   np.testing.assert_array_equal(

@@ -91,13 +91,20 @@ def test_make_step_zeroes_moments_of_pruned_weights_and_never_updates_them():
   assert (i + 1) // 3 == 2
 
 
-def test_masks_of_finds_masks_inside_chain():
+def test_a_chain_reports_its_stages_masks():
   params = helpers.mlp_params()
   c = jc.chain(pruning.magnitude(0.5), jc.quantization.fake_quant(8))
   _, cstate = c.init(params)
-  masks = jc.train.masks_of(cstate, params)
+  masks = c.masks(cstate)
   assert masks["fc0"]["bias"] is None and masks["fc0"]["kernel"].sum() == 256
-  assert jc.train.masks_of(jc.identity().init(params)[1], params) is None
+  assert jc.identity().masks(jc.identity().init(params)[1]) is None
+  # two pruners: the chain ANDs their masks
+  both = jc.chain(pruning.magnitude(0.5), pruning.random(0.5, seed=3))
+  _, cstate = both.init(params)
+  kept = np.asarray(both.masks(cstate)["fc0"]["kernel"])
+  first = np.asarray(cstate.stages[0].masks["fc0"]["kernel"])
+  second = np.asarray(cstate.stages[1].masks["fc0"]["kernel"])
+  np.testing.assert_array_equal(kept, first & second)
 
 
 def test_lottery_ticket_prunes_per_round_and_rewinds():

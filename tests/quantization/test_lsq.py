@@ -63,7 +63,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match=f"init_step must be in .*got {float(bad)}"):
       jc.quantization.lsq(4, init_step=bad)
     with pytest.raises(ValueError, match="init_step must be"):
-      jc.quantization.lsq_activations(helpers.mlp_apply, 4, init_step=bad)
+      jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1], init_step=bad)
   with pytest.raises(ValueError, match="bits must be in \\[2, 16\\], got 1"):
     jc.quantization.lsq(1)
 
@@ -71,48 +71,53 @@ def test_bad_input():
 def test_activation_steps_init_gradient_and_joint_training():
   params = helpers.mlp_params()
   x, y = helpers.batch(n=32)
-  aq = jc.quantization.lsq_activations(helpers.mlp_apply, 2, where="fc1/kernel")
-  acts = aq.init(params, x)
+  aq = jc.quantization.lsq_activations(helpers.mlp_apply, 2, inputs=(x,), where="fc1/kernel")
+  tree, astate = aq.init(params)
+  acts = tree.extra
   assert list(acts) == ["fc1/kernel"]
   hidden = jax.nn.relu(x @ params["fc0"]["kernel"] + params["fc0"]["bias"])
   qp = 3
   np.testing.assert_allclose(acts["fc1/kernel"]["step"], 2 * np.abs(hidden).mean() / math.sqrt(qp), rtol=1e-5)
 
+  def quantized(p, a):
+    return aq.rewrite(helpers.mlp_apply, jc.Joint(p, a), astate)(p, x)
+
   step = acts["fc1/kernel"]["step"]
   expected = lsqm.lsq_quantize(hidden, step, 0, qp, 1.0) @ params["fc1"]["kernel"] + params["fc1"]["bias"]
-  np.testing.assert_allclose(aq.apply(params, acts, x), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(quantized(params, acts), expected, rtol=1e-5, atol=1e-6)
 
   # the step's gradient uses the paper's scale 1 / sqrt(N_F * Q_P), N_F = 32 features
   g = jax.random.normal(jax.random.key(2), expected.shape)
   w1, b1 = params["fc1"]["kernel"], params["fc1"]["bias"]
   scale = 1 / math.sqrt(32 * qp)
   ref = jax.grad(lambda a: ((lsqm.lsq_quantize(hidden, a, 0, qp, scale) @ w1 + b1) * g).sum())(step)
-  got = jax.grad(lambda a: (aq.apply(params, {"fc1/kernel": {"step": a}}, x) * g).sum())(step)
+  got = jax.grad(lambda a: (quantized(params, {"fc1/kernel": {"step": a}}) * g).sum())(step)
   np.testing.assert_allclose(got, ref, rtol=1e-5)
   assert float(got) != 0.0
 
-  c = jc.quantization.with_activations(jc.quantization.lsq(4), aq, acts)
+  # weights and activation steps in one chain, one optimizer
+  c = jc.chain(jc.quantization.lsq(4), aq)
   opt = optax.adam(1e-2)
-  state = jc.train.init(params, opt, c)  # builds the joint tree
-  assert set(state.params) == {"params", "activations"}
-  loss = lambda t, x, y: jnp.mean((jc.quantization.joint_apply(aq)(t, x) - y) ** 2)
+  state = jc.train.init(params, opt, c)
+  assert isinstance(state.params, jc.Joint) and set(state.params.extra) == {"fc1/kernel"}
+  loss = lambda p, x, y: jnp.mean((helpers.mlp_apply(p, x) - y) ** 2)
   train_step = jc.train.make_step(loss, opt, c)
   eager, _ = train_step(state, x, y)
   jitted, _ = jax.jit(train_step)(state, x, y)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eager.params, jitted.params)
-  assert float(jitted.params["activations"]["fc1/kernel"]["step"]) != float(step)
+  assert float(jitted.params.extra["fc1/kernel"]["step"]) != float(acts["fc1/kernel"]["step"])
   packed = c.pack(jitted.params, jitted.cstate)
-  assert isinstance(packed["params"]["fc0"]["kernel"], jc.export.QArray)
+  assert isinstance(packed["fc0"]["kernel"], jc.export.QArray)
   with tempfile.TemporaryDirectory() as d:
     jc.export.save(os.path.join(d, "m.safetensors"), packed)
     loaded = jc.export.materialize_tree(jc.export.load(os.path.join(d, "m.safetensors")))
-  np.testing.assert_array_equal(
-    jc.quantization.joint_apply(aq)(loaded, x),
-    jc.quantization.joint_apply(aq)(c.apply(jitted.params, jitted.cstate), x),
-  )
+  model = c.rewrite(helpers.mlp_apply, jitted.params, jitted.cstate)
+  np.testing.assert_array_equal(model(loaded, x), model(c.apply(jitted.params, jitted.cstate), x))
 
 
-def test_with_activations_rejects_other_trees():
-  aq = jc.quantization.lsq_activations(helpers.mlp_apply, 4)
-  with pytest.raises(ValueError, match="expects the tree"):
-    jc.quantization.with_activations(jc.identity(), aq).init(helpers.mlp_params())
+def test_update_keeps_steps_positive():
+  aq = jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1])
+  tree, state = aq.init(helpers.mlp_params())
+  bad = jc.Joint(tree.params, jax.tree.map(lambda s: -s, tree.extra))
+  fixed, _ = aq.update(bad, state)
+  assert all(float(s) > 0 for s in jax.tree.leaves(fixed.extra))

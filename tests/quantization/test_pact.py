@@ -49,12 +49,24 @@ def test_weight_compressor_gradient_update_and_pack():
 def test_activation_quantizer_init_and_update():
   params = helpers.mlp_params()
   x, _ = helpers.batch(n=16)
-  aq = jc.quantization.pact_activations(helpers.mlp_apply, 4, where="fc1/kernel")
-  acts = aq.init(params, x)
+  aq = jc.quantization.pact_activations(helpers.mlp_apply, 4, inputs=(x,), where="fc1/kernel", alpha_decay=0.5)
+  tree, state = aq.init(params)
   hidden = jax.nn.relu(x @ params["fc0"]["kernel"] + params["fc0"]["bias"])
-  np.testing.assert_allclose(acts["fc1/kernel"]["alpha"], hidden.max(), rtol=1e-6)
-  fixed = aq.update({"fc1/kernel": {"alpha": jnp.float32(-1.0)}})
-  assert float(fixed["fc1/kernel"]["alpha"]) > 0
+  np.testing.assert_allclose(tree.extra["fc1/kernel"]["alpha"], hidden.max(), rtol=1e-6)
+  fixed, _ = aq.update(jc.Joint(params, {"fc1/kernel": {"alpha": jnp.float32(-1.0)}}), state)
+  assert float(fixed.extra["fc1/kernel"]["alpha"]) > 0
+  # the paper's L2 on alpha comes through the loss seam
+  np.testing.assert_allclose(aq.penalty(tree, state), 0.5 * hidden.max() ** 2, rtol=1e-6)
+  zero_loss = lambda p, x: 0.0 * helpers.mlp_apply(p, x).sum()  # only the penalty has a gradient
+  loss = jc.train.wrap_loss(zero_loss, aq)
+  np.testing.assert_allclose(jax.grad(loss)(tree, state, x).extra["fc1/kernel"]["alpha"], hidden.max(), rtol=1e-6)
+
+
+def test_pact_weight_clip_penalty():
+  c = jc.quantization.pact(4, init_alpha=2.0, alpha_decay=0.1)
+  tree, state = c.init(helpers.mlp_params())
+  np.testing.assert_allclose(c.penalty(tree, state), 0.1 * (4.0 + 4.0), rtol=1e-6)
+  assert jc.quantization.pact(4).penalty(tree, state) is None
 
 
 def test_bad_input():
@@ -62,6 +74,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match=f"init_alpha must be .*got {bad}"):
       jc.quantization.pact(4, init_alpha=bad)
     with pytest.raises(ValueError, match=f"init_alpha must be .*got {bad}"):
-      jc.quantization.pact_activations(helpers.mlp_apply, 4, init_alpha=bad)
+      jc.quantization.pact_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1], init_alpha=bad)
   with pytest.raises(ValueError, match="bits must be in \\[2, 16\\], got 1"):
     jc.quantization.pact(1)

@@ -17,13 +17,23 @@ PARAMS = helpers.mlp_params(sizes=SIZES)
 X, Y = helpers.batch(sizes=SIZES)
 
 
+def forward(c, apply_fn, params, *x):
+  """The model as compressor ``c`` makes it: its rewrite of ``apply_fn`` on its view of the params."""
+  trainable, state = c.init(params)
+  return c.rewrite(apply_fn, trainable, state)(c.apply(trainable, state), *x)
+
+
+def model_of(c, apply_fn):
+  """``fn(trainable, state, *x)``: the quantized model as a function of the trainable tree."""
+  return lambda t, s, *x: c.rewrite(apply_fn, t, s)(c.apply(t, s), *x)
+
+
 @pytest.mark.parametrize("weight_bits", [8, 4, 2])
 def test_integer_forward_equals_fake_quant(weight_bits):
-  integer = qat(helpers.mlp_apply, weight_bits=weight_bits, integer=True)
-  fake = qat(helpers.mlp_apply, weight_bits=weight_bits, integer=False)
-  a, b = integer.apply(PARAMS, X), fake.apply(PARAMS, X)
+  a = forward(qat(weight_bits, integer=True), helpers.mlp_apply, PARAMS, X)
+  b = forward(qat(weight_bits, integer=False), helpers.mlp_apply, PARAMS, X)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
-  # fake=False is the same as fake-quantizing both operands with the library's quantizers
+  # integer=False is the library's weight quantizer followed by its activation rule
   c = jc.quantization.fake_quant(weight_bits, per_channel=True)
   w_fq = c.apply(*c.init(PARAMS))
   reference = graph.rewrite(helpers.mlp_apply, activation_rule(QuantSpec(8)))(w_fq, X)
@@ -32,19 +42,19 @@ def test_integer_forward_equals_fake_quant(weight_bits):
 
 def test_integer_and_fake_gradients_agree():
   r = jax.random.normal(jax.random.key(0), (X.shape[0], SIZES[-1]))
-  grads = [
-    jax.grad(lambda p, q=q: jnp.sum(q.apply(p, X) * r))(PARAMS)
-    for q in (qat(helpers.mlp_apply, integer=True), qat(helpers.mlp_apply, integer=False))
-  ]
+  grads = []
+  for c in (qat(integer=True), qat(integer=False)):
+    t, s = c.init(PARAMS)
+    grads.append(jax.grad(lambda t, c=c, s=s: jnp.sum(model_of(c, helpers.mlp_apply)(t, s, X) * r))(t))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
 
 
 @pytest.mark.parametrize("weight_bits", [8, 4])
 def test_compiled_step_has_int8_dots(weight_bits):
-  q = qat(helpers.mlp_apply, weight_bits=weight_bits, integer=True)
+  c = qat(weight_bits, integer=True)
   opt = optax.adam(1e-3)
-  state = jc.train.init(PARAMS, opt, q.compressor)
-  step = jax.jit(jc.train.make_step(lambda p, x, y: jnp.mean((q.apply(p, x) - y) ** 2), opt, q.compressor))
+  state = jc.train.init(PARAMS, opt, c)
+  step = jax.jit(jc.train.make_step(lambda p, x, y: jnp.mean((helpers.mlp_apply(p, x) - y) ** 2), opt, c))
   hlo = step.lower(state, X, Y).as_text()
   int8_dots = [d for d in re.findall(r"stablehlo.dot_general[^\n]*", hlo) if "xi8>" in d]
   assert len(int8_dots) == 2 and all("xi32>" in d for d in int8_dots)  # the forward of each layer
@@ -59,37 +69,57 @@ def test_qat_trains_and_packs_a_conv_model():
   apply_fn, variables = M.nnx_apply(M.Inception(nnx.Rngs(0)))
   x = jax.random.normal(jax.random.key(1), (4, 6, 6, 3))
   y = jax.random.normal(jax.random.key(2), (4, 5))
-  q = qat(apply_fn, weight_bits=4, integer=True)
-  fake = qat(apply_fn, weight_bits=4, integer=False)
-  np.testing.assert_allclose(q.apply(variables, x), fake.apply(variables, x), rtol=1e-4, atol=1e-4)
+  c = qat(4, integer=True)
+  np.testing.assert_allclose(
+    forward(c, apply_fn, variables, x), forward(qat(4, integer=False), apply_fn, variables, x), rtol=1e-4, atol=1e-4
+  )
   opt = optax.adam(1e-2)
-  loss = lambda p, x, y: jnp.mean((q.apply(p, x) - y) ** 2)
-  state = jc.train.init(variables, opt, q.compressor)
-  step = jax.jit(jc.train.make_step(loss, opt, q.compressor))
+  loss = lambda p, x, y: jnp.mean((apply_fn(p, x) - y) ** 2)
+  state = jc.train.init(variables, opt, c)
+  step = jax.jit(jc.train.make_step(loss, opt, c))
   first = None
   for _ in range(30):
     state, value = step(state, x, y)
     first = value if first is None else first
   assert float(value) < float(first)
-  packed = q.compressor.pack(state.params, state.cstate)
+  packed = c.pack(state.params, state.cstate)
   kernel = packed["merge"]["kernel"].get_value()  # NNX state: the packed leaf sits in its Param
   assert isinstance(kernel, jc.export.QArray) and kernel.bits == 4
 
 
-def test_packed_weights_are_the_weights_the_sites_used():
-  """The QAT compressor's apply is the identity (weights are quantized at the op, not in
-  the tree), so the conformance property pack -> materialize == apply holds for QAT.apply
-  instead: the packed weights reproduce the fake-quant forward."""
-  fake = qat(helpers.mlp_apply, weight_bits=4, integer=False)
-  packed = fake.compressor.pack(*fake.compressor.init(PARAMS))
-  dense = jc.export.materialize_tree(packed)
-  np.testing.assert_array_equal(
-    graph.rewrite(helpers.mlp_apply, activation_rule(QuantSpec(8)))(dense, X), fake.apply(PARAMS, X)
-  )
+@pytest.mark.parametrize("integer", [True, False])
+def test_a_transposed_weight_packs_what_it_trained_with(integer):
+  """A weight used as ``x @ w.T`` has its output features on the leaf's first axis, not the
+  last one its per-channel scales lie along: the op falls back to float on exactly the
+  quantized weight, so the packed weight is the one the model used."""
+  params = {"w": jax.random.normal(jax.random.key(3), (8, 16))}  # used transposed: 16 -> 8
+  apply_fn = lambda p, x: x @ p["w"].T
+  c = qat(4, integer=integer)
+  t, s = c.init(params)
+  out = model_of(c, apply_fn)(t, s, X)
+  dense = jc.export.materialize_tree(c.pack(t, s))
+  np.testing.assert_array_equal(dense["w"], c.apply(t, s)["w"])
+  reference = graph.rewrite(apply_fn, activation_rule(QuantSpec(8)))(dense, X)
+  np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)
+  hlo = jax.jit(lambda t: model_of(c, apply_fn)(t, s, X)).lower(t).as_text()
+  assert not [d for d in re.findall(r"stablehlo.dot_general[^\n]*", hlo) if "xi8>" in d]
+
+
+def test_calibrated_ranges_are_kept_in_the_state_and_serve():
+  c = qat(8, apply_fn=helpers.mlp_apply, batches=[X])
+  t, s = c.init(PARAMS)
+  ranges = s.stages[1].data
+  assert set(ranges) == {"fc0/kernel", "fc1/kernel"}
+  lo, hi = ranges["fc0/kernel"]
+  np.testing.assert_allclose([lo, hi], [X.min(), X.max()], rtol=1e-6)
+  served = jc.quantization.serve(helpers.mlp_apply, c.pack(t, s), act_ranges=ranges)
+  np.testing.assert_allclose(served(X), model_of(c, helpers.mlp_apply)(t, s, X), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_bits():
   with pytest.raises(ValueError, match=r"weight_bits must be in \[2, 8\], got 16"):
-    qat(helpers.mlp_apply, weight_bits=16)
+    qat(16)
   with pytest.raises(ValueError, match=r"act_bits must be in \[2, 16\], got 0"):
-    qat(helpers.mlp_apply, act_bits=0, integer=False)
+    qat(act_bits=0, integer=False)
+  with pytest.raises(ValueError, match="need apply_fn"):
+    jc.quantization.quantize_activations(8, batches=[X])
