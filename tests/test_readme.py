@@ -13,5 +13,5 @@ def test_quick_start_runs(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   exec(compile(blocks[0], "README.md", "exec"), {"__name__": "readme"})
   out = capsys.readouterr().out
-  assert "QArray(8b, sparse)" in out and "compression ratio vs dense float32" in out
+  assert "QArray(4b, sparse)" in out and "compression ratio vs dense float32" in out
   assert (tmp_path / "mlp.safetensors").stat().st_size > 0
