@@ -24,7 +24,14 @@ from experiments import data, models, recipes, report
 from experiments.training import Trainer
 
 BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3)}  # (epochs, adam lr)
-QUICK_RECIPES = ("dense", "magnitude_90", "int8", "prune90_int8", "served_w8a8")  # --quick: a smoke test
+QUICK_RECIPES = (
+  "dense",
+  "magnitude_90",
+  "int8",
+  "prune90_kmeans16",
+  "qat_w4a8",
+  "served_w8a8",
+)  # --quick: a smoke test
 
 
 def same_tree(a, b) -> bool:

@@ -88,7 +88,9 @@ def _restructured(node: Any, leaf: Any) -> bool:
   """Whether a stage's trainable form of a leaf is something other than an array like it."""
   if isinstance(node, export.CompressedLeaf) or not (hasattr(node, "shape") and hasattr(node, "dtype")):
     return True
-  return tuple(node.shape) != tuple(np.shape(leaf)) or np.dtype(node.dtype) != np.dtype(getattr(leaf, "dtype", node.dtype))
+  return tuple(node.shape) != tuple(np.shape(leaf)) or np.dtype(node.dtype) != np.dtype(
+    getattr(leaf, "dtype", node.dtype)
+  )
 
 
 def _same(a: Any, b: Any) -> bool | None:

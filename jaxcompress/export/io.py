@@ -35,7 +35,9 @@ FORMAT_VERSION = 1
 _SAFETENSORS_DTYPES = frozenset(
   {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
 )
-_LEAF_TYPES = {cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)}
+_LEAF_TYPES = {
+  cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)
+}
 
 
 class CorruptFileError(ValueError):

@@ -62,6 +62,7 @@ def site_rule(
   weight_bits: int = 8,
   per_channel: bool = True,
   act_ranges: dict | None = None,
+  axis_name: str | None = None,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
 
@@ -71,8 +72,15 @@ def site_rule(
   """
   qa, qw = act_spec.qrange[1], uniform.qmax(weight_bits)
 
+  def scale_of(site, activation):
+    if act_ranges is not None or axis_name is None:
+      return activation_scale(act_spec, site, activation, act_ranges)
+    x = jax.lax.stop_gradient(activation)  # the whole batch's range, across the pmap axis
+    lo, hi = jax.lax.pmin(jnp.min(x), axis_name), jax.lax.pmax(jnp.max(x), axis_name)
+    return act_spec.params_from_range(lo, hi)
+
   def float_rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
-    scale, zero_point = activation_scale(act_spec, site, activation, act_ranges)
+    scale, zero_point = scale_of(site, activation)
     return site.compute(act_spec.fake_quant(activation, scale, zero_point), weight)
 
   def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
@@ -80,7 +88,7 @@ def site_rule(
       return float_rule(site, activation, weight)
     axes = tuple(a for a in range(weight.ndim) if not per_channel or a not in site.feature_axes)
     w_scale = jax.lax.stop_gradient(uniform.symmetric_params(jnp.max(jnp.abs(weight), axis=axes, keepdims=True), qw))
-    a_scale, _ = activation_scale(act_spec, site, activation, act_ranges)
+    a_scale, _ = scale_of(site, activation)
     a_scale = jax.lax.stop_gradient(jnp.reshape(a_scale, ()))
     out_scale = output_scale(site, w_scale)
 
@@ -116,6 +124,7 @@ def quantize_activations(
   integer: bool = False,
   weight_bits: int = 8,
   per_channel: bool = True,
+  axis_name: str | None = None,
   where: select.Where = None,
 ) -> Compressor:
   """Uniform activation quantization at every selected matmul and convolution (model-side).
@@ -126,7 +135,11 @@ def quantize_activations(
   ``apply_fn`` on them with the params it receives (in a chain, the view of the earlier
   stages: the pruned and quantized weights the deployed model has) and keeps the
   calibrated ``{site.key: (xmin, xmax)}`` in the state (``state.data``, for
-  :func:`~jaxcompress.quantization.serve`); otherwise each batch uses its own range.
+  :func:`~jaxcompress.quantization.serve`); otherwise each batch uses its own range. Under
+  ``pmap`` a dynamic range is each device's own shard's unless ``axis_name`` names the
+  mapped axis (then it is reduced over it, so every device uses the whole batch's range,
+  as a single device or a sharded ``jit`` would); either way the replicas stay equal,
+  since ``make_step`` averages the gradients.
 
   Args:
     bits: bits per activation: 2..16, 2..8 with ``integer``.
@@ -138,6 +151,7 @@ def quantize_activations(
       ``fake_quant`` stage uses (2..8).
     per_channel: with ``integer``, whether that grid has one scale per output channel
       (along the leaf's last axis) or one per tensor.
+    axis_name: the ``pmap`` axis to reduce dynamic ranges over (only under ``pmap``).
     where: which sites, by weight path (regex or ``(path, site) -> bool``; default all).
 
   Returns:
@@ -176,7 +190,9 @@ def quantize_activations(
 
   def rule(extra, ranges):
     del extra
-    return site_rule(spec, integer=integer, weight_bits=weight_bits, per_channel=per_channel, act_ranges=ranges)
+    return site_rule(
+      spec, integer=integer, weight_bits=weight_bits, per_channel=per_channel, act_ranges=ranges, axis_name=axis_name
+    )
 
   return site_compressor(rule, init=init, where=where)
 
@@ -189,6 +205,7 @@ def qat(
   integer: bool = True,
   apply_fn: Callable[..., Any] | None = None,
   batches: Iterable[Any] | None = None,
+  axis_name: str | None = None,
   where: select.Where = None,
 ) -> Compressor:
   """Quantization-aware training of weights and activations: one compressor.
@@ -207,6 +224,7 @@ def qat(
     integer: run the forward ops on int8 codes.
     apply_fn: the model, for activation calibration.
     batches: calibration batches; ``None`` uses each batch's own range.
+    axis_name: under ``pmap``, the axis to reduce dynamic activation ranges over.
     where: which weights (and the sites they feed), by path (default: every floating
       leaf with ``ndim >= 2``, and every site).
 
@@ -239,6 +257,7 @@ def qat(
     integer=integer,
     weight_bits=min(weight_bits, 8),
     per_channel=per_channel,
+    axis_name=axis_name,
     where=where,
   )
   return chain(weights, acts)

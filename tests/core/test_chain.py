@@ -131,7 +131,10 @@ def test_optimizer_state_maps_to_params_exactly_not_by_suffix():
   """Two same-shaped leaves whose paths share a suffix: pruning one must not touch the
   other's Adam moments, so renaming a leaf changes nothing."""
   k1, k2 = jax.random.split(jax.random.key(0))
-  params = {"mlp": {"kernel": jax.random.normal(k1, (16, 16))}, "zblock": {"mlp": {"kernel": jax.random.normal(k2, (16, 16))}}}
+  params = {
+    "mlp": {"kernel": jax.random.normal(k1, (16, 16))},
+    "zblock": {"mlp": {"kernel": jax.random.normal(k2, (16, 16))}},
+  }
 
   def loss(p, x):
     return jnp.mean((x @ p["mlp"]["kernel"] @ p["zblock"]["mlp"]["kernel"] - x) ** 2)
