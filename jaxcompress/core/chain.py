@@ -155,7 +155,7 @@ def chain(*compressors: Compressor) -> Compressor:
   def stage_arg(plan: ChainPlan, i: int, leaves: list[Any], side: dict | None) -> Any:
     tree = plan.model_def.unflatten(leaves)
     keys = plan.extra_keys[i]
-    return tree if keys is None else Joint(tree, {k: side[k] for k in keys})
+    return tree if keys is None else Joint(tree, {k: (side or {})[k] for k in keys})
 
   def inputs(plan: ChainPlan, i: int, view: list[Any], nodes: list[Any], raw: list[Any]) -> list[Any]:
     """Stage ``i``'s leaves: ``raw`` where nobody owns the leaf, the node where it owns it,
@@ -222,9 +222,10 @@ def chain(*compressors: Compressor) -> Compressor:
         raise ValueError(f"{_name(c, i)} changed the param tree above its leaves ({e})") from None
       for k in range(n):
         if _restructured(flat[k], view[k]):
-          if owners[k] is not None:
+          prev = owners[k]
+          if prev is not None:
             raise ValueError(
-              f"{_name(stages[owners[k]], owners[k])} and {_name(c, i)} both restructure {paths[k]!r}: "
+              f"{_name(stages[prev], prev)} and {_name(c, i)} both restructure {paths[k]!r}: "
               "only one stage can own a leaf's trainable form"
             )
           owners[k] = i
@@ -303,7 +304,7 @@ def chain(*compressors: Compressor) -> Compressor:
       for k, own in enumerate(plan.owners):
         if own is None or own == i:
           nodes[k] = flat[k]
-      if out_side is not None:
+      if out_side is not None and side is not None:
         side.update(out_side)
       new_states.append(s)
     state = ChainState(tuple(new_states), state.frozen, plan)

@@ -4,8 +4,8 @@ from jaxcompress.export.base import CompressedLeaf, is_compressed, materialize, 
 from jaxcompress.export.bitpack import BitPacked, code_range, pack_bits
 from jaxcompress.export.codebook import CodebookArray, from_assignments, index_bits
 from jaxcompress.export.factorized import Factorized, factorize
-from jaxcompress.export.masked import MaskedArray, prune
 from jaxcompress.export.io import CorruptFileError, load, save
+from jaxcompress.export.masked import MaskedArray, prune
 from jaxcompress.export.qarray import QArray, store_codes
 from jaxcompress.export.sliced import SlicedArray, sliced_from_parts
 from jaxcompress.export.sparse import SparseArray, from_dense, from_mask

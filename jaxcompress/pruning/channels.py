@@ -244,7 +244,7 @@ def shrink(optimizer: optax.GradientTransformation, opt_state: optax.OptState, s
       return leaf
     return slice_leaf(leaf, kept, _sizes_of(kept, None))
 
-  return optax.tree_map_params(optimizer, one, opt_state, state.kept)
+  return optax.tree_map_params(optimizer.init, one, opt_state, state.kept)
 
 
 def narrow_nnx(model: Any, state: ChannelState, params: PyTree) -> Any:

@@ -91,6 +91,8 @@ def site_rule(
     a_scale, _ = scale_of(site, activation)
     a_scale = jax.lax.stop_gradient(jnp.reshape(a_scale, ()))
     out_scale = output_scale(site, w_scale)
+    if out_scale is None:  # cannot happen: the scale varies only along the feature axes
+      raise AssertionError(f"weight scale of site {site.key!r} does not lie along its output features")
 
     @jax.custom_vjp
     def op(a, w):
@@ -184,7 +186,7 @@ def quantize_activations(
   pred = site_predicate(where)
 
   def init(params):
-    if batches is None:
+    if batches is None or apply_fn is None:
       return None, None
     return None, calibration.calibrate_activations(apply_fn, params, batches, spec, calibrator, where=pred)
 

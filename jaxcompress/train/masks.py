@@ -73,5 +73,5 @@ def reset_pruned(optimizer: optax.GradientTransformation, opt_state: optax.OptSt
     The optimizer state with the pruned entries set to 0.
   """
   return optax.tree_map_params(
-    optimizer, lambda s, m: jnp.where(m, s, jnp.zeros_like(s)) if _same_shape(s, m) else s, opt_state, masks
+    optimizer.init, lambda s, m: jnp.where(m, s, jnp.zeros_like(s)) if _same_shape(s, m) else s, opt_state, masks
   )

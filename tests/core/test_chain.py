@@ -79,7 +79,7 @@ def test_prune_binary_int4_kmeans_bytes_against_each_stage():
 def test_an_order_that_cannot_work_names_the_one_that_does():
   with pytest.raises(ValueError, match=r"stage 0 \(fake_quant\) changes 'fc0/kernel', which stage 1 \(kmeans\)"):
     jc.chain(jc.quantization.fake_quant(4), jc.quantization.kmeans(4)).init(PARAMS)
-  with pytest.raises(ValueError, match="put stage 0 .* after stage 1"):
+  with pytest.raises(ValueError, match=r"put stage 0 .* after stage 1"):
     jc.chain(jc.quantization.binary_connect(), jc.quantization.ttq()).init(PARAMS)
   with pytest.raises(ValueError, match=r"both restructure 'fc0/kernel'"):
     jc.chain(jc.quantization.lsq(4), jc.quantization.kmeans(4)).init(PARAMS)
