@@ -1,7 +1,15 @@
 """Pruning: delete redundant weights by an importance criterion."""
 
 from jaxcompress.pruning.allocation import Allocation, erk_sparsities
-from jaxcompress.pruning.channels import ChannelState, channel_prune, narrow_linen, narrow_nnx, shrink, slimming, slimming_penalty
+from jaxcompress.pruning.channels import (
+  ChannelState,
+  channel_prune,
+  narrow_linen,
+  narrow_nnx,
+  shrink,
+  slimming,
+  slimming_penalty,
+)
 from jaxcompress.pruning.criteria import (
   block_mask,
   global_topk_masks,

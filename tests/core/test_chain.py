@@ -79,7 +79,7 @@ def test_prune_binary_int4_kmeans_bytes_against_each_stage():
 def test_an_order_that_cannot_work_names_the_one_that_does():
   with pytest.raises(ValueError, match=r"stage 0 \(fake_quant\) changes 'fc0/kernel', which stage 1 \(kmeans\)"):
     jc.chain(jc.quantization.fake_quant(4), jc.quantization.kmeans(4)).init(PARAMS)
-  with pytest.raises(ValueError, match="put stage 0 .* after stage 1"):
+  with pytest.raises(ValueError, match=r"put stage 0 .* after stage 1"):
     jc.chain(jc.quantization.binary_connect(), jc.quantization.ttq()).init(PARAMS)
   with pytest.raises(ValueError, match=r"both restructure 'fc0/kernel'"):
     jc.chain(jc.quantization.lsq(4), jc.quantization.kmeans(4)).init(PARAMS)
@@ -131,7 +131,10 @@ def test_optimizer_state_maps_to_params_exactly_not_by_suffix():
   """Two same-shaped leaves whose paths share a suffix: pruning one must not touch the
   other's Adam moments, so renaming a leaf changes nothing."""
   k1, k2 = jax.random.split(jax.random.key(0))
-  params = {"mlp": {"kernel": jax.random.normal(k1, (16, 16))}, "zblock": {"mlp": {"kernel": jax.random.normal(k2, (16, 16))}}}
+  params = {
+    "mlp": {"kernel": jax.random.normal(k1, (16, 16))},
+    "zblock": {"mlp": {"kernel": jax.random.normal(k2, (16, 16))}},
+  }
 
   def loss(p, x):
     return jnp.mean((x @ p["mlp"]["kernel"] @ p["zblock"]["mlp"]["kernel"] - x) ** 2)
