@@ -9,7 +9,7 @@ random (SET) or by largest dense-gradient magnitude (RigL). Regrown weights star
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,20 +20,13 @@ from jaxcompress.core.base import Compressor
 from jaxcompress.core.tree import is_packed_leaf, leaves_with_paths
 from jaxcompress.pruning import criteria, masking
 from jaxcompress.pruning.allocation import Allocation, as_allocation
+from jaxcompress.pruning.masking import PruningState
 
-
-class DSTState(NamedTuple):
-  """State of :func:`rigl` and :func:`sparse_evolutionary`.
-
-  Attributes:
-    count: ``int32`` step counter.
-    masks: ``bool`` masks per selected leaf (``None`` elsewhere).
-    key: PRNG key data (``uint32[2]``) for random masks and SET's regrowth.
-  """
-
-  count: jax.Array
-  masks: Any
-  key: jax.Array
+DSTState = PruningState
+"""State of :func:`rigl` and :func:`sparse_evolutionary`, the mask pruners' state:
+``count`` (``int32`` steps), ``masks`` (``bool`` per selected leaf, ``None`` elsewhere),
+``key`` (PRNG key data for the random initial mask and SET's regrowth); ``scores`` unused
+(``None`` at every leaf)."""
 
 
 def drop_fraction_at(step: jax.Array, drop_fraction: float, end_step: int) -> jax.Array:
@@ -122,7 +115,8 @@ def _build(
       w = flat_p[i]
       scores = jax.random.uniform(jax.random.fold_in(key, j), w.shape) if init_mask == "random" else jnp.abs(w)
       flat_m[i] = criteria.topk_mask(scores, t)
-    state = DSTState(jnp.asarray(0, jnp.int32), treedef.unflatten(flat_m), jax.random.key_data(key))
+    unused = treedef.unflatten([None] * len(flat_p))
+    state = PruningState(jnp.asarray(0, jnp.int32), treedef.unflatten(flat_m), unused, jax.random.key_data(key))
     return params, state
 
   def apply(params, state):
@@ -164,7 +158,7 @@ def _build(
     out_p, out_m = list(flat_p), list(flat_m)
     for j, i in enumerate(idx):
       out_p[i], out_m[i] = weights[j], masks[j]
-    return treedef.unflatten(out_p), DSTState(count, treedef.unflatten(out_m), state.key)
+    return treedef.unflatten(out_p), state._replace(count=count, masks=treedef.unflatten(out_m))
 
   def pack(params, state):
     return leafwise.map_selected(export.prune, params, state.masks)
