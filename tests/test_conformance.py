@@ -43,11 +43,11 @@ CASES = {
   ),
   "movement": lambda: jc.pruning.movement(jc.pruning.polynomial_sparsity(0.8, begin_step=0, end_step=3)),
   "n_m_2_4": lambda: jc.pruning.n_m(2, 4),
-  "lottery_ticket": lambda: jc.pruning.lottery_ticket(0.5, rounds=2, round_steps=2, rewind_step=1),
+  "lottery_ticket": lambda: jc.pruning.lottery_ticket(0.5, rounds=2, frequency=2, rewind_step=1),
   # RigL regrows by the largest |g|: a near tie can resolve differently when pmap sums the
   # gradient in another order, so this case regrows once (step 2), away from such a tie.
-  "rigl": lambda: jc.pruning.rigl(0.8, update_every=2, end_step=10),
-  "sparse_evolutionary": lambda: jc.pruning.sparse_evolutionary(0.8, update_every=2, end_step=10),
+  "rigl": lambda: jc.pruning.rigl(0.8, frequency=2, end_step=10),
+  "sparse_evolutionary": lambda: jc.pruning.sparse_evolutionary(0.8, frequency=2, end_step=10),
   "binary_connect": lambda: jc.quantization.binary_connect(),
   "binary_connect_stochastic": lambda: jc.quantization.binary_connect(stochastic=True, seed=1),
   "xnor_net": lambda: jc.quantization.xnor_net(),
@@ -83,7 +83,7 @@ CHAINS = {
   "chain_kmeans_prune": (lambda: jc.quantization.kmeans(8), lambda: jc.pruning.magnitude(0.5)),
   "chain_prune_ttq": (lambda: jc.pruning.magnitude(0.7), lambda: jc.quantization.ttq()),
   "chain_prune_lsq_acts": (
-    lambda: jc.pruning.rigl(0.8, update_every=2, end_step=10),
+    lambda: jc.pruning.rigl(0.8, frequency=2, end_step=10),
     lambda: jc.quantization.lsq(4),
     lambda: jc.quantization.lsq_activations(helpers.mlp_apply, 8, inputs=helpers.batch()[:1]),
   ),
@@ -102,7 +102,7 @@ CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for
 PRUNERS = {
   "magnitude": lambda: jc.pruning.magnitude(0.9),
   "global": lambda: jc.pruning.magnitude(0.9, scope="global"),
-  "rigl": lambda: jc.pruning.rigl(0.9, update_every=2, end_step=10),
+  "rigl": lambda: jc.pruning.rigl(0.9, frequency=2, end_step=10),
   "n_m_1_8": lambda: jc.pruning.n_m(1, 8),
 }
 QUANTIZERS = {

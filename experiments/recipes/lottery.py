@@ -19,7 +19,7 @@ def build(params, trainer):
   round_steps = max(2, int(0.2 * total))
   rewind = min(trainer.steps_per_epoch, round_steps - 1)
   compressor = pruning.lottery_ticket(
-    0.5358, rounds=3, round_steps=round_steps, rewind_step=rewind, total_steps=total
+    0.5358, rounds=3, frequency=round_steps, rewind_step=rewind, total_steps=total
   )  # 1 - (1 - 0.5358)**3 = 0.900
   return FineTune(compressor, epochs=epochs, lr=3e-3)
 

@@ -14,7 +14,7 @@ def build(params, trainer):
   epochs = trainer.epochs(60)
   end = max(2, int(0.75 * epochs * trainer.steps_per_epoch))
   every = max(1, min(100, end // 4))
-  compressor = pruning.rigl(0.9, update_every=every, end_step=end, init_mask="magnitude")
+  compressor = pruning.rigl(0.9, frequency=every, end_step=end, init_mask="magnitude")
   return FineTune(compressor, epochs=epochs, lr=3e-3)
 
 

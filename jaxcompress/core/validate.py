@@ -108,13 +108,18 @@ def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], 
     A callable ``step -> value``.
 
   Raises:
-    ValueError: if the constant or the schedule's value at step 0 is invalid.
+    ValueError: if the constant or the schedule's value at step 0 is invalid: a
+      schedule must return an integer or floating scalar (a string, even ``'0.5'``, a
+      bool or an array is rejected, naming ``name``).
   """
   if callable(value):
     try:
-      at_zero = np.asarray(value(jnp.asarray(0, jnp.int32)), np.float64)
+      out = value(jnp.asarray(0, jnp.int32))
+      at_zero = np.asarray(out)
     except (TypeError, ValueError) as e:
       raise ValueError(f"{name} schedule must return a number at step 0: {e}") from None
+    if not (jnp.issubdtype(at_zero.dtype, jnp.integer) or jnp.issubdtype(at_zero.dtype, jnp.floating)):
+      raise ValueError(f"{name} schedule must return a number at step 0, got {out!r} (dtype {at_zero.dtype})")
     if at_zero.shape != ():
       raise ValueError(f"{name} schedule must return a scalar, got shape {at_zero.shape} at step 0")
     check(f"{name}(0)", float(at_zero))

@@ -25,27 +25,15 @@ import jax.extend.core as jex
 import numpy as np
 
 from jaxcompress.core.tree import PyTree
-from jaxcompress.graph.trace import SITE_PRIMITIVES, aval_shape, make_jaxpr, sub_jaxprs
+from jaxcompress.graph.trace import CALLS, SITE_PRIMITIVES, aval_shape, make_jaxpr, primitives_of, sub_jaxprs
 
 WILD = "wild"  # an axis created by broadcasting: compatible with any labels
 Labels = Any  # per axis: None (data, no channels), WILD, or an int array of ids (-1 = none)
 
-_CALLS = frozenset(
-  {"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call", "custom_vjp_call"}
-)
-_ELEMENTWISE = frozenset(
-  {
-    "add", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem", "select_n", "add_any", "nextafter",
-    "neg", "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt", "abs", "sign",
-    "integer_pow", "square", "sin", "cos", "erf", "erf_inv", "floor", "ceil", "round", "convert_element_type",
-    "reduce_precision", "copy", "copy_p", "stop_gradient", "is_finite", "not", "and", "or", "gt", "ge", "lt",
-    "le", "eq", "ne", "clamp", "optimization_barrier", "sharding_constraint", "device_put",
-  }
-)  # fmt: skip
-_SHAPE_OPS = frozenset({"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "rev"})
-_REDUCTIONS = frozenset(
-  {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "reduce_and", "reduce_or"}
-)
+# How channel labels move through each primitive: see trace.PRIMITIVES_BY_KIND.
+_ELEMENTWISE = primitives_of("elementwise", "cast", "barrier")
+_SHAPE_OPS = primitives_of("layout")
+_REDUCTIONS = primitives_of("reduction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +255,7 @@ def _run(
       outs[0] = _concatenate(an, eqn, ins, out_shape)
     elif prim in ("dot_general",):  # activation x activation (attention)
       outs[0] = _dot_activations(an, eqn, ins)
-    elif prim in _CALLS:
+    elif prim in CALLS:
       (_, sub), *_ = sub_jaxprs(eqn)
       inner = sub.jaxpr if isinstance(sub, jex.ClosedJaxpr) else sub
       outs, out_pars = _run(an, inner, ins, pars)

@@ -19,10 +19,9 @@ import jax.extend.core as jex
 
 from jaxcompress.core import select
 from jaxcompress.core.tree import PyTree, leaves_with_paths
-from jaxcompress.graph.trace import Location, Site, find_sites, make_jaxpr, sub_jaxprs
+from jaxcompress.graph.trace import CONTROL_FLOW, Location, Site, find_sites, make_jaxpr, sub_jaxprs
 
 Rule = Callable[[Site, jax.Array, jax.Array], jax.Array]
-_CONTROL_FLOW = frozenset({"scan", "while", "cond"})
 
 
 def _read(env: dict[Any, Any], v: Any) -> Any:
@@ -188,7 +187,7 @@ def capture(apply_fn: Callable[..., Any], *, where: select.Where = None) -> Call
   def captured_fn(params: PyTree, *inputs: Any) -> tuple[Any, dict[str, Any]]:
     closed, paths, out_tree = make_jaxpr(apply_fn, params, *inputs)
     sites = {
-      k: s for k, s in _select_sites(find_sites(closed, paths), where).items() if not _CONTROL_FLOW & set(s.scopes)
+      k: s for k, s in _select_sites(find_sites(closed, paths), where).items() if not CONTROL_FLOW & set(s.scopes)
     }
     if not sites:
       raise ValueError(f"where={where!r} selects no site outside loops and branches (param leaves: {paths[:20]})")

@@ -21,38 +21,69 @@ from jaxcompress.core.tree import PyTree, leaves_with_paths
 
 SITE_PRIMITIVES = ("dot_general", "conv_general_dilated")
 
+# The one table of the jaxpr primitives the graph layer models, by kind. What a kind means
+# to each walk over a jaxpr (trace.py follows a param leaf to its sites, deps.py moves
+# channel labels, rewrite.py re-evaluates):
+#   kind           trace: a param leaf ...               deps: channel labels ...
+#   "cast"         passes, every axis in place           kept, as elementwise
+#   "reshard"      passes, every axis in place           pinned (not modelled)
+#   "layout"       passes, axes rearranged or lost       moved by the op's own rule
+#   "gather"       passes, axes lost                     pinned (not modelled)
+#   "barrier"      passes (first operand only)           unioned, as elementwise
+#   "elementwise"  stops                                 unioned position by position
+#   "reduction"    stops                                 dropped on the reduced axes
+#   "call"         followed into the inner jaxpr         run through the inner jaxpr
+#   "control"      followed into the bodies              pinned (not analysed)
+# A "call"'s inner jaxpr takes the equation's operands one to one; a "control" primitive
+# maps them (scan's carry, while's consts, cond's index), and rewrite.py skips its sites.
+PRIMITIVES_BY_KIND: dict[str, tuple[str, ...]] = {
+  "cast": ("convert_element_type", "copy", "copy_p", "reduce_precision", "sharding_constraint", "device_put"),
+  "reshard": ("mesh_cast",),
+  "layout": ("reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "rev"),
+  "gather": ("dynamic_slice",),
+  "barrier": ("optimization_barrier",),
+  "elementwise": (
+    "add", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem", "select_n", "add_any", "nextafter",
+    "neg", "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt", "abs", "sign",
+    "integer_pow", "square", "sin", "cos", "erf", "erf_inv", "floor", "ceil", "round", "stop_gradient",
+    "is_finite", "not", "and", "or", "gt", "ge", "lt", "le", "eq", "ne", "clamp",
+  ),
+  "reduction": ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "reduce_and", "reduce_or"),
+  "call": ("jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call", "custom_vjp_call"),
+  "control": ("scan", "while", "cond"),
+}  # fmt: skip
+
+
+def primitives_of(*kinds: str) -> frozenset[str]:
+  """The names of the primitives of the given kinds in ``PRIMITIVES_BY_KIND``.
+
+  Args:
+    *kinds: kind names such as ``'cast'`` or ``'layout'``.
+
+  Returns:
+    A frozenset of primitive names.
+
+  Raises:
+    ValueError: for a kind the table does not have.
+
+  Example:
+    >>> sorted(primitives_of('control'))
+    ['cond', 'scan', 'while']
+  """
+  unknown = set(kinds) - set(PRIMITIVES_BY_KIND)
+  if unknown:
+    raise ValueError(f"unknown primitive kind(s) {sorted(unknown)}; the kinds are {sorted(PRIMITIVES_BY_KIND)}")
+  return frozenset(name for kind in kinds for name in PRIMITIVES_BY_KIND[kind])
+
+
+CALLS = primitives_of("call")
+"""Calls whose inner jaxpr takes the equation's operands one to one (``jit``, ``remat``, ...)."""
+CONTROL_FLOW = primitives_of("control")
+"""``scan``, ``while`` and ``cond``: nested jaxprs with their own operand mapping."""
 # Operations that carry a weight through unchanged in value (first operand only).
-_PASS_THROUGH = frozenset(
-  {
-    "reshape",
-    "transpose",
-    "convert_element_type",
-    "broadcast_in_dim",
-    "squeeze",
-    "expand_dims",
-    "copy",
-    "copy_p",
-    "slice",
-    "dynamic_slice",
-    "reduce_precision",
-    "sharding_constraint",
-    "rev",
-    "device_put",
-    "mesh_cast",
-    "optimization_barrier",
-  }
-)
-# Calls whose inner jaxpr takes the eqn's operands one to one.
-_CALLS = {
-  "jit": "jaxpr",
-  "pjit": "jaxpr",
-  "closed_call": "call_jaxpr",
-  "core_call": "call_jaxpr",
-  "remat2": "jaxpr",
-  "checkpoint": "jaxpr",
-  "custom_jvp_call": "call_jaxpr",
-  "custom_vjp_call": "call_jaxpr",
-}
+_PASS_THROUGH = primitives_of("cast", "reshard", "layout", "gather", "barrier")
+# Pass-through ops that keep every axis where it is (so the leaf's axes stay known).
+_SAME_AXES = primitives_of("cast", "reshard")
 
 Location = tuple[Any, ...]
 
@@ -127,12 +158,6 @@ class Site:
     operands = (activation, weight) if self.weight_operand == 1 else (weight, activation)
     prim = jax.lax.dot_general_p if self.op == "dot_general" else jax.lax.conv_general_dilated_p
     return prim.bind(*operands, **{**self.params, **overrides})
-
-
-# Pass-through ops that keep every axis where it is (so the leaf's axes stay known).
-_SAME_AXES = frozenset(
-  {"convert_element_type", "copy", "copy_p", "reduce_precision", "sharding_constraint", "device_put", "mesh_cast"}
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +291,7 @@ def _walk(
         inner, factor = _inner_provs(eqn, sub_name, provs)
         sub_trips = None if trips is None or factor is None else trips * factor
         outs = _walk(_open(sub), inner, (*where, i, sub_name), (*scopes, name), sub_trips, sites, include_activations)
-        if name in _CALLS:
+        if name in CALLS:
           env.update({v: p for v, p in zip(eqn.outvars, outs) if p is not None})
   return [get(v) for v in jaxpr.outvars]
 

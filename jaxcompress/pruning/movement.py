@@ -35,21 +35,19 @@ def movement(
   """Movement pruning: ranks weights by ``S = -sum_t g_t * w_t`` accumulated in training.
 
   ``update`` adds ``-g * w`` to each selected weight's score on every step (``g`` is the
-  gradient it receives; a call without ``grads`` adds nothing) and, on steps where a target count changes, keeps the highest
-  scores among the surviving weights. This is hard movement pruning with the gradual
-  cubic schedule of the paper: pass a schedule that starts at 0, such as
-  :func:`~jaxcompress.pruning.schedules.polynomial_sparsity`. Scores are float32.
+  gradient it receives; a call without ``grads`` adds nothing) and, on steps where a
+  target count changes, keeps the highest scores among the surviving weights. This is
+  hard movement pruning with the gradual cubic schedule of the paper: pass a schedule
+  that starts at 0, such as :func:`~jaxcompress.pruning.schedules.polynomial_sparsity`.
+  Scores are float32.
 
   Args:
     sparsity: a schedule ``step -> sparsity`` with ``sparsity(0) == 0`` (or the constant
       0): scores are only known after training steps.
-    where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
-    scope: ``'layer'`` or ``'global'``.
-    allocation: ``'uniform'``, ``'erk'`` or an :class:`Allocation` (layer scope).
+    where, scope, allocation: as for :func:`~jaxcompress.pruning.magnitude`.
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with
-    :class:`~jaxcompress.pruning.masking.PruningState` (``scores`` holds ``S``).
+    A :class:`~jaxcompress.Compressor` with :class:`~jaxcompress.pruning.masking.PruningState` (``scores`` holds ``S``).
 
   Raises:
     ValueError: if ``sparsity(0) != 0`` or a value lies outside [0, 1).

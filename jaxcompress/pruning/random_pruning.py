@@ -36,13 +36,10 @@ def random(
   Args:
     sparsity: fraction removed, in [0, 1), or a schedule ``step -> sparsity``.
     seed: the PRNG seed (an int).
-    where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
-    scope: ``'layer'`` or ``'global'``.
-    allocation: ``'uniform'``, ``'erk'`` or an :class:`Allocation` (layer scope).
+    where, scope, allocation: as for :func:`~jaxcompress.pruning.magnitude`.
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with
-    :class:`~jaxcompress.pruning.masking.PruningState`.
+    A :class:`~jaxcompress.Compressor` with :class:`~jaxcompress.pruning.masking.PruningState`.
 
   Raises:
     ValueError: for a sparsity outside [0, 1), a non-integer ``seed``, an unknown

@@ -39,13 +39,10 @@ def saliency(
     sparsity: fraction removed, in [0, 1), or a schedule ``step -> sparsity``.
     grads: gradients at the params given to ``init``, a tree with the params'
       structure and shapes, or ``None``.
-    where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
-    scope: ``'layer'`` or ``'global'``.
-    allocation: ``'uniform'``, ``'erk'`` or an :class:`Allocation` (layer scope).
+    where, scope, allocation: as for :func:`~jaxcompress.pruning.magnitude`.
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with
-    :class:`~jaxcompress.pruning.masking.PruningState`.
+    A :class:`~jaxcompress.Compressor` with :class:`~jaxcompress.pruning.masking.PruningState`.
 
   Raises:
     ValueError: for a sparsity outside [0, 1) or unknown ``scope``; at ``init``, if

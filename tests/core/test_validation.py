@@ -93,3 +93,10 @@ def test_nan_weights_under_jit_are_pruned_first():
   params = {"w": params["w"].at[1, 1].set(jnp.nan)}
   params, state = jax.jit(c.update)(params, state)
   np.testing.assert_array_equal(params["w"], [[0.0, 2.0], [3.0, 0.0]])
+
+
+def test_schedule_returning_a_numeric_string_or_a_bool():
+  with pytest.raises(ValueError, match=r"sparsity schedule must return a number at step 0, got '0.5'"):
+    jc.pruning.magnitude(lambda step: "0.5")
+  with pytest.raises(ValueError, match="sparsity schedule must return a number at step 0, got False"):
+    jc.pruning.magnitude(lambda step: False)

@@ -12,7 +12,7 @@ from tests import helpers
 
 def test_rigl_drops_smallest_and_regrows_by_dense_gradient_at_zero():
   params = helpers.mlp_params()
-  c = pruning.rigl(0.8, update_every=1, end_step=100, drop_fraction=0.3, allocation="uniform", init_mask="magnitude")
+  c = pruning.rigl(0.8, frequency=1, end_step=100, drop_fraction=0.3, allocation="uniform", init_mask="magnitude")
   p, state = c.init(params)
   m0 = np.asarray(state.masks["fc0"]["kernel"])
   # The gradient through apply is dense (identity at pruned weights).
@@ -42,15 +42,15 @@ def test_rigl_cosine_drop_fraction_and_end_step():
   assert float(pruning.dst.drop_fraction_at(0, 0.3, 100)) == pytest.approx(0.3)
   assert float(pruning.dst.drop_fraction_at(50, 0.3, 100)) == pytest.approx(0.15)
   assert float(pruning.dst.drop_fraction_at(100, 0.3, 100)) == pytest.approx(0.0, abs=1e-7)
-  with pytest.raises(ValueError, match="update_every=50 is larger than end_step=10"):
-    pruning.rigl(0.9, update_every=50, end_step=10)
+  with pytest.raises(ValueError, match="frequency=50 is larger than end_step=10"):
+    pruning.rigl(0.9, frequency=50, end_step=10)
   with pytest.raises(ValueError, match="drop_fraction"):
     pruning.rigl(0.9, end_step=100, drop_fraction=1.5)
 
 
 def test_set_keeps_the_count_and_erk_split():
   params = helpers.mlp_params()
-  c = pruning.sparse_evolutionary(0.9, update_every=2, end_step=10)
+  c = pruning.sparse_evolutionary(0.9, frequency=2, end_step=10)
   opt = optax.sgd(0.1, momentum=0.9)
   state = jc.train.init(params, opt, c)
   targets = pruning.erk_sparsities([(16, 32), (32, 8)], 0.9)
@@ -68,7 +68,7 @@ def test_set_keeps_the_count_and_erk_split():
 
 def test_make_step_zeroes_moments_of_pruned_weights_and_never_updates_them():
   params = helpers.mlp_params()
-  c = pruning.rigl(0.75, update_every=3, end_step=100, allocation="uniform")
+  c = pruning.rigl(0.75, frequency=3, end_step=100, allocation="uniform")
   opt = optax.adamw(1e-2, weight_decay=0.1)
   state = jc.train.init(params, opt, c)
   step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
@@ -109,7 +109,7 @@ def test_a_chain_reports_its_stages_masks():
 
 def test_lottery_ticket_prunes_per_round_and_rewinds():
   params = helpers.mlp_params()
-  c = pruning.lottery_ticket(0.5, rounds=2, round_steps=3, rewind_step=1, total_steps=10)
+  c = pruning.lottery_ticket(0.5, rounds=2, frequency=3, rewind_step=1, total_steps=10)
   opt = optax.sgd(0.1)
   state = jc.train.init(params, opt, c)
   step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
@@ -132,8 +132,81 @@ def test_lottery_ticket_prunes_per_round_and_rewinds():
 
 def test_lottery_bad_input():
   with pytest.raises(ValueError, match="ends at step 30, not before the run's total_steps=30"):
-    pruning.lottery_ticket(0.2, rounds=3, round_steps=10, total_steps=30)
+    pruning.lottery_ticket(0.2, rounds=3, frequency=10, total_steps=30)
   with pytest.raises(ValueError, match="rewind_step must be in"):
-    pruning.lottery_ticket(0.2, rounds=3, round_steps=10, rewind_step=10)
+    pruning.lottery_ticket(0.2, rounds=3, frequency=10, rewind_step=10)
   with pytest.raises(ValueError, match="rate must be in"):
-    pruning.lottery_ticket(1.0, rounds=3, round_steps=10)
+    pruning.lottery_ticket(1.0, rounds=3, frequency=10)
+
+
+@pytest.mark.parametrize("factory", [pruning.rigl, pruning.sparse_evolutionary])
+def test_an_optax_schedule_drives_the_drop_fraction(factory):
+  params = helpers.mlp_params()
+  schedule = optax.linear_schedule(0.5, 0.1, transition_steps=4)
+  c = factory(0.5, frequency=1, end_step=100, drop_fraction=schedule, allocation="uniform", init_mask="magnitude")
+  _, state = c.init(params)
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
+  update = jax.jit(c.update)
+  active = int(state.masks["fc0"]["kernel"].sum())
+  for step in range(1, 5):
+    # The dense params are nonzero, so the regrown weights are the active zeros after the update.
+    new_p, state = update(params, state, grads=grads)
+    mask = np.asarray(state.masks["fc0"]["kernel"])
+    regrown = int((mask & (np.asarray(new_p["fc0"]["kernel"]) == 0)).sum())
+    assert mask.sum() == active
+    assert regrown == int(np.floor(float(schedule(step)) * active)) > 0
+
+
+def test_a_constant_drop_fraction_decays_along_the_cosine():
+  params = helpers.mlp_params()
+  kwargs = dict(frequency=1, end_step=8, allocation="uniform", init_mask="magnitude")
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
+  c = pruning.rigl(0.5, drop_fraction=0.4, **kwargs)
+  c_schedule = pruning.rigl(0.5, drop_fraction=lambda t: pruning.dst.drop_fraction_at(t, 0.4, 8), **kwargs)
+  (_, s), (_, s2) = c.init(params), c_schedule.init(params)
+  for _ in range(3):
+    (_, s), (_, s2) = c.update(params, s, grads=grads), c_schedule.update(params, s2, grads=grads)
+    np.testing.assert_array_equal(s.masks["fc0"]["kernel"], s2.masks["fc0"]["kernel"])
+
+
+@pytest.mark.parametrize(
+  "bad, message",
+  [
+    (lambda step: "0.3", "drop_fraction schedule must return a number"),
+    (lambda step: np.array([0.1, 0.2]), r"drop_fraction schedule must return a scalar, got shape \(2,\)"),
+    (lambda step: 1.5, r"drop_fraction\(0\) must be in \[0.0, 1.0\], got 1.5"),
+  ],
+)
+@pytest.mark.parametrize("factory", [pruning.rigl, pruning.sparse_evolutionary])
+def test_a_bad_drop_fraction_schedule_is_rejected_by_name(factory, bad, message):
+  with pytest.raises(ValueError, match=message):
+    factory(0.9, end_step=100, drop_fraction=bad)
+
+
+def test_lottery_ticket_follows_a_schedule_of_rates():
+  params = {"w": jax.random.normal(jax.random.key(0), (8, 16))}  # 128 weights
+  rate = optax.piecewise_constant_schedule(0.5, {3: 0.5})  # 0.5 up to step 3, then 0.25
+  c = pruning.lottery_ticket(rate, rounds=3, frequency=2)
+  _, state = c.init(params)
+  update = jax.jit(c.update)
+  kept = []
+  for _ in range(8):
+    _, state = update(params, state)
+    kept.append(int(state.masks["w"].sum()))
+  # rounds end at steps 2, 4, 6 with rates 0.5, 0.25, 0.25: 128 -> 64 -> 48 -> 36, then fixed
+  assert kept == [128, 64, 64, 48, 48, 36, 36, 36]
+  np.testing.assert_allclose(float(pruning.lottery.round_sparsity(np.array([0.5, 0.25, 0.25]), 3)), 1 - 36 / 128)
+
+
+@pytest.mark.parametrize(
+  "bad, message",
+  [
+    (lambda step: "x", "rate schedule must return a number"),
+    (lambda step: np.ones(3) * 0.2, r"rate schedule must return a scalar, got shape \(3,\)"),
+    (lambda step: 0.0, r"rate\(0\) must be in \(0.0, 1.0\), got 0.0"),
+    (optax.linear_schedule(0.5, 1.0, 20), r"rate\(20\) must be in \(0.0, 1.0\), got 1.0"),
+  ],
+)
+def test_a_bad_rate_schedule_is_rejected_by_name(bad, message):
+  with pytest.raises(ValueError, match=message):
+    pruning.lottery_ticket(bad, rounds=2, frequency=10)
