@@ -5,13 +5,15 @@ defines the gradient it trains with instead. All of them have one shape: the gra
 reaching each input is the output gradient ``g`` times a *local derivative* computed in
 the forward pass, zeroed where a mask is False, and summed back to the input's shape
 (an input broadcast against ``x``, such as a per-tensor step, gets the sum over the
-elements that share it). :func:`surrogate` is that rule; :func:`straight_through` and
-:func:`clipped` are its common cases.
+elements that share it). :func:`surrogate` runs a quantizer's *rule* (its forward
+value and local derivatives) under that one ``custom_vjp``; :func:`straight_through` is
+its simplest case.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -64,71 +66,64 @@ def _no_gradient(t: Any) -> Any:
   return np.zeros(jnp.shape(t), dtype=jax.dtypes.float0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _rule(x, params, y, local_x, local_params, scales):
-  del x, params, local_x, local_params, scales
-  return y
+Rule = Callable[..., tuple[jax.Array, Local, tuple["Local | None", ...]]]
+"""``rule(x, *params) -> (y, dx, dparams)``: the forward value and the local derivatives."""
 
 
-def _rule_fwd(x, params, y, local_x, local_params, scales):
-  del scales
-  return y, (x, params, y, local_x, local_params)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _surrogate(rule, x, *params):
+  return rule(x, *params)[0]
 
 
-def _rule_bwd(scales, res, g):
-  x, params, y, local_x, local_params = res
-  dx = _apply(local_x, g).astype(jnp.result_type(x))
-  dparams = []
-  for p, local, s in zip(params, local_params, scales):
+def _surrogate_fwd(rule, x, *params):
+  return rule(x, *params)[0], (x, params)
+
+
+def _surrogate_bwd(rule, res, g):
+  x, params = res
+  _, dx, dparams = rule(x, *params)  # recomputed from the inputs, as a hand-written backward pass would
+  grads = [_apply(dx, g).astype(jnp.result_type(x))]
+  for p, local in zip(params, dparams, strict=True):
+    if local is None:
+      grads.append(_no_gradient(p))
+      continue
     d = sum_to(_apply(local, g), jnp.shape(p))
-    dparams.append((d if s is None else d * s).astype(jnp.result_type(p)))
-  zeros = lambda tree: jax.tree.map(_no_gradient, tree)
-  return dx, tuple(dparams), zeros(y), zeros(local_x), zeros(local_params)
+    grads.append((d if local.scale is None else d * local.scale).astype(jnp.result_type(p)))
+  return tuple(grads)
 
 
-_rule.defvjp(_rule_fwd, _rule_bwd)
+_surrogate.defvjp(_surrogate_fwd, _surrogate_bwd)
 
 
-def surrogate(
-  y: jax.Array,
-  x: jax.Array,
-  dx: Local | None = None,
-  params: tuple[jax.Array, ...] = (),
-  dparams: tuple[Local, ...] = (),
-) -> jax.Array:
-  """Returns ``y`` with the gradients ``dx`` for ``x`` and ``dparams`` for ``params``.
+def surrogate(rule: Rule, x: jax.Array, *params: jax.Array) -> jax.Array:
+  """``y`` of ``rule(x, *params)``, differentiated by the local derivatives the rule gives.
 
-  Forward: ``y`` (computed by the caller from ``x`` and ``params``). Backward, with ``g =
-  dL/dy``: ``dL/dx = where(dx.mask, g * dx.factor, 0)`` and, for each learned parameter
-  ``p_i`` (a step, clip or scale broadcast against ``x``), ``dL/dp_i =
-  sum_to(where(mask_i, g * factor_i, 0), p_i.shape) * scale_i``, each cast to its input's
-  dtype. ``y`` and the local derivatives are taken under ``stop_gradient``: no gradient
-  reaches the statistics they were computed from except through these rules.
+  Forward: ``y``. Backward, with ``g = dL/dy``: ``dL/dx = where(dx.mask, g * dx.factor,
+  0)`` and, for each input ``p_i`` (a learned step, clip or scale broadcast against
+  ``x``), ``dL/dp_i = sum_to(where(mask_i, g * factor_i, 0), p_i.shape) * scale_i``, each
+  cast to its input's dtype; an input whose entry of ``dparams`` is ``None`` (a
+  threshold, the code bounds, a mask) gets no gradient. The local derivatives are
+  computed from the saved inputs in the backward pass.
 
   Args:
-    y: the forward value, ``x``'s shape.
+    rule: a static function ``rule(x, *params) -> (y, dx, dparams)`` with ``dx`` a
+      :class:`Local` and ``dparams`` one :class:`Local` or ``None`` per param; every
+      array it uses must be among its arguments.
     x: the quantizer's input.
-    dx: the local derivative for ``x``; ``None`` passes ``g`` straight through.
-    params: the learned inputs, each broadcastable to ``x``.
-    dparams: one :class:`Local` per entry of ``params``.
+    *params: its other array inputs, each broadcastable to ``x``.
 
   Returns:
     ``y``.
-
-  Raises:
-    ValueError: if ``params`` and ``dparams`` differ in length.
 
   References:
     Bengio, Léonard & Courville 2013, "Estimating or Propagating Gradients Through
     Stochastic Neurons", https://arxiv.org/abs/1308.3432.
   """
-  if len(params) != len(dparams):
-    raise ValueError(f"got {len(params)} params but {len(dparams)} local derivatives")
-  scales = tuple(local.scale for local in dparams)
-  strip = lambda local: jax.lax.stop_gradient((local.mask, local.factor))
-  local_x = Local(*strip(dx or Local()))
-  local_params = tuple(Local(*strip(local)) for local in dparams)
-  return _rule(x, tuple(params), jax.lax.stop_gradient(y), local_x, local_params, scales)
+  return _surrogate(rule, x, *params)
+
+
+def _identity_rule(x, y):
+  return y, Local(), (None,)
 
 
 def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -136,7 +131,7 @@ def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
 
   Args:
     x: the quantizer's input.
-    y: its quantized value, ``x``'s shape.
+    y: its quantized value, ``x``'s shape (taken under ``stop_gradient``).
 
   Returns:
     ``y``.
@@ -144,22 +139,4 @@ def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
   References:
     Bengio, Léonard & Courville 2013, https://arxiv.org/abs/1308.3432.
   """
-  return surrogate(y, x)
-
-
-def clipped(x: jax.Array, y: jax.Array, inside: jax.Array) -> jax.Array:
-  """``y`` forward; backward, the clipped straight-through gradient ``where(inside, g, 0)``.
-
-  Args:
-    x: the quantizer's input.
-    y: its quantized value, ``x``'s shape.
-    inside: ``bool``, broadcastable to ``x``: where the gradient passes (inside the range).
-
-  Returns:
-    ``y``.
-
-  References:
-    Bengio, Léonard & Courville 2013, https://arxiv.org/abs/1308.3432; Hubara et al.
-    2016, "Binarized Neural Networks", https://arxiv.org/abs/1602.02830 (hard-tanh STE).
-  """
-  return surrogate(y, x, Local(mask=inside))
+  return surrogate(_identity_rule, x, jax.lax.stop_gradient(y))

@@ -153,6 +153,15 @@ def _grid(x, scale, zero_point, qmin, qmax_):
   return (q - zero_point) * scale, q
 
 
+def _fake_quant_rule(x, scale, zero_point, bounds):
+  y, _ = _grid(x, scale, zero_point, bounds[0], bounds[1])
+  # In range = inside the end codes' rounding bins; compared in code units so the
+  # largest weight (x / scale == qmax up to rounding) stays inside.
+  v = x * (1.0 / scale) + zero_point
+  inside = (v >= bounds[0] - 0.5) & (v <= bounds[1] + 0.5)
+  return y, _ste.Local(mask=inside), (None, None, None)
+
+
 def fake_quant(
   x: jax.Array,
   scale: jax.Array,
@@ -186,12 +195,17 @@ def fake_quant(
   lo, hi = _bounds(bits, qmin, qmax)
   scale = jnp.asarray(scale, x.dtype)
   zp = jnp.zeros((), x.dtype) if zero_point is None else jnp.asarray(zero_point, x.dtype)
-  bounds = jnp.asarray([lo, hi], x.dtype)
-  y, _ = _grid(x, scale, zp, bounds[0], bounds[1])
-  # In range = inside the end codes' rounding bins; compared in code units so the
-  # largest weight (x / scale == qmax up to rounding) stays inside.
-  v = x * (1.0 / scale) + zp
-  return _ste.clipped(x, y, (v >= bounds[0] - 0.5) & (v <= bounds[1] + 0.5))
+  return _ste.surrogate(_fake_quant_rule, x, scale, zp, jnp.asarray([lo, hi], x.dtype))
+
+
+def _learnable_rule(x, scale, zero_point, bounds, q):
+  y = (q - zero_point) * scale  # q: the codes, computed once in the forward pass
+  v = jnp.round(x * (1.0 / scale)) + zero_point
+  inside = ~((v < bounds[0]) | (v > bounds[1]))
+  # d x̂ / d scale: (q - z) - x / s inside (round passes straight through), (qmin|qmax - z) outside.
+  d_scale = jnp.where(inside, (q - zero_point) - x * (1.0 / scale), q - zero_point)
+  d_zero = jnp.where(inside, 0.0, -scale)
+  return y, _ste.Local(mask=inside), (_ste.Local(factor=d_scale), _ste.Local(factor=d_zero), None, None)
 
 
 def fake_quant_learnable(x: jax.Array, scale: jax.Array, zero_point: jax.Array, *, qmin: int, qmax: int) -> jax.Array:
@@ -222,17 +236,9 @@ def fake_quant_learnable(x: jax.Array, scale: jax.Array, zero_point: jax.Array, 
   """
   zp = jnp.round(jnp.asarray(zero_point, x.dtype))
   zp = zero_point + jax.lax.stop_gradient(zp - zero_point)  # round forward, identity backward
-  scale = jnp.asarray(scale, x.dtype)
-  bounds = jnp.asarray([qmin, qmax], x.dtype)
-  y, q = _grid(x, scale, zp, bounds[0], bounds[1])
-  v = jnp.round(x * (1.0 / scale)) + zp
-  inside = ~((v < bounds[0]) | (v > bounds[1]))
-  # d x̂ / d scale: (q - z) - x / s inside (round passes straight through), (qmin|qmax - z) outside.
-  d_scale = jnp.where(inside, (q - zp) - x * (1.0 / scale), q - zp)
-  d_zero = jnp.where(inside, 0.0, -scale)
-  return _ste.surrogate(
-    y, x, _ste.Local(mask=inside), (scale, zp), (_ste.Local(factor=d_scale), _ste.Local(factor=d_zero))
-  )
+  scale, bounds = jnp.asarray(scale, x.dtype), jnp.asarray([qmin, qmax], x.dtype)
+  q = jax.lax.stop_gradient(_grid(x, scale, zp, bounds[0], bounds[1])[1])
+  return _ste.surrogate(_learnable_rule, x, scale, zp, bounds, q)
 
 
 def cast_float8(x: jax.Array, dtype: jnp.dtype = jnp.float8_e4m3fn) -> jax.Array:
