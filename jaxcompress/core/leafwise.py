@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, check_matching, is_packed_leaf, map_with_path
@@ -95,3 +96,26 @@ def update_selected(
 
 class Selected(NamedTuple):
   """Per-leaf state of a compressor that needs none beyond "this leaf is selected"."""
+
+
+class LeafwiseState(NamedTuple):
+  """State of a leaf-by-leaf compressor: a step counter and the per-leaf states.
+
+  Attributes:
+    count: ``int32`` step counter (``update`` advances it; stochastic methods fold it
+      into their keys).
+    leaves: the per-leaf state (:class:`Selected`, or the technique's own) at selected
+      leaves, ``None`` elsewhere.
+  """
+
+  count: jax.Array
+  leaves: Any
+
+  @classmethod
+  def start(cls, leaves: PyTree) -> LeafwiseState:
+    """The state at step 0 holding ``leaves``."""
+    return cls(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+
+  def advance(self) -> LeafwiseState:
+    """The same state one step later."""
+    return self._replace(count=self.count + 1)

@@ -11,7 +11,7 @@ from jaxcompress.quantization.binary import (
   binary_connect,
   xnor_net,
 )
-from jaxcompress.quantization.fake_quant import FakeQuantState, fake_quant, weight_spec
+from jaxcompress.quantization.fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization.granularity import Granularity, per_channel, per_group, per_tensor
 from jaxcompress.quantization.kmeans import kmeans
 from jaxcompress.quantization.lsq import lsq, lsq_activations
@@ -25,7 +25,6 @@ from jaxcompress.quantization.ternary import ttq, twn
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
 __all__ = [
-  "FakeQuantState",
   "Granularity",
   "QuantSpec",
   "QuantizedModel",

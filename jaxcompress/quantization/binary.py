@@ -18,6 +18,8 @@ from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
 from jaxcompress.graph.trace import Site
+from jaxcompress.quantization import _ste
+from jaxcompress.quantization.granularity import Granularity, from_args
 
 
 def sign(x: jax.Array) -> jax.Array:
@@ -25,28 +27,24 @@ def sign(x: jax.Array) -> jax.Array:
   return jnp.where(x >= 0, 1, -1).astype(x.dtype)
 
 
-@jax.custom_vjp
 def binarize(x: jax.Array) -> jax.Array:
   """Deterministic binarization :func:`sign` with a straight-through gradient.
 
   Gradient: ``dL/dx = dL/dy`` (identity; BinaryConnect bounds the weights by clipping
   them to ``[-1, 1]`` after each update instead of cancelling the gradient).
+
+  Args:
+    x: float array.
+
+  Returns:
+    ``±1`` in ``x``'s dtype.
+
+  References:
+    Courbariaux, Bengio & David 2015, https://arxiv.org/abs/1511.00363.
   """
-  return sign(x)
+  return _ste.straight_through(x, sign(x))
 
 
-def _binarize_fwd(x):
-  return sign(x), None
-
-
-def _binarize_bwd(_, g):
-  return (g,)
-
-
-binarize.defvjp(_binarize_fwd, _binarize_bwd)
-
-
-@jax.custom_vjp
 def binarize_stochastic(x: jax.Array, noise: jax.Array) -> jax.Array:
   """Stochastic binarization: ``+1`` with probability ``hard_sigmoid(x) = clip((x+1)/2, 0, 1)``.
 
@@ -58,32 +56,29 @@ def binarize_stochastic(x: jax.Array, noise: jax.Array) -> jax.Array:
   Returns:
     ``±1`` in ``x``'s dtype. Gradient: straight-through to ``x`` (identity), none to
     ``noise``.
+
+  References:
+    Courbariaux, Bengio & David 2015, https://arxiv.org/abs/1511.00363.
   """
-  return _stochastic(x, noise)
-
-
-def _stochastic(x, noise):
   p = jnp.clip((x + 1) / 2, 0, 1)
-  return jnp.where(noise < p, 1, -1).astype(x.dtype)
+  return _ste.straight_through(x, jnp.where(noise < p, 1, -1).astype(x.dtype))
 
 
-def _stochastic_fwd(x, noise):
-  return _stochastic(x, noise), noise
-
-
-def _stochastic_bwd(noise, g):
-  return g, jnp.zeros_like(noise)
-
-
-binarize_stochastic.defvjp(_stochastic_fwd, _stochastic_bwd)
-
-
-@jax.custom_vjp
 def binary_activation(x: jax.Array) -> jax.Array:
   """BNN activation: :func:`sign` forward, hard-tanh straight-through backward.
 
   Gradient: ``dL/dx = dL/dy * 1[|x| <= 1]``, the derivative of ``hardtanh(x) =
   clip(x, -1, 1)`` (Hubara et al. 2016, Eq. 4).
+
+  Args:
+    x: float array.
+
+  Returns:
+    ``±1`` in ``x``'s dtype.
+
+  References:
+    Hubara, Courbariaux, Soudry, El-Yaniv & Bengio 2016, "Binarized Neural Networks",
+    https://arxiv.org/abs/1602.02830.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -93,18 +88,11 @@ def binary_activation(x: jax.Array) -> jax.Array:
     >>> jax.grad(lambda x: binary_activation(x).sum())(x).tolist()
     [0.0, 1.0, 1.0, 0.0]
   """
-  return sign(x)
+  return _ste.surrogate(_hardtanh_rule, x)
 
 
-def _act_fwd(x):
-  return sign(x), jnp.abs(x) <= 1
-
-
-def _act_bwd(inside, g):
-  return (g * inside.astype(g.dtype),)
-
-
-binary_activation.defvjp(_act_fwd, _act_bwd)
+def _hardtanh_rule(x):
+  return sign(x), _ste.Local(factor=(jnp.abs(x) <= 1).astype(x.dtype)), ()
 
 
 def binary_activation_rule() -> Any:
@@ -165,19 +153,18 @@ def binary_activations(*, where: select.Where = None) -> Compressor:
   return site_compressor(lambda extra, data: binary_activation_rule(), init=lambda params: (None, None), where=where)
 
 
-def xnor_scale(w: jax.Array, channel_axes: tuple[int, ...] = ()) -> jax.Array:
+def xnor_scale(w: jax.Array, granularity: Granularity | None = None) -> jax.Array:
   """XNOR-Net's optimal binary scale ``alpha = mean |w|`` (Rastegari et al. 2016, Eq. 4).
 
   Args:
     w: float array.
-    channel_axes: axes that keep their own alpha (the output-channel axis for
-      per-channel scaling); the mean runs over all other axes. Empty: one alpha.
+    granularity: which weights share an alpha (per output channel:
+      ``per_channel(axis)``); ``None``: one alpha for the tensor.
 
   Returns:
     ``alpha`` with ``keepdims`` over the reduced axes, differentiable.
   """
-  axes = tuple(a for a in range(w.ndim) if a not in {c % w.ndim for c in channel_axes})
-  return jnp.mean(jnp.abs(w), axis=axes, keepdims=True)
+  return (granularity or Granularity()).reduce(jnp.mean, jnp.abs(w))
 
 
 class BinaryLeaf(NamedTuple):
@@ -190,27 +177,12 @@ class BinaryLeaf(NamedTuple):
   key: Any
 
 
-class BinaryState(NamedTuple):
-  """State of :func:`binary_connect` and :func:`xnor_net`.
-
-  Attributes:
-    count: ``int32`` step counter; the stochastic sample of step ``t`` uses
-      ``fold_in(key, t)``.
-    leaves: :class:`BinaryLeaf` at binarized leaves, ``None`` elsewhere.
-  """
-
-  count: jax.Array
-  leaves: Any
-
-
-_SCALINGS = (None, "tensor", "channel")
-
-
 def binary_connect(
   *,
   stochastic: bool = False,
   seed: int = 0,
-  scaling: str | None = None,
+  scale: bool = False,
+  per_channel: bool = False,
   axis: int = -1,
   clip: bool = True,
   where: select.Where = None,
@@ -219,8 +191,8 @@ def binary_connect(
 
   ``apply`` returns ``alpha * b(w)``: ``b = sign(w)`` (``+1`` at zero), or with
   ``stochastic`` ``+1`` with probability ``hard_sigmoid(w) = clip((w + 1) / 2, 0, 1)``.
-  ``alpha`` is 1 (``scaling=None``, the paper), ``mean |w|`` over the tensor
-  (``'tensor'``) or per slice along ``axis`` (``'channel'``, XNOR-Net; see
+  ``alpha`` is 1 (``scale=False``, the paper), or with ``scale`` ``mean |w|`` over the
+  tensor, or per slice along ``axis`` with ``per_channel`` (XNOR-Net; see
   :func:`xnor_net`). ``update`` clips the float weights to ``[-1, 1]`` (``clip``).
 
   Randomness: the state keeps one PRNG key per selected leaf (derived from ``seed``);
@@ -231,25 +203,28 @@ def binary_connect(
   (the paper evaluates stochastic nets with the float weights instead).
 
   Gradient: straight-through for the binarizer, ``dL/dw = alpha * dL/dw_b``
-  (:func:`binarize`, :func:`binarize_stochastic`); with scaling, ``alpha = mean|w|``
+  (:func:`binarize`, :func:`binarize_stochastic`); with ``scale``, ``alpha = mean|w|``
   is differentiated exactly as well, adding ``sign(w) / n * sum(dL/dw_b * b)``.
 
   ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
-  ``[-alpha, +alpha]`` (one row per channel with ``'channel'``) and 1-bit indices.
+  ``[-alpha, +alpha]`` (one row per channel with ``per_channel``) and 1-bit indices.
 
   Args:
     stochastic: stochastic instead of deterministic binarization.
     seed: seeds the per-leaf keys of stochastic binarization.
-    scaling: ``None``, ``'tensor'`` or ``'channel'``.
-    axis: the channel axis for ``'channel'`` (-1: Flax's output features).
+    scale: scale by ``alpha = mean |w|`` (XNOR-Net) instead of 1 (BinaryConnect).
+    per_channel: one ``alpha`` per slice along ``axis`` (needs ``scale``).
+    axis: the channel axis (-1: Flax's output features).
     clip: clip the float weights to ``[-1, 1]`` in ``update``.
     where: which leaves to binarize (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`BinaryState`.
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState` of :class:`BinaryLeaf`.
 
   Raises:
-    ValueError: for an unknown ``scaling``, a non-integer ``seed`` or ``axis``; at
+    ValueError: for ``per_channel`` without ``scale``, a non-integer ``seed`` or ``axis``
+      (as :func:`~jaxcompress.quantization.granularity.from_args`); at
       ``init``, as :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out
       of range for a selected leaf.
 
@@ -266,10 +241,10 @@ def binary_connect(
     >>> c.update(params, state)[0]['w'].tolist()  # float weights clipped to [-1, 1]
     [[0.30000001192092896, -0.20000000298023224], [0.0, -1.0]]
   """
-  validate.check_choice("scaling", scaling, _SCALINGS)
   seed = validate.check_int("seed", seed)
-  axis = validate.check_int("axis", axis)
-  channel_axes = (axis,) if scaling == "channel" else ()
+  granularity = from_args(per_channel=per_channel, axis=axis)
+  if per_channel and not scale:
+    raise ValueError("per_channel=True needs scale=True: without scale, alpha is 1 for every channel")
   root = jax.random.key(seed)
 
   def init(params, *, masks=None):
@@ -277,19 +252,18 @@ def binary_connect(
     counter = [0]
 
     def init_leaf(path, p):
-      if scaling == "channel" and not -p.ndim <= axis < p.ndim:
-        raise ValueError(f"axis={axis} is out of range for leaf {path!r} of shape {tuple(p.shape)}")
+      granularity.check(tuple(p.shape), f"leaf {path!r}")
       key = jax.random.key_data(jax.random.fold_in(root, counter[0])) if stochastic else None
       counter[0] += 1
       return BinaryLeaf(key)
 
     leaves = leafwise.init_selected(params, where, init_leaf)
-    return params, BinaryState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+    return params, leafwise.LeafwiseState.start(leaves)
 
   def alpha(w):
-    if scaling is None:
+    if not scale:
       return jnp.ones((1,) * w.ndim, w.dtype)
-    return xnor_scale(w, channel_axes)
+    return xnor_scale(w, granularity)
 
   def bits_of(w, leaf, count):
     if not stochastic:
@@ -304,14 +278,14 @@ def binary_connect(
     del grads, extra
     if clip:
       params = leafwise.map_selected(lambda w, _: jnp.clip(w, -1, 1), params, state.leaves)
-    return params, state._replace(count=state.count + 1)
+    return params, state.advance()
 
   def pack_leaf(p, leaf, count):
     w = jnp.asarray(export.materialize(p))
     a = alpha(w)
     b = np.asarray(bits_of(w, leaf, count))
     indices = (b > 0).astype(np.uint8)
-    if scaling == "channel":
+    if per_channel:
       a_row = np.moveaxis(np.asarray(a), axis, 0).reshape(-1, 1)
       return export.from_assignments(np.concatenate([-a_row, a_row], axis=1), indices, axis=axis)
     a_scalar = np.asarray(a).reshape(1)
@@ -323,26 +297,27 @@ def binary_connect(
   return Compressor(init, apply, update, pack)
 
 
-def xnor_net(*, axis: int = -1, per_channel: bool = True, clip: bool = False, where: select.Where = None) -> Compressor:
+def xnor_net(*, per_channel: bool = True, axis: int = -1, clip: bool = False, where: select.Where = None) -> Compressor:
   """XNOR-Net weight binarization: ``w ≈ alpha * sign(w)`` with ``alpha = mean |w|``.
 
-  :func:`binary_connect` with ``scaling='channel'`` (one ``alpha`` per output channel,
-  the slices along ``axis``) or ``'tensor'``. Gradient: straight-through for ``sign``
+  :func:`binary_connect` with ``scale=True``: one ``alpha`` per output channel (the
+  slices along ``axis``) with ``per_channel``, else one per tensor. Gradient: straight-through for ``sign``
   plus the exact gradient of ``alpha = mean|w|``: ``dL/dw_i = alpha * g_i + sign(w_i) /
   n * sum_j g_j sign(w_j)`` over the ``n`` weights sharing ``alpha`` (the paper's
   ``g_i (1/n + alpha * STE)`` is this with the sum approximated). Packs at 1 bit per
   weight plus two floats per channel (a :class:`~jaxcompress.export.CodebookArray`).
 
   Args:
+    per_channel: one ``alpha`` per channel; ``False`` for one per tensor.
     axis: the output-channel axis (-1: Flax Dense ``(in, out)`` and Conv
       ``(h, w, in, out)``).
-    per_channel: one ``alpha`` per channel; ``False`` for one per tensor.
     clip: clip the float weights to ``[-1, 1]`` in ``update`` (off by default: XNOR-Net
       does not clip, and clipping would change ``alpha``).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`BinaryState`.
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState` of :class:`BinaryLeaf`.
 
   Raises:
     ValueError: as :func:`binary_connect`.
@@ -358,4 +333,4 @@ def xnor_net(*, axis: int = -1, per_channel: bool = True, clip: bool = False, wh
     >>> c.apply(params, state)['w'].tolist()  # alpha = [1.0, 1.5] per column
     [[1.0, -1.5], [-1.0, 1.5]]
   """
-  return binary_connect(scaling="channel" if per_channel else "tensor", axis=axis, clip=clip, where=where)
+  return binary_connect(scale=True, per_channel=per_channel, axis=axis, clip=clip, where=where)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,21 +9,8 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
-from jaxcompress.quantization.granularity import Granularity
+from jaxcompress.quantization.granularity import from_args
 from jaxcompress.quantization.spec import QuantSpec
-
-
-class FakeQuantState(NamedTuple):
-  """State of :func:`fake_quant`.
-
-  Attributes:
-    count: ``int32`` step counter.
-    selected: :class:`~jaxcompress.core.leafwise.Selected` at quantized leaves, ``None``
-      elsewhere.
-  """
-
-  count: jax.Array
-  selected: Any
 
 
 def weight_spec(
@@ -34,19 +19,20 @@ def weight_spec(
 ) -> QuantSpec:  # fmt: skip
   """Builds and validates the :class:`QuantSpec` of a weight quantizer.
 
+  Args:
+    bits: bits per weight: 2..16 symmetric, 1..16 affine.
+    symmetric: symmetric (no zero point) or affine.
+    per_channel, axis, group_size, group_axis: which weights share a scale
+      (:func:`~jaxcompress.quantization.granularity.from_args`).
+
+  Returns:
+    The :class:`QuantSpec`.
+
   Raises:
-    ValueError: on bits outside 2..16 (symmetric) or 1..16 (affine), a non-integer
-      axis, or a group size below 1.
+    ValueError: on bits outside 2..16 (symmetric) or 1..16 (affine), as
+      :func:`~jaxcompress.quantization.granularity.from_args`.
   """
-  validate.check_int("axis", axis)
-  if group_size is not None:
-    validate.check_int("group_size", group_size, low=1)
-    validate.check_int("group_axis", group_axis)
-  granularity = Granularity(
-    channel_axis=axis if per_channel or group_size is not None else None,
-    group_axis=group_axis if group_size is not None else None,
-    group_size=group_size,
-  )
+  granularity = from_args(per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
   return QuantSpec(
     bits=validate.check_bits("bits", bits, low=2 if symmetric else 1), symmetric=symmetric, granularity=granularity
   )
@@ -88,7 +74,8 @@ def fake_quant(
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`FakeQuantState`.
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState`.
 
   Raises:
     ValueError: on bad ``bits``; at ``init``, if ``where`` selects nothing, a selected
@@ -116,19 +103,18 @@ def fake_quant(
 
   def init(params, *, masks=None):
     del masks  # earlier stages' masks: zeros in the view are enough here
-    selected = leafwise.init_selected(params, where, init_leaf)
-    return params, FakeQuantState(count=jnp.asarray(0, jnp.int32), selected=selected)
+    return params, leafwise.LeafwiseState.start(leafwise.init_selected(params, where, init_leaf))
 
   def quantize_leaf(p, _):
     scale, zero_point = jax.lax.stop_gradient(spec.params(p))
     return spec.fake_quant(p, scale, zero_point)
 
   def apply(params, state):
-    return leafwise.map_selected(quantize_leaf, params, state.selected)
+    return leafwise.map_selected(quantize_leaf, params, state.leaves)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    return params, state._replace(count=state.count + 1)
+    return params, state.advance()
 
   def pack_leaf(p, _):
     dense = jnp.asarray(p)
@@ -137,6 +123,6 @@ def fake_quant(
     return export.prune(spec.pack(dense, scale, zero_point), np.asarray(dense) != 0)
 
   def pack(params, state):
-    return leafwise.map_selected(pack_leaf, params, state.selected)
+    return leafwise.map_selected(pack_leaf, params, state.leaves)
 
   return Compressor(init, apply, update, pack)

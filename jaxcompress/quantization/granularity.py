@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from jaxcompress.core import validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +68,22 @@ class Granularity:
     blocked_ndim = ndim + (self.group_axis is not None)
     return tuple(a for a in range(blocked_ndim) if a not in keep)
 
+  def reduce(self, fn: Callable[..., jax.Array], x: jax.Array) -> jax.Array:
+    """``fn(blocked_x, axis=shared_axes, keepdims=True)``: a statistic per block.
+
+    Args:
+      fn: a reduction such as ``jnp.mean`` or ``jnp.sum``.
+      x: the array (not blocked).
+
+    Returns:
+      One value per block, keepdims on the :meth:`blocked` view (``x``'s rank without
+      groups).
+    """
+    return fn(self.blocked(x), axis=self.reduce_axes(x.ndim), keepdims=True)
+
   def absmax(self, x: jax.Array) -> jax.Array:
     """``max |x|`` per block, keepdims on the blocked view."""
-    return jnp.max(jnp.abs(self.blocked(x)), axis=self.reduce_axes(x.ndim), keepdims=True)
+    return self.reduce(jnp.max, jnp.abs(x))
 
   def minmax(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(min, max)`` per block, keepdims on the blocked view."""
@@ -77,6 +93,43 @@ class Granularity:
   def apply(self, fn, x: jax.Array, *params: jax.Array) -> jax.Array:
     """Runs ``fn(blocked_x, *params)`` and restores ``x``'s shape."""
     return fn(self.blocked(x), *params).reshape(x.shape)
+
+
+def from_args(
+  *, per_channel: bool = False, axis: int = -1, group_size: int | None = None, group_axis: int = 0
+) -> Granularity:
+  """The granularity named by the arguments every quantizer with a scale or codebook shares.
+
+  Args:
+    per_channel: one scale (codebook) per slice along ``axis``; ``False``: one per tensor.
+    axis: the channel axis; -1 is the output features of Flax Dense ``(in, out)`` and
+      Conv ``(h, w, in, out)`` kernels.
+    group_size: if given, one scale per ``group_size`` consecutive elements along
+      ``group_axis``, per channel along ``axis`` (only quantizers with groups take it).
+    group_axis: the axis cut into groups (0: a Dense kernel's contraction axis).
+
+  Returns:
+    The :class:`Granularity`; check it against each leaf with :meth:`Granularity.check`.
+
+  Raises:
+    ValueError: if ``per_channel`` is not a bool, ``axis`` or ``group_axis`` is not an
+      integer, or ``group_size`` is below 1.
+
+  Example:
+    >>> from_args(per_channel=True)
+    Granularity(channel_axis=-1, group_axis=None, group_size=None)
+  """
+  if not isinstance(per_channel, bool):
+    raise ValueError(f"per_channel must be a bool, got {per_channel!r}")
+  axis = validate.check_int("axis", axis)
+  if group_size is not None:
+    group_size = validate.check_int("group_size", group_size, low=1)
+    group_axis = validate.check_int("group_axis", group_axis)
+  return Granularity(
+    channel_axis=axis if per_channel or group_size is not None else None,
+    group_axis=group_axis if group_size is not None else None,
+    group_size=group_size,
+  )
 
 
 def per_tensor() -> Granularity:

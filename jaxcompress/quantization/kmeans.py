@@ -7,17 +7,18 @@ array and are jit-safe (a fixed number of Lloyd iterations, fixed shapes);
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress import export
-from jaxcompress.core import select, validate
+from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
 from jaxcompress.core.tree import leaves_with_paths
 from jaxcompress.quantization import _reparam
+from jaxcompress.quantization.granularity import from_args
 
 CENTROID_INITS = ("linear", "density", "kmeans++")
 
@@ -123,18 +124,6 @@ class KMeansLeaf(NamedTuple):
   indices: jax.Array
 
 
-class KMeansState(NamedTuple):
-  """State of :func:`kmeans`.
-
-  Attributes:
-    count: ``int32`` step counter.
-    leaves: :class:`KMeansLeaf` at clustered leaves, ``None`` elsewhere.
-  """
-
-  count: jax.Array
-  leaves: Any
-
-
 def kmeans(
   clusters: int = 16,
   *,
@@ -176,7 +165,8 @@ def kmeans(
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`KMeansState`; its trainable tree
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState` of :class:`KMeansLeaf`; its trainable tree
     holds the codebooks at the selected leaves.
 
   Raises:
@@ -204,7 +194,7 @@ def kmeans(
   clusters = validate.check_int("clusters", clusters, low=2)
   validate.check_choice("centroid_init", centroid_init, CENTROID_INITS)
   iterations = validate.check_int("iterations", iterations, low=0)
-  axis = validate.check_int("axis", axis)
+  granularity = from_args(per_channel=per_channel, axis=axis)
   seed = validate.check_int("seed", seed)
   root = jax.random.key(seed)
 
@@ -220,8 +210,7 @@ def kmeans(
       keep = jnp.ones(w.shape, bool) if keep is None else jnp.asarray(keep, bool)
       key = jax.random.fold_in(root, counter[0])
       counter[0] += 1
-      if per_channel and not -w.ndim <= axis < w.ndim:
-        raise ValueError(f"axis={axis} is out of range for leaf {path!r} of shape {tuple(w.shape)}")
+      granularity.check(tuple(w.shape), f"leaf {path!r}")
       per_codebook = w.size // w.shape[axis] if per_channel else w.size
       if clusters > per_codebook:
         raise ValueError(f"clusters={clusters} is larger than the {per_codebook} weights per codebook of leaf {path!r}")
@@ -236,7 +225,7 @@ def kmeans(
       return codebook, KMeansLeaf(jnp.moveaxis(idx.reshape(rows.shape), 0, axis))
 
     trainable, leaves = _reparam.init(params, where, init_leaf)
-    return trainable, KMeansState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+    return trainable, leafwise.LeafwiseState.start(leaves)
 
   def dense(codebook, leaf):
     idx = leaf.indices
@@ -256,7 +245,7 @@ def kmeans(
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    return params, state._replace(count=state.count + 1)
+    return params, state.advance()
 
   def pack_leaf(codebook, leaf):
     return export.from_assignments(np.asarray(codebook), np.asarray(leaf.indices), axis=axis if per_channel else None)

@@ -17,30 +17,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress import export
-from jaxcompress.core import select, validate
+from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
-from jaxcompress.quantization import _reparam, activations
+from jaxcompress.quantization import _reparam, _ste, activations, uniform
 
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
-  """LSQ's code range ``(Q_N, Q_P)``: ``(2^(b-1), 2^(b-1) - 1)`` signed, ``(0, 2^b - 1)`` unsigned."""
-  if signed:
-    return 1 << (bits - 1), (1 << (bits - 1)) - 1
-  return 0, (1 << bits) - 1
+  """LSQ's code range ``(Q_N, Q_P)``: ``(2^(b-1), 2^(b-1) - 1)`` signed, ``(0, 2^b - 1)`` unsigned.
 
+  Args:
+    bits: 1..16.
+    signed: two's-complement codes (weights) or unsigned (post-ReLU activations).
 
-def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  if not shape:
-    return jnp.sum(x)
-  axes = tuple(a for a, n in enumerate(shape) if n == 1 and x.shape[a] != 1)
-  return jnp.sum(x, axis=axes, keepdims=True)
+  Returns:
+    ``(-qmin, qmax)`` of :func:`~jaxcompress.quantization.uniform.quant_range`.
+  """
+  qmin, qmax = uniform.quant_range(bits, signed=signed)
+  return -qmin, qmax
 
 
 def _codes(v, s, qn, qp):
   return jnp.round(jnp.clip(v / s, -qn, qp))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def lsq_quantize(v: jax.Array, s: jax.Array, qn: int, qp: int, grad_scale: float) -> jax.Array:
   """``round(clip(v / s, -Q_N, Q_P)) * s`` with LSQ's gradients (Esser et al. 2020, Eqs. 3-5).
 
@@ -60,31 +59,33 @@ def lsq_quantize(v: jax.Array, s: jax.Array, qn: int, qp: int, grad_scale: float
 
   Returns:
     ``v``'s shape and dtype.
+
+  References:
+    Esser, McKinstry, Bablani, Appuswamy & Modha 2020, "Learned Step Size
+    Quantization", https://arxiv.org/abs/1902.08153.
   """
-  return _codes(v, s, qn, qp) * s
+  return _ste.surrogate(functools.partial(_lsq_rule, qn, qp, grad_scale), v, s)
 
 
-def _lsq_fwd(v, s, qn, qp, grad_scale):
-  return _codes(v, s, qn, qp) * s, (v, s)
-
-
-def _lsq_bwd(qn, qp, grad_scale, res, g):
-  v, s = res
+def _lsq_rule(qn, qp, grad_scale, v, s):
   x = v / s
   low, high = x <= -qn, x >= qp
   inside = ~(low | high)
-  dv = jnp.where(inside, g, jnp.zeros_like(g))
   d = jnp.where(inside, jnp.round(x) - x, jnp.where(low, -float(qn), float(qp)))
-  ds = _sum_to(g * d, jnp.shape(s)) * grad_scale
-  return dv, ds.astype(jnp.result_type(s))
-
-
-lsq_quantize.defvjp(_lsq_fwd, _lsq_bwd)
+  return _codes(v, s, qn, qp) * s, _ste.Local(mask=inside), (_ste.Local(factor=d, scale=grad_scale),)
 
 
 def lsq_init_step(v: jax.Array, qp: int) -> jax.Array:
-  """The paper's initial step ``2 * mean|v| / sqrt(Q_P)``, floored at the dtype's tiny."""
-  return jnp.maximum(2 * jnp.mean(jnp.abs(v)) / math.sqrt(qp), jnp.finfo(v.dtype).tiny)
+  """The paper's initial step ``2 * mean|v| / sqrt(Q_P)``, floored at the dtype's tiny.
+
+  Args:
+    v: float array (the weights, or example activations).
+    qp: ``Q_P`` (:func:`lsq_range`).
+
+  Returns:
+    A positive scalar of ``v``'s dtype.
+  """
+  return uniform.floor_positive(2 * jnp.mean(jnp.abs(v)) / math.sqrt(qp))
 
 
 def _check_bits(bits: int, signed: bool) -> int:
@@ -101,22 +102,6 @@ class LSQParams(NamedTuple):
 
   weight: jax.Array
   step: jax.Array
-
-
-class LSQLeaf(NamedTuple):
-  """Per-leaf state of :func:`lsq` (nothing beyond "this leaf is quantized")."""
-
-
-class LSQState(NamedTuple):
-  """State of :func:`lsq`.
-
-  Attributes:
-    count: ``int32`` step counter.
-    leaves: :class:`LSQLeaf` at quantized leaves, ``None`` elsewhere.
-  """
-
-  count: jax.Array
-  leaves: Any
 
 
 def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = None) -> Compressor:
@@ -137,7 +122,8 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`LSQState`; its trainable tree holds
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState`; its trainable tree holds
     :class:`LSQParams` at the selected leaves.
 
   Raises:
@@ -163,26 +149,24 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
   def init_leaf(path, w):
     del path
     step = lsq_init_step(w, qp) if init_step is None else jnp.asarray(init_step, w.dtype)
-    return LSQParams(weight=w, step=step), LSQLeaf()
+    return LSQParams(weight=w, step=step), leafwise.Selected()
 
   def init(params, *, masks=None):
     del masks  # earlier stages' masks: zeros in the view are enough here
     trainable, leaves = _reparam.init(params, where, init_leaf)
-    return trainable, LSQState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+    return trainable, leafwise.LeafwiseState.start(leaves)
 
   def dense(node, _):
     w = node.weight
     return lsq_quantize(w, node.step, qn, qp, 1.0 / math.sqrt(w.size * qp))
 
   def apply(params, state):
-    return _reparam.map_nodes(dense, params, state.leaves, LSQLeaf, LSQParams)
+    return _reparam.map_nodes(dense, params, state.leaves, leafwise.Selected, LSQParams)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    keep_positive = lambda node, _: node._replace(step=jnp.maximum(node.step, jnp.finfo(node.step.dtype).tiny))
-    return _reparam.map_nodes(keep_positive, params, state.leaves, LSQLeaf, LSQParams), state._replace(
-      count=state.count + 1
-    )
+    keep_positive = lambda node, _: node._replace(step=uniform.floor_positive(node.step))
+    return _reparam.map_nodes(keep_positive, params, state.leaves, leafwise.Selected, LSQParams), state.advance()
 
   def pack_leaf(node, _):
     w, step = jnp.asarray(node.weight), jnp.asarray(node.step)
@@ -196,7 +180,7 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
     )
 
   def pack(params, state):
-    return _reparam.map_nodes(pack_leaf, params, state.leaves, LSQLeaf, LSQParams)
+    return _reparam.map_nodes(pack_leaf, params, state.leaves, leafwise.Selected, LSQParams)
 
   return Compressor(init, apply, update, pack)
 
@@ -266,7 +250,7 @@ def lsq_activations(
     return lsq_quantize(x, step, qn, qp, 1.0 / math.sqrt(activations.features_per_example(site) * qp))
 
   def update(act_params):
-    return jax.tree.map(lambda step: jnp.maximum(step, jnp.finfo(step.dtype).tiny), act_params)
+    return jax.tree.map(uniform.floor_positive, act_params)
 
   return activations.site_quantizer(
     apply_fn, inputs=inputs, init_node=init_node, quantize=quantize, update=update, where=where

@@ -16,16 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress import export
-from jaxcompress.core import select, validate
+from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
-from jaxcompress.quantization import _reparam, activations
-
-
-def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  if not shape:
-    return jnp.sum(x)
-  axes = tuple(a for a, n in enumerate(shape) if n == 1 and x.shape[a] != 1)
-  return jnp.sum(x, axis=axes, keepdims=True)
+from jaxcompress.quantization import _reparam, _ste, activations, uniform
 
 
 def _unsigned(x, alpha, levels):
@@ -33,24 +26,9 @@ def _unsigned(x, alpha, levels):
   return jnp.round(jnp.clip(x, 0, alpha) / scale) * scale
 
 
-@jax.custom_vjp
-def _pact(x: jax.Array, alpha: jax.Array, levels: jax.Array) -> jax.Array:
-  return _unsigned(x, alpha, levels)
-
-
-def _pact_fwd(x, alpha, levels):
-  return _unsigned(x, alpha, levels), (x, alpha, levels)
-
-
-def _pact_bwd(res, g):
-  x, alpha, levels = res
-  zero = jnp.zeros_like(g)
-  dx = jnp.where((x >= 0) & (x < alpha), g, zero)
-  dalpha = _sum_to(jnp.where(x >= alpha, g, zero), jnp.shape(alpha))
-  return dx, dalpha.astype(jnp.result_type(alpha)), jnp.zeros_like(levels)
-
-
-_pact.defvjp(_pact_fwd, _pact_bwd)
+def _pact_rule(x, alpha, levels):
+  clip = _ste.Local(mask=x >= alpha)  # Eq. 3: the clipped elements' gradients
+  return _unsigned(x, alpha, levels), _ste.Local(mask=(x >= 0) & (x < alpha)), (clip, None)
 
 
 def pact_quantize(x: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
@@ -67,8 +45,9 @@ def pact_quantize(x: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
   Returns:
     ``x``'s shape and dtype.
   """
-  levels = (1 << bits) - 1
-  return _pact(x, _clip_floor(jnp.asarray(alpha, x.dtype), levels), jnp.asarray(levels, x.dtype))
+  levels = uniform.quant_range(bits, signed=False)[1]
+  alpha = _clip_floor(jnp.asarray(alpha, x.dtype), levels)
+  return _ste.surrogate(_pact_rule, x, alpha, jnp.asarray(levels, x.dtype))
 
 
 def _symmetric(w, alpha, levels):
@@ -80,24 +59,9 @@ def _symmetric_codes(w, alpha, levels):
   return jnp.round(jnp.clip(w, -alpha, alpha) / (alpha / levels))
 
 
-@jax.custom_vjp
-def _pact_sym(w: jax.Array, alpha: jax.Array, levels: jax.Array) -> jax.Array:
-  return _symmetric(w, alpha, levels)
-
-
-def _pact_sym_fwd(w, alpha, levels):
-  return _symmetric(w, alpha, levels), (w, alpha, levels)
-
-
-def _pact_sym_bwd(res, g):
-  w, alpha, levels = res
-  zero = jnp.zeros_like(g)
-  dw = jnp.where(jnp.abs(w) < alpha, g, zero)
-  dalpha = _sum_to(jnp.where(jnp.abs(w) >= alpha, g * jnp.sign(w), zero), jnp.shape(alpha))
-  return dw, dalpha.astype(jnp.result_type(alpha)), jnp.zeros_like(levels)
-
-
-_pact_sym.defvjp(_pact_sym_fwd, _pact_sym_bwd)
+def _pact_symmetric_rule(w, alpha, levels):
+  clip = _ste.Local(mask=jnp.abs(w) >= alpha, factor=jnp.sign(w))
+  return _symmetric(w, alpha, levels), _ste.Local(mask=jnp.abs(w) < alpha), (clip, None)
 
 
 def pact_quantize_symmetric(w: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
@@ -116,8 +80,9 @@ def pact_quantize_symmetric(w: jax.Array, alpha: jax.Array, bits: int) -> jax.Ar
   Returns:
     ``w``'s shape and dtype.
   """
-  levels = (1 << (bits - 1)) - 1
-  return _pact_sym(w, _clip_floor(jnp.asarray(alpha, w.dtype), levels), jnp.asarray(levels, w.dtype))
+  levels = uniform.qmax(bits)
+  alpha = _clip_floor(jnp.asarray(alpha, w.dtype), levels)
+  return _ste.surrogate(_pact_symmetric_rule, w, alpha, jnp.asarray(levels, w.dtype))
 
 
 def _clip_floor(alpha: jax.Array, levels: int) -> jax.Array:
@@ -125,10 +90,6 @@ def _clip_floor(alpha: jax.Array, levels: int) -> jax.Array:
   all-zero layer or an optimizer step that drives ``alpha`` to or below 0 gives exact
   zeros, never 0 / 0."""
   return jnp.maximum(alpha, levels * jnp.finfo(alpha.dtype).tiny)
-
-
-def _floor_positive(a: jax.Array) -> jax.Array:
-  return jnp.maximum(a, jnp.finfo(a.dtype).tiny)
 
 
 def pact_activations(
@@ -187,7 +148,7 @@ def pact_activations(
 
   def init_node(site, x):
     del site
-    alpha = _floor_positive(jnp.max(x)) if init_alpha is None else jnp.asarray(init_alpha, x.dtype)
+    alpha = uniform.floor_positive(jnp.max(x)) if init_alpha is None else jnp.asarray(init_alpha, x.dtype)
     return {"alpha": alpha}
 
   def quantize(x, node, site):
@@ -195,7 +156,7 @@ def pact_activations(
     return pact_quantize(x, node["alpha"], bits)
 
   def update(act_params):
-    return jax.tree.map(_floor_positive, act_params)
+    return jax.tree.map(uniform.floor_positive, act_params)
 
   def penalty(act_params):
     return alpha_decay * sum(jnp.sum(a**2) for a in jax.tree.leaves(act_params)) if alpha_decay else None
@@ -215,22 +176,6 @@ class PACTParams(NamedTuple):
 
   weight: jax.Array
   alpha: jax.Array
-
-
-class PACTLeaf(NamedTuple):
-  """Per-leaf state of :func:`pact` (nothing beyond "this leaf is quantized")."""
-
-
-class PACTState(NamedTuple):
-  """State of :func:`pact`.
-
-  Attributes:
-    count: ``int32`` step counter.
-    leaves: :class:`PACTLeaf` at quantized leaves, ``None`` elsewhere.
-  """
-
-  count: jax.Array
-  leaves: Any
 
 
 def pact(
@@ -256,7 +201,8 @@ def pact(
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`PACTState`; its trainable tree holds
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState`; its trainable tree holds
     :class:`PACTParams` at the selected leaves.
 
   Raises:
@@ -279,29 +225,31 @@ def pact(
   if init_alpha is not None:
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
   alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
-  levels = (1 << (bits - 1)) - 1
+  levels = uniform.qmax(bits)
 
   def init_leaf(path, w):
     del path
-    alpha = _floor_positive(jnp.max(jnp.abs(w))) if init_alpha is None else jnp.asarray(init_alpha, w.dtype)
-    return PACTParams(weight=w, alpha=alpha), PACTLeaf()
+    alpha = uniform.floor_positive(jnp.max(jnp.abs(w))) if init_alpha is None else jnp.asarray(init_alpha, w.dtype)
+    return PACTParams(weight=w, alpha=alpha), leafwise.Selected()
 
   def init(params, *, masks=None):
     del masks  # earlier stages' masks: zeros in the view are enough here
     trainable, leaves = _reparam.init(params, where, init_leaf)
-    return trainable, PACTState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+    return trainable, leafwise.LeafwiseState.start(leaves)
 
   def apply(params, state):
     return _reparam.map_nodes(
-      lambda node, _: pact_quantize_symmetric(node.weight, node.alpha, bits), params, state.leaves, PACTLeaf, PACTParams
+      lambda node, _: pact_quantize_symmetric(node.weight, node.alpha, bits),
+      params,
+      state.leaves,
+      leafwise.Selected,
+      PACTParams,
     )
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
     keep_positive = lambda node, _: node._replace(alpha=_clip_floor(node.alpha, levels))
-    return _reparam.map_nodes(keep_positive, params, state.leaves, PACTLeaf, PACTParams), state._replace(
-      count=state.count + 1
-    )
+    return _reparam.map_nodes(keep_positive, params, state.leaves, leafwise.Selected, PACTParams), state.advance()
 
   def pack_leaf(node, _):
     w = jnp.asarray(node.weight)
@@ -316,13 +264,15 @@ def pact(
     )
 
   def pack(params, state):
-    return _reparam.map_nodes(pack_leaf, params, state.leaves, PACTLeaf, PACTParams)
+    return _reparam.map_nodes(pack_leaf, params, state.leaves, leafwise.Selected, PACTParams)
 
   def penalty(params, state):
     if not alpha_decay:
       return None
     alphas: list[jax.Array] = []
-    _reparam.map_nodes(lambda node, _: alphas.append(node.alpha) or node, params, state.leaves, PACTLeaf, PACTParams)
+    _reparam.map_nodes(
+      lambda node, _: alphas.append(node.alpha) or node, params, state.leaves, leafwise.Selected, PACTParams
+    )
     return alpha_decay * sum(jnp.sum(a**2) for a in alphas)
 
   return Compressor(init, apply, update, pack, penalty=penalty)

@@ -6,7 +6,7 @@ array; :func:`power_of_two` walks the tree.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
+from jaxcompress.quantization import _ste
 
 
 def _round_exponent(a: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,34 +63,12 @@ def pot_indices(w: jax.Array, emax: jax.Array, levels: int) -> jax.Array:
   return jnp.where(w < 0, levels - magnitude_index, levels + magnitude_index).astype(jnp.int32)
 
 
-@jax.custom_vjp
-def _ste(w: jax.Array, q: jax.Array) -> jax.Array:
-  del w
-  return q
-
-
-_ste.defvjp(lambda w, q: (q, None), lambda _, g: (g, jnp.zeros_like(g)))
-
-
 def pot_quantize(w: jax.Array, levels: int) -> jax.Array:
   """Rounds ``w`` to the nearest of ``0, ±2^emin, ..., ±2^emax`` (``emax`` from
   :func:`max_exponent`), with a straight-through gradient ``dL/dw = dL/dy``."""
   emax = max_exponent(w)
   q = pot_codebook(emax, levels, w.dtype)[pot_indices(w, emax, levels)]
-  return _ste(w, jax.lax.stop_gradient(q))
-
-
-class PowerOfTwoState(NamedTuple):
-  """State of :func:`power_of_two`.
-
-  Attributes:
-    count: ``int32`` step counter.
-    selected: :class:`~jaxcompress.core.leafwise.Selected` at quantized leaves, ``None``
-      elsewhere.
-  """
-
-  count: jax.Array
-  selected: Any
+  return _ste.straight_through(w, q)
 
 
 def power_of_two(levels: int = 7, *, where: select.Where = None) -> Compressor:
@@ -109,7 +88,8 @@ def power_of_two(levels: int = 7, *, where: select.Where = None) -> Compressor:
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`PowerOfTwoState`.
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState`.
 
   Raises:
     ValueError: if ``levels`` is not an integer in 1..64; at ``init``, as
@@ -132,15 +112,16 @@ def power_of_two(levels: int = 7, *, where: select.Where = None) -> Compressor:
 
   def init(params, *, masks=None):
     del masks  # earlier stages' masks: zeros in the view are enough here
-    selected = leafwise.init_selected(params, where, lambda path, p: leafwise.Selected())
-    return params, PowerOfTwoState(count=jnp.asarray(0, jnp.int32), selected=selected)
+    return params, leafwise.LeafwiseState.start(
+      leafwise.init_selected(params, where, lambda path, p: leafwise.Selected())
+    )
 
   def apply(params, state):
-    return leafwise.map_selected(lambda w, _: pot_quantize(w, levels), params, state.selected)
+    return leafwise.map_selected(lambda w, _: pot_quantize(w, levels), params, state.leaves)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    return params, state._replace(count=state.count + 1)
+    return params, state.advance()
 
   def pack_leaf(p, _):
     w = jnp.asarray(export.materialize(p))
@@ -148,6 +129,6 @@ def power_of_two(levels: int = 7, *, where: select.Where = None) -> Compressor:
     return export.from_assignments(pot_codebook(emax, levels, w.dtype), pot_indices(w, emax, levels))
 
   def pack(params, state):
-    return leafwise.map_selected(pack_leaf, params, state.selected)
+    return leafwise.map_selected(pack_leaf, params, state.leaves)
 
   return Compressor(init, apply, update, pack)

@@ -36,6 +36,7 @@ from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization.activation_quant import activation_scale
 from jaxcompress.quantization.activations import site_compressor, site_predicate
 from jaxcompress.quantization.fake_quant import fake_quant
+from jaxcompress.quantization.granularity import Granularity
 from jaxcompress.quantization.serve import integer_op, output_scale
 from jaxcompress.quantization.spec import QuantSpec
 
@@ -86,8 +87,9 @@ def site_rule(
   def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
     if not integer or not _on_channel_grid(site, per_channel):
       return float_rule(site, activation, weight)
-    axes = tuple(a for a in range(weight.ndim) if not per_channel or a not in site.feature_axes)
-    w_scale = jax.lax.stop_gradient(uniform.symmetric_params(jnp.max(jnp.abs(weight), axis=axes, keepdims=True), qw))
+    # on the channel grid, per-channel scales lie along the op's one output-feature axis
+    granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
+    w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
     a_scale, _ = scale_of(site, activation)
     a_scale = jax.lax.stop_gradient(jnp.reshape(a_scale, ()))
     out_scale = output_scale(site, w_scale)

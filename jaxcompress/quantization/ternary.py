@@ -6,7 +6,7 @@ Numerics (:func:`twn_threshold`, :func:`twn_scale`, :func:`twn_quantize`,
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,27 +15,39 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core.base import Compressor
-from jaxcompress.quantization import _reparam
+from jaxcompress.quantization import _reparam, _ste
+from jaxcompress.quantization.granularity import Granularity, from_args
 
 
-def _reduce_axes(w: jax.Array, channel_axes: tuple[int, ...]) -> tuple[int, ...]:
-  return tuple(a for a in range(w.ndim) if a not in {c % w.ndim for c in channel_axes})
-
-
-def twn_threshold(w: jax.Array, factor: float = 0.7, channel_axes: tuple[int, ...] = ()) -> jax.Array:
+def twn_threshold(w: jax.Array, factor: float = 0.7, granularity: Granularity | None = None) -> jax.Array:
   """TWN's threshold ``delta = factor * mean |w|`` (Li & Liu 2016, Eq. 9, factor 0.7).
 
-  Returns ``delta`` with ``keepdims`` over the reduced axes (all but ``channel_axes``).
+  Args:
+    w: float array.
+    factor: the factor of ``mean|w|``, > 0.
+    granularity: which weights share a threshold; ``None``: the whole tensor.
+
+  Returns:
+    ``delta`` with ``keepdims`` over the axes that share it.
   """
-  return factor * jnp.mean(jnp.abs(w), axis=_reduce_axes(w, channel_axes), keepdims=True)
+  return factor * (granularity or Granularity()).reduce(jnp.mean, jnp.abs(w))
 
 
-def twn_scale(w: jax.Array, delta: jax.Array, channel_axes: tuple[int, ...] = ()) -> jax.Array:
-  """TWN's scale ``alpha = mean of |w| over |w| > delta`` (Eq. 5); 0 when none is above."""
-  axes = _reduce_axes(w, channel_axes)
+def twn_scale(w: jax.Array, delta: jax.Array, granularity: Granularity | None = None) -> jax.Array:
+  """TWN's scale ``alpha = mean of |w| over |w| > delta`` (Eq. 5); 0 when none is above.
+
+  Args:
+    w: float array.
+    delta: the threshold from :func:`twn_threshold` (same ``granularity``).
+    granularity: which weights share a scale; ``None``: the whole tensor.
+
+  Returns:
+    ``alpha`` with ``keepdims`` over the axes that share it.
+  """
+  g = granularity or Granularity()
   above = jnp.abs(w) > delta
-  total = jnp.sum(jnp.where(above, jnp.abs(w), 0), axis=axes, keepdims=True)
-  count = jnp.sum(above, axis=axes, keepdims=True)
+  total = g.reduce(jnp.sum, jnp.where(above, jnp.abs(w), 0))
+  count = g.reduce(jnp.sum, above)
   return total / jnp.maximum(count, 1).astype(w.dtype)
 
 
@@ -44,38 +56,26 @@ def ternary_codes(w: jax.Array, delta: jax.Array) -> jax.Array:
   return jnp.where(w > delta, 1, jnp.where(w < -delta, -1, 0)).astype(jnp.int32)
 
 
-@jax.custom_vjp
-def _ste(w: jax.Array, q: jax.Array) -> jax.Array:
-  del w
-  return q
-
-
-_ste.defvjp(lambda w, q: (q, None), lambda _, g: (g, jnp.zeros_like(g)))
-
-
-def twn_quantize(w: jax.Array, factor: float = 0.7, channel_axes: tuple[int, ...] = ()) -> jax.Array:
+def twn_quantize(w: jax.Array, factor: float = 0.7, granularity: Granularity | None = None) -> jax.Array:
   """TWN ternarization ``alpha * t(w)`` with a straight-through gradient.
 
   Gradient: ``dL/dw = dL/dy`` (identity through the whole quantizer, threshold and
   scale included).
+
+  Args:
+    w: float array.
+    factor: the threshold factor (:func:`twn_threshold`).
+    granularity: which weights share a threshold and scale; ``None``: the whole tensor.
+
+  Returns:
+    ``w``'s shape and dtype.
+
+  References:
+    Li, Zhang & Liu 2016, "Ternary Weight Networks", https://arxiv.org/abs/1605.04711.
   """
-  delta = twn_threshold(w, factor, channel_axes)
-  alpha = twn_scale(w, delta, channel_axes)
-  q = alpha * ternary_codes(w, delta).astype(w.dtype)
-  return _ste(w, jax.lax.stop_gradient(q))
-
-
-class TernaryState(NamedTuple):
-  """State of :func:`twn` and :func:`ttq`.
-
-  Attributes:
-    count: ``int32`` step counter.
-    leaves: per-leaf state (:class:`~jaxcompress.core.leafwise.Selected` for TWN,
-      :class:`TTQLeaf` for TTQ) at ternarized leaves, ``None`` elsewhere.
-  """
-
-  count: jax.Array
-  leaves: Any
+  delta = twn_threshold(w, factor, granularity)
+  alpha = twn_scale(w, delta, granularity)
+  return _ste.straight_through(w, alpha * ternary_codes(w, delta).astype(w.dtype))
 
 
 def twn(
@@ -98,7 +98,8 @@ def twn(
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`TernaryState`.
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState`.
 
   Raises:
     ValueError: if ``threshold_factor <= 0``; at ``init``, as
@@ -115,30 +116,27 @@ def twn(
     [[2.0, -2.0], [0.0, 0.0]]
   """
   factor = validate.check_float("threshold_factor", threshold_factor, low=0.0, low_open=True)
-  axis = validate.check_int("axis", axis)
-  channel_axes = (axis,) if per_channel else ()
+  granularity = from_args(per_channel=per_channel, axis=axis)
 
   def init_leaf(path, p):
-    if per_channel and not -p.ndim <= axis < p.ndim:
-      raise ValueError(f"axis={axis} is out of range for leaf {path!r} of shape {tuple(p.shape)}")
+    granularity.check(tuple(p.shape), f"leaf {path!r}")
     return leafwise.Selected()
 
   def init(params, *, masks=None):
     del masks  # earlier stages' masks: zeros in the view are enough here
-    leaves = leafwise.init_selected(params, where, init_leaf)
-    return params, TernaryState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+    return params, leafwise.LeafwiseState.start(leafwise.init_selected(params, where, init_leaf))
 
   def apply(params, state):
-    return leafwise.map_selected(lambda w, _: twn_quantize(w, factor, channel_axes), params, state.leaves)
+    return leafwise.map_selected(lambda w, _: twn_quantize(w, factor, granularity), params, state.leaves)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    return params, state._replace(count=state.count + 1)
+    return params, state.advance()
 
   def pack_leaf(p, _):
     w = jnp.asarray(export.materialize(p))
-    delta = twn_threshold(w, factor, channel_axes)
-    scale = np.asarray(twn_scale(w, delta, channel_axes))
+    delta = twn_threshold(w, factor, granularity)
+    scale = np.asarray(twn_scale(w, delta, granularity))
     codes = np.asarray(ternary_codes(w, delta))
     return export.QArray(
       codes=export.store_codes(codes, 2, signed=True), scale=scale, zero_point=None, bits=2, dtype=str(w.dtype)
@@ -150,7 +148,6 @@ def twn(
   return Compressor(init, apply, update, pack)
 
 
-@jax.custom_vjp
 def ttq_quantize(w: jax.Array, positive: jax.Array, negative: jax.Array, delta: jax.Array) -> jax.Array:
   """TTQ ternarization: ``positive`` where ``w > delta``, ``-negative`` where ``w < -delta``.
 
@@ -167,38 +164,21 @@ def ttq_quantize(w: jax.Array, positive: jax.Array, negative: jax.Array, delta: 
 
   Returns:
     The ternary tensor, ``w``'s shape and dtype.
+
+  References:
+    Zhu, Han, Mao & Dally 2017, "Trained Ternary Quantization",
+    https://arxiv.org/abs/1612.01064.
   """
-  return _ttq(w, positive, negative, delta)
+  return _ste.surrogate(_ttq_rule, w, positive, negative, delta)
 
 
-def _ttq(w, positive, negative, delta):
+def _ttq_rule(w, positive, negative, delta):
   zero = jnp.zeros((), w.dtype)
-  return jnp.where(w > delta, positive, jnp.where(w < -delta, -negative, zero)).astype(w.dtype)
-
-
-def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Sums ``x`` down to a shape it was broadcast from (same rank or a scalar)."""
-  if not shape:
-    return jnp.sum(x)
-  axes = tuple(a for a, n in enumerate(shape) if n == 1 and x.shape[a] != 1)
-  return jnp.sum(x, axis=axes, keepdims=True)
-
-
-def _ttq_fwd(w, positive, negative, delta):
-  return _ttq(w, positive, negative, delta), (w, positive, negative, delta)
-
-
-def _ttq_bwd(res, g):
-  w, positive, negative, delta = res
   above, below = w > delta, w < -delta
-  zero = jnp.zeros_like(g)
-  dpos = _sum_to(jnp.where(above, g, zero), jnp.shape(positive)).astype(jnp.result_type(positive))
-  dneg = _sum_to(jnp.where(below, -g, zero), jnp.shape(negative)).astype(jnp.result_type(negative))
-  dw = jnp.where(above, positive * g, jnp.where(below, negative * g, g)).astype(w.dtype)
-  return dw, dpos, dneg, jnp.zeros_like(delta)
-
-
-ttq_quantize.defvjp(_ttq_fwd, _ttq_bwd)
+  y = jnp.where(above, positive, jnp.where(below, -negative, zero)).astype(w.dtype)
+  dw = _ste.Local(factor=jnp.where(above, positive, jnp.where(below, negative, jnp.ones((), w.dtype))))
+  dpos, dneg = _ste.Local(mask=above), _ste.Local(mask=below, factor=-jnp.ones((), w.dtype))
+  return y, dw, (dpos, dneg, None)
 
 
 class TTQParams(NamedTuple):
@@ -213,10 +193,6 @@ class TTQParams(NamedTuple):
   weight: jax.Array
   positive: jax.Array
   negative: jax.Array
-
-
-class TTQLeaf(NamedTuple):
-  """Per-leaf state of :func:`ttq` (nothing beyond "this leaf is ternarized")."""
 
 
 def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, where: select.Where = None) -> Compressor:
@@ -241,7 +217,8 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with :class:`TernaryState`; its trainable tree
+    A :class:`~jaxcompress.Compressor` with a
+    :class:`~jaxcompress.core.leafwise.LeafwiseState`; its trainable tree
     holds :class:`TTQParams` at the selected leaves.
 
   Raises:
@@ -277,23 +254,23 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
       above, below = w > delta, w < -delta
       pos = jnp.sum(jnp.where(above, w, 0)) / jnp.maximum(jnp.sum(above), 1).astype(w.dtype)
       neg = jnp.sum(jnp.where(below, -w, 0)) / jnp.maximum(jnp.sum(below), 1).astype(w.dtype)
-    return TTQParams(weight=w, positive=pos, negative=neg), TTQLeaf()
+    return TTQParams(weight=w, positive=pos, negative=neg), leafwise.Selected()
 
   def init(params, *, masks=None):
     del masks  # earlier stages' masks: zeros in the view are enough here
     trainable, leaves = _reparam.init(params, where, init_leaf)
-    return trainable, TernaryState(count=jnp.asarray(0, jnp.int32), leaves=leaves)
+    return trainable, leafwise.LeafwiseState.start(leaves)
 
   def dense(node):
     w = node.weight
     return ttq_quantize(w, node.positive, node.negative, jax.lax.stop_gradient(threshold(w)))
 
   def apply(params, state):
-    return _reparam.map_nodes(lambda node, _: dense(node), params, state.leaves, TTQLeaf, TTQParams)
+    return _reparam.map_nodes(lambda node, _: dense(node), params, state.leaves, leafwise.Selected, TTQParams)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    return params, state._replace(count=state.count + 1)
+    return params, state.advance()
 
   def pack_leaf(node):
     w = jnp.asarray(node.weight)
@@ -304,6 +281,6 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
     return export.from_assignments(codebook, indices)
 
   def pack(params, state):
-    return _reparam.map_nodes(lambda node, _: pack_leaf(node), params, state.leaves, TTQLeaf, TTQParams)
+    return _reparam.map_nodes(lambda node, _: pack_leaf(node), params, state.leaves, leafwise.Selected, TTQParams)
 
   return Compressor(init, apply, update, pack)

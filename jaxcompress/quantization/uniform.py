@@ -15,23 +15,42 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxcompress.export.bitpack import code_range
+from jaxcompress.quantization import _ste
+from jaxcompress.quantization.granularity import Granularity
+
 
 def quant_range(bits: int, *, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
-  """The integer code range ``(qmin, qmax)`` of ``bits``-bit codes.
+  """The integer code range ``(qmin, qmax)`` of ``bits``-bit codes: the one definition
+  every quantizer uses (symmetric, affine, LSQ, PACT, ternary).
 
   Args:
     bits: 1..16.
     signed: two's-complement range ``[-2^(b-1), 2^(b-1) - 1]``, else ``[0, 2^b - 1]``.
     narrow: drop the most negative signed code, making the range symmetric.
+
+  Returns:
+    ``(qmin, qmax)`` as Python ints; the storage range is
+    :func:`jaxcompress.export.code_range` (``narrow=False``).
+
+  Example:
+    >>> quant_range(4), quant_range(4, narrow=True), quant_range(4, signed=False)
+    ((-8, 7), (-7, 7), (0, 15))
   """
-  if signed:
-    return -(1 << (bits - 1)) + int(narrow), (1 << (bits - 1)) - 1
-  return 0, (1 << bits) - 1
+  lo, hi = code_range(bits, signed)
+  return lo + int(signed and narrow), hi
 
 
 def qmax(bits: int) -> int:
-  """Largest code of symmetric narrow-range ``bits``-bit quantization: ``2**(bits-1) - 1``."""
-  return (1 << (bits - 1)) - 1
+  """Largest code of symmetric narrow-range ``bits``-bit quantization: ``2**(bits-1) - 1``.
+
+  Args:
+    bits: 2..16.
+
+  Returns:
+    ``quant_range(bits, narrow=True)[1]``.
+  """
+  return quant_range(bits, narrow=True)[1]
 
 
 def scale_floor(dtype: jnp.dtype) -> float:
@@ -40,6 +59,18 @@ def scale_floor(dtype: jnp.dtype) -> float:
   A constant-zero tensor or channel would otherwise get ``scale = 0`` and NaN codes.
   """
   return float(jnp.finfo(dtype).tiny)
+
+
+def floor_positive(x: jax.Array) -> jax.Array:
+  """``max(x, tiny)``: keeps a learned step or clip a positive normal number.
+
+  Args:
+    x: float array.
+
+  Returns:
+    ``x`` floored by :func:`scale_floor` of its dtype.
+  """
+  return jnp.maximum(x, scale_floor(jnp.result_type(x)))
 
 
 def affine_params(xmin: jax.Array, xmax: jax.Array, qmin: int, qmax: int) -> tuple[jax.Array, jax.Array]:
@@ -62,19 +93,19 @@ def symmetric_params(amax: jax.Array, qmax: int) -> jax.Array:
   return jnp.maximum(amax / qmax, scale_floor(jnp.result_type(amax)))
 
 
-def symmetric_scale(x: jax.Array, bits: int, channel_axes: tuple[int, ...] = ()) -> jax.Array:
-  """Symmetric scale ``max|x| / qmax`` over all axes but ``channel_axes`` (keepdims).
+def symmetric_scale(x: jax.Array, bits: int, granularity: Granularity | None = None) -> jax.Array:
+  """Symmetric scale ``max|x| / qmax`` per block of ``granularity`` (keepdims).
 
   Args:
     x: float array.
     bits: 2..16.
-    channel_axes: axes that keep their own scale; empty for per-tensor.
+    granularity: which elements share a scale; ``None``: one scale for the tensor.
 
   Returns:
-    A float array broadcastable to ``x``, floored by :func:`scale_floor`.
+    A float array broadcastable to ``granularity.blocked(x)``, floored by
+    :func:`scale_floor`.
   """
-  axes = tuple(a for a in range(x.ndim) if a not in {c % x.ndim for c in channel_axes})
-  return symmetric_params(jnp.max(jnp.abs(x), axis=axes, keepdims=True), qmax(bits))
+  return symmetric_params((granularity or Granularity()).absmax(x), qmax(bits))
 
 
 def _bounds(bits: int | None, qmin: int | None, qmax_: int | None) -> tuple[int, int]:
@@ -122,31 +153,13 @@ def _grid(x, scale, zero_point, qmin, qmax_):
   return (q - zero_point) * scale, q
 
 
-@jax.custom_vjp
-def _fake_quant_ste(x, scale, zero_point, bounds):
-  return _grid(x, scale, zero_point, bounds[0], bounds[1])[0]
-
-
-def _ste_fwd(x, scale, zero_point, bounds):
+def _fake_quant_rule(x, scale, zero_point, bounds):
   y, _ = _grid(x, scale, zero_point, bounds[0], bounds[1])
   # In range = inside the end codes' rounding bins; compared in code units so the
   # largest weight (x / scale == qmax up to rounding) stays inside.
   v = x * (1.0 / scale) + zero_point
   inside = (v >= bounds[0] - 0.5) & (v <= bounds[1] + 0.5)
-  return y, (inside, scale, zero_point, bounds)
-
-
-def _ste_bwd(res, g):
-  inside, scale, zero_point, bounds = res
-  return (
-    jnp.where(inside, g, jnp.zeros_like(g)),
-    jnp.zeros_like(scale),
-    jnp.zeros_like(zero_point),
-    jnp.zeros_like(bounds),
-  )
-
-
-_fake_quant_ste.defvjp(_ste_fwd, _ste_bwd)
+  return y, _ste.Local(mask=inside), (None, None, None)
 
 
 def fake_quant(
@@ -182,43 +195,17 @@ def fake_quant(
   lo, hi = _bounds(bits, qmin, qmax)
   scale = jnp.asarray(scale, x.dtype)
   zp = jnp.zeros((), x.dtype) if zero_point is None else jnp.asarray(zero_point, x.dtype)
-  return _fake_quant_ste(x, scale, zp, jnp.asarray([lo, hi], x.dtype))
+  return _ste.surrogate(_fake_quant_rule, x, scale, zp, jnp.asarray([lo, hi], x.dtype))
 
 
-@jax.custom_vjp
-def _fake_quant_learnable(x, scale, zero_point, bounds):
-  return _grid(x, scale, zero_point, bounds[0], bounds[1])[0]
-
-
-def _learnable_fwd(x, scale, zero_point, bounds):
-  y, q = _grid(x, scale, zero_point, bounds[0], bounds[1])
-  return y, (x, q, scale, zero_point, bounds)
-
-
-def _learnable_bwd(res, g):
-  x, q, scale, zero_point, bounds = res
+def _learnable_rule(x, scale, zero_point, bounds, q):
+  y = (q - zero_point) * scale  # q: the codes, computed once in the forward pass
   v = jnp.round(x * (1.0 / scale)) + zero_point
-  below, above = v < bounds[0], v > bounds[1]
-  inside = ~(below | above)
+  inside = ~((v < bounds[0]) | (v > bounds[1]))
   # d x̂ / d scale: (q - z) - x / s inside (round passes straight through), (qmin|qmax - z) outside.
   d_scale = jnp.where(inside, (q - zero_point) - x * (1.0 / scale), q - zero_point)
   d_zero = jnp.where(inside, 0.0, -scale)
-  return (
-    jnp.where(inside, g, 0.0),
-    _sum_to(g * d_scale, scale.shape),
-    _sum_to(g * d_zero, zero_point.shape),
-    jnp.zeros_like(bounds),
-  )
-
-
-def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Sums a broadcast result back to ``shape`` (the reverse of broadcasting)."""
-  lead = x.ndim - len(shape)
-  axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
-  return jnp.sum(x, axis=axes).reshape(shape) if axes else x.reshape(shape)
-
-
-_fake_quant_learnable.defvjp(_learnable_fwd, _learnable_bwd)
+  return y, _ste.Local(mask=inside), (_ste.Local(factor=d_scale), _ste.Local(factor=d_zero), None, None)
 
 
 def fake_quant_learnable(x: jax.Array, scale: jax.Array, zero_point: jax.Array, *, qmin: int, qmax: int) -> jax.Array:
@@ -249,7 +236,9 @@ def fake_quant_learnable(x: jax.Array, scale: jax.Array, zero_point: jax.Array, 
   """
   zp = jnp.round(jnp.asarray(zero_point, x.dtype))
   zp = zero_point + jax.lax.stop_gradient(zp - zero_point)  # round forward, identity backward
-  return _fake_quant_learnable(x, jnp.asarray(scale, x.dtype), zp, jnp.asarray([qmin, qmax], x.dtype))
+  scale, bounds = jnp.asarray(scale, x.dtype), jnp.asarray([qmin, qmax], x.dtype)
+  q = jax.lax.stop_gradient(_grid(x, scale, zp, bounds[0], bounds[1])[1])
+  return _ste.surrogate(_learnable_rule, x, scale, zp, bounds, q)
 
 
 def cast_float8(x: jax.Array, dtype: jnp.dtype = jnp.float8_e4m3fn) -> jax.Array:

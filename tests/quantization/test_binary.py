@@ -84,6 +84,16 @@ def test_xnor_per_tensor_alpha():
   np.testing.assert_allclose(jnp.abs(c.apply(p, s)["k"]), jnp.full(w.shape, jnp.abs(w).mean()), rtol=1e-6)
 
 
+def test_binary_connect_scale_arguments_are_xnor_net():
+  w = _w(4)
+  for per_channel in (False, True):
+    c, x = (
+      jc.quantization.binary_connect(scale=True, per_channel=per_channel),
+      jc.quantization.xnor_net(per_channel=per_channel),
+    )
+    np.testing.assert_array_equal(c.apply(*c.init({"k": w}))["k"], x.apply(*x.init({"k": w}))["k"])
+
+
 def test_binary_activation_rule_binarizes_the_inputs_of_selected_sites():
   params = jc.quantization.binary_connect().init({"fc0": {"kernel": _w(4, (5, 3))}, "fc1": {"kernel": _w(5, (3, 2))}})[
     0
@@ -99,7 +109,11 @@ def test_binary_activation_rule_binarizes_the_inputs_of_selected_sites():
 
 
 def test_bad_hyperparameters():
-  with pytest.raises(ValueError, match=r"scaling must be one of .* got 'row'"):
-    jc.quantization.binary_connect(scaling="row")
+  with pytest.raises(ValueError, match="per_channel=True needs scale=True"):
+    jc.quantization.binary_connect(per_channel=True)
+  with pytest.raises(ValueError, match="per_channel must be a bool, got 'channel'"):
+    jc.quantization.binary_connect(scale=True, per_channel="channel")
+  with pytest.raises(ValueError, match=r"axis must be an integer, got 1\.5"):
+    jc.quantization.binary_connect(scale=True, per_channel=True, axis=1.5)
   with pytest.raises(ValueError, match="axis=2 is out of range"):
     jc.quantization.xnor_net(axis=2).init({"k": _w()})
