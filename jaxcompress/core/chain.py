@@ -9,15 +9,17 @@ Ownership. A stage that *restructures* a leaf (its trainable form is no longer a
 of the leaf's shape: a k-means codebook, LSQ's ``(weight, step)``, channel pruning's
 smaller array) owns that leaf from then on: the chain's trainable tree holds the owner's
 form there, the owner's ``apply`` turns it back into the leaf, and later stages see that
-view. Stages before the owner have done their work on that leaf at ``init``: their
-keep-masks are frozen there and kept (``masks=`` tells the owner about them, and the
-chain zeroes the pruned coordinates of every view), and a stage before the owner that
-changed the leaf in any other way is an error, because its effect would be silently
+view. A pruner before the owner keeps pruning: ``masks=`` tells the owner its masks at
+``init`` (k-means clusters the survivors), the chain zeroes the pruned coordinates of the
+owner's view, and on each ``update`` the pruner sees the owner's view there, so a pruning
+schedule before k-means goes on pruning the clustered weights. A stage before the owner
+that changed the leaf in any other way is an error, because its effect would be silently
 lost. Two stages cannot both restructure one leaf.
 
 Per step, ``update`` runs the stages in order; each sees the trainable params at the
 leaves it may project (every leaf nobody restructured, and the leaves it owns), and the
-view elsewhere (its projection there is dropped). ``pack`` packs each leaf with the last
+owner's view elsewhere (its projection there is dropped; the chain applies the masks to
+the owner's trainable arrays of the mask's shape itself). ``pack`` packs each leaf with the last
 stage that stores it as a compressed leaf (a ``QArray``, ``CodebookArray``, ...), then
 prunes that leaf with the chain's keep-masks through :func:`jaxcompress.export.prune`,
 so a pruned and quantized weight keeps its codes, scales or codebook and stores only the
@@ -28,6 +30,7 @@ composition in order).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -86,8 +89,10 @@ def _name(c: Compressor, i: int) -> str:
 
 def _restructured(node: Any, leaf: Any) -> bool:
   """Whether a stage's trainable form of a leaf is something other than an array like it."""
+  if node is leaf:
+    return False
   if isinstance(node, export.CompressedLeaf) or not (hasattr(node, "shape") and hasattr(node, "dtype")):
-    return True
+    return type(node) is not type(leaf) or np.shape(node) != np.shape(leaf)  # a Python scalar passes
   return tuple(node.shape) != tuple(np.shape(leaf)) or np.dtype(node.dtype) != np.dtype(
     getattr(leaf, "dtype", node.dtype)
   )
@@ -178,25 +183,44 @@ def chain(*compressors: Compressor) -> Compressor:
       raise ValueError(f"chain of {len(stages)} compressors expects the ChainState its init returned, got {got}")
     return state
 
-  def walk(params: PyTree, state: ChainState):
-    """The forward pipeline: ``(stage args, final view)``; the views are masked."""
-    plan = state.plan
+  def nodes_of(params: PyTree, plan: ChainPlan) -> tuple[list[Any], dict | None]:
+    """The trainable tree's nodes at the model's leaves, checked against the plan."""
     tree, side = split(params)
-    nodes = plan.model_def.flatten_up_to(tree)
+    if any(keys is not None for keys in plan.extra_keys) and side is None:
+      raise ValueError("this chain's trainable tree is a jc.Joint (params, extra): pass the tree init returned")
+    try:
+      nodes = plan.model_def.flatten_up_to(tree)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"the params do not have the structure the chain was initialized with ({e})") from None
+    for k, (node, own) in enumerate(zip(nodes, plan.owners)):
+      if own is None and tuple(np.shape(node)) != plan.shapes[k][0]:
+        raise ValueError(f"leaf {plan.paths[k]!r} has shape {tuple(np.shape(node))}, init saw {plan.shapes[k][0]}")
+    return nodes, side
+
+  def walk(params: PyTree, state: ChainState):
+    """The forward pipeline: ``(stage args, final view, each owned leaf's view after its
+    owner)``; the views are masked by the masks of the stages before them."""
+    plan = state.plan
+    nodes, side = nodes_of(params, plan)
     n = len(nodes)
     view = list(nodes)
-    earlier = [m if own is not None else None for m, own in zip(_flat(plan.model_def, state.frozen, n), plan.owners)]
+    all_masks = [stage_masks(i, s, plan) for i, s in enumerate(state.stages)]
+    earlier = []  # for an owned leaf: its frozen masks and the live ones of the stages before its owner
+    for k, (m, own) in enumerate(zip(_flat(plan.model_def, state.frozen, n), plan.owners)):
+      earlier.append(None if own is None else functools.reduce(_and, (all_masks[i][k] for i in range(own)), m))
+    owned_view: list[Any] = [None] * n
     args = []
     for i, (c, s) in enumerate(zip(stages, state.stages)):
       arg = stage_arg(plan, i, inputs(plan, i, view, nodes, view), side)
       args.append(arg)
       out = plan.model_def.flatten_up_to(c.apply(arg, s))
-      mine = stage_masks(i, s, plan)
       for k, own in enumerate(plan.owners):
         if own is None or own <= i:
           view[k] = _masked(out[k], earlier[k])  # a later stage may not keep zeros zero
-          earlier[k] = _and(earlier[k], mine[k])
-    return args, view
+          earlier[k] = _and(earlier[k], all_masks[i][k])
+          if own == i:
+            owned_view[k] = view[k]
+    return args, view, owned_view
 
   def init(params, *, masks=None):
     if isinstance(params, Joint):
@@ -266,7 +290,7 @@ def chain(*compressors: Compressor) -> Compressor:
 
   def apply(params, state):
     state = check_state(state)
-    _, view = walk(params, state)
+    _, view, _ = walk(params, state)
     return state.plan.model_def.unflatten(view)
 
   def masks(state):
@@ -275,25 +299,28 @@ def chain(*compressors: Compressor) -> Compressor:
     n = len(plan.paths)
     comb = [m if own is not None else None for m, own in zip(_flat(plan.model_def, state.frozen, n), plan.owners)]
     for i, s in enumerate(state.stages):
-      for k, (m, own) in enumerate(zip(stage_masks(i, s, plan), plan.owners)):
-        if own is None or own <= i:
-          comb[k] = _and(comb[k], m)
+      for k, m in enumerate(stage_masks(i, s, plan)):
+        comb[k] = _and(comb[k], m)
     return None if all(m is None for m in comb) else plan.model_def.unflatten(comb)
 
   def update(params, state, *, grads=None, **extra):
     state = check_state(state)
     plan = state.plan
-    tree, side = split(params)
-    side = dict(side) if side else side
-    nodes = plan.model_def.flatten_up_to(tree)
+    nodes, side = nodes_of(params, plan)
+    side = dict(side) if side is not None else None
     gtree, gside = split(grads) if grads is not None else (None, None)
     gnodes = plan.model_def.flatten_up_to(gtree) if gtree is not None else None
-    needs_views = any(own is not None and own < len(stages) - 1 for own in plan.owners)
-    views = walk(params, state)[0] if needs_views else None
+    views, owned_view = None, []
+    if any(own is not None for own in plan.owners):  # stages around an owner see its view
+      args, _, owned_view = walk(params, state)
+      views = [plan.model_def.flatten_up_to(split(a)[0]) for a in args]
     new_states = []
     for i, (c, s) in enumerate(zip(stages, state.stages)):
-      seen = plan.model_def.flatten_up_to(split(views[i])[0]) if views is not None else nodes
-      x = inputs(plan, i, seen, nodes, nodes)
+      x = list(nodes)
+      if views is not None:
+        for k, own in enumerate(plan.owners):
+          if own is not None and own != i:  # after the owner: its view; before it: its view too
+            x[k] = views[i][k] if own < i else owned_view[k]
       g = None
       if gnodes is not None:
         g = [gnodes[k] if own is None or own == i else jnp.zeros_like(x[k]) for k, own in enumerate(plan.owners)]
@@ -309,7 +336,7 @@ def chain(*compressors: Compressor) -> Compressor:
       new_states.append(s)
     state = ChainState(tuple(new_states), state.frozen, plan)
     comb = masks(state)
-    if comb is not None:  # stages before an owner could not project its leaf: do it here
+    if comb is not None:  # stages around an owner could not project its leaf: do it here
       for k, (m, own) in enumerate(zip(plan.model_def.flatten_up_to(comb), plan.owners)):
         if own is not None and m is not None:
           nodes[k] = jax.tree.map(lambda a, m=m: _masked(a, m) if jnp.shape(a) == jnp.shape(m) else a, nodes[k])
@@ -319,7 +346,7 @@ def chain(*compressors: Compressor) -> Compressor:
   def pack(params, state):
     state = check_state(state)
     plan = state.plan
-    args, view = walk(params, state)
+    args, view, _ = walk(params, state)
     n = len(plan.paths)
     chosen: list[Any] = [None] * n
     for i, (c, s, arg) in enumerate(zip(stages, state.stages, args)):
@@ -338,13 +365,13 @@ def chain(*compressors: Compressor) -> Compressor:
 
   def penalty(params, state):
     state = check_state(state)
-    args, _ = walk(params, state)
+    args, _, _ = walk(params, state)
     terms = [t for c, s, a in zip(stages, state.stages, args) if (t := c.penalty(a, s)) is not None]
     return sum(terms[1:], terms[0]) if terms else None
 
   def rewrite(fn, params, state):
     state = check_state(state)
-    args, _ = walk(params, state)
+    args, _, _ = walk(params, state)
     for c, s, a in zip(stages, state.stages, args):
       fn = c.rewrite(fn, a, s)
     return fn

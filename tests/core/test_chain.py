@@ -151,3 +151,36 @@ def test_optimizer_state_maps_to_params_exactly_not_by_suffix():
     return _renamed(state.params, "a", "mlp") if rename else state.params
 
   jax.tree.map(np.testing.assert_array_equal, train(params, False), train(params, True))
+
+
+def test_a_pruning_schedule_before_a_restructuring_stage_keeps_pruning():
+  """magnitude on a schedule, then k-means on one leaf: the clustered leaf reaches the
+  target too, and a global ranking spends its budget on real values, not placeholders."""
+  k = jax.random.split(jax.random.key(4), 2)
+  params = {"a": {"w": jax.random.normal(k[0], (32, 32))}, "c": {"w": jax.random.normal(k[1], (32, 32))}}
+  for scope in ("layer", "global"):
+    sched = jc.pruning.polynomial_sparsity(0.9, begin_step=0, end_step=10)
+    c = jc.chain(jc.pruning.magnitude(sched, scope=scope), jc.quantization.kmeans(4, where="a/w"))
+    t, s = c.init(params)
+    for _ in range(12):
+      t, s = c.update(t, s)
+    masks = c.masks(s)
+    for leaf in ("a", "c"):
+      assert abs(1 - float(np.mean(np.asarray(masks[leaf]["w"]))) - 0.9) < 0.02, (scope, leaf)
+    view = c.apply(t, s)
+    assert not np.any(np.asarray(view["a"]["w"])[~np.asarray(masks["a"]["w"])])
+
+
+def test_python_scalar_leaves_and_wrong_params_are_handled():
+  params = {"w": jnp.ones((4, 4)), "t": 1.0}
+  c = jc.chain(jc.pruning.magnitude(0.5), jc.identity())
+  t, s = c.init(params)
+  assert c.apply(t, s)["t"] == 1.0
+  with pytest.raises(ValueError, match=r"leaf 'w' has shape \(2, 2\), init saw \(4, 4\)"):
+    c.apply({"w": jnp.ones((2, 2)), "t": 1.0}, s)
+  with pytest.raises(ValueError, match="structure the chain was initialized with"):
+    c.apply({"w": jnp.ones((4, 4))}, s)
+  lsq = jc.chain(jc.quantization.lsq(4), jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1]))
+  t, s = lsq.init(PARAMS)
+  with pytest.raises(ValueError, match="pass the tree init returned"):
+    lsq.apply(t.params, s)
