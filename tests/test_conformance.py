@@ -64,7 +64,9 @@ CASES = {
   "quantize_activations_calibrated": lambda: jc.quantization.quantize_activations(
     6, apply_fn=helpers.mlp_apply, batches=[helpers.batch()[0]], where="fc1/kernel"
   ),
-  "lsq_activations": lambda: jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1]),
+  "lsq_activations": lambda: jc.quantization.lsq_activations(
+    helpers.mlp_apply, 4, inputs=helpers.batch()[:1], signed=True
+  ),
   "pact_activations": lambda: jc.quantization.pact_activations(
     helpers.mlp_apply, 4, inputs=helpers.batch()[:1], alpha_decay=1e-3
   ),
@@ -85,7 +87,7 @@ CHAINS = {
   "chain_prune_lsq_acts": (
     lambda: jc.pruning.rigl(0.8, frequency=2, end_step=10),
     lambda: jc.quantization.lsq(4),
-    lambda: jc.quantization.lsq_activations(helpers.mlp_apply, 8, inputs=helpers.batch()[:1]),
+    lambda: jc.quantization.lsq_activations(helpers.mlp_apply, 8, inputs=helpers.batch()[:1], signed=True),
   ),
   "chain_prune_w4_a8": (
     lambda: jc.pruning.magnitude(0.9),

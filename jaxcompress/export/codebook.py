@@ -54,10 +54,10 @@ class CodebookArray(CompressedLeaf):
     """Per position, the index of an exact 0.0 in its codebook row, or ``None`` if a row has none."""
     codebook = np.asarray(self.codebook)
     rows = codebook.reshape(1, -1) if self.axis is None else codebook
-    has_zero = (rows == 0).any(axis=1)
-    if not has_zero.all():
+    zero = (rows == 0) & ~np.signbit(rows)  # +0.0 exactly: a pruned weight must read +0.0
+    if not zero.any(axis=1).all():
       return None
-    first = np.argmax(rows == 0, axis=1)
+    first = np.argmax(zero, axis=1)
     shape = self.shape
     if self.axis is None:
       return np.full(shape, first[0], np.int64)

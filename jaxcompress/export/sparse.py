@@ -85,7 +85,9 @@ class SparseArray(CompressedLeaf):
   def prune(self, mask: Any) -> CompressedLeaf:
     dense = np.asarray(self.materialize())
     keep = np.asarray(self.present()) & np.asarray(mask, bool)
-    return from_mask(dense, keep, format=None)
+    bits = getattr(self.values, "bits", None)  # codes keep their bit-width
+    signed = bool(getattr(self.values, "signed", True))
+    return from_mask(dense, keep, value_bits=bits, signed=signed)
 
 
 jax.tree_util.register_dataclass(

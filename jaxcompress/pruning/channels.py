@@ -260,21 +260,28 @@ def narrow_nnx(model: Any, state: ChannelState, params: PyTree) -> Any:
   Args:
     model: the original module (left unchanged).
     state: the :class:`ChannelState` from :func:`channel_prune`.
-    params: the tree the compressor was initialized on (its paths name the Variables).
+    params: the params whose values the narrow module gets, by path: the full-size tree
+      the compressor was initialized on, or the pruned trainable tree (after fine-tuning).
+      Variables it does not hold keep the module's values.
 
   Returns:
     The narrower module; ``narrow(x)`` equals the original model under
-    ``channel_prune``'s ``apply``.
+    ``channel_prune``'s ``apply`` of those params.
   """
   from flax import nnx
 
   kept = _kept_map(state.kept, params)
+  values = dict(leaves_with_paths(params))
   model = nnx.clone(model)
   for path, node in list(nnx.iter_graph(model)):
     name = "/".join(str(p) for p in path)
-    if isinstance(node, nnx.Variable) and name in kept:
+    if not isinstance(node, nnx.Variable) or name not in values:
+      continue
+    value, full = values[name], tuple(np.shape(node.get_value()))
+    if name in kept and tuple(np.shape(value)) == full:
       k = kept[name]
-      node.set_value(slice_leaf(node.get_value(), k, _sizes_of(k, None)))
+      value = slice_leaf(value, k, _sizes_of(k, None))
+    node.set_value(jnp.asarray(value))
   for _, module in list(nnx.iter_graph(model)):
     if isinstance(module, nnx.Linear):
       module.in_features, module.out_features = module.kernel.get_value().shape

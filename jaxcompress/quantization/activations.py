@@ -119,7 +119,8 @@ def site_compressor(
     return None if penalty is None or extra is None else penalty(extra)
 
   def rewrite(fn, params, state):
-    return graph.rewrite(fn, rule(split(params)[1], state.data), where=pred)
+    # graph.rewrite takes the user's regex or predicate as it is, and names it in its errors
+    return graph.rewrite(fn, rule(split(params)[1], state.data), where=where)
 
   return Compressor(init_, apply, update_, pack, penalty=penalty_, rewrite=rewrite)
 
@@ -144,9 +145,10 @@ def capture_inputs(
       ``scan``/``while``/``cond`` (its activations cannot be captured).
   """
   pred = site_predicate(where)
-  sites = [s for s in graph.trace(apply_fn, params, *inputs) if pred(s.path, s)]
+  all_sites = graph.trace(apply_fn, params, *inputs)
+  sites = [s for s in all_sites if pred(s.path, s)]
   if not sites:
-    raise ValueError(f"where={where!r} selects no site of this model")
+    raise ValueError(f"where={where!r} selects no site of this model (sites: {[s.key for s in all_sites][:20]})")
   _, captured = graph.capture(apply_fn, where=pred)(params, *inputs)
   out = {}
   for site in sites:
@@ -192,6 +194,9 @@ def site_quantizer(
 
   def init(params):
     found = capture_inputs(apply_fn, params, inputs, where)
+    for key, (_, x) in found.items():
+      if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"the example activation feeding site {key!r} is not finite: check `inputs`")
     return {key: init_node(site, x) for key, (site, x) in found.items()}, None
 
   def rule(extra, data):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -242,7 +243,13 @@ def lsq_activations(
   qn, qp = lsq_range(bits, signed)
 
   def init_node(site, x):
-    del site
+    if not signed and bool(jnp.any(x < 0)):
+      warnings.warn(
+        f"lsq_activations: the activation feeding site {site.key!r} is negative on the example inputs "
+        f"(min {float(jnp.min(x)):.3g}) and unsigned codes clip it to 0; pass signed=True for such sites "
+        "(for example the model's input) or leave them out with where=",
+        stacklevel=4,
+      )
     return {"step": lsq_init_step(x, qp) if init_step is None else jnp.asarray(init_step, x.dtype)}
 
   def quantize(x, node, site):

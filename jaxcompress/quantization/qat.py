@@ -32,6 +32,7 @@ from jaxcompress import graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.base import Compressor
 from jaxcompress.core.chain import chain
+from jaxcompress.core.tree import leaves_with_paths
 from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization.activation_quant import activation_scale
 from jaxcompress.quantization.activations import site_compressor, site_predicate
@@ -119,6 +120,42 @@ def site_rule(
   return rule
 
 
+def check_weight_grid(
+  apply_fn: Callable[..., Any],
+  params: Any,
+  batch: Any,
+  *,
+  weight_bits: int,
+  per_channel: bool,
+  where: Callable[[str, graph.Site], bool],
+) -> None:
+  """Raises if a weight that an integer site would read as int8 codes is not on the grid
+  (``weight_bits`` symmetric, per output channel or per tensor) the site assumes, which
+  would make the integer forward differ from the packed model.
+
+  Raises:
+    ValueError: naming the site, the largest deviation and the fix.
+  """
+  leaves = dict(leaves_with_paths(params))
+  inputs = batch if isinstance(batch, tuple) else (batch,)
+  for site in graph.trace(apply_fn, params, *inputs):
+    w = leaves.get(site.path)
+    if not where(site.path, site) or w is None or not _on_channel_grid(site, per_channel):
+      continue
+    w = jnp.asarray(w)
+    granularity = Granularity(channel_axis=-1) if per_channel and w.ndim else Granularity()
+    scale = uniform.symmetric_scale(w, weight_bits, granularity)
+    q = uniform.qmax(weight_bits)
+    off = float(jnp.max(jnp.abs(jnp.clip(jnp.round(w / scale), -q, q) * scale - w)))
+    if off > 1e-5 * float(jnp.max(jnp.abs(w))):
+      grid = "per-channel" if per_channel else "per-tensor"
+      raise ValueError(
+        f"integer=True reads the weight of site {site.key!r} as {weight_bits}-bit {grid} codes, but it is not on "
+        f"that grid (off by up to {off:.3g}): put fake_quant({weight_bits}, per_channel={per_channel}) before this "
+        "stage with the same bits and granularity, or use qat(...), which does"
+      )
+
+
 def quantize_activations(
   bits: int = 8,
   *,
@@ -190,6 +227,8 @@ def quantize_activations(
   def init(params):
     if batches is None or apply_fn is None:
       return None, None
+    if integer:
+      check_weight_grid(apply_fn, params, batches[0], weight_bits=weight_bits, per_channel=per_channel, where=pred)
     return None, calibration.calibrate_activations(apply_fn, params, batches, spec, calibrator, where=pred)
 
   def rule(extra, ranges):

@@ -142,7 +142,8 @@ def serve(
   if not _integer_weights(packed):
     warnings.warn(
       "serve: no weight of `packed` is a symmetric QArray of at most 8 bits, so every op runs in "
-      "float; pass the output of pack (for example ptq(...).packed)",
+      "float on the dequantized weights (codebook, affine and per-group leaves are served that way); "
+      "for int8 matmuls pack with a symmetric uniform quantizer (fake_quant, qat, ptq)",
       stacklevel=2,
     )
 

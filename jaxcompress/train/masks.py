@@ -72,6 +72,11 @@ def reset_pruned(optimizer: optax.GradientTransformation, opt_state: optax.OptSt
   Returns:
     The optimizer state with the pruned entries set to 0.
   """
+  # optax.masked / multi_transform keep a MaskedNode where a transform has no state
   return optax.tree_map_params(
-    optimizer.init, lambda s, m: jnp.where(m, s, jnp.zeros_like(s)) if _same_shape(s, m) else s, opt_state, masks
+    optimizer.init,
+    lambda s, m: jnp.where(m, s, jnp.zeros_like(s)) if _same_shape(s, m) else s,
+    opt_state,
+    masks,
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
   )

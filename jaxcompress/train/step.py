@@ -121,7 +121,8 @@ def make_step(
     optimizer: an optax transformation.
     compressor: the compressor; its ``update`` runs after each optimizer step with
       ``grads=`` the (averaged) gradients.
-    axis_name: the ``pmap`` axis to average over, or ``None``.
+    axis_name: the ``pmap`` axis to average the gradients and the loss over (``aux`` is
+      left per device), or ``None``.
     reduce_gradients: average the gradients over ``axis_name`` (``pmean``). Set it to
       False when the optimizer does the reduction itself, for example a compressed
       all-reduce from :mod:`jaxcompress.quantization.gradient_compression`.
@@ -148,7 +149,8 @@ def make_step(
     if axis_name is not None:
       if reduce_gradients:
         grads = jax.lax.pmean(grads, axis_name)
-      out = jax.lax.pmean(out, axis_name)
+      # the loss is averaged; aux (predictions, counts) is each device's own
+      out = (jax.lax.pmean(out[0], axis_name), out[1]) if has_aux else jax.lax.pmean(out, axis_name)
     model_masks = compressor.masks(state.cstate)
     opt_state = state.opt_state
     masks = None if model_masks is None else trainable_masks(state.params, model_masks)

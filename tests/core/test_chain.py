@@ -180,7 +180,10 @@ def test_python_scalar_leaves_and_wrong_params_are_handled():
     c.apply({"w": jnp.ones((2, 2)), "t": 1.0}, s)
   with pytest.raises(ValueError, match="structure the chain was initialized with"):
     c.apply({"w": jnp.ones((4, 4))}, s)
-  lsq = jc.chain(jc.quantization.lsq(4), jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1]))
+  lsq = jc.chain(
+    jc.quantization.lsq(4),
+    jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1], signed=True),
+  )
   t, s = lsq.init(PARAMS)
   with pytest.raises(ValueError, match="pass the tree init returned"):
     lsq.apply(t.params, s)

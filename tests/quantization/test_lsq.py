@@ -116,7 +116,7 @@ def test_activation_steps_init_gradient_and_joint_training():
 
 
 def test_update_keeps_steps_positive():
-  aq = jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1])
+  aq = jc.quantization.lsq_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1], signed=True)
   tree, state = aq.init(helpers.mlp_params())
   bad = jc.Joint(tree.params, jax.tree.map(lambda s: -s, tree.extra))
   fixed, _ = aq.update(bad, state)

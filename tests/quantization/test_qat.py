@@ -123,3 +123,24 @@ def test_bad_bits():
     qat(act_bits=0, integer=False)
   with pytest.raises(ValueError, match="need apply_fn"):
     jc.quantization.quantize_activations(8, batches=[X])
+
+
+def test_integer_sites_reject_weights_off_their_grid():
+  c = jc.chain(
+    jc.quantization.fake_quant(4),  # per tensor: not the per-channel 8-bit grid assumed below
+    jc.quantization.quantize_activations(8, integer=True, apply_fn=helpers.mlp_apply, batches=[X]),
+  )
+  with pytest.raises(ValueError, match=r"site 'fc0/kernel' as 8-bit per-channel codes, but it is not on that grid"):
+    c.init(PARAMS)
+  ok = jc.chain(
+    jc.quantization.fake_quant(4),
+    jc.quantization.quantize_activations(
+      8, integer=True, weight_bits=4, per_channel=False, apply_fn=helpers.mlp_apply, batches=[X]
+    ),
+  )
+  t, s = ok.init(PARAMS)
+  fake = qat(4, per_channel=False, integer=False, apply_fn=helpers.mlp_apply, batches=[X])
+  tf, sf = fake.init(PARAMS)
+  np.testing.assert_allclose(
+    model_of(ok, helpers.mlp_apply)(t, s, X), model_of(fake, helpers.mlp_apply)(tf, sf, X), rtol=1e-5, atol=1e-5
+  )
