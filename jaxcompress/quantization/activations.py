@@ -91,7 +91,7 @@ def site_compressor(
     ``rule`` at the selected sites and whose trainable tree is :class:`~jaxcompress.Joint`
     when there are learned parameters.
   """
-  pred = site_predicate(where)
+  site_predicate(where)  # a bad where fails here, at construction
 
   def init_(params, *, masks=None):
     del masks
@@ -144,7 +144,7 @@ def capture_inputs(
     ValueError: if ``where`` selects no site, or a selected site lies inside a
       ``scan``/``while``/``cond`` (its activations cannot be captured).
   """
-  pred = site_predicate(where)
+  site_predicate(where)  # a bad where fails here, at construction
   all_sites = graph.trace(apply_fn, params, *inputs)
   sites = [s for s in all_sites if pred(s.path, s)]
   if not sites:
