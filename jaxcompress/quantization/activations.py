@@ -144,7 +144,7 @@ def capture_inputs(
     ValueError: if ``where`` selects no site, or a selected site lies inside a
       ``scan``/``while``/``cond`` (its activations cannot be captured).
   """
-  site_predicate(where)  # a bad where fails here, at construction
+  pred = site_predicate(where)
   all_sites = graph.trace(apply_fn, params, *inputs)
   sites = [s for s in all_sites if pred(s.path, s)]
   if not sites:
