@@ -7,8 +7,8 @@ trained params into compressed leaves whose bytes are real.
 
 from jaxcompress import export, graph, pruning, quantization, train
 from jaxcompress.core import accounting, select
-from jaxcompress.core.base import Compressor, EmptyState, Joint, identity
-from jaxcompress.core.chain import ChainState, chain
+from jaxcompress.core._base import Compressor, EmptyState, Joint, identity
+from jaxcompress.core._chain import ChainState, chain
 
 __all__ = [
   "ChainState",

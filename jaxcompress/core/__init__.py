@@ -1,8 +1,8 @@
 """The protocol, selection, tree helpers, validation and accounting."""
 
 from jaxcompress.core import accounting, leafwise, select, tree, validate
-from jaxcompress.core.base import Compressor, EmptyState, Joint, identity
-from jaxcompress.core.chain import ChainState, chain
+from jaxcompress.core._base import Compressor, EmptyState, Joint, identity
+from jaxcompress.core._chain import ChainState, chain
 from jaxcompress.core.tree import PyTree
 
 __all__ = [

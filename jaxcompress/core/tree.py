@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 
-from jaxcompress.export.base import CompressedLeaf
+from jaxcompress.export._base import CompressedLeaf
 
 PyTree = Any
 """Any JAX pytree: nested dicts, lists, tuples, NamedTuples, Flax NNX ``State``."""

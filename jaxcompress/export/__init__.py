@@ -1,14 +1,14 @@
 """Packed leaf types, bit packing, sparse formats, and save/load of packed trees."""
 
-from jaxcompress.export.base import CompressedLeaf, is_compressed, materialize, materialize_tree
-from jaxcompress.export.bitpack import BitPacked, code_range, pack_bits
-from jaxcompress.export.codebook import CodebookArray, from_assignments, index_bits
-from jaxcompress.export.factorized import Factorized, factorize
-from jaxcompress.export.io import CorruptFileError, load, save
-from jaxcompress.export.masked import MaskedArray, prune
-from jaxcompress.export.qarray import QArray, store_codes
-from jaxcompress.export.sliced import SlicedArray, sliced_from_parts
-from jaxcompress.export.sparse import SparseArray, from_dense, from_mask
+from jaxcompress.export._base import CompressedLeaf, is_compressed, materialize, materialize_tree
+from jaxcompress.export._bitpack import BitPacked, code_range, pack_bits
+from jaxcompress.export._codebook import CodebookArray, from_assignments, index_bits
+from jaxcompress.export._factorized import Factorized, factorize
+from jaxcompress.export._io import CorruptFileError, load, save
+from jaxcompress.export._masked import MaskedArray, prune
+from jaxcompress.export._qarray import QArray, store_codes
+from jaxcompress.export._sliced import SlicedArray, sliced_from_parts
+from jaxcompress.export._sparse import SparseArray, from_dense, from_mask
 
 __all__ = [
   "BitPacked",

@@ -1,8 +1,8 @@
 """See the model's computation: sites, rewriting, capture, FLOPs and channel dependencies."""
 
-from jaxcompress.graph.deps import Group, Member, dependency_groups
-from jaxcompress.graph.rewrite import Rule, capture, rewrite, sown
-from jaxcompress.graph.trace import Site, flops, macs, trace
+from jaxcompress.graph._deps import Group, Member, dependency_groups
+from jaxcompress.graph._rewrite import Rule, capture, rewrite, sown
+from jaxcompress.graph._trace import Site, flops, macs, trace
 
 __all__ = [
   "Group",

@@ -1,7 +1,7 @@
 """Pruning: delete redundant weights by an importance criterion."""
 
-from jaxcompress.pruning.allocation import Allocation, erk_sparsities
-from jaxcompress.pruning.channels import (
+from jaxcompress.pruning._allocation import Allocation, erk_sparsities
+from jaxcompress.pruning._channels import (
   ChannelState,
   channel_prune,
   narrow_linen,
@@ -10,7 +10,7 @@ from jaxcompress.pruning.channels import (
   slimming,
   slimming_penalty,
 )
-from jaxcompress.pruning.criteria import (
+from jaxcompress.pruning._criteria import (
   block_mask,
   global_topk_masks,
   keep_top,
@@ -18,15 +18,15 @@ from jaxcompress.pruning.criteria import (
   num_pruned,
   topk_mask,
 )
-from jaxcompress.pruning.dst import DSTState, rigl, sparse_evolutionary
-from jaxcompress.pruning.lottery import LotteryState, lottery_ticket
-from jaxcompress.pruning.magnitude import MagnitudeState, magnitude
-from jaxcompress.pruning.masking import PruningState
-from jaxcompress.pruning.movement import movement
-from jaxcompress.pruning.nm import n_m
-from jaxcompress.pruning.random_pruning import random
-from jaxcompress.pruning.saliency import saliency, snip
-from jaxcompress.pruning.schedules import (
+from jaxcompress.pruning._dst import DSTState, rigl, sparse_evolutionary
+from jaxcompress.pruning._lottery import LotteryState, lottery_ticket
+from jaxcompress.pruning._magnitude import MagnitudeState, magnitude
+from jaxcompress.pruning._masking import PruningState
+from jaxcompress.pruning._movement import movement
+from jaxcompress.pruning._nm import n_m
+from jaxcompress.pruning._random_pruning import random
+from jaxcompress.pruning._saliency import saliency, snip
+from jaxcompress.pruning._schedules import (
   check_reaches,
   constant_sparsity,
   one_shot_sparsity,

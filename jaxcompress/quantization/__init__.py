@@ -1,27 +1,27 @@
 """Quantization: represent weights, activations and gradients with fewer bits."""
 
 from jaxcompress.quantization import calibration, gradient_compression, granularity, uniform
-from jaxcompress.quantization.activation_quant import activation_rule
-from jaxcompress.quantization.activations import SiteState, site_compressor, site_quantizer
-from jaxcompress.quantization.backward import quantized_backward, stochastic_quantize
-from jaxcompress.quantization.binary import (
+from jaxcompress.quantization._activation_quant import activation_rule
+from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
+from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize
+from jaxcompress.quantization._binary import (
   binary_activation,
   binary_activation_rule,
   binary_activations,
   binary_connect,
   xnor_net,
 )
-from jaxcompress.quantization.fake_quant import fake_quant, weight_spec
+from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
+from jaxcompress.quantization._kmeans import kmeans
+from jaxcompress.quantization._lsq import lsq, lsq_activations
+from jaxcompress.quantization._pact import pact, pact_activations
+from jaxcompress.quantization._power_of_two import power_of_two
+from jaxcompress.quantization._ptq import QuantizedModel, ptq
+from jaxcompress.quantization._qat import qat, quantize_activations
+from jaxcompress.quantization._serve import serve
+from jaxcompress.quantization._spec import QuantSpec
+from jaxcompress.quantization._ternary import ttq, twn
 from jaxcompress.quantization.granularity import Granularity, per_channel, per_group, per_tensor
-from jaxcompress.quantization.kmeans import kmeans
-from jaxcompress.quantization.lsq import lsq, lsq_activations
-from jaxcompress.quantization.pact import pact, pact_activations
-from jaxcompress.quantization.power_of_two import power_of_two
-from jaxcompress.quantization.ptq import QuantizedModel, ptq
-from jaxcompress.quantization.qat import qat, quantize_activations
-from jaxcompress.quantization.serve import serve
-from jaxcompress.quantization.spec import QuantSpec
-from jaxcompress.quantization.ternary import ttq, twn
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
 __all__ = [

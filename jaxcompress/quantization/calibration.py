@@ -18,7 +18,7 @@ import numpy as np
 from jaxcompress import graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree
-from jaxcompress.quantization.spec import QuantSpec
+from jaxcompress.quantization._spec import QuantSpec
 
 
 class Calibrator(NamedTuple):

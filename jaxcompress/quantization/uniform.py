@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxcompress.export.bitpack import code_range
+from jaxcompress.export._bitpack import code_range
 from jaxcompress.quantization import _ste
 from jaxcompress.quantization.granularity import Granularity
 

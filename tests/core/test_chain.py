@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import jaxcompress as jc
-from jaxcompress.quantization.lsq import LSQParams
+from jaxcompress.quantization._lsq import LSQParams
 from tests import helpers
 
 PARAMS = helpers.mlp_params()
@@ -50,7 +50,7 @@ def test_kmeans_after_pruning_clusters_the_survivors_and_never_revives():
 
 
 def test_kmeans_after_pruning_is_kmeans_of_the_survivors():
-  from jaxcompress.quantization.kmeans import init_centroids, kmeans_1d
+  from jaxcompress.quantization._kmeans import init_centroids, kmeans_1d
 
   c = jc.chain(jc.pruning.magnitude(0.5), jc.quantization.kmeans(4, iterations=10))
   t, s = c.init(PARAMS)

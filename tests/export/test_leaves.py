@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxcompress import export
-from jaxcompress.export.sparse import _relative_codes
+from jaxcompress.export._sparse import _relative_codes
 
 
 def sparse_matrix(density, shape=(64, 48), seed=0):

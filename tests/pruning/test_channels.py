@@ -12,7 +12,7 @@ from flax import nnx
 
 import jaxcompress as jc
 from jaxcompress import pruning
-from jaxcompress.pruning import channels
+from jaxcompress.pruning import _channels as channels
 from tests import helpers
 from tests import test_conformance as conformance
 from tests.graph import models

@@ -71,7 +71,7 @@ def test_all_equal_scores_keep_exactly_the_count_by_position():
 
 
 def test_radix_select_equals_a_stable_sort_with_ties_nan_and_signed_zeros():
-  from jaxcompress.pruning.criteria import keep_top
+  from jaxcompress.pruning._criteria import keep_top
 
   rng = np.random.default_rng(0)
   x = rng.integers(-3, 4, size=500).astype(np.float32)  # many ties

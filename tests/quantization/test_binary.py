@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxcompress as jc
-from jaxcompress.quantization import binary
+from jaxcompress.quantization import _binary as binary
 
 
 def _w(seed=0, shape=(6, 4)):

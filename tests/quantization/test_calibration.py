@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from jaxcompress.quantization import calibration
-from jaxcompress.quantization.spec import QuantSpec
+from jaxcompress.quantization._spec import QuantSpec
 from tests import helpers
 
 BATCHES = [np.random.default_rng(i).normal(size=(256,)).astype(np.float32) for i in range(4)]

@@ -11,7 +11,7 @@ import pytest
 
 import jaxcompress as jc
 
-km = importlib.import_module("jaxcompress.quantization.kmeans")
+km = importlib.import_module("jaxcompress.quantization._kmeans")
 
 
 def _w(seed=0, shape=(12, 10)):

@@ -14,7 +14,7 @@ import pytest
 import jaxcompress as jc
 from tests import helpers
 
-lsqm = importlib.import_module("jaxcompress.quantization.lsq")
+lsqm = importlib.import_module("jaxcompress.quantization._lsq")
 
 
 def _reference_grads(v, s, qn, qp, g, grad_scale):

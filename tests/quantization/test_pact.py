@@ -10,7 +10,7 @@ import pytest
 import jaxcompress as jc
 from tests import helpers
 
-pactm = importlib.import_module("jaxcompress.quantization.pact")
+pactm = importlib.import_module("jaxcompress.quantization._pact")
 
 
 def test_activation_forward_and_gradients_match_the_paper():

@@ -9,7 +9,7 @@ import pytest
 
 import jaxcompress as jc
 
-pot = importlib.import_module("jaxcompress.quantization.power_of_two")
+pot = importlib.import_module("jaxcompress.quantization._power_of_two")
 
 
 @pytest.mark.parametrize("levels", [1, 3, 7])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxcompress as jc
-from jaxcompress.quantization import ternary
+from jaxcompress.quantization import _ternary as ternary
 
 
 def _w(seed=0, shape=(8, 5)):

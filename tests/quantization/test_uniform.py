@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcompress.quantization import granularity, uniform
-from jaxcompress.quantization.spec import QuantSpec
+from jaxcompress.quantization._spec import QuantSpec
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "data" / "torch_fake_quant.json").read_text())
 X = np.asarray(GOLDEN["x"], np.float32)

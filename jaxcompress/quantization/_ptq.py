@@ -1,0 +1,101 @@
+"""Post-training quantization: one call from a trained model to a quantized one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from jaxcompress import export
+from jaxcompress.core import select
+from jaxcompress.core._chain import chain
+from jaxcompress.core.tree import PyTree
+from jaxcompress.quantization._fake_quant import fake_quant
+from jaxcompress.quantization._qat import quantize_activations
+from jaxcompress.quantization._spec import QuantSpec
+from jaxcompress.quantization.calibration import Calibrator
+
+
+class QuantizedModel(NamedTuple):
+  """The result of :func:`ptq`.
+
+  Attributes:
+    apply: ``apply(packed, *inputs)``: the model with dequantized weights and, when
+      activations are quantized, fake-quantized activations at their calibrated ranges.
+    packed: the params with :class:`~jaxcompress.export.QArray` weights.
+    act_ranges: ``{site.key: (xmin, xmax)}``, or ``None`` for weight-only.
+    act_spec: the activation quantizer, or ``None``.
+  """
+
+  apply: Callable[..., Any]
+  packed: PyTree
+  act_ranges: dict[str, Any] | None
+  act_spec: QuantSpec | None
+
+
+def ptq(
+  apply_fn: Callable[..., Any],
+  params: PyTree,
+  *,
+  weight_bits: int = 8,
+  per_channel: bool = True,
+  group_size: int | None = None,
+  symmetric: bool = True,
+  act_bits: int | None = None,
+  batches: Iterable[Any] | None = None,
+  calibrator: Calibrator | None = None,
+  where: select.Where = None,
+) -> QuantizedModel:
+  """Quantizes a trained model's weights and, optionally, its activations, in one call.
+
+  The compressor ``chain(fake_quant(weight_bits, ...), quantize_activations(act_bits,
+  apply_fn=apply_fn, batches=batches))`` is initialized on ``params`` and packed at
+  once (no training): the selected weights become
+  :class:`~jaxcompress.export.QArray`, and weights that are exactly zero (a pruned
+  model's) stay absent in storage, so PTQ of a pruned model keeps its sparsity. The
+  activation ranges are calibrated on ``batches`` with the quantized weights in place.
+  Training with the same compressor and ``jaxcompress.train`` is QAT.
+
+  Args:
+    apply_fn: ``apply_fn(params, *inputs)``.
+    params: the trained params.
+    weight_bits: bits per weight (2..16 symmetric, 1..16 affine).
+    per_channel: per-output-channel weight scales (last axis).
+    group_size: per-group weight scales along the contraction axis 0.
+    symmetric: symmetric weights (else affine).
+    act_bits: bits per activation, or ``None`` for weight-only quantization.
+    batches: calibration batches (tuples of inputs), required with ``act_bits``.
+    calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
+    where: which weight leaves (default: floating leaves with ``ndim >= 2``); with
+      ``act_bits``, the sites those weights feed.
+
+  Returns:
+    A :class:`QuantizedModel`.
+
+  Raises:
+    ValueError: on bad bit-widths, a ``where`` that selects nothing, non-finite weights,
+      or ``act_bits`` without calibration batches.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = {'w': jnp.array([[0.5, -1.0], [0.25, 2.0]])}
+    >>> q = ptq(lambda p, x: x @ p['w'], params, weight_bits=8)
+    >>> [round(v, 3) for v in q.apply(q.packed, jnp.ones((1, 2)))[0].tolist()]  # 0.75, 1.0 on an 8-bit grid
+    [0.752, 0.992]
+  """
+  weights = fake_quant(weight_bits, symmetric=symmetric, per_channel=per_channel, group_size=group_size, where=where)
+  if act_bits is None:
+    compressor = weights
+  else:
+    if batches is None:
+      raise ValueError(f"act_bits={act_bits} needs calibration batches: pass batches=[...]")
+    chosen = {path for path, _, selected in select.explain(where, params) if selected}
+    acts = quantize_activations(
+      act_bits, apply_fn=apply_fn, batches=batches, calibrator=calibrator, where=lambda path, site: path in chosen
+    )
+    compressor = chain(weights, acts)
+  trainable, state = compressor.init(params)
+  packed = compressor.pack(trainable, state)
+  forward = compressor.rewrite(apply_fn, trainable, state)
+  ranges = None if act_bits is None else state.stages[1].data
+  spec = None if act_bits is None else QuantSpec(act_bits)
+  return QuantizedModel(lambda p, *x: forward(export.materialize_tree(p), *x), packed, ranges, spec)

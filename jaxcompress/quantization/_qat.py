@@ -1,0 +1,306 @@
+"""Quantized activations at every matmul and conv, and quantization-aware training.
+
+:func:`quantize_activations` is the model-side compressor of uniform activation
+quantization (through the protocol's ``rewrite`` seam): each selected site's input is
+quantized (symmetric per tensor, at ranges calibrated at ``init`` or each batch's own)
+and then either
+
+- ``integer=True``: the op runs on the codes, ``int8 × int8 → int32``, and is rescaled
+  once; the weight, which an earlier :func:`~jaxcompress.quantization.fake_quant` stage
+  put on a per-output-channel grid, is read back as int8 codes (2..8-bit weights in int8
+  containers, so W4A8 and W2A8 also run as int8 dots); or
+- ``integer=False``: the fake-quantized activation meets the weight in a float op.
+
+Both have the same straight-through gradients: the backward pass differentiates the op
+at the dequantized operands and zeroes the activation's gradient where it was clipped.
+The forward outputs agree up to float summation order.
+
+:func:`qat` is the one way to do QAT: ``chain(fake_quant(weight_bits, per_channel),
+quantize_activations(act_bits, integer=...))``, so what is trained is what is packed:
+``pack`` stores the weight exactly as the model saw it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcompress import graph
+from jaxcompress.core import select, validate
+from jaxcompress.core._base import Compressor
+from jaxcompress.core._chain import chain
+from jaxcompress.core.tree import leaves_with_paths
+from jaxcompress.quantization import calibration, uniform
+from jaxcompress.quantization._activation_quant import activation_scale
+from jaxcompress.quantization._activations import site_compressor, site_predicate
+from jaxcompress.quantization._fake_quant import fake_quant
+from jaxcompress.quantization._serve import integer_op, output_scale
+from jaxcompress.quantization._spec import QuantSpec
+from jaxcompress.quantization.granularity import Granularity
+
+
+def _codes(x: jax.Array, scale: jax.Array, q: int) -> tuple[jax.Array, jax.Array]:
+  """int8 codes and the straight-through mask (inside the end codes' rounding bins)."""
+  v = x * (1.0 / scale)
+  return jnp.clip(jnp.round(v), -q, q).astype(jnp.int8), jnp.abs(v) <= q + 0.5
+
+
+def _on_channel_grid(site: graph.Site, per_channel: bool) -> bool:
+  """Whether the weight's per-channel scales (along the leaf's last axis) are per output
+  feature of this op, so the op factors as ``scale_a · scale_w · (codes_a · codes_w)``."""
+  if not per_channel:
+    return True
+  axes = site.leaf_axes
+  return axes is not None and tuple(axes[a] for a in site.feature_axes) == (len(axes) - 1,)
+
+
+def site_rule(
+  act_spec: QuantSpec,
+  *,
+  integer: bool = False,
+  weight_bits: int = 8,
+  per_channel: bool = True,
+  act_ranges: dict | None = None,
+  axis_name: str | None = None,
+) -> graph.Rule:
+  """The rewrite rule of :func:`quantize_activations` (see the module docstring).
+
+  A site whose weight scales do not lie along its output features (a weight used
+  transposed, or reshaped before the op) runs the float op on the quantized operands,
+  which computes the same function.
+  """
+  qa, qw = act_spec.qrange[1], uniform.qmax(weight_bits)
+
+  def scale_of(site, activation):
+    if act_ranges is not None or axis_name is None:
+      return activation_scale(act_spec, site, activation, act_ranges)
+    x = jax.lax.stop_gradient(activation)  # the whole batch's range, across the pmap axis
+    lo, hi = jax.lax.pmin(jnp.min(x), axis_name), jax.lax.pmax(jnp.max(x), axis_name)
+    return act_spec.params_from_range(lo, hi)
+
+  def float_rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+    scale, zero_point = scale_of(site, activation)
+    return site.compute(act_spec.fake_quant(activation, scale, zero_point), weight)
+
+  def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+    if not integer or not _on_channel_grid(site, per_channel):
+      return float_rule(site, activation, weight)
+    # on the channel grid, per-channel scales lie along the op's one output-feature axis
+    granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
+    w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
+    a_scale, _ = scale_of(site, activation)
+    a_scale = jax.lax.stop_gradient(jnp.reshape(a_scale, ()))
+    out_scale = output_scale(site, w_scale)
+    if out_scale is None:  # cannot happen: the scale varies only along the feature axes
+      raise AssertionError(f"weight scale of site {site.key!r} does not lie along its output features")
+
+    @jax.custom_vjp
+    def op(a, w):
+      return forward(a, w)[0]
+
+    def forward(a, w):
+      a_codes, a_in = _codes(a, a_scale, qa)
+      w_codes, _ = _codes(w, w_scale, qw)
+      return integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype), (a_codes, a_in, w_codes)
+
+    def backward(res, g):
+      a_codes, a_in, w_codes = res
+      a_q = a_codes.astype(g.dtype) * a_scale
+      w_q = w_codes.astype(g.dtype) * w_scale.astype(g.dtype)
+      _, pullback = jax.vjp(site.compute, a_q, w_q)
+      da, dw = pullback(g)
+      return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype)
+
+    op.defvjp(forward, backward)
+    return op(activation, weight)
+
+  return rule
+
+
+def check_weight_grid(
+  apply_fn: Callable[..., Any],
+  params: Any,
+  batch: Any,
+  *,
+  weight_bits: int,
+  per_channel: bool,
+  where: Callable[[str, graph.Site], bool],
+) -> None:
+  """Raises if a weight that an integer site would read as int8 codes is not on the grid
+  (``weight_bits`` symmetric, per output channel or per tensor) the site assumes, which
+  would make the integer forward differ from the packed model.
+
+  Raises:
+    ValueError: naming the site, the largest deviation and the fix.
+  """
+  leaves = dict(leaves_with_paths(params))
+  inputs = batch if isinstance(batch, tuple) else (batch,)
+  for site in graph.trace(apply_fn, params, *inputs):
+    w = leaves.get(site.path)
+    if not where(site.path, site) or w is None or not _on_channel_grid(site, per_channel):
+      continue
+    w = jnp.asarray(w)
+    granularity = Granularity(channel_axis=-1) if per_channel and w.ndim else Granularity()
+    scale = uniform.symmetric_scale(w, weight_bits, granularity)
+    q = uniform.qmax(weight_bits)
+    off = float(jnp.max(jnp.abs(jnp.clip(jnp.round(w / scale), -q, q) * scale - w)))
+    if off > 1e-5 * float(jnp.max(jnp.abs(w))):
+      grid = "per-channel" if per_channel else "per-tensor"
+      raise ValueError(
+        f"integer=True reads the weight of site {site.key!r} as {weight_bits}-bit {grid} codes, but it is not on "
+        f"that grid (off by up to {off:.3g}): put fake_quant({weight_bits}, per_channel={per_channel}) before this "
+        "stage with the same bits and granularity, or use qat(...), which does"
+      )
+
+
+def quantize_activations(
+  bits: int = 8,
+  *,
+  apply_fn: Callable[..., Any] | None = None,
+  batches: Iterable[Any] | None = None,
+  calibrator: calibration.Calibrator | None = None,
+  integer: bool = False,
+  weight_bits: int = 8,
+  per_channel: bool = True,
+  axis_name: str | None = None,
+  where: select.Where = None,
+) -> Compressor:
+  """Uniform activation quantization at every selected matmul and convolution (model-side).
+
+  ``rewrite`` fake-quantizes the input of each selected site, symmetric per tensor at
+  ``bits`` bits, and (``integer``) runs the op in ``int8 × int8 → int32``. Ranges are
+  static when ``apply_fn`` and calibration ``batches`` are given: ``init`` runs
+  ``apply_fn`` on them with the params it receives (in a chain, the view of the earlier
+  stages: the pruned and quantized weights the deployed model has) and keeps the
+  calibrated ``{site.key: (xmin, xmax)}`` in the state (``state.data``, for
+  :func:`~jaxcompress.quantization.serve`); otherwise each batch uses its own range. Under
+  ``pmap`` a dynamic range is each device's own shard's unless ``axis_name`` names the
+  mapped axis (then it is reduced over it, so every device uses the whole batch's range,
+  as a single device or a sharded ``jit`` would); either way the replicas stay equal,
+  since ``make_step`` averages the gradients.
+
+  Args:
+    bits: bits per activation: 2..16, 2..8 with ``integer``.
+    apply_fn: ``apply_fn(params, *inputs)``, for calibration.
+    batches: calibration batches (each a tuple of inputs, or one array).
+    calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
+    integer: run the ops on int8 codes (see the module docstring).
+    weight_bits: with ``integer``, the bits of the weight grid that the earlier
+      ``fake_quant`` stage uses (2..8).
+    per_channel: with ``integer``, whether that grid has one scale per output channel
+      (along the leaf's last axis) or one per tensor.
+    axis_name: the ``pmap`` axis to reduce dynamic ranges over (only under ``pmap``).
+    where: which sites, by weight path (regex or ``(path, site) -> bool``; default all).
+
+  Returns:
+    A model-side :class:`~jaxcompress.Compressor` with
+    :class:`~jaxcompress.quantization.SiteState`.
+
+  Raises:
+    ValueError: on bit-widths out of range, or ``batches`` without ``apply_fn``; at
+      ``init``, if calibration finds a non-finite range or reaches no site.
+
+  References:
+    Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference", https://arxiv.org/abs/1712.05877.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> model = lambda p, x: x @ p['w']
+    >>> c = quantize_activations(2)  # levels -1, 0, 1 times the batch's max |x|
+    >>> params, state = c.init({'w': jnp.eye(2)})
+    >>> c.rewrite(model, params, state)(c.apply(params, state), jnp.array([[0.2, -1.0]])).tolist()
+    [[0.0, -1.0]]
+  """
+  high = 8 if integer else 16
+  validate.check_bits("bits", bits, low=2, high=high)
+  validate.check_bits("weight_bits", weight_bits, low=2, high=8)
+  if batches is not None and apply_fn is None:
+    raise ValueError("calibration batches need apply_fn= (the model to run them through)")
+  spec = QuantSpec(bits)
+  batches = None if batches is None else list(batches)
+  pred = site_predicate(where)
+
+  def init(params):
+    if batches is None or apply_fn is None:
+      return None, None
+    if integer:
+      check_weight_grid(apply_fn, params, batches[0], weight_bits=weight_bits, per_channel=per_channel, where=pred)
+    return None, calibration.calibrate_activations(apply_fn, params, batches, spec, calibrator, where=pred)
+
+  def rule(extra, ranges):
+    del extra
+    return site_rule(
+      spec, integer=integer, weight_bits=weight_bits, per_channel=per_channel, act_ranges=ranges, axis_name=axis_name
+    )
+
+  return site_compressor(rule, init=init, where=where)
+
+
+def qat(
+  weight_bits: int = 8,
+  act_bits: int = 8,
+  *,
+  per_channel: bool = True,
+  integer: bool = True,
+  apply_fn: Callable[..., Any] | None = None,
+  batches: Iterable[Any] | None = None,
+  axis_name: str | None = None,
+  where: select.Where = None,
+) -> Compressor:
+  """Quantization-aware training of weights and activations: one compressor.
+
+  ``chain(fake_quant(weight_bits, per_channel=per_channel, where=where),
+  quantize_activations(act_bits, integer=integer, ...))``: the weights are fake-quantized
+  symmetric per output channel (the leaf's last axis) or per tensor, the activations per
+  tensor at calibrated (``apply_fn`` and ``batches``) or dynamic ranges, and with
+  ``integer`` every op whose weight scales lie along its output features runs as
+  ``int8 × int8 → int32``. ``pack`` stores exactly the weights the model trained with.
+
+  Args:
+    weight_bits: 2..8 with ``integer`` (int8 containers), 2..16 otherwise.
+    act_bits: 2..8 with ``integer``, 2..16 otherwise.
+    per_channel: weight scales per output channel (else per tensor).
+    integer: run the forward ops on int8 codes.
+    apply_fn: the model, for activation calibration.
+    batches: calibration batches; ``None`` uses each batch's own range.
+    axis_name: under ``pmap``, the axis to reduce dynamic activation ranges over.
+    where: which weights (and the sites they feed), by path (default: every floating
+      leaf with ``ndim >= 2``, and every site).
+
+  Returns:
+    A :class:`~jaxcompress.Compressor` (a :func:`~jaxcompress.chain`).
+
+  Raises:
+    ValueError: on bit-widths out of range.
+
+  References:
+    Jacob et al. 2018, https://arxiv.org/abs/1712.05877 (integer-arithmetic inference).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> model = lambda p, x: x @ p['w']
+    >>> c = qat(weight_bits=4)
+    >>> params, state = c.init({'w': jnp.array([[0.7, -0.2], [0.1, 0.4]])})
+    >>> out = c.rewrite(model, params, state)(c.apply(params, state), jnp.ones((1, 2)))
+    >>> [round(v, 3) for v in out[0].tolist()]
+    [0.8, 0.229]
+  """
+  high = 8 if integer else 16
+  validate.check_bits("weight_bits", weight_bits, low=2, high=high)
+  validate.check_bits("act_bits", act_bits, low=2, high=high)
+  weights = fake_quant(weight_bits, per_channel=per_channel, where=where)
+  acts = quantize_activations(
+    act_bits,
+    apply_fn=apply_fn,
+    batches=batches,
+    integer=integer,
+    weight_bits=min(weight_bits, 8),
+    per_channel=per_channel,
+    axis_name=axis_name,
+    where=where,
+  )
+  return chain(weights, acts)

@@ -1,0 +1,155 @@
+"""Serving quantized models through integer matmuls.
+
+W8A8: each matmul or convolution whose weight is an 8-bit-or-narrower symmetric
+:class:`~jaxcompress.export.QArray` runs as ``int8 × int8 → int32`` (``dot_general`` /
+``conv_general_dilated`` with ``preferred_element_type=int32``), then one rescale by
+``activation_scale · weight_scale``. Weights below 8 bits use int8 containers, so no
+``int4 × int4`` dot is ever emitted (XLA's CPU backend cannot compile those).
+Weight-only: the codes are dequantized right before the op.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcompress import export, graph
+from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
+from jaxcompress.quantization import calibration
+from jaxcompress.quantization._activation_quant import activation_scale
+from jaxcompress.quantization._spec import QuantSpec
+
+
+def _integer_weights(packed: PyTree) -> dict[str, export.QArray]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(packed, is_leaf=is_packed_leaf)
+  return {
+    path_str(kp): leaf
+    for kp, leaf in flat
+    if isinstance(leaf, export.QArray) and leaf.bits <= 8 and leaf.zero_point is None and leaf.group_size is None
+  }
+
+
+def output_scale(site: graph.Site, w_scale: jax.Array) -> jax.Array | None:
+  """The weight scale laid out on the site's output, or ``None`` if it varies off the feature axis."""
+  w_scale = jnp.asarray(w_scale, jnp.float32)
+  varying = [a for a, d in enumerate(w_scale.shape) if d != 1]
+  if not varying:
+    return w_scale.reshape(())
+  if len(varying) != 1 or tuple(varying) != site.feature_axes:
+    return None
+  (f,) = varying
+  out_ndim = len(site.output_shape)
+  if site.op == "dot_general":
+    (lc, rc), (lb, rb) = site.params["dimension_numbers"]
+    contract, batch = (rc, rb) if site.weight_operand == 1 else (lc, lb)
+    free = [a for a in range(len(site.weight_shape)) if a not in contract and a not in batch]
+    other_free = (
+      len(site.activation_shape) - len(site.params["dimension_numbers"][0][1 - site.weight_operand]) - len(batch)
+    )
+    pos = len(batch) + (other_free if site.weight_operand == 1 else 0) + free.index(f)
+  else:
+    pos = site.params["dimension_numbers"].out_spec[1]
+  shape = [1] * out_ndim
+  shape[pos] = w_scale.size
+  return w_scale.reshape(shape)
+
+
+def integer_op(site: graph.Site, a_codes: jax.Array, w_codes: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:
+  """The site's op on int8 codes, ``int8 × int8 → int32``, then one rescale to ``dtype``.
+
+  Args:
+    site: the matmul or convolution.
+    a_codes: ``int8`` activation codes of the activation's shape.
+    w_codes: ``int8`` weight codes of the weight operand's shape.
+    scale: ``activation_scale · weight_scale`` laid out on the op's output (a scalar,
+      or per output feature: :func:`output_scale`).
+    dtype: the output dtype.
+  """
+  acc = site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
+  return (acc.astype(jnp.float32) * scale).astype(dtype)
+
+
+def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges: dict | None) -> graph.Rule:
+  """The serving rule: int8 × int8 → int32 where possible, dequantized weights otherwise.
+
+  Args:
+    weights: ``{path: QArray}`` of the integer-servable weights, with traced arrays.
+    act_spec: the (symmetric, at most 8-bit) activation quantizer, or ``None`` for
+      weight-only serving.
+    act_ranges: calibrated ranges per ``site.key`` (``None``: dynamic per batch).
+  """
+
+  def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+    q = weights.get(site.path)
+    out_scale = None if q is None or tuple(q.shape) != site.weight_shape else output_scale(site, q.scale)
+    if q is None or out_scale is None:
+      return site.compute(activation, weight)  # not servable in integers: the dequantized weight
+    codes = jnp.asarray(export.materialize(q.codes)).astype(jnp.int8)
+    if act_spec is None:
+      return site.compute(activation, codes.astype(activation.dtype) * jnp.asarray(q.scale, activation.dtype))
+    a_scale, _ = activation_scale(act_spec, site, activation, act_ranges)
+    qmin, qmax = act_spec.qrange
+    a_codes = jnp.clip(jnp.round(activation * (1.0 / a_scale)), qmin, qmax).astype(jnp.int8)
+    return integer_op(site, a_codes, codes, jnp.reshape(a_scale, ()) * out_scale, activation.dtype)
+
+  return rule
+
+
+def serve(
+  apply_fn: Callable[..., Any],
+  packed: PyTree,
+  *,
+  act_ranges: dict | None = None,
+  act_bits: int | None = 8,
+) -> Callable[..., Any]:
+  """Runs a packed model with integer matmuls.
+
+  Args:
+    apply_fn: ``apply_fn(params, *inputs)`` of the float model.
+    packed: the packed params (``QArray`` weights), for example :func:`ptq`'s.
+    act_ranges: calibrated activation ranges ``{site.key: (xmin, xmax)}`` (static
+      W8A8); ``None`` quantizes each batch's activations with its own range.
+    act_bits: activation bits (2..8) for the integer path, or ``None`` for weight-only
+      serving (dequantized weights, float activations).
+
+  Returns:
+    ``fn(*inputs) -> outputs``, jitted, with ``packed`` passed as an argument.
+
+  Raises:
+    ValueError: if ``act_bits`` is outside 2..8, or at call time if a calibrated
+      range is missing for a site.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxcompress.quantization._ptq import ptq
+    >>> params = {'w': jnp.array([[0.5, -1.0], [0.25, 2.0]])}
+    >>> q = ptq(lambda p, x: x @ p['w'], params)
+    >>> [round(v, 3) for v in serve(lambda p, x: x @ p['w'], q.packed)(jnp.ones((1, 2)))[0].tolist()]
+    [0.752, 0.992]
+  """
+  if act_ranges is not None:
+    calibration.check_ranges(act_ranges)
+  act_spec = None
+  if act_bits is not None:
+    if not 2 <= int(act_bits) <= 8:
+      raise ValueError(f"act_bits must be in [2, 8] for int8 matmuls, got {act_bits}")
+    act_spec = QuantSpec(int(act_bits))
+
+  if not _integer_weights(packed):
+    warnings.warn(
+      "serve: no weight of `packed` is a symmetric QArray of at most 8 bits, so every op runs in "
+      "float on the dequantized weights (codebook, affine and per-group leaves are served that way); "
+      "for int8 matmuls pack with a symmetric uniform quantizer (fake_quant, qat, ptq)",
+      stacklevel=2,
+    )
+
+  @jax.jit
+  def run(packed, *inputs):
+    rule = integer_rule(_integer_weights(packed), act_spec, act_ranges)
+    return graph.rewrite(apply_fn, rule, where=lambda path, site: True)(export.materialize_tree(packed), *inputs)
+
+  return lambda *inputs: run(packed, *inputs)

@@ -1,0 +1,172 @@
+"""Training integration: a loss over the trainable tree and a jit/pmap/sharding-safe step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcompress.core._base import Compressor
+from jaxcompress.core.tree import PyTree
+from jaxcompress.train._masks import mask_tree, reset_pruned, trainable_masks
+
+
+class TrainState(NamedTuple):
+  """What a compressed training step threads from one step to the next.
+
+  Attributes:
+    params: the trainable tree (``Compressor.init``'s first output).
+    opt_state: the optax optimizer's state.
+    cstate: the compressor's state.
+  """
+
+  params: PyTree
+  opt_state: optax.OptState
+  cstate: Any
+
+
+def wrap_loss(loss_fn: Callable[..., Any], compressor: Compressor, *, has_aux: bool = False) -> Callable[..., Any]:
+  """Turns a loss over the model's params into a loss over the trainable tree.
+
+  The compressor enters through its three seams: ``apply`` gives the model's params,
+  ``rewrite`` transforms the loss's computation (quantized activations, integer matmuls),
+  and ``penalty`` adds its loss term (network slimming's L1, PACT's L2 on its clip).
+
+  Args:
+    loss_fn: ``loss_fn(model_params, *args, **kwargs) -> loss`` (or ``(loss, aux)``).
+    compressor: the compressor.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)`` (the penalty is added to ``loss``).
+
+  Returns:
+    ``loss(params, cstate, *args, **kwargs) = rewrite(loss_fn)(apply(params, cstate), *args,
+    **kwargs) + penalty(params, cstate)``, differentiable in ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcompress import quantization
+    >>> c = quantization.fake_quant(2)  # levels -4, 0, 4 for these weights
+    >>> params, cstate = c.init({'w': jnp.array([[1.0, -3.0], [0.5, 4.0]])})
+    >>> loss = wrap_loss(lambda p: p['w'].sum(), c)
+    >>> float(loss(params, cstate))  # the model sees [[0, -4], [0, 4]]
+    0.0
+    >>> jax.grad(loss)(params, cstate)['w'].tolist()  # straight through the rounding
+    [[1.0, 1.0], [1.0, 1.0]]
+  """
+
+  def loss(params, cstate, *args, **kwargs):
+    out = compressor.rewrite(loss_fn, params, cstate)(compressor.apply(params, cstate), *args, **kwargs)
+    term = compressor.penalty(params, cstate)
+    if term is None:
+      return out
+    return (out[0] + term, out[1]) if has_aux else out + term
+
+  return loss
+
+
+def init(params: PyTree, optimizer: optax.GradientTransformation, compressor: Compressor) -> TrainState:
+  """Initializes the compressor, then the optimizer on the trainable tree.
+
+  Weakly typed leaves (``jnp.full(n, 0.1)`` is one) are made strongly typed first:
+  the optimizer returns strong types, and a step whose input types change between the
+  first and second call compiles twice.
+
+  Args:
+    params: the model's params.
+    optimizer: an optax transformation.
+    compressor: the compressor.
+
+  Returns:
+    A :class:`TrainState`.
+
+  Raises:
+    Whatever ``compressor.init`` raises for a bad selection or bad leaves.
+  """
+  params = jax.tree.map(lambda x: jnp.asarray(x, x.dtype) if getattr(x, "weak_type", False) else x, params)
+  params, cstate = compressor.init(params)
+  return TrainState(params=params, opt_state=optimizer.init(params), cstate=cstate)
+
+
+def make_step(
+  loss_fn: Callable[..., Any],
+  optimizer: optax.GradientTransformation,
+  compressor: Compressor,
+  *,
+  axis_name: str | None = None,
+  reduce_gradients: bool = True,
+  has_aux: bool = False,
+) -> Callable[..., tuple[TrainState, Any]]:
+  """Builds one training step: grad through ``apply``, the optimizer, then ``update``.
+
+  The loss is :func:`wrap_loss`'s (``apply``, ``rewrite`` and ``penalty``). When the
+  compressor prunes (``compressor.masks(cstate)`` is not ``None``), the optimizer moments
+  of pruned coordinates are zeroed before each optimizer update (so a weight pruned at
+  one step loses its history at the next, and a regrown weight starts from zero moments;
+  :func:`~jaxcompress.train._masks.reset_pruned` maps the optimizer state to the params
+  exactly), and the gradients and updates there are zeroed: no weight is moved or revived
+  by momentum or weight decay. ``update`` still receives the unmasked gradients (RigL
+  regrows by them). Without masks it is the plain step.
+
+  The step is a pure function ``step(state, *batch) -> (state, loss)`` (or
+  ``(state, (loss, aux))`` with ``has_aux``); jitting is the caller's choice. It works
+  under ``jax.jit``, under ``jax.pmap`` with ``axis_name`` (gradients and loss are
+  averaged over that axis before the optimizer), and under ``jit`` with a
+  ``NamedSharding`` mesh (shard the batch; XLA inserts the reductions).
+
+  Args:
+    loss_fn: ``loss_fn(model_params, *batch) -> scalar loss`` (``(loss, aux)`` with
+      ``has_aux``), averaged over the batch.
+    optimizer: an optax transformation.
+    compressor: the compressor; its ``update`` runs after each optimizer step with
+      ``grads=`` the (averaged) gradients.
+    axis_name: the ``pmap`` axis to average the gradients and the loss over (``aux`` is
+      left per device), or ``None``.
+    reduce_gradients: average the gradients over ``axis_name`` (``pmean``). Set it to
+      False when the optimizer does the reduction itself, for example a compressed
+      all-reduce from :mod:`jaxcompress.quantization.gradient_compression`.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+
+  Returns:
+    The step function.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxcompress import pruning
+    >>> c = pruning.magnitude(0.5)
+    >>> opt = optax.sgd(0.1)
+    >>> state = init({'w': jnp.array([[1.0, 2.0], [3.0, 4.0]])}, opt, c)
+    >>> step = jax.jit(make_step(lambda p, x: (x @ p['w']).sum(), opt, c))
+    >>> state, loss = step(state, jnp.ones((1, 2)))
+    >>> state.params['w'].tolist()
+    [[0.0, 0.0], [2.9000000953674316, 3.9000000953674316]]
+  """
+  grad_fn = jax.value_and_grad(wrap_loss(loss_fn, compressor, has_aux=has_aux), has_aux=has_aux)
+
+  def step(state: TrainState, *batch: Any) -> tuple[TrainState, Any]:
+    out, grads = grad_fn(state.params, state.cstate, *batch)
+    if axis_name is not None:
+      if reduce_gradients:
+        grads = jax.lax.pmean(grads, axis_name)
+      # the loss is averaged; aux (predictions, counts) is each device's own
+      out = (jax.lax.pmean(out[0], axis_name), out[1]) if has_aux else jax.lax.pmean(out, axis_name)
+    model_masks = compressor.masks(state.cstate)
+    opt_state = state.opt_state
+    masks = None if model_masks is None else trainable_masks(state.params, model_masks)
+    if masks is not None:
+      # Zero the moments of pruned coordinates before the optimizer reads them (this fuses
+      # into its update): a newly pruned weight drops its history, and a regrown one
+      # starts from zeros. Gradients and updates there are zeroed too.
+      opt_state = reset_pruned(optimizer, opt_state, masks)
+      grads_in = mask_tree(grads, masks)
+    else:
+      grads_in = grads
+    updates, opt_state = optimizer.update(grads_in, opt_state, state.params)
+    if masks is not None:
+      updates = mask_tree(updates, masks)
+    params = optax.apply_updates(state.params, updates)
+    params, cstate = compressor.update(params, state.cstate, grads=grads)
+    return TrainState(params, opt_state, cstate), out
+
+  return step
