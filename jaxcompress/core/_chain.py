@@ -349,12 +349,18 @@ def chain(*compressors: Compressor) -> Compressor:
     args, view, _ = walk(params, state)
     n = len(plan.paths)
     chosen: list[Any] = [None] * n
+    owners_packed: list[Any] = [None] * n
     for i, (c, s, arg) in enumerate(zip(stages, state.stages, args)):
       out = plan.model_def.flatten_up_to(c.pack(arg, s))
       mine = stage_masks(i, s, plan)
       for k, own in enumerate(plan.owners):
         if (own is None or own <= i) and mine[k] is None and isinstance(out[k], export.CompressedLeaf):
           chosen[k] = out[k]
+          if own == i:
+            owners_packed[k] = out[k]
+    for k, mine in enumerate(owners_packed):  # a later stage's leaf, kept in the owner's structure
+      if mine is not None and chosen[k] is not mine:
+        chosen[k] = mine.recompose(chosen[k])
     comb = masks(state)
     flat_masks = plan.model_def.flatten_up_to(comb) if comb is not None else [None] * n
     leaves = []

@@ -34,6 +34,26 @@ class CompressedLeaf:
     """The dense shape."""
     raise NotImplementedError
 
+  def take(self, kept: Any) -> CompressedLeaf | None:
+    """The sub-array at the kept positions of each axis, in this leaf's representation.
+
+    Args:
+      kept: one ``bool`` vector per axis (True = kept), on the host.
+
+    Returns:
+      A compressed leaf of the smaller shape, or ``None`` when this representation cannot
+      be cut (the default; a caller then keeps the whole leaf).
+    """
+    del kept
+    return None
+
+  def recompose(self, leaf: Any) -> Any:
+    """``leaf`` (of this leaf's dense shape, made by a later stage from this leaf's
+    view) re-expressed in this leaf's structure, or ``leaf`` itself when there is none to
+    keep (the default). A channel-pruned ``SlicedArray`` keeps its smaller shape: a later
+    quantizer's ``QArray`` of the full view becomes the ``QArray`` of the kept block."""
+    return leaf
+
   def prune(self, mask: Any) -> CompressedLeaf:
     """This leaf with the positions where ``mask`` is False set to exactly 0.
 

@@ -50,6 +50,18 @@ class CodebookArray(CompressedLeaf):
       dense = jnp.where(self.indices.present(), dense, jnp.zeros_like(dense))
     return dense
 
+  def take(self, kept: Any) -> CompressedLeaf | None:
+    """The kept block: its indices, with per-channel codebook rows cut along ``axis``."""
+    index = np.ix_(*[np.asarray(k, bool) for k in kept])
+    idx = np.asarray(materialize(self.indices), np.int64)[index]
+    codebook = np.asarray(self.codebook)
+    if self.axis is not None:
+      codebook = codebook[np.asarray(kept[self.axis], bool)]
+    block = from_assignments(codebook, idx, axis=self.axis)
+    if isinstance(self.indices, SparseArray):
+      return block.prune(np.asarray(self.indices.present())[index])
+    return block
+
   def _zero_indices(self) -> np.ndarray | None:
     """Per position, the index of an exact 0.0 in its codebook row, or ``None`` if a row has none."""
     codebook = np.asarray(self.codebook)

@@ -88,3 +88,19 @@ def prune(x: Any, mask: Any) -> Any:
   kept = np.where(mask, dense, np.zeros_like(dense))
   sparse = from_mask(kept, mask)
   return sparse if sparse.nbytes < kept.nbytes else kept
+
+
+def take(x: Any, kept: Any) -> Any:
+  """The sub-array of ``x`` at the kept positions of each axis.
+
+  Args:
+    x: a dense array or a compressed leaf.
+    kept: one ``bool`` vector per axis of ``x`` (True = kept).
+
+  Returns:
+    The smaller dense array, or the leaf's :meth:`~jaxcompress.export.CompressedLeaf.take`
+    (``None`` when its representation cannot be cut).
+  """
+  if isinstance(x, CompressedLeaf):
+    return x.take(kept)
+  return np.asarray(x)[np.ix_(*[np.asarray(k, bool) for k in kept])]

@@ -75,6 +75,24 @@ class QArray(CompressedLeaf):
     """Whether the codes are signed (symmetric grids) or unsigned (affine)."""
     return _codes_signed(self.codes)
 
+  def take(self, kept: Any) -> CompressedLeaf | None:
+    """The kept block: its codes, with per-channel scales and zero points cut along the
+    same axes. ``None`` for per-group scales (a cut can split a group)."""
+    if self.group_axis is not None:
+      return None
+    index = np.ix_(*[np.asarray(k, bool) for k in kept])
+    codes = np.asarray(materialize(self.codes), np.int32)
+    if _is_sparse(self.codes):
+      codes = np.where(np.asarray(self.codes.present()), codes, self.zero_code())
+    cut = lambda a: None if a is None else _cut(np.asarray(a), kept)
+    block = dataclasses.replace(
+      self,
+      codes=store_codes(codes[index], self.bits, signed=self.signed),
+      scale=cut(self.scale),
+      zero_point=cut(self.zero_point),
+    )
+    return block.prune(np.asarray(self.codes.present())[index]) if _is_sparse(self.codes) else block
+
   def prune(self, mask: Any) -> CompressedLeaf:
     """Keeps the scales and zero point; stores the surviving codes sparse, or all codes
     dense with the zero code at pruned positions, whichever is smaller."""
@@ -88,6 +106,14 @@ class QArray(CompressedLeaf):
     dense = store_codes(np.where(keep, codes, self.zero_code()), self.bits, signed=signed)
     sparse = from_mask(codes, keep, value_bits=self.bits, signed=signed)
     return dataclasses.replace(self, codes=sparse if sparse.nbytes < dense.nbytes else dense)
+
+
+def _cut(a: np.ndarray, kept: Any) -> np.ndarray:
+  """``a`` (broadcastable to the leaf) cut along the axes where it varies."""
+  for axis, k in enumerate(kept):
+    if axis < a.ndim and a.shape[axis] > 1:
+      a = np.compress(np.asarray(k, bool), a, axis=axis)
+  return a
 
 
 def _is_sparse(codes: Any) -> bool:

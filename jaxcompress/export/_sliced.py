@@ -44,6 +44,18 @@ class SlicedArray(CompressedLeaf):
     bounds = np.cumsum((0, *self.dense_shape))
     return [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
+  def recompose(self, leaf: Any) -> Any:
+    """``leaf`` stored as this leaf's kept block, when ``leaf`` is zero outside it."""
+    from jaxcompress.export._masked import take
+
+    flags = self._flags()
+    dense = np.array(materialize(leaf))
+    dense[np.ix_(*flags)] = 0
+    if np.any(dense):  # the later stage made the removed positions nonzero: keep it whole
+      return leaf
+    block = take(leaf, flags)
+    return leaf if block is None else dataclasses.replace(self, values=block)
+
   def prune(self, mask: Any) -> CompressedLeaf:
     """Prunes the kept sub-array (positions outside it are zeros already)."""
     from jaxcompress.export._masked import prune

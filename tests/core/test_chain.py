@@ -187,3 +187,24 @@ def test_python_scalar_leaves_and_wrong_params_are_handled():
   t, s = lsq.init(PARAMS)
   with pytest.raises(ValueError, match="pass the tree init returned"):
     lsq.apply(t.params, s)
+
+
+def test_channel_pruning_then_quantization_stores_the_narrow_codes():
+  """chain(channel_prune, fake_quant): the packed kernel is the narrow block's codes inside
+  the SlicedArray, no larger than quantizing the narrow model on its own."""
+  apply_fn, x = helpers.mlp_apply, helpers.batch()[0]
+  prune = jc.pruning.channel_prune(0.5, apply_fn=apply_fn, inputs=[x])
+  c = jc.chain(prune, jc.quantization.fake_quant(8, per_channel=True))
+  t, s = c.init(PARAMS)
+  packed = c.pack(t, s)
+  kernel = packed["fc0"]["kernel"]
+  assert isinstance(kernel, jc.export.SlicedArray) and isinstance(kernel.values, jc.export.QArray)
+  jax.tree.map(np.testing.assert_array_equal, jc.export.materialize_tree(packed), c.apply(t, s))
+  narrow = jc.quantization.fake_quant(8, per_channel=True)
+  alone = jc.accounting.report(narrow.pack(*narrow.init(t))).bytes
+  flags = sum(
+    int(np.prod(leaf.kept.data.shape))
+    for leaf in jax.tree.leaves(packed, is_leaf=jc.export.is_compressed)
+    if isinstance(leaf, jc.export.SlicedArray)
+  )
+  assert jc.accounting.report(packed).bytes <= alone + flags

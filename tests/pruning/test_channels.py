@@ -180,3 +180,14 @@ def test_narrow_linen_runs_the_module_at_the_pruned_widths():
   np.testing.assert_allclose(
     pruning.narrow_linen(module)(small, x), module.apply(c.apply(small, state), x), rtol=1e-5, atol=1e-5
   )
+
+
+def test_narrow_nnx_takes_the_values_of_the_params_it_is_given():
+  """The module keeps its initial weights; the trained (pruned) params are what the narrow
+  module must hold."""
+  model, _graphdef, variables, apply_fn, x = _nnx(models.ResidualConvNet, (2, 8, 8, 1))
+  c = pruning.channel_prune(0.5, apply_fn=apply_fn, inputs=[x])
+  small, state = c.init(variables)
+  trained = jax.tree.map(lambda v: v * 1.5 + 0.01, small)  # stands for fine-tuning
+  narrow = pruning.narrow_nnx(model, state, trained)
+  np.testing.assert_allclose(narrow(x), apply_fn(c.apply(trained, state), x), rtol=1e-5, atol=1e-5)
