@@ -101,10 +101,10 @@ CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for
 # Every pair trains in chain(pruner, quantizer); the pruners are at high sparsity, where
 # a pruned 1-bit code can be smaller than the unpruned one (at 50% it cannot: the
 # entropy of {0, -a, +a} at 1/2, 1/4, 1/4 is 1.5 bits).
+# Every pruner reports its masks through the same seam, so two kinds of mask (unstructured
+# top-k and N:M) cover the pairs; RigL (masks that move) is in CHAINS.
 PRUNERS = {
   "magnitude": lambda: jc.pruning.magnitude(0.9),
-  "global": lambda: jc.pruning.magnitude(0.9, scope="global"),
-  "rigl": lambda: jc.pruning.rigl(0.9, frequency=2, end_step=10),
   "n_m_1_8": lambda: jc.pruning.n_m(1, 8),
 }
 QUANTIZERS = {

@@ -24,7 +24,7 @@ def test_rigl_drops_smallest_and_regrows_by_dense_gradient_at_zero():
   w = np.abs(np.asarray(p["fc0"]["kernel"]))
   gabs = np.abs(np.asarray(g["fc0"]["kernel"]))
   active = m0.sum()
-  k = int(np.floor(float(pruning.dst.drop_fraction_at(1, 0.3, 100)) * active))
+  k = int(np.floor(float(pruning._dst.drop_fraction_at(1, 0.3, 100)) * active))
   assert m1.sum() == active and k > 0
   order = np.argsort(-np.where(m0, w, -np.inf), axis=None, kind="stable")
   kept = np.zeros(w.size, bool)
@@ -39,9 +39,9 @@ def test_rigl_drops_smallest_and_regrows_by_dense_gradient_at_zero():
 
 
 def test_rigl_cosine_drop_fraction_and_end_step():
-  assert float(pruning.dst.drop_fraction_at(0, 0.3, 100)) == pytest.approx(0.3)
-  assert float(pruning.dst.drop_fraction_at(50, 0.3, 100)) == pytest.approx(0.15)
-  assert float(pruning.dst.drop_fraction_at(100, 0.3, 100)) == pytest.approx(0.0, abs=1e-7)
+  assert float(pruning._dst.drop_fraction_at(0, 0.3, 100)) == pytest.approx(0.3)
+  assert float(pruning._dst.drop_fraction_at(50, 0.3, 100)) == pytest.approx(0.15)
+  assert float(pruning._dst.drop_fraction_at(100, 0.3, 100)) == pytest.approx(0.0, abs=1e-7)
   with pytest.raises(ValueError, match="frequency=50 is larger than end_step=10"):
     pruning.rigl(0.9, frequency=50, end_step=10)
   with pytest.raises(ValueError, match="drop_fraction"):
@@ -162,7 +162,7 @@ def test_a_constant_drop_fraction_decays_along_the_cosine():
   kwargs = dict(frequency=1, end_step=8, allocation="uniform", init_mask="magnitude")
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
   c = pruning.rigl(0.5, drop_fraction=0.4, **kwargs)
-  c_schedule = pruning.rigl(0.5, drop_fraction=lambda t: pruning.dst.drop_fraction_at(t, 0.4, 8), **kwargs)
+  c_schedule = pruning.rigl(0.5, drop_fraction=lambda t: pruning._dst.drop_fraction_at(t, 0.4, 8), **kwargs)
   (_, s), (_, s2) = c.init(params), c_schedule.init(params)
   for _ in range(3):
     (_, s), (_, s2) = c.update(params, s, grads=grads), c_schedule.update(params, s2, grads=grads)
@@ -195,7 +195,7 @@ def test_lottery_ticket_follows_a_schedule_of_rates():
     kept.append(int(state.masks["w"].sum()))
   # rounds end at steps 2, 4, 6 with rates 0.5, 0.25, 0.25: 128 -> 64 -> 48 -> 36, then fixed
   assert kept == [128, 64, 64, 48, 48, 36, 36, 36]
-  np.testing.assert_allclose(float(pruning.lottery.round_sparsity(np.array([0.5, 0.25, 0.25]), 3)), 1 - 36 / 128)
+  np.testing.assert_allclose(float(pruning._lottery.round_sparsity(np.array([0.5, 0.25, 0.25]), 3)), 1 - 36 / 128)
 
 
 @pytest.mark.parametrize(

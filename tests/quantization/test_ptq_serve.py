@@ -7,9 +7,7 @@ import pytest
 
 import jaxcompress as jc
 from jaxcompress import graph
-from jaxcompress.quantization import QuantSpec, activation_rule, quantized_backward, stochastic_quantize
-from jaxcompress.quantization import _ptq as ptq
-from jaxcompress.quantization import _serve as serve
+from jaxcompress.quantization import QuantSpec, activation_rule, ptq, quantized_backward, serve, stochastic_quantize
 from tests import helpers
 from tests.graph import models as M
 

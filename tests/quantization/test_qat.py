@@ -8,8 +8,7 @@ import pytest
 
 import jaxcompress as jc
 from jaxcompress import graph
-from jaxcompress.quantization import QuantSpec, activation_rule
-from jaxcompress.quantization import _qat as qat
+from jaxcompress.quantization import QuantSpec, activation_rule, qat
 from tests import helpers
 from tests.graph import models as M
 
