@@ -28,6 +28,7 @@ VARIANTS = {
   "dense": jc.identity,
   "masked 90%": lambda: pruning.magnitude(0.9),
   "fake-quant int8": lambda: quantization.fake_quant(8),
+  "chain prune90 + int8": lambda: jc.chain(pruning.magnitude(0.9), quantization.fake_quant(8)),
 }
 TARGETS = {"masked 90%": 1.05, "fake-quant int8": 1.25}
 MODELS = {"lenet300100 64-300-100-10": (64, 300, 100, 10), "mlp 1024-4096-4096-10": (1024, 4096, 4096, 10)}
