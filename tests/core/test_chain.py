@@ -208,3 +208,40 @@ def test_channel_pruning_then_quantization_stores_the_narrow_codes():
     if isinstance(leaf, jc.export.SlicedArray)
   )
   assert jc.accounting.report(packed).bytes <= alone + flags
+
+
+def test_prune_w4_a8_is_one_compressor_on_a_linen_model():
+  """The README's chain on a Flax Linen model: trained by make_step, pruned weights stay
+  zero, the packed weights are what the model saw."""
+  import flax.linen as nn
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(8)(jax.nn.relu(nn.Dense(32)(x)))
+
+  x, y = helpers.batch(n=32)
+  model = MLP()
+  variables = model.init(jax.random.key(0), x)
+  apply_fn = model.apply
+  c = jc.chain(
+    jc.pruning.magnitude(0.8),
+    jc.quantization.fake_quant(4, per_channel=True),
+    jc.quantization.quantize_activations(8, apply_fn=apply_fn, batches=[x]),
+  )
+  opt = optax.adam(1e-2)
+  loss = lambda v, x, y: jnp.mean((apply_fn(v, x) - y) ** 2)
+  state = jc.train.init(variables, opt, c)
+  step = jax.jit(jc.train.make_step(loss, opt, c))
+  first = None
+  for _ in range(5):
+    state, value = step(state, x, y)
+    first = value if first is None else first
+  assert float(value) < float(first)
+  view = c.apply(state.params, state.cstate)
+  kernel = np.asarray(view["params"]["Dense_0"]["kernel"])
+  mask = np.asarray(c.masks(state.cstate)["params"]["Dense_0"]["kernel"])
+  assert not np.any(kernel[~mask]) and np.mean(~mask) >= 0.8 - 1e-6
+  packed = c.pack(state.params, state.cstate)
+  assert isinstance(packed["params"]["Dense_0"]["kernel"], jc.export.QArray)
+  jax.tree.map(np.testing.assert_array_equal, jc.export.materialize_tree(packed), view)
