@@ -70,6 +70,7 @@ CASES = {
   "pact_activations": lambda: jc.quantization.pact_activations(
     helpers.mlp_apply, 4, inputs=helpers.batch()[:1], alpha_decay=1e-3
   ),
+  "slimming": lambda: jc.pruning.slimming(1e-3, where=".*kernel"),
   "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
   "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
 }

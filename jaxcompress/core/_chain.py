@@ -68,17 +68,14 @@ class ChainState:
 
   Attributes:
     stages: the stages' states, in order.
-    frozen: keep-masks frozen at ``init`` for leaves a later stage restructured, mirroring
-      the model's tree (``None`` elsewhere).
     plan: the :class:`ChainPlan` (static).
   """
 
   stages: tuple[Any, ...]
-  frozen: Any
   plan: ChainPlan
 
 
-jax.tree_util.register_dataclass(ChainState, data_fields=["stages", "frozen"], meta_fields=["plan"])
+jax.tree_util.register_dataclass(ChainState, data_fields=["stages"], meta_fields=["plan"])
 
 
 def _name(c: Compressor, i: int) -> str:
@@ -205,9 +202,9 @@ def chain(*compressors: Compressor) -> Compressor:
     n = len(nodes)
     view = list(nodes)
     all_masks = [stage_masks(i, s, plan) for i, s in enumerate(state.stages)]
-    earlier = []  # for an owned leaf: its frozen masks and the live ones of the stages before its owner
-    for k, (m, own) in enumerate(zip(_flat(plan.model_def, state.frozen, n), plan.owners)):
-      earlier.append(None if own is None else functools.reduce(_and, (all_masks[i][k] for i in range(own)), m))
+    earlier = []  # for an owned leaf: the masks of the stages before its owner
+    for k, own in enumerate(plan.owners):
+      earlier.append(None if own is None else functools.reduce(_and, (all_masks[i][k] for i in range(own)), None))
     owned_view: list[Any] = [None] * n
     args = []
     for i, (c, s) in enumerate(zip(stages, state.stages)):
@@ -233,7 +230,6 @@ def chain(*compressors: Compressor) -> Compressor:
     owners: list[int | None] = [None] * n
     nodes, view = list(leaves), list(leaves)
     comb = _flat(model_def, masks, n)  # masks known so far, for stages that use them
-    own_masks = [[None] * n for _ in stages]
     touched = [[False] * n for _ in stages]
     states, extra_keys, side = [], [], {}
     for i, c in enumerate(stages):
@@ -265,13 +261,11 @@ def chain(*compressors: Compressor) -> Compressor:
       states.append(s)
       out = model_def.flatten_up_to(c.apply(trainable, s))
       mine = _flat(model_def, c.masks(s), n)
-      own_masks[i] = mine
       for k in range(n):
         if mine[k] is None and _same(out[k], view[k]) is False:
           touched[i][k] = True
         view[k] = _masked(out[k], comb[k])
         comb[k] = _and(comb[k], mine[k])
-    frozen: list[Any] = [None] * n
     for k, own in enumerate(owners):
       if own is None:
         continue
@@ -282,10 +276,9 @@ def chain(*compressors: Compressor) -> Compressor:
             f"{a} changes {paths[k]!r}, which {b} then restructures: {a}'s effect would be frozen into "
             f"{b}'s initial values and lost in training; put {a} after {b} in the chain"
           )
-        frozen[k] = _and(frozen[k], own_masks[i][k])
     plan = ChainPlan(model_def, paths, shapes, tuple(owners), tuple(extra_keys))
     tree = model_def.unflatten(nodes)
-    state = ChainState(tuple(states), model_def.unflatten(frozen), plan)
+    state = ChainState(tuple(states), plan)
     return (Joint(tree, side) if side else tree), state
 
   def apply(params, state):
@@ -297,7 +290,7 @@ def chain(*compressors: Compressor) -> Compressor:
     state = check_state(state)
     plan = state.plan
     n = len(plan.paths)
-    comb = [m if own is not None else None for m, own in zip(_flat(plan.model_def, state.frozen, n), plan.owners)]
+    comb: list[Any] = [None] * n
     for i, s in enumerate(state.stages):
       for k, m in enumerate(stage_masks(i, s, plan)):
         comb[k] = _and(comb[k], m)
@@ -334,7 +327,7 @@ def chain(*compressors: Compressor) -> Compressor:
       if out_side is not None and side is not None:
         side.update(out_side)
       new_states.append(s)
-    state = ChainState(tuple(new_states), state.frozen, plan)
+    state = ChainState(tuple(new_states), plan)
     comb = masks(state)
     if comb is not None:  # stages around an owner could not project its leaf: do it here
       for k, (m, own) in enumerate(zip(plan.model_def.flatten_up_to(comb), plan.owners)):
