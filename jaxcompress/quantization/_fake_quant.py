@@ -9,6 +9,7 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
+from jaxcompress.quantization import _ste
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import from_args
 
@@ -106,8 +107,10 @@ def fake_quant(
     return params, leafwise.LeafwiseState.start(leafwise.init_selected(params, where, init_leaf))
 
   def quantize_leaf(p, _):
+    # The range is the weight's own, so nothing is clipped: the straight-through gradient is
+    # the identity, and the backward pass need not recompute the in-range mask.
     scale, zero_point = jax.lax.stop_gradient(spec.params(p))
-    return spec.fake_quant(p, scale, zero_point)
+    return _ste.straight_through(p, spec.fake_quant(p, scale, zero_point))
 
   def apply(params, state):
     return leafwise.map_selected(quantize_leaf, params, state.leaves)

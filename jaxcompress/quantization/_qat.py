@@ -12,7 +12,9 @@ and then either
 - ``integer=False``: the fake-quantized activation meets the weight in a float op.
 
 Both have the same straight-through gradients: the backward pass differentiates the op
-at the dequantized operands and zeroes the activation's gradient where it was clipped.
+at the dequantized activation and the weight as given (on its grid, that is its
+dequantized codes, so no float copy of the codes is made) and zeroes the activation's
+gradient where it was clipped.
 The forward outputs agree up to float summation order.
 
 :func:`qat` is the one way to do QAT: ``chain(fake_quant(weight_bits, per_channel),
@@ -104,12 +106,11 @@ def site_rule(
     def forward(a, w):
       a_codes, a_in = _codes(a, a_scale, qa)
       w_codes, _ = _codes(w, w_scale, qw)
-      return integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype), (a_codes, a_in, w_codes)
+      return integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype), (a_codes, a_in, w)
 
     def backward(res, g):
-      a_codes, a_in, w_codes = res
+      a_codes, a_in, w_q = res
       a_q = a_codes.astype(g.dtype) * a_scale
-      w_q = w_codes.astype(g.dtype) * w_scale.astype(g.dtype)
       _, pullback = jax.vjp(site.compute, a_q, w_q)
       da, dw = pullback(g)
       return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype)
