@@ -14,6 +14,12 @@ from jaxcompress.core.tree import PyTree
 from jaxcompress.train._masks import mask_tree, reset_pruned, trainable_masks
 
 
+def _all_finite(tree: PyTree) -> jax.Array:
+  """Whether every floating leaf of ``tree`` is finite (a ``bool`` scalar)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.stack(checks).all() if checks else jnp.asarray(True)
+
+
 class TrainState(NamedTuple):
   """What a compressed training step threads from one step to the next.
 
@@ -115,6 +121,14 @@ def make_step(
   averaged over that axis before the optimizer), and under ``jit`` with a
   ``NamedSharding`` mesh (shard the batch; XLA inserts the reductions).
 
+  Every replica's compressor sees the same gradients: with ``reduce_gradients=False``
+  the optimizer reduces its own copy (a compressed all-reduce) and ``update`` gets the
+  ``pmean`` (one uncompressed all-reduce, which XLA removes when ``update`` does not read
+  the gradients), so RigL, movement and saliency masks never differ between replicas.
+  A step whose gradients are not all finite leaves the compressor's params and state as
+  they were (``update`` is skipped): pair it with ``optax.apply_if_finite`` to skip the
+  optimizer's part too.
+
   Args:
     loss_fn: ``loss_fn(model_params, *batch) -> scalar loss`` (``(loss, aux)`` with
       ``has_aux``), averaged over the batch.
@@ -166,7 +180,22 @@ def make_step(
     if masks is not None:
       updates = mask_tree(updates, masks)
     params = optax.apply_updates(state.params, updates)
-    params, cstate = compressor.update(params, state.cstate, grads=grads)
+    sync = axis_name is not None and not reduce_gradients
+    # A step with non-finite gradients (skipped by optax.apply_if_finite) must not reach
+    # the compressor's state either: scores and masks computed from NaN are lost for good.
+    finite = _all_finite(grads)
+    if sync:  # every replica takes the same branch
+      finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name).astype(bool)
+
+    def update(p, s, g):
+      if sync:
+        # The optimizer reduced its own (compressed) copy; the compressor must see the same
+        # gradients on every replica, or masks drift apart. XLA drops this all-reduce when
+        # ``update`` does not read the gradients.
+        g = jax.lax.pmean(g, axis_name)
+      return compressor.update(p, s, grads=g)
+
+    params, cstate = jax.lax.cond(finite, update, lambda p, s, g: (p, s), params, state.cstate, grads)
     return TrainState(params, opt_state, cstate), out
 
   return step
