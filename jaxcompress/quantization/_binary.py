@@ -185,6 +185,7 @@ def binary_connect(
   per_channel: bool = False,
   axis: int = -1,
   clip: bool = True,
+  sign_gradient: str = "identity",
   where: select.Where = None,
 ) -> Compressor:
   """BinaryConnect: train with weights binarized to ``±alpha``, keep float masters.
@@ -203,8 +204,10 @@ def binary_connect(
   (the paper evaluates stochastic nets with the float weights instead).
 
   Gradient: straight-through for the binarizer, ``dL/dw = alpha * dL/dw_b``
-  (:func:`binarize`, :func:`binarize_stochastic`); with ``scale``, ``alpha = mean|w|``
-  is differentiated exactly as well, adding ``sign(w) / n * sum(dL/dw_b * b)``.
+  (:func:`binarize`, :func:`binarize_stochastic`), or with ``sign_gradient="hardtanh"``
+  ``alpha * dL/dw_b * 1{|w| <= 1}`` (Hubara et al. 2016's estimator, which XNOR-Net
+  uses); with ``scale``, ``alpha = mean|w|`` is differentiated exactly as well, adding
+  ``sign(w) / n * sum(dL/dw_b * b)``.
 
   ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
   ``[-alpha, +alpha]`` (one row per channel with ``per_channel``) and 1-bit indices.
@@ -216,6 +219,9 @@ def binary_connect(
     per_channel: one ``alpha`` per slice along ``axis`` (needs ``scale``).
     axis: the channel axis (-1: Flax's output features).
     clip: clip the float weights to ``[-1, 1]`` in ``update``.
+    sign_gradient: the straight-through estimator of ``sign``: ``"identity"`` (the
+      BinaryConnect paper, whose clipping keeps ``|w| <= 1``) or ``"hardtanh"``
+      (``1{|w| <= 1}``; deterministic binarization only).
     where: which leaves to binarize (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -223,7 +229,8 @@ def binary_connect(
     :class:`~jaxcompress.core.leafwise.LeafwiseState` of :class:`BinaryLeaf`.
 
   Raises:
-    ValueError: for ``per_channel`` without ``scale``, a non-integer ``seed`` or ``axis``
+    ValueError: for ``per_channel`` without ``scale``, an unknown ``sign_gradient`` (or
+      ``"hardtanh"`` with ``stochastic``), a non-integer ``seed`` or ``axis``
       (as :func:`~jaxcompress.quantization.granularity.from_args`); at
       ``init``, as :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out
       of range for a selected leaf.
@@ -245,6 +252,10 @@ def binary_connect(
   granularity = from_args(per_channel=per_channel, axis=axis)
   if per_channel and not scale:
     raise ValueError("per_channel=True needs scale=True: without scale, alpha is 1 for every channel")
+  if sign_gradient not in ("identity", "hardtanh"):
+    raise ValueError(f"sign_gradient must be 'identity' or 'hardtanh', got {sign_gradient!r}")
+  if sign_gradient == "hardtanh" and stochastic:
+    raise ValueError("sign_gradient='hardtanh' is for deterministic binarization; stochastic uses 'identity'")
   root = jax.random.key(seed)
 
   def init(params, *, masks=None):
@@ -267,7 +278,7 @@ def binary_connect(
 
   def bits_of(w, leaf, count):
     if not stochastic:
-      return binarize(w)
+      return binary_activation(w) if sign_gradient == "hardtanh" else binarize(w)
     key = jax.random.fold_in(jax.random.wrap_key_data(leaf.key), count)
     return binarize_stochastic(w, jax.random.uniform(key, w.shape, w.dtype))
 
@@ -300,11 +311,13 @@ def binary_connect(
 def xnor_net(*, per_channel: bool = True, axis: int = -1, clip: bool = False, where: select.Where = None) -> Compressor:
   """XNOR-Net weight binarization: ``w ≈ alpha * sign(w)`` with ``alpha = mean |w|``.
 
-  :func:`binary_connect` with ``scale=True``: one ``alpha`` per output channel (the
-  slices along ``axis``) with ``per_channel``, else one per tensor. Gradient: straight-through for ``sign``
-  plus the exact gradient of ``alpha = mean|w|``: ``dL/dw_i = alpha * g_i + sign(w_i) /
-  n * sum_j g_j sign(w_j)`` over the ``n`` weights sharing ``alpha`` (the paper's
-  ``g_i (1/n + alpha * STE)`` is this with the sum approximated). Packs at 1 bit per
+  :func:`binary_connect` with ``scale=True`` and ``sign_gradient="hardtanh"``: one
+  ``alpha`` per output channel (the slices along ``axis``) with ``per_channel``, else one
+  per tensor. Gradient (the paper's §3.1): ``sign``'s straight-through estimator
+  ``1{|w| <= 1}`` plus the exact gradient of ``alpha = mean|w|``: ``dL/dw_i = alpha * g_i
+  * 1{|w_i| <= 1} + sign(w_i) / n * sum_j g_j sign(w_j)`` over the ``n`` weights sharing
+  ``alpha`` (the paper writes ``g_i (1/n + alpha * 1{|w_i| <= 1})``, the same with the
+  sum's other terms dropped). Packs at 1 bit per
   weight plus two floats per channel (a :class:`~jaxcompress.export.CodebookArray`).
 
   Args:
@@ -333,4 +346,6 @@ def xnor_net(*, per_channel: bool = True, axis: int = -1, clip: bool = False, wh
     >>> c.apply(params, state)['w'].tolist()  # alpha = [1.0, 1.5] per column
     [[1.0, -1.5], [-1.0, 1.5]]
   """
-  return binary_connect(scale=True, per_channel=per_channel, axis=axis, clip=clip, where=where)
+  return binary_connect(
+    scale=True, per_channel=per_channel, axis=axis, clip=clip, sign_gradient="hardtanh", where=where
+  )

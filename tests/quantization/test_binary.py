@@ -61,7 +61,7 @@ def test_stochastic_binary_connect_samples_per_step_and_is_reproducible():
 
 
 def test_xnor_alpha_is_mean_abs_per_output_channel_and_gradient():
-  w = _w(2)
+  w = 2.0 * _w(2)  # some |w| > 1, where the paper's sign estimator 1{|w| <= 1} is 0
   c = jc.quantization.xnor_net()
   p, s = c.init({"k": w})
   wn = np.asarray(w)
@@ -70,7 +70,9 @@ def test_xnor_alpha_is_mean_abs_per_output_channel_and_gradient():
   g = np.asarray(jax.random.normal(jax.random.key(9), w.shape))
   grad = jax.grad(lambda p: (c.apply(p, s)["k"] * g).sum())(p)["k"]
   b = np.where(wn >= 0, 1.0, -1.0)
-  expected = alpha * g + b / w.shape[0] * (g * b).sum(0, keepdims=True)
+  inside = np.abs(wn) <= 1
+  assert 0 < inside.mean() < 1
+  expected = alpha * g * inside + b / w.shape[0] * (g * b).sum(0, keepdims=True)  # Rastegari et al. §3.1
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
   packed = c.pack(p, s)["k"]
   assert packed.codebook.shape == (4, 2) and packed.axis == 1
@@ -117,3 +119,7 @@ def test_bad_hyperparameters():
     jc.quantization.binary_connect(scale=True, per_channel=True, axis=1.5)
   with pytest.raises(ValueError, match="axis=2 is out of range"):
     jc.quantization.xnor_net(axis=2).init({"k": _w()})
+  with pytest.raises(ValueError, match="sign_gradient must be 'identity' or 'hardtanh', got 'tanh'"):
+    jc.quantization.binary_connect(sign_gradient="tanh")
+  with pytest.raises(ValueError, match="sign_gradient='hardtanh' is for deterministic"):
+    jc.quantization.binary_connect(sign_gradient="hardtanh", stochastic=True)
