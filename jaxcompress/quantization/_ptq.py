@@ -41,6 +41,7 @@ def ptq(
   group_size: int | None = None,
   symmetric: bool = True,
   act_bits: int | None = None,
+  act_symmetric: bool = False,
   batches: Iterable[Any] | None = None,
   calibrator: Calibrator | None = None,
   where: select.Where = None,
@@ -63,6 +64,8 @@ def ptq(
     group_size: per-group weight scales along the contraction axis 0.
     symmetric: symmetric weights (else affine).
     act_bits: bits per activation, or ``None`` for weight-only quantization.
+    act_symmetric: symmetric signed activation codes instead of asymmetric unsigned
+      ones with a zero point (Jacob et al. 2018's default).
     batches: calibration batches (tuples of inputs), required with ``act_bits``.
     calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
     where: which weight leaves (default: floating leaves with ``ndim >= 2``); with
@@ -90,12 +93,17 @@ def ptq(
       raise ValueError(f"act_bits={act_bits} needs calibration batches: pass batches=[...]")
     chosen = {path for path, _, selected in select.explain(where, params) if selected}
     acts = quantize_activations(
-      act_bits, apply_fn=apply_fn, batches=batches, calibrator=calibrator, where=lambda path, site: path in chosen
+      act_bits,
+      apply_fn=apply_fn,
+      batches=batches,
+      calibrator=calibrator,
+      symmetric=act_symmetric,
+      where=lambda path, site: path in chosen,
     )
     compressor = chain(weights, acts)
   trainable, state = compressor.init(params)
   packed = compressor.pack(trainable, state)
   forward = compressor.rewrite(apply_fn, trainable, state)
   ranges = None if act_bits is None else state.stages[1].data
-  spec = None if act_bits is None else QuantSpec(act_bits)
+  spec = None if act_bits is None else QuantSpec(act_bits, symmetric=act_symmetric)
   return QuantizedModel(lambda p, *x: forward(export.materialize_tree(p), *x), packed, ranges, spec)

@@ -39,15 +39,9 @@ from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
 from jaxcompress.quantization._fake_quant import fake_quant
-from jaxcompress.quantization._serve import integer_op, output_scale
+from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import Granularity
-
-
-def _codes(x: jax.Array, scale: jax.Array, q: int) -> tuple[jax.Array, jax.Array]:
-  """int8 codes and the straight-through mask (inside the end codes' rounding bins)."""
-  v = x * (1.0 / scale)
-  return jnp.clip(jnp.round(v), -q, q).astype(jnp.int8), jnp.abs(v) <= q + 0.5
 
 
 def _on_channel_grid(site: graph.Site, per_channel: bool) -> bool:
@@ -74,7 +68,7 @@ def site_rule(
   transposed, or reshaped before the op) runs the float op on the quantized operands,
   which computes the same function.
   """
-  qa, qw = act_spec.qrange[1], uniform.qmax(weight_bits)
+  qw = uniform.qmax(weight_bits)
 
   def scale_of(site, activation):
     if act_ranges is not None or axis_name is None:
@@ -93,8 +87,8 @@ def site_rule(
     # on the channel grid, per-channel scales lie along the op's one output-feature axis
     granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
     w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
-    a_scale, _ = scale_of(site, activation)
-    a_scale = jax.lax.stop_gradient(jnp.reshape(a_scale, ()))
+    a_scale, a_zero = jax.lax.stop_gradient(scale_of(site, activation))
+    a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)
     if out_scale is None:  # cannot happen: the scale varies only along the feature axes
       raise AssertionError(f"weight scale of site {site.key!r} does not lie along its output features")
@@ -104,13 +98,14 @@ def site_rule(
       return forward(a, w)[0]
 
     def forward(a, w):
-      a_codes, a_in = _codes(a, a_scale, qa)
-      w_codes, _ = _codes(w, w_scale, qw)
-      return integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype), (a_codes, a_in, w)
+      a_codes, shift, a_in = activation_codes(act_spec, a, a_scale, a_zero)
+      w_codes = jnp.clip(jnp.round(w * (1.0 / w_scale)), -qw, qw).astype(jnp.int8)
+      out = integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype, None if act_spec.symmetric else shift)
+      return out, (a_codes, shift, a_in, w)
 
     def backward(res, g):
-      a_codes, a_in, w_q = res
-      a_q = a_codes.astype(g.dtype) * a_scale
+      a_codes, shift, a_in, w_q = res
+      a_q = (a_codes.astype(jnp.int32) + shift).astype(g.dtype) * a_scale
       _, pullback = jax.vjp(site.compute, a_q, w_q)
       da, dw = pullback(g)
       return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype)
@@ -163,6 +158,7 @@ def quantize_activations(
   apply_fn: Callable[..., Any] | None = None,
   batches: Iterable[Any] | None = None,
   calibrator: calibration.Calibrator | None = None,
+  symmetric: bool = False,
   integer: bool = False,
   weight_bits: int = 8,
   per_channel: bool = True,
@@ -171,8 +167,11 @@ def quantize_activations(
 ) -> Compressor:
   """Uniform activation quantization at every selected matmul and convolution (model-side).
 
-  ``rewrite`` fake-quantizes the input of each selected site, symmetric per tensor at
-  ``bits`` bits, and (``integer``) runs the op in ``int8 × int8 → int32``. Ranges are
+  ``rewrite`` fake-quantizes the input of each selected site per tensor at ``bits``
+  bits, and (``integer``) runs the op in ``int8 × int8 → int32``. The codes are
+  asymmetric and unsigned, ``0..2^b - 1`` over ``[min(x, 0), max(x, 0)]`` with a zero
+  point, as in Jacob et al. 2018 (so non-negative post-ReLU inputs use every level), or
+  with ``symmetric`` signed ``-(2^(b-1) - 1)..2^(b-1) - 1`` over ``max |x|``. Ranges are
   static when ``apply_fn`` and calibration ``batches`` are given: ``init`` runs
   ``apply_fn`` on them with the params it receives (in a chain, the view of the earlier
   stages: the pruned and quantized weights the deployed model has) and keeps the
@@ -188,6 +187,7 @@ def quantize_activations(
     apply_fn: ``apply_fn(params, *inputs)``, for calibration.
     batches: calibration batches (each a tuple of inputs, or one array).
     calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
+    symmetric: symmetric signed codes instead of asymmetric unsigned ones.
     integer: run the ops on int8 codes (see the module docstring).
     weight_bits: with ``integer``, the bits of the weight grid that the earlier
       ``fake_quant`` stage uses (2..8).
@@ -211,7 +211,7 @@ def quantize_activations(
   Example:
     >>> import jax.numpy as jnp
     >>> model = lambda p, x: x @ p['w']
-    >>> c = quantize_activations(2)  # levels -1, 0, 1 times the batch's max |x|
+    >>> c = quantize_activations(2, symmetric=True)  # levels -1, 0, 1 times the batch's max |x|
     >>> params, state = c.init({'w': jnp.eye(2)})
     >>> c.rewrite(model, params, state)(c.apply(params, state), jnp.array([[0.2, -1.0]])).tolist()
     [[0.0, -1.0]]
@@ -221,7 +221,7 @@ def quantize_activations(
   validate.check_bits("weight_bits", weight_bits, low=2, high=8)
   if batches is not None and apply_fn is None:
     raise ValueError("calibration batches need apply_fn= (the model to run them through)")
-  spec = QuantSpec(bits)
+  spec = QuantSpec(bits, symmetric=symmetric)
   batches = None if batches is None else list(batches)
   pred = site_predicate(where)
 
@@ -246,6 +246,7 @@ def qat(
   act_bits: int = 8,
   *,
   per_channel: bool = True,
+  act_symmetric: bool = False,
   integer: bool = True,
   apply_fn: Callable[..., Any] | None = None,
   batches: Iterable[Any] | None = None,
@@ -265,6 +266,8 @@ def qat(
     weight_bits: 2..8 with ``integer`` (int8 containers), 2..16 otherwise.
     act_bits: 2..8 with ``integer``, 2..16 otherwise.
     per_channel: weight scales per output channel (else per tensor).
+    act_symmetric: symmetric signed activation codes instead of asymmetric unsigned
+      ones with a zero point (Jacob et al. 2018's default).
     integer: run the forward ops on int8 codes.
     apply_fn: the model, for activation calibration.
     batches: calibration batches; ``None`` uses each batch's own range.
@@ -298,6 +301,7 @@ def qat(
     act_bits,
     apply_fn=apply_fn,
     batches=batches,
+    symmetric=act_symmetric,
     integer=integer,
     weight_bits=min(weight_bits, 8),
     per_channel=per_channel,

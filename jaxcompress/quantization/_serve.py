@@ -3,7 +3,9 @@
 W8A8: each matmul or convolution whose weight is an 8-bit-or-narrower symmetric
 :class:`~jaxcompress.export.QArray` runs as ``int8 × int8 → int32`` (``dot_general`` /
 ``conv_general_dilated`` with ``preferred_element_type=int32``), then one rescale by
-``activation_scale · weight_scale``. Weights below 8 bits use int8 containers, so no
+``activation_scale · weight_scale``. Activations are asymmetric unsigned codes with a
+zero point by default (stored shifted into int8, with an exact per-output correction)
+or symmetric signed ones. Weights below 8 bits use int8 containers, so no
 ``int4 × int4`` dot is ever emitted (XLA's CPU backend cannot compile those).
 Weight-only: the codes are dequantized right before the op.
 """
@@ -58,8 +60,56 @@ def output_scale(site: graph.Site, w_scale: jax.Array) -> jax.Array | None:
   return w_scale.reshape(shape)
 
 
-def integer_op(site: graph.Site, a_codes: jax.Array, w_codes: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:
+def activation_codes(
+  spec: QuantSpec, activation: jax.Array, scale: jax.Array, zero_point: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """An activation's codes in an int8 container, and where it lies inside the code range.
+
+  Codes ``q = clip(round(x / scale) + zero_point, qmin, qmax)``; unsigned 8-bit codes
+  (0..255) are stored shifted by 128 so that they fit int8 (:func:`integer_op` undoes it).
+
+  Returns:
+    ``(codes, shift, inside)``: ``int8`` codes ``q - shift``, the ``int32`` scalar
+    ``shift - zero_point`` that :func:`integer_op` corrects by, and the ``bool`` mask of
+    the elements inside the end codes' rounding bins (the straight-through gradient's).
+  """
+  qmin, qmax = spec.qrange
+  z = jnp.zeros((), jnp.int32) if zero_point is None else jnp.reshape(zero_point, ()).astype(jnp.int32)
+  v = activation * (1.0 / scale) + z.astype(activation.dtype)
+  offset = 128 if qmax > 127 else 0
+  codes = (jnp.clip(jnp.round(v), qmin, qmax) - offset).astype(jnp.int8)
+  return codes, offset - z, (v >= qmin - 0.5) & (v <= qmax + 0.5)
+
+
+def _one_example(site: graph.Site) -> tuple[int, ...]:
+  """The activation's shape with its example axis (free, so the output broadcasts) set to 1."""
+  shape = list(site.activation_shape)
+  if site.op == "dot_general":
+    (lc, rc), (lb, rb) = site.params["dimension_numbers"]
+    taken = set(lc) | set(lb) if site.weight_operand == 1 else set(rc) | set(rb)
+    axis = next((a for a in range(len(shape)) if a not in taken), None)
+  else:
+    axis = site.params["dimension_numbers"].lhs_spec[0] if site.weight_operand == 1 else None
+  if axis is not None:
+    shape[axis] = 1
+  return tuple(shape)
+
+
+def integer_op(
+  site: graph.Site,
+  a_codes: jax.Array,
+  w_codes: jax.Array,
+  scale: jax.Array,
+  dtype: Any,
+  shift: jax.Array | None = None,
+) -> jax.Array:
   """The site's op on int8 codes, ``int8 × int8 → int32``, then one rescale to ``dtype``.
+
+  With an asymmetric activation the codes stand for ``a_codes + shift`` (``shift = 128 -
+  zero_point``, :func:`activation_codes`), and the op is linear, so ``op(a_codes + shift,
+  w) = op(a_codes, w) + shift · op(1, w)``: the correction is the op on one example of
+  ones (exact in float32: a window's sum of weight codes stays below 2^24), zero-padded
+  like the activation, so convolution borders come out right.
 
   Args:
     site: the matmul or convolution.
@@ -68,8 +118,13 @@ def integer_op(site: graph.Site, a_codes: jax.Array, w_codes: jax.Array, scale: 
     scale: ``activation_scale · weight_scale`` laid out on the op's output (a scalar,
       or per output feature: :func:`output_scale`).
     dtype: the output dtype.
+    shift: the ``int32`` scalar the codes are offset by, or ``None`` (symmetric).
   """
   acc = site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
+  if shift is not None:
+    ones = jnp.ones(_one_example(site), jnp.float32)
+    window = site.compute(ones, w_codes.astype(jnp.float32)).astype(jnp.int32)
+    acc = acc + shift * window
   return (acc.astype(jnp.float32) * scale).astype(dtype)
 
 
@@ -78,8 +133,8 @@ def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges
 
   Args:
     weights: ``{path: QArray}`` of the integer-servable weights, with traced arrays.
-    act_spec: the (symmetric, at most 8-bit) activation quantizer, or ``None`` for
-      weight-only serving.
+    act_spec: the activation quantizer (at most 8 bits; symmetric, or asymmetric with a
+      zero point), or ``None`` for weight-only serving.
     act_ranges: calibrated ranges per ``site.key`` (``None``: dynamic per batch).
   """
 
@@ -91,10 +146,10 @@ def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges
     codes = jnp.asarray(export.materialize(q.codes)).astype(jnp.int8)
     if act_spec is None:
       return site.compute(activation, codes.astype(activation.dtype) * jnp.asarray(q.scale, activation.dtype))
-    a_scale, _ = activation_scale(act_spec, site, activation, act_ranges)
-    qmin, qmax = act_spec.qrange
-    a_codes = jnp.clip(jnp.round(activation * (1.0 / a_scale)), qmin, qmax).astype(jnp.int8)
-    return integer_op(site, a_codes, codes, jnp.reshape(a_scale, ()) * out_scale, activation.dtype)
+    a_scale, a_zero = activation_scale(act_spec, site, activation, act_ranges)
+    a_codes, shift, _ = activation_codes(act_spec, activation, a_scale, a_zero)
+    shift = None if act_spec.symmetric else shift
+    return integer_op(site, a_codes, codes, jnp.reshape(a_scale, ()) * out_scale, activation.dtype, shift)
 
   return rule
 
@@ -105,6 +160,7 @@ def serve(
   *,
   act_ranges: dict | None = None,
   act_bits: int | None = 8,
+  act_symmetric: bool = False,
 ) -> Callable[..., Any]:
   """Runs a packed model with integer matmuls.
 
@@ -115,6 +171,9 @@ def serve(
       W8A8); ``None`` quantizes each batch's activations with its own range.
     act_bits: activation bits (2..8) for the integer path, or ``None`` for weight-only
       serving (dequantized weights, float activations).
+    act_symmetric: symmetric signed activation codes; by default asymmetric unsigned
+      codes with a zero point (Jacob et al. 2018: post-ReLU activations use all 256
+      levels), as :func:`~jaxcompress.quantization.quantize_activations` trains them.
 
   Returns:
     ``fn(*inputs) -> outputs``, jitted, with ``packed`` passed as an argument.
@@ -137,7 +196,7 @@ def serve(
   if act_bits is not None:
     if not 2 <= int(act_bits) <= 8:
       raise ValueError(f"act_bits must be in [2, 8] for int8 matmuls, got {act_bits}")
-    act_spec = QuantSpec(int(act_bits))
+    act_spec = QuantSpec(int(act_bits), symmetric=act_symmetric)
 
   if not _integer_weights(packed):
     warnings.warn(

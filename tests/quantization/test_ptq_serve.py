@@ -26,20 +26,36 @@ def test_weight_only_ptq_packs_and_matches_fake_quant():
     assert isinstance(kernel, jc.export.QArray) and kernel.codes.nbytes == 16 * 64 * bits // 8
 
 
-def test_w8a8_ptq_quantizes_activations_at_calibrated_ranges():
-  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=8, act_bits=8, batches=BATCHES)
-  assert sorted(q.act_ranges) == ["fc0/kernel", "fc1/kernel"]
-  weights = jc.export.materialize_tree(q.packed)
-  lo, hi = q.act_ranges["fc0/kernel"]
+def _asymmetric(x, lo, hi, bits=8):
+  """Jacob et al. 2018, eq. 1-2: uint codes over [min(lo, 0), max(hi, 0)] with an integer zero point."""
+  qmax = 2**bits - 1
+  lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+  scale = (hi - lo) / qmax
+  zero = int(np.clip(-np.round(lo / scale), 0, qmax))
+  return (jnp.clip(jnp.round(x / scale) + zero, 0, qmax) - zero) * scale, zero
+
+
+def _symmetric(x, lo, hi):
   scale = max(abs(float(lo)), abs(float(hi))) / 127
-  x_q = jnp.clip(jnp.round(X / scale), -127, 127) * scale
-  first = x_q @ weights["fc0"]["kernel"] + weights["fc0"]["bias"]
-  expected_hidden = jax.nn.relu(first)
+  return jnp.clip(jnp.round(x / scale), -127, 127) * scale, 0
+
+
+@pytest.mark.parametrize("act_symmetric", [False, True])
+def test_w8a8_ptq_quantizes_activations_at_calibrated_ranges(act_symmetric):
+  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=8, act_bits=8, act_symmetric=act_symmetric, batches=BATCHES)
+  assert sorted(q.act_ranges) == ["fc0/kernel", "fc1/kernel"]
+  quantize = _symmetric if act_symmetric else _asymmetric
+  weights = jc.export.materialize_tree(q.packed)
+  x_q, _ = quantize(X, *q.act_ranges["fc0/kernel"])
+  expected_hidden = jax.nn.relu(x_q @ weights["fc0"]["kernel"] + weights["fc0"]["bias"])
   h_lo, h_hi = q.act_ranges["fc1/kernel"]
-  h_scale = max(abs(float(h_lo)), abs(float(h_hi))) / 127
-  h_q = jnp.clip(jnp.round(expected_hidden / h_scale), -127, 127) * h_scale
+  h_q, h_zero = quantize(expected_hidden, h_lo, h_hi)
   expected = h_q @ weights["fc1"]["kernel"] + weights["fc1"]["bias"]
   np.testing.assert_allclose(q.apply(q.packed, X), expected, rtol=1e-5, atol=1e-5)
+  if not act_symmetric:  # post-ReLU: zero point 0, all 256 levels over [0, max]
+    assert float(h_lo) >= 0 and h_zero == 0
+    levels = np.unique(np.round(np.asarray(h_q) / (float(h_hi) / 255)))
+    assert levels.max() > 200
 
 
 @pytest.mark.parametrize("weight_bits", [8, 4])
@@ -51,13 +67,20 @@ def test_served_integer_path_agrees_with_fake_quant(weight_bits):
   np.testing.assert_allclose(served(X), expected, atol=tolerance, rtol=1e-5)
 
 
-def test_served_graph_uses_int8_dots_and_never_int4():
-  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=4, act_bits=8, batches=BATCHES)
-  served = jax.jit(lambda p, x: serve(helpers.mlp_apply, p, act_ranges=q.act_ranges)(x))
-  hlo = served.lower(q.packed, X).as_text()
+@pytest.mark.parametrize("act_symmetric", [False, True])
+def test_served_graph_uses_int8_dots_and_never_int4(act_symmetric):
+  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=4, act_bits=8, act_symmetric=act_symmetric, batches=BATCHES)
+  run = serve(helpers.mlp_apply, q.packed, act_ranges=q.act_ranges, act_symmetric=act_symmetric)
+  hlo = jax.jit(lambda p, x: serve(helpers.mlp_apply, p, act_ranges=q.act_ranges, act_symmetric=act_symmetric)(x))
+  hlo = hlo.lower(q.packed, X).as_text()
   dots = re.findall(r"stablehlo.dot_general[^\n]*", hlo)
-  assert len(dots) == 2 and all("xi8>" in d and "-> tensor<" in d and "xi32>" in d for d in dots)
+  int8 = [d for d in dots if "xi8>" in d]
+  assert len(int8) == 2 and all("-> tensor<" in d and "xi32>" in d for d in int8)
+  # asymmetric codes: one more dot per site, of one row of ones (the zero-point correction)
+  others = [d for d in dots if d not in int8]
+  assert len(others) == (0 if act_symmetric else 2) and all("tensor<1x" in d for d in others)
   assert "i4>" not in hlo
+  np.testing.assert_allclose(run(X), q.apply(q.packed, X), rtol=1e-5, atol=1e-5 * float(jnp.abs(run(X)).max()))
 
 
 def test_weight_only_serving_and_conv_model():

@@ -36,7 +36,7 @@ def test_integer_forward_equals_fake_quant(weight_bits):
   # integer=False is the library's weight quantizer followed by its activation rule
   c = jc.quantization.fake_quant(weight_bits, per_channel=True)
   w_fq = c.apply(*c.init(PARAMS))
-  reference = graph.rewrite(helpers.mlp_apply, activation_rule(QuantSpec(8)))(w_fq, X)
+  reference = graph.rewrite(helpers.mlp_apply, activation_rule(QuantSpec(8, symmetric=False)))(w_fq, X)
   np.testing.assert_allclose(b, reference, rtol=1e-6, atol=1e-6)
 
 
@@ -99,7 +99,7 @@ def test_a_transposed_weight_packs_what_it_trained_with(integer):
   out = model_of(c, apply_fn)(t, s, X)
   dense = jc.export.materialize_tree(c.pack(t, s))
   np.testing.assert_array_equal(dense["w"], c.apply(t, s)["w"])
-  reference = graph.rewrite(apply_fn, activation_rule(QuantSpec(8)))(dense, X)
+  reference = graph.rewrite(apply_fn, activation_rule(QuantSpec(8, symmetric=False)))(dense, X)
   np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)
   hlo = jax.jit(lambda t: model_of(c, apply_fn)(t, s, X)).lower(t).as_text()
   assert not [d for d in re.findall(r"stablehlo.dot_general[^\n]*", hlo) if "xi8>" in d]
