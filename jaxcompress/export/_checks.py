@@ -13,6 +13,7 @@ shape), before any leaf is materialized. :func:`check_leaf` is called by
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -79,16 +80,17 @@ class _Leaf:
   def get(self, field: str) -> Any:
     return getattr(self.leaf, field)
 
-  def int(self, field: str, lo: int, hi: int | None = None, *, optional: bool = False) -> int | None:
+  def integer(self, field: str, lo: int, hi: int | None = None) -> int:
     value = self.get(field)
-    if value is None and optional:
-      return None
     if type(value) is not int or value < lo or (hi is not None and value > hi):
       bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
       raise self.fail(field, f"{value!r} is not an integer in {bound}")
     return value
 
-  def bool(self, field: str) -> bool:
+  def optional_integer(self, field: str, lo: int, hi: int | None = None) -> int | None:
+    return None if self.get(field) is None else self.integer(field, lo, hi)
+
+  def boolean(self, field: str) -> bool:
     value = self.get(field)
     if type(value) is not bool:
       raise self.fail(field, f"{value!r} is not a boolean")
@@ -158,16 +160,16 @@ def _count_set(stream: BitPacked) -> int:
 
 
 def _check_bitpacked(c: _Leaf) -> None:
-  bits = c.int("bits", 1, 16)
+  bits = c.integer("bits", 1, 16)
   shape = c.dims("code_shape")
-  c.bool("signed")
+  c.boolean("signed")
   data = c.child("data")
   if np.dtype(data.dtype) != np.dtype(np.uint8) or len(data.shape) != 1:
     raise c.fail("data", f"is {np.dtype(data.dtype).name}{list(_shape(data))}, expected a 1-D uint8 stream")
   need = (math.prod(shape) * bits + 7) // 8
   if data.shape[0] != need:
     raise c.fail(
-      "code_shape", f"{list(shape)} at {bits} bits needs {need} bytes, the stream 'data' holds {data.shape[0]}"
+      "code_shape", f"{list(shape)} at bits={bits} needs {need} bytes, the stream 'data' holds {data.shape[0]}"
     )
 
 
@@ -189,7 +191,7 @@ def _int_codes(c: _Leaf, field: str, bits: int, *, signed: bool | None = None) -
 
 
 def _check_qarray(c: _Leaf) -> None:
-  bits = c.int("bits", 1, 16)
+  bits = c.integer("bits", 1, 16)
   name = c.get("dtype")
   dtype = known_dtype(name)
   if dtype is None or kind(dtype) != "f":
@@ -202,8 +204,8 @@ def _check_qarray(c: _Leaf) -> None:
   shape = tuple(codes.shape)
   if not shape and c.get("group_axis") is not None:
     raise c.fail("group_axis", f"{c.get('group_axis')!r}: per-group scales on 0-d codes")
-  group_axis = c.int("group_axis", -len(shape), len(shape) - 1, optional=True)
-  group_size = c.int("group_size", 1, optional=True)
+  group_axis = c.optional_integer("group_axis", -len(shape), len(shape) - 1)
+  group_size = c.optional_integer("group_size", 1)
   if (group_axis is None) != (group_size is None):
     raise c.fail("group_axis", f"{group_axis!r} with group_size {group_size!r}: give both or neither")
   blocked = shape
@@ -254,11 +256,11 @@ def _check_sparse(c: _Leaf) -> None:
   entries = codes != skip
   if int(entries.sum()) != stored:
     raise c.fail("positions", f"the gap codes address {int(entries.sum())} entries for {stored} stored values")
-  if codes.size and not entries[-1]:
-    raise c.fail("positions", "the gap codes end with a skip code")
-  last = int(np.cumsum(np.where(entries, codes + 1, skip))[-1]) - 1 if codes.size else -1
-  if last >= size:
-    raise c.fail("dense_shape", f"{list(shape)} has {size} elements, the positions reach index {last}")
+  end = int(np.where(entries, codes + 1, skip).sum(dtype=np.int64))  # positions the stream covers
+  if end > size:
+    raise c.fail("dense_shape", f"{list(shape)} has {size} elements, the positions cover {end}")
+  if size - end >= skip:
+    raise c.fail("dense_shape", f"{list(shape)} has {size} elements, the positions cover only {end}")
 
 
 def _check_codebook(c: _Leaf) -> None:
@@ -270,11 +272,12 @@ def _check_codebook(c: _Leaf) -> None:
     raise c.fail("codebook", f"has dtype {np.dtype(codebook.dtype).name}")
   if not shape and c.get("axis") is not None:
     raise c.fail("axis", f"{c.get('axis')!r} on 0-d indices")
-  axis = c.int("axis", -len(shape), len(shape) - 1, optional=True)
-  if axis is None:
-    if len(cb_shape) != 1 or cb_shape[0] == 0:
-      raise c.fail("codebook", f"of shape {list(cb_shape)} is not a non-empty 1-D codebook (field 'axis' is None)")
-  elif len(cb_shape) != 2 or cb_shape[0] != shape[axis] or cb_shape[1] == 0:
+  axis = c.optional_integer("axis", -len(shape), len(shape) - 1)
+  if (axis is None) != (len(cb_shape) == 1):
+    raise c.fail("axis", f"{axis!r} with a codebook of shape {list(cb_shape)} (1-D without an axis, 2-D with one)")
+  if axis is None and (len(cb_shape) != 1 or cb_shape[0] == 0):
+    raise c.fail("codebook", f"of shape {list(cb_shape)} is not a non-empty 1-D codebook")
+  if axis is not None and (len(cb_shape) != 2 or cb_shape[0] != shape[axis] or cb_shape[1] == 0):
     raise c.fail("codebook", f"of shape {list(cb_shape)} is not ({shape[axis]}, k >= 1) for axis {axis}")
   bits = index_bits(cb_shape[-1])
   if isinstance(indices, SparseArray):
@@ -318,7 +321,7 @@ def _check_factorized(c: _Leaf) -> None:
     raise c.fail("dense_shape", f"{list(shape)} is not the size of the product {u[0]}x{v[1]}")
 
 
-_CHECKS = {
+_CHECKS: dict[type, Callable[[_Leaf], None]] = {
   BitPacked: _check_bitpacked,
   QArray: _check_qarray,
   SparseArray: _check_sparse,

@@ -32,8 +32,8 @@ import math
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Generator, Mapping
+from typing import Any, cast
 
 import numpy as np
 import safetensors
@@ -94,7 +94,7 @@ class CorruptFileError(ValueError):
 
 
 def _digest(array: np.ndarray) -> str:
-  return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
+  return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data).hexdigest()
 
 
 def header_digest(metadata: Mapping[str, str], tensors: Mapping[str, tuple[str, list[int]]]) -> str:
@@ -131,7 +131,7 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     meta = {f: _meta_value(getattr(node, f)) for f in meta_names}
     fields = {
       f.name: _encode(getattr(node, f.name), f"{name}.{f.name}", arrays)
-      for f in dataclasses.fields(node)
+      for f in dataclasses.fields(cast(Any, node))
       if f.name not in meta_names
     }
     try:
@@ -229,7 +229,7 @@ def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]
   if kind in _LEAF_TYPES:
     meta, fields = spec.get("meta"), spec.get("fields")
     meta_names = set(_META_FIELDS[kind])
-    data_names = {f.name for f in dataclasses.fields(_LEAF_TYPES[kind])} - meta_names
+    data_names = {f.name for f in dataclasses.fields(cast(Any, _LEAF_TYPES[kind]))} - meta_names
     if not isinstance(meta, dict) or set(meta) != meta_names:
       got = sorted(meta) if isinstance(meta, dict) else meta
       raise CorruptFileError(f"leaf {_where(name)!r} ({kind}): static fields {got!r}, expected {sorted(meta_names)}")
@@ -332,7 +332,7 @@ def sweep_stale_temporaries(folder: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked_temp(folder: str, target: str) -> Iterator[tuple[int, str]]:
+def _locked_temp(folder: str, target: str) -> Generator[tuple[int, str]]:
   """A new, locked temporary file next to ``target``; removed if the block raises."""
   base = os.path.basename(target)[:96]
   flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
