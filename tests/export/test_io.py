@@ -384,3 +384,96 @@ def test_format_version_1_files_are_refused_by_name(tmp_path):
   safetensors.numpy.save_file({"a": np.ones(2, np.float32)}, str(path), metadata=meta)
   with pytest.raises(export.CorruptFileError, match="format version 1"):
     export.load(path)
+
+
+# --- atomic writes: no litter after SIGKILL, mode kept, fsync order (issue 10) ---------
+
+KILLED_SAVES = """
+import os, sys, threading, time
+import numpy as np
+from jaxcompress import export
+
+os.fsync = lambda fd: time.sleep(60)  # hold each save between its writes and its rename
+big = threading.Thread(target=export.save, args=(sys.argv[1], {"w": np.full(50 * 2**20 // 4, 2.0, np.float32)}))
+big.start()
+export.save(sys.argv[2], {"w": np.full(2**18, 2.0, np.float32)})
+"""
+
+
+def temporaries(folder):
+  return sorted(n for n in os.listdir(folder) if n.endswith(".jaxcompress-tmp"))
+
+
+def test_sigkill_mid_save_leaves_the_old_file_and_no_lasting_temporary(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  import jaxcompress
+
+  old = tmp_path / "old.safetensors"
+  export.save(old, {"w": np.ones(3, np.float32)})
+  fresh = tmp_path / "fresh.safetensors"
+  root = os.path.dirname(os.path.dirname(jaxcompress.__file__))
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+  child = subprocess.Popen([sys.executable, "-c", KILLED_SAVES, str(old), str(fresh)], env=env)
+  try:  # two saves in one process, SIGKILLed as soon as both temporaries exist (the 50 MB one mid-write)
+    deadline = time.monotonic() + 60
+    while len(temporaries(tmp_path)) < 2 and time.monotonic() < deadline and child.poll() is None:
+      time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+  finally:
+    child.kill()
+  assert child.returncode == -signal.SIGKILL
+  assert len(temporaries(tmp_path)) == 2  # killed between creating its temporary and renaming it
+  assert_same(export.load(old), {"w": np.ones(3, np.float32)})  # the destination: old content or nothing
+  with pytest.raises(FileNotFoundError):
+    export.load(fresh)
+
+  export.save(tmp_path / "other.safetensors", {"w": np.zeros(2, np.float32)})  # any later save into the folder
+  assert temporaries(tmp_path) == []
+  assert sorted(os.listdir(tmp_path)) == ["old.safetensors", "other.safetensors"]
+
+
+def test_a_save_in_progress_keeps_its_temporary(tmp_path):
+  from jaxcompress.export import _io
+
+  with _io._locked_temp(str(tmp_path), str(tmp_path / "m.safetensors")) as (_, busy):
+    stale = tmp_path / ".m.safetensors.0123456789abcdef.jaxcompress-tmp"
+    stale.write_bytes(b"half a file")  # nobody holds its lock: a dead save's
+    export.save(tmp_path / "m.safetensors", {"a": np.ones(2, np.float32)})
+    assert temporaries(tmp_path) == [os.path.basename(busy)]
+  assert temporaries(tmp_path) == [os.path.basename(busy)]  # the block did not raise: the caller renames it
+  os.unlink(busy)
+
+
+def test_overwrite_keeps_the_file_mode(tmp_path):
+  path = tmp_path / "m.safetensors"
+  export.save(path, {"a": np.ones(2, np.float32)})
+  for mode in (0o640, 0o600, 0o444):
+    os.chmod(path, mode)
+    export.save(path, {"a": np.zeros(2, np.float32)})
+    assert (os.stat(path).st_mode & 0o777) == mode
+  assert temporaries(tmp_path) == []
+
+
+def test_file_then_rename_then_folder_are_synced(tmp_path, monkeypatch):
+  import stat
+
+  events = []
+  real_fsync, real_replace = os.fsync, os.replace
+
+  def fsync(fd):
+    events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+    real_fsync(fd)
+
+  def replace(src, dst):
+    events.append("rename")
+    real_replace(src, dst)
+
+  monkeypatch.setattr(os, "fsync", fsync)
+  monkeypatch.setattr(os, "replace", replace)
+  export.save(tmp_path / "m.safetensors", {"a": np.ones(2, np.float32)})
+  assert events == ["fsync file", "rename", "fsync folder"]
