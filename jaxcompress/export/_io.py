@@ -314,9 +314,14 @@ def sweep_stale_temporaries(folder: str) -> list[str]:
     return removed
   for entry in entries:
     path = os.path.join(folder, entry)
-    try:
-      fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+    fd = None
+    for access in (os.O_RDONLY, os.O_WRONLY):  # a temporary may carry a replaced file's write-only mode
+      try:
+        fd = os.open(path, access | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        break
+      except OSError:
+        continue
+    if fd is None:
       continue
     try:
       if fcntl is None or not stat.S_ISREG(os.fstat(fd).st_mode) or not _lock(fd, wait=False):
@@ -339,12 +344,18 @@ def _locked_temp(folder: str, target: str) -> Generator[tuple[int, str]]:
   while True:
     tmp = os.path.join(folder, f".{base}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
     fd = os.open(tmp, flags, 0o666)  # the umask applies, as to any new file
-    _lock(fd, wait=True)
-    try:  # a sweeper may have taken the lock between the create and ours, and removed the file
+    try:
+      _lock(fd, wait=True)
+      # a sweeper may have taken the lock between the create and ours, and removed the file
       if os.stat(tmp, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
         break
     except FileNotFoundError:
       pass
+    except BaseException:
+      os.close(fd)
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)
+      raise
     os.close(fd)
   try:
     yield fd, tmp
@@ -380,12 +391,12 @@ def _write_atomic(path: str, blob: bytes) -> None:
   except FileNotFoundError:
     mode = None
   with _locked_temp(folder, path) as (fd, tmp):
-    if mode is not None:
-      os.fchmod(fd, mode)  # keep the permissions of the file being replaced
     view = memoryview(blob)
     while view:
       written = os.write(fd, view[:_WRITE_CHUNK])
       view = view[written:]
+    if mode is not None:
+      os.fchmod(fd, mode)  # keep the permissions of the file being replaced
     os.fsync(fd)
     os.replace(tmp, path)  # still holding the lock, so no sweeper can remove it first
     _fsync_folder(folder)
