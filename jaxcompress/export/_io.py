@@ -110,7 +110,7 @@ def header_digest(metadata: Mapping[str, str], tensors: Mapping[str, tuple[str, 
   """
   body = {
     "metadata": {k: v for k, v in metadata.items() if k != DIGEST_KEY},
-    "tensors": {k: [d, [int(n) for n in s]] for k, (d, s) in tensors.items()},
+    "tensors": {k: [d, list(s)] for k, (d, s) in tensors.items()},
   }
   text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
   return hashlib.sha256(text.encode("ascii")).hexdigest()
