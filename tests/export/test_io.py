@@ -1,3 +1,4 @@
+import functools
 import os
 
 import numpy as np
@@ -137,6 +138,7 @@ def test_file_mode_and_missing_folder(tmp_path):
 # --- integrity: the digest covers the header, and every leaf field is checked (issue 9) ---
 
 
+@functools.cache
 def every_leaf_tree():
   """One of each leaf type and variant, as the library's own constructors build them."""
   import jax.numpy as jnp
@@ -160,6 +162,12 @@ def every_leaf_tree():
   )  # fmt: skip
   book = export.from_assignments(np.array([-1.0, 0.0, 2.0], np.float32), rng.integers(0, 3, (8, 6)))
   per_channel = export.from_assignments(rng.normal(size=(6, 5)).astype(np.float32), rng.integers(0, 5, (8, 6)), axis=1)
+  sliced = export.sliced_from_parts(np.full((3, 2), 0.5, np.float32), [np.array([1, 0, 1, 1], bool), None])
+  codes = np.zeros((4, 2), np.int32)
+  codes[[0, 2, 3]] = 2  # a later stage's QArray of the sliced view (0.5 / 0.25)
+  sliced_q = sliced.recompose(
+    export.QArray(export.store_codes(codes, 4, signed=True), np.array(0.25, np.float32), None, 4, "float32")
+  )
   lowrank = export.factorize(np.ones((6, 2), np.float32), np.ones((2, 8), np.float32), (6, 8))
   return {
     "dense": {"kernel": export.from_dense(w), "bias": np.ones(10, np.float32)},
@@ -172,7 +180,8 @@ def every_leaf_tree():
     "book": book,
     "book_pruned": export.prune(book, keep),
     "per_channel": export.prune(per_channel, keep),
-    "sliced": export.sliced_from_parts(np.ones((3, 2), np.float32), [np.array([1, 0, 1, 1], bool), None]),
+    "sliced": sliced,
+    "sliced_q": sliced_q,
     "sliced_cols": export.sliced_from_parts(np.ones((2, 3), np.float32), [None, np.array([0, 1, 1, 1, 0], bool)]),
     "masked": export.prune(lowrank, rng.random((6, 8)) < 0.5),
     "bf16": np.asarray(jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3)),
@@ -184,6 +193,7 @@ def test_every_leaf_type_round_trips(tmp_path):
   kinds = {type(v).__name__ for v in tree.values()} | {type(tree["masked"].inner).__name__}
   assert kinds >= {"SparseArray", "QArray", "CodebookArray", "SlicedArray", "MaskedArray", "Factorized", "ndarray"}
   assert isinstance(tree["q4_pruned"].codes, export.SparseArray) and tree["rel"].format == "relative"
+  assert isinstance(tree["sliced_q"].values, export.QArray)
   export.save(tmp_path / "m.safetensors", tree)
   loaded = export.load(tmp_path / "m.safetensors")
   assert_same(tree, loaded)  # every field bit for bit, so materialize agrees too
