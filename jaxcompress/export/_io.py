@@ -481,7 +481,8 @@ def load(path: str | os.PathLike[str]) -> Any:
       if DIGEST_KEY not in metadata:
         version = _version(metadata)
         raise CorruptFileError(
-          f"{path} has format version {version!r} without a header checksum, expected {FORMAT_VERSION}"
+          f"{path} has format version {version!r} without a header checksum, expected {FORMAT_VERSION}: "
+          "load it with the jaxcompress release that wrote it and save it again"
         )
       if header_digest(metadata, table) != metadata[DIGEST_KEY]:
         raise CorruptFileError(f"{path}: the header does not match its checksum: the file is corrupted or was edited")
