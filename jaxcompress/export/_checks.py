@@ -52,9 +52,15 @@ def known_dtype(name: Any) -> np.dtype | None:
 
 
 def kind(dtype: Any) -> str:
-  """NumPy's one-letter kind of ``dtype`` (``'b'``, ``'i'``, ``'u'``, ``'f'``, ``'c'``), also for
-  JAX's extra dtypes (``bfloat16``, ``float8_*``, ``int4``), which NumPy calls ``'V'``; ``''``
-  for anything else."""
+  """NumPy's one-letter kind of a dtype, also for JAX's extra dtypes.
+
+  Args:
+    dtype: a NumPy or JAX dtype (``bfloat16``, ``float8_*`` and ``int4``, which NumPy calls
+      ``'V'``, included).
+
+  Returns:
+    ``'b'``, ``'i'``, ``'u'``, ``'f'`` or ``'c'``; ``''`` for anything else (strings, objects).
+  """
   for letter, family in (("b", jnp.bool_), ("u", jnp.unsignedinteger), ("i", jnp.signedinteger)):
     if jnp.issubdtype(dtype, family):
       return letter
