@@ -1,28 +1,47 @@
 """Saving and loading packed trees: safetensors for the arrays, JSON for the structure.
 
-The file is one safetensors file. Its arrays are the tree's arrays, named by path; its
-metadata entry ``'jaxcompress'`` is JSON describing the tree (dicts, lists, tuples,
-``None``, arrays and compressed leaves with their static fields) and a SHA-256 digest of
-every array, so a corrupted or truncated file is detected on load.
+The file is one safetensors file (format version 2). Its tensors are the tree's arrays,
+named by path. Its metadata holds two entries:
+
+- ``'jaxcompress'``: JSON ``{"version": 2, "tree": ...}`` describing the tree (dicts,
+  lists, tuples, ``None``, arrays and compressed leaves with every static field); each
+  array's entry has its ``key``, logical ``dtype`` and ``shape`` and the SHA-256 of its bytes.
+- ``'jaxcompress.sha256'``: the SHA-256 of a canonical serialization (sorted-key compact
+  JSON, see :func:`header_digest`) of every other metadata entry and of the safetensors
+  tensor table (each tensor's dtype and shape).
+
+So the digest covers the whole header (safetensors' dtypes and shapes, every field of every
+leaf, the per-array digests) and, through those, the data. :func:`load` checks, in order:
+the header digest (before reading any array), each array's dtype and shape against the
+tensor table, each array's bytes against its digest, and then each compressed leaf's fields
+against its arrays (``jaxcompress.export._checks``), so a file whose checksum was recomputed
+after an edit still cannot describe a dense array its stored arrays do not account for;
+any failure is a :class:`CorruptFileError` naming the file, and for a leaf its path and field.
+
+Writes are atomic and leave no litter; see :func:`save`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import math
 import os
-import tempfile
-from collections.abc import Mapping
-from typing import Any
+import secrets
+import stat
+from collections.abc import Generator, Mapping
+from typing import Any, cast
 
-import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
 
 from jaxcompress.export._base import CompressedLeaf
 from jaxcompress.export._bitpack import BitPacked
+from jaxcompress.export._checks import InconsistentLeafError, check_leaf, known_dtype
 from jaxcompress.export._codebook import CodebookArray
 from jaxcompress.export._factorized import Factorized
 from jaxcompress.export._masked import MaskedArray
@@ -30,22 +49,75 @@ from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
 
-FORMAT_VERSION = 1
-# dtypes safetensors' NumPy reader understands; others travel as raw bytes
-_SAFETENSORS_DTYPES = frozenset(
-  {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
-)
-_LEAF_TYPES = {
+try:
+  import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, so no sweeping of stale temporaries
+  fcntl = None
+
+FORMAT_VERSION = 2
+DIGEST_KEY = "jaxcompress.sha256"
+TEMP_SUFFIX = ".jaxcompress-tmp"
+# NumPy dtype name -> safetensors dtype, for the dtypes safetensors' NumPy reader understands;
+# others (bfloat16, float8, int4, ...) travel as raw uint8 bytes with their dtype in the header
+_SAFETENSORS_DTYPES = {
+  "bool": "BOOL",
+  "uint8": "U8",
+  "int8": "I8",
+  "uint16": "U16",
+  "int16": "I16",
+  "uint32": "U32",
+  "int32": "I32",
+  "uint64": "U64",
+  "int64": "I64",
+  "float16": "F16",
+  "float32": "F32",
+  "float64": "F64",
+}
+_LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
   cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)
 }
+# every leaf type's static fields (its pytree meta fields); the other dataclass fields hold arrays or leaves
+_META_FIELDS = {
+  "BitPacked": ("bits", "code_shape", "signed"),
+  "QArray": ("bits", "dtype", "group_axis", "group_size"),
+  "SparseArray": ("dense_shape", "format"),
+  "CodebookArray": ("axis",),
+  "Factorized": ("dense_shape",),
+  "SlicedArray": ("dense_shape",),
+  "MaskedArray": (),
+}
+_WRITE_CHUNK = 1 << 24
 
 
 class CorruptFileError(ValueError):
-  """A file is truncated, corrupted, or not a jaxcompress file."""
+  """A file is truncated, corrupted, inconsistent, or not a jaxcompress file."""
 
 
 def _digest(array: np.ndarray) -> str:
-  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+  return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data).hexdigest()
+
+
+def header_digest(metadata: Mapping[str, str], tensors: Mapping[str, tuple[str, list[int]]]) -> str:
+  """The digest of a file's header, as stored under ``'jaxcompress.sha256'``.
+
+  Args:
+    metadata: the safetensors metadata entries (the digest's own entry is left out).
+    tensors: for each tensor of the file, its safetensors dtype (``'F32'``) and shape.
+
+  Returns:
+    The hex SHA-256 of the compact, sorted-key JSON of
+    ``{"metadata": metadata, "tensors": {name: [dtype, shape]}}``.
+  """
+  body = {
+    "metadata": {k: v for k, v in metadata.items() if k != DIGEST_KEY},
+    "tensors": {k: [d, list(s)] for k, (d, s) in tensors.items()},
+  }
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+  return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _meta_value(value: Any) -> Any:
+  return list(value) if isinstance(value, tuple) else value
 
 
 def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -53,15 +125,20 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     return {"kind": "none"}
   if hasattr(node, "get_value") and not isinstance(node, (CompressedLeaf, np.ndarray)):
     node = node.get_value()  # a Flax NNX Variable: save what it holds
-  if type(node).__name__ in _LEAF_TYPES and dataclasses.is_dataclass(node):
-    fields, meta = {}, {}
-    for f in dataclasses.fields(node):
-      value = getattr(node, f.name)
-      if isinstance(value, (int, str, bool, tuple)) and not hasattr(value, "shape"):
-        meta[f.name] = list(value) if isinstance(value, tuple) else value
-      else:
-        fields[f.name] = _encode(value, f"{name}.{f.name}", arrays)
-    return {"kind": type(node).__name__, "meta": meta, "fields": fields}
+  kind = type(node).__name__
+  if kind in _LEAF_TYPES and type(node) is _LEAF_TYPES[kind]:
+    meta_names = _META_FIELDS[kind]
+    meta = {f: _meta_value(getattr(node, f)) for f in meta_names}
+    fields = {
+      f.name: _encode(getattr(node, f.name), f"{name}.{f.name}", arrays)
+      for f in dataclasses.fields(cast(Any, node))
+      if f.name not in meta_names
+    }
+    try:
+      check_leaf(node, name)
+    except InconsistentLeafError as e:
+      raise ValueError(f"cannot save an inconsistent leaf: {e}") from None
+    return {"kind": kind, "meta": meta, "fields": fields}
   if isinstance(node, Mapping):
     for k in node:
       if not isinstance(k, (str, int)):
@@ -78,13 +155,19 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     array = np.asarray(node, order="C")  # (ascontiguousarray would turn a scalar into 1-d)
     if array.dtype.byteorder == ">":
       array = array.astype(array.dtype.newbyteorder("="))  # safetensors is little-endian
+    if known_dtype(array.dtype.name) is None:
+      raise TypeError(f"cannot save an array of dtype {array.dtype} at {name!r}")
     key = name.lstrip("/") or "array"
     if key in arrays:  # paths can collide ({'a/b': x, 'a': {'b': y}}): number the later one
       key = f"{key}#{len(arrays)}"
-    spec: dict[str, Any] = {"kind": "array", "key": key, "sha256": _digest(array)}
-    if array.dtype.name not in _SAFETENSORS_DTYPES:
-      # bfloat16, float8, int4 ...: stored as raw bytes, the dtype and shape in the header
-      spec.update(dtype=array.dtype.name, shape=list(array.shape))
+    spec = {
+      "kind": "array",
+      "key": key,
+      "dtype": array.dtype.name,
+      "shape": list(array.shape),
+      "sha256": _digest(array),
+    }
+    if array.dtype.name not in _SAFETENSORS_DTYPES:  # bfloat16, float8, int4 ...: raw bytes
       array = array.reshape(-1).view(np.uint8)
     arrays[key] = array
     return spec
@@ -93,36 +176,242 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
   )
 
 
-def _decode(spec: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+def _where(name: str) -> str:
+  return name.lstrip("/") or "<root>"
+
+
+def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]]], seen: set[str]) -> None:
+  """Checks every array entry of the tree against the tensor table, before reading any data."""
+  if not isinstance(spec, dict):
+    raise CorruptFileError(f"node {_where(name)!r} is {type(spec).__name__}, not an object")
+  kind = spec.get("kind")
+  if kind == "array":
+    key, dtype_name, shape = spec.get("key"), spec.get("dtype"), spec.get("shape")
+    where = f"array {_where(name)!r}"
+    if not isinstance(key, str) or key not in table:
+      raise CorruptFileError(f"{where} field 'key': {key!r} is not a tensor of the file")
+    if key in seen:
+      raise CorruptFileError(f"{where} field 'key': tensor {key!r} is used twice")
+    seen.add(key)
+    dtype = known_dtype(dtype_name)
+    if dtype is None:
+      raise CorruptFileError(f"{where} field 'dtype': {dtype_name!r} is not a known dtype name")
+    if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
+      raise CorruptFileError(f"{where} field 'shape': {shape!r} is not a list of non-negative integers")
+    if not isinstance(spec.get("sha256"), str):
+      raise CorruptFileError(f"{where} field 'sha256': {spec.get('sha256')!r} is not a digest")
+    if dtype.name in _SAFETENSORS_DTYPES:
+      expected = (_SAFETENSORS_DTYPES[dtype.name], shape)
+    else:
+      expected = ("U8", [math.prod(shape) * dtype.itemsize])
+    stored = table[key]
+    if stored[0] != expected[0]:
+      raise CorruptFileError(f"{where} field 'dtype': {dtype_name!r} but tensor {key!r} is stored as {stored[0]}")
+    if list(stored[1]) != expected[1]:
+      raise CorruptFileError(f"{where} field 'shape': {shape} but tensor {key!r} is stored with shape {stored[1]}")
+    return
+  if kind == "dict":
+    keys, items = spec.get("keys"), spec.get("items")
+    if not isinstance(keys, list) or not isinstance(items, list) or len(keys) != len(items):
+      raise CorruptFileError(f"dict {_where(name)!r}: malformed keys/items")
+    for pair, item in zip(keys, items):
+      if not (isinstance(pair, list) and len(pair) == 2 and (pair[0], type(pair[1])) in (("str", str), ("int", int))):
+        raise CorruptFileError(f"dict {_where(name)!r}: malformed key {pair!r}")
+      _check_arrays(item, f"{name}/{pair[1]}", table, seen)
+    return
+  if kind in ("list", "tuple"):
+    items = spec.get("items")
+    if not isinstance(items, list):
+      raise CorruptFileError(f"{kind} {_where(name)!r}: malformed items")
+    for i, item in enumerate(items):
+      _check_arrays(item, f"{name}/{i}", table, seen)
+    return
+  if kind in _LEAF_TYPES:
+    meta, fields = spec.get("meta"), spec.get("fields")
+    meta_names = set(_META_FIELDS[kind])
+    data_names = {f.name for f in dataclasses.fields(cast(Any, _LEAF_TYPES[kind]))} - meta_names
+    if not isinstance(meta, dict) or set(meta) != meta_names:
+      got = sorted(meta) if isinstance(meta, dict) else meta
+      raise CorruptFileError(f"leaf {_where(name)!r} ({kind}): static fields {got!r}, expected {sorted(meta_names)}")
+    if not isinstance(fields, dict) or set(fields) != data_names:
+      got = sorted(fields) if isinstance(fields, dict) else fields
+      raise CorruptFileError(f"leaf {_where(name)!r} ({kind}): array fields {got!r}, expected {sorted(data_names)}")
+    for f, item in fields.items():
+      _check_arrays(item, f"{name}.{f}", table, seen)
+    return
+  if kind != "none":
+    raise CorruptFileError(f"node {_where(name)!r} has unknown kind {kind!r}")
+
+
+def _decode(spec: Any, name: str, read: Any) -> Any:
   kind = spec["kind"]
   if kind == "none":
     return None
   if kind == "array":
-    array = arrays[spec["key"]]
-    if "dtype" in spec:
-      array = array.view(jnp.dtype(spec["dtype"])).reshape(spec["shape"])
+    array = read(spec["key"])
+    if spec["dtype"] not in _SAFETENSORS_DTYPES:
+      array = array.view(known_dtype(spec["dtype"])).reshape(spec["shape"])
     if _digest(array) != spec["sha256"]:
       raise CorruptFileError(f"array {spec['key']!r} does not match its checksum: the file is corrupted")
     return array
   if kind == "dict":
-    keys = [int(k) if t == "int" else k for t, k in spec["keys"]]
-    return {k: _decode(v, arrays) for k, v in zip(keys, spec["items"])}
+    keys = [k for _, k in spec["keys"]]
+    return {k: _decode(v, f"{name}/{k}", read) for k, v in zip(keys, spec["items"])}
   if kind in ("list", "tuple"):
-    items = [_decode(v, arrays) for v in spec["items"]]
+    items = [_decode(v, f"{name}/{i}", read) for i, v in enumerate(spec["items"])]
     return items if kind == "list" else tuple(items)
-  if kind in _LEAF_TYPES:
-    meta: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["meta"].items()}
-    fields: dict[str, Any] = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
-    return _LEAF_TYPES[kind](**fields, **meta)
-  raise CorruptFileError(f"unknown node kind {kind!r} in file metadata")
+  meta = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["meta"].items()}
+  fields = {k: _decode(v, f"{name}.{k}", read) for k, v in spec["fields"].items()}
+  leaf = _LEAF_TYPES[kind](**fields, **meta)
+  try:
+    check_leaf(leaf, name)
+  except InconsistentLeafError as e:
+    raise CorruptFileError(str(e)) from None
+  return leaf
+
+
+# --- atomic, litter-free writes -------------------------------------------------------
+
+
+def _lock(fd: int, *, wait: bool) -> bool:
+  """An exclusive advisory lock on ``fd``; False when another open file holds one (``wait=False``)."""
+  if fcntl is None:
+    return True
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+  except BlockingIOError:
+    return False
+  except OSError as e:
+    if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+      return wait  # a filesystem without locks: write unlocked, never sweep
+    raise
+  return True
+
+
+def _is_temp(name: str) -> bool:
+  return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def sweep_stale_temporaries(folder: str) -> list[str]:
+  """Removes the temporary files of saves into ``folder`` that died before finishing.
+
+  A save writes ``.<name>.<random>.jaxcompress-tmp`` and holds an exclusive ``flock`` on it
+  until it is renamed into place. The kernel drops the lock when the writer exits in any
+  way, SIGKILL included, so a temporary whose lock can be taken belongs to no live save:
+  it is removed. Temporaries of saves in progress (in this or another process) are left
+  alone. Without ``fcntl`` (Windows) or on a filesystem without locks nothing is removed.
+
+  Args:
+    folder: the folder to sweep.
+
+  Returns:
+    The paths removed.
+  """
+  removed = []
+  try:
+    entries = [e.name for e in os.scandir(folder) if _is_temp(e.name)]
+  except OSError:
+    return removed
+  for entry in entries:
+    path = os.path.join(folder, entry)
+    fd = None
+    for access in (os.O_RDONLY, os.O_WRONLY):  # a temporary may carry a replaced file's write-only mode
+      try:
+        fd = os.open(path, access | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        break
+      except OSError:
+        continue
+    if fd is None:
+      continue
+    try:
+      if fcntl is None or not stat.S_ISREG(os.fstat(fd).st_mode) or not _lock(fd, wait=False):
+        continue
+      if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:  # still the file we locked
+        os.unlink(path)
+        removed.append(path)
+    except OSError:
+      pass
+    finally:
+      os.close(fd)
+  return removed
+
+
+@contextlib.contextmanager
+def _locked_temp(folder: str, target: str) -> Generator[tuple[int, str]]:
+  """A new, locked temporary file next to ``target``; removed if the block raises."""
+  base = os.path.basename(target)[:96]
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+  while True:
+    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+    fd = os.open(tmp, flags, 0o666)  # the umask applies, as to any new file
+    try:
+      _lock(fd, wait=True)
+      # a sweeper may have taken the lock between the create and ours, and removed the file
+      if os.stat(tmp, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+        break
+    except FileNotFoundError:
+      pass
+    except BaseException:
+      os.close(fd)
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)
+      raise
+    os.close(fd)
+  try:
+    yield fd, tmp
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+  finally:
+    os.close(fd)
+
+
+def _fsync_folder(folder: str) -> None:
+  try:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError as e:
+    if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+      raise
+  finally:
+    os.close(fd)
+
+
+def _write_atomic(path: str, blob: bytes) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist")
+  sweep_stale_temporaries(folder)
+  try:
+    mode = stat.S_IMODE(os.stat(path).st_mode) & 0o777
+  except FileNotFoundError:
+    mode = None
+  with _locked_temp(folder, path) as (fd, tmp):
+    view = memoryview(blob)
+    while view:
+      written = os.write(fd, view[:_WRITE_CHUNK])
+      view = view[written:]
+    if mode is not None:
+      os.fchmod(fd, mode)  # keep the permissions of the file being replaced
+    os.fsync(fd)
+    os.replace(tmp, path)  # still holding the lock, so no sweeper can remove it first
+    _fsync_folder(folder)
 
 
 def save(path: str | os.PathLike[str], packed: Any) -> int:
-  """Writes a packed tree to ``path`` atomically.
+  """Writes a packed tree to ``path`` atomically (format version 2).
 
-  The file is written to a temporary name in the same folder and renamed into place,
-  so a failed save leaves no partial file and never clobbers an existing one with a
-  half-written one.
+  The file is written to ``.<name>.<random>.jaxcompress-tmp`` in the same folder, under an
+  exclusive ``flock``, flushed to disk (``fsync``), renamed over ``path`` and the folder is
+  ``fsync``-ed, so ``path`` holds the old file or the whole new one, never a partial one,
+  even after a crash or SIGKILL. A temporary left by a save that died is removed by the next
+  save into the same folder (see :func:`sweep_stale_temporaries`); on a failed save (an
+  exception) this one's is removed at once. An existing file's permission bits are kept; a
+  new file gets ``0o666`` less the umask.
 
   Args:
     path: the destination file (conventionally ``*.safetensors``).
@@ -135,34 +424,35 @@ def save(path: str | os.PathLike[str], packed: Any) -> int:
   Raises:
     TypeError: if the tree holds something that cannot be saved (the message names
       its path).
+    ValueError: if a compressed leaf's static fields do not match its arrays (the
+      message names its path and the field).
+    FileNotFoundError: if the folder of ``path`` does not exist.
   """
   arrays: dict[str, np.ndarray] = {}
   spec = _encode(packed, "", arrays)
-  header = json.dumps({"version": FORMAT_VERSION, "tree": spec})
-  blob = safetensors.numpy.save(arrays, metadata={"jaxcompress": header})
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist")
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it a normal file's mode
-    with os.fdopen(fd, "wb") as f:
-      f.write(blob)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  metadata = {"jaxcompress": json.dumps({"version": FORMAT_VERSION, "tree": spec}, separators=(",", ":"))}
+  tensors = {k: (_SAFETENSORS_DTYPES[a.dtype.name], list(a.shape)) for k, a in arrays.items()}
+  metadata[DIGEST_KEY] = header_digest(metadata, tensors)
+  blob = safetensors.numpy.save(arrays, metadata=metadata)
+  _write_atomic(os.fspath(path), blob)
   return len(blob)
+
+
+def _version(metadata: Mapping[str, str]) -> Any:
+  try:
+    return json.loads(metadata["jaxcompress"]).get("version")
+  except (ValueError, AttributeError):
+    return None
 
 
 def load(path: str | os.PathLike[str]) -> Any:
   """Reads a tree written by :func:`save`; the round trip is bit-exact.
+
+  Everything is checked before anything is materialized: the header digest first (before
+  any array is read), then each array's dtype and shape against the file's tensor table,
+  each array's bytes against its digest, and every field of every compressed leaf against
+  the arrays it holds. A loaded leaf's ``materialize()`` therefore allocates what its
+  stored arrays describe (a tampered ``dense_shape`` or ``code_shape`` is refused here).
 
   Args:
     path: the file.
@@ -174,25 +464,46 @@ def load(path: str | os.PathLike[str]) -> Any:
 
   Raises:
     FileNotFoundError: if ``path`` does not exist.
-    CorruptFileError: if the file is truncated, corrupted (a checksum differs) or not
-      written by :func:`save`; the message names the file.
+    CorruptFileError: if the file is truncated, corrupted (a checksum differs),
+      inconsistent (a leaf's field does not match its arrays: the message names the leaf's
+      path and the field), of another format version, or not written by :func:`save`; the
+      message names the file.
   """
   path = os.fspath(path)
-  with open(path, "rb") as f:
-    blob = f.read()
+  with open(path, "rb"):  # FileNotFoundError, IsADirectoryError, PermissionError as themselves
+    pass
   try:
-    arrays = safetensors.numpy.load(blob)
     with safetensors.safe_open(path, framework="numpy") as f:
       metadata = f.metadata() or {}
-  except Exception as e:  # safetensors raises its own error types for bad headers
+      table = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
+      if "jaxcompress" not in metadata:
+        raise CorruptFileError(f"{path} is a safetensors file but was not written by jaxcompress.export.save")
+      if DIGEST_KEY not in metadata:
+        version = _version(metadata)
+        raise CorruptFileError(
+          f"{path} has format version {version!r} without a header checksum, expected {FORMAT_VERSION}: "
+          "load it with the jaxcompress release that wrote it and save it again"
+        )
+      if header_digest(metadata, table) != metadata[DIGEST_KEY]:
+        raise CorruptFileError(f"{path}: the header does not match its checksum: the file is corrupted or was edited")
+      return _read_tree(path, metadata, table, f.get_tensor)
+  except (CorruptFileError, FileNotFoundError):
+    raise
+  except Exception as e:  # safetensors raises its own error types for bad headers and buffers
     raise CorruptFileError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
-  if "jaxcompress" not in metadata:
-    raise CorruptFileError(f"{path} is a safetensors file but was not written by jaxcompress.export.save")
+
+
+def _read_tree(path: str, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
   try:
     header = json.loads(metadata["jaxcompress"])
-    if header.get("version") != FORMAT_VERSION:
-      raise CorruptFileError(f"{path} has format version {header.get('version')!r}, expected {FORMAT_VERSION}")
-    return _decode(header["tree"], arrays)
+    if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
+      version = header.get("version") if isinstance(header, dict) else None
+      raise CorruptFileError(f"has format version {version!r}, expected {FORMAT_VERSION}")
+    seen: set[str] = set()
+    _check_arrays(header.get("tree"), "", table, seen)
+    if set(table) != seen:
+      raise CorruptFileError(f"holds tensors the tree does not use: {sorted(set(table) - seen)}")
+    return _decode(header["tree"], "", read)
   except CorruptFileError as e:
     raise CorruptFileError(f"{path}: {e}") from None
   except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:

@@ -9,7 +9,9 @@ of two position formats.
   "advance ``2^b - 1`` positions, no entry here". Deep Compression bridges with a filler
   zero entry instead; a skip code stores no value, so it is never larger, and it keeps
   "which positions are stored" exact even when a stored value is 0 (the index of a
-  codebook's first entry, an affine code), which a filler cannot.
+  codebook's first entry, an affine code), which a filler cannot. Trailing skip codes
+  carry the stream to within ``2^b - 1`` positions of the end, so the positions account
+  for ``dense_shape`` (a file cannot claim a larger dense array than its stream covers).
   ``index_bits`` is chosen per array to minimize the total bytes.
 
 Which positions are stored is a *mask*, not "the nonzeros": a pruned weight is absent
@@ -95,20 +97,29 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _relative_codes(index: np.ndarray, index_bits: int) -> np.ndarray:
-  """Gap codes for stored flat positions ``index`` (ascending), with skip codes."""
+def _trailing_skips(index: np.ndarray, index_bits: int, size: int | None) -> int:
+  """Skip codes after the last entry, so the stream reaches within ``2^b - 1`` of the end."""
+  if size is None:
+    return 0
+  last = int(index[-1]) if index.size else -1
+  return (size - 1 - last) // ((1 << index_bits) - 1)
+
+
+def _relative_codes(index: np.ndarray, index_bits: int, size: int | None = None) -> np.ndarray:
+  """Gap codes for stored flat positions ``index`` (ascending), with skip codes; with the
+  dense ``size``, trailing skip codes up to within ``2^b - 1`` positions of the end."""
   skip = (1 << index_bits) - 1
   gaps = np.diff(index, prepend=-1) - 1
   skips = gaps // skip
-  codes = np.full(int(index.size + skips.sum()), skip, np.int64)
+  codes = np.full(int(index.size + skips.sum()) + _trailing_skips(index, index_bits, size), skip, np.int64)
   slot = np.cumsum(skips + 1) - 1  # where each real entry's code lands
   codes[slot] = gaps - skips * skip
   return codes
 
 
-def _relative_bytes(index: np.ndarray, index_bits: int, value_bits: float) -> int:
+def _relative_bytes(index: np.ndarray, index_bits: int, value_bits: float, size: int | None = None) -> int:
   gaps = np.diff(index, prepend=-1) - 1
-  codes = int(index.size + (gaps // ((1 << index_bits) - 1)).sum())
+  codes = int(index.size + (gaps // ((1 << index_bits) - 1)).sum()) + _trailing_skips(index, index_bits, size)
   return int(np.ceil(index.size * value_bits / 8)) + int(np.ceil(codes * index_bits / 8))
 
 
@@ -117,7 +128,7 @@ def layout_bytes(index: np.ndarray, size: int, value_bits: float) -> dict[str, t
   values = int(np.ceil(index.size * value_bits / 8))
   out = {"bitmask": (values + int(np.ceil(size / 8)), 0)}
   for b in range(1, 17):
-    out[f"relative{b}"] = (_relative_bytes(index, b, value_bits), b)
+    out[f"relative{b}"] = (_relative_bytes(index, b, value_bits, size), b)
   return out
 
 
@@ -159,7 +170,7 @@ def from_mask(
     fmt = "bitmask"
   else:
     bits = candidates[choice][1]
-    positions = pack_bits(_relative_codes(index, bits), bits, signed=False)
+    positions = pack_bits(_relative_codes(index, bits, flat.size), bits, signed=False)
     fmt = "relative"
   if value_bits is not None:
     values = store_codes(values, value_bits, signed=signed)

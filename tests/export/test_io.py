@@ -1,3 +1,4 @@
+import functools
 import os
 
 import numpy as np
@@ -132,3 +133,368 @@ def test_file_mode_and_missing_folder(tmp_path):
   assert (os.stat(path).st_mode & 0o777) == 0o666 & ~umask
   with pytest.raises(FileNotFoundError, match=r"the folder .*nowhere.* does not exist"):
     export.save(tmp_path / "nowhere" / "m.safetensors", {"a": np.ones(2, np.float32)})
+
+
+# --- integrity: the digest covers the header, and every leaf field is checked (issue 9) ---
+
+
+@functools.cache
+def every_leaf_tree():
+  """One of each leaf type and variant, as the library's own constructors build them."""
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(1)
+  w = np.where(rng.random((20, 10)) < 0.3, rng.normal(size=(20, 10)), 0).astype(np.float32)
+  keep = rng.random((8, 6)) < 0.4
+  q4 = export.QArray(
+    export.store_codes(rng.integers(-7, 8, (8, 6)), 4, signed=True), np.array(0.1, np.float32), None, 4, "float32"
+  )
+  affine = export.QArray(
+    export.store_codes(rng.integers(0, 256, (8, 6)), 8, signed=False),
+    np.full((1, 6), 0.02, np.float32),
+    np.full((1, 6), 128, np.int32),
+    8,
+    "bfloat16",
+  )
+  grouped = export.QArray(
+    export.store_codes(rng.integers(-3, 4, (8, 6)), 3, signed=True), np.full((2, 4, 6), 0.5, np.float32)[:, :1], None, 3,
+    "float32", group_axis=0, group_size=4,
+  )  # fmt: skip
+  book = export.from_assignments(np.array([-1.0, 0.0, 2.0], np.float32), rng.integers(0, 3, (8, 6)))
+  per_channel = export.from_assignments(rng.normal(size=(6, 5)).astype(np.float32), rng.integers(0, 5, (8, 6)), axis=1)
+  sliced = export.sliced_from_parts(np.full((3, 2), 0.5, np.float32), [np.array([1, 0, 1, 1], bool), None])
+  codes = np.zeros((4, 2), np.int32)
+  codes[[0, 2, 3]] = 2  # a later stage's QArray of the sliced view (0.5 / 0.25)
+  sliced_q = sliced.recompose(
+    export.QArray(export.store_codes(codes, 4, signed=True), np.array(0.25, np.float32), None, 4, "float32")
+  )
+  lowrank = export.factorize(np.ones((6, 2), np.float32), np.ones((2, 8), np.float32), (6, 8))
+  return {
+    "dense": {"kernel": export.from_dense(w), "bias": np.ones(10, np.float32)},
+    "rel": export.from_dense(np.where(rng.random(300) < 0.02, 1.0, 0.0).astype(np.float32), format="relative"),
+    "q4": q4,
+    "q4_pruned": export.prune(q4, keep),
+    "affine": affine,
+    "affine_pruned": export.prune(affine, keep),
+    "grouped": grouped,
+    "book": book,
+    "book_pruned": export.prune(book, keep),
+    "per_channel": export.prune(per_channel, keep),
+    "sliced": sliced,
+    "sliced_q": sliced_q,
+    "sliced_cols": export.sliced_from_parts(np.ones((2, 3), np.float32), [None, np.array([0, 1, 1, 1, 0], bool)]),
+    "masked": export.prune(lowrank, rng.random((6, 8)) < 0.5),
+    "bf16": np.asarray(jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3)),
+  }
+
+
+def test_every_leaf_type_round_trips(tmp_path):
+  tree = every_leaf_tree()
+  kinds = {type(v).__name__ for v in tree.values()} | {type(tree["masked"].inner).__name__}
+  assert kinds >= {"SparseArray", "QArray", "CodebookArray", "SlicedArray", "MaskedArray", "Factorized", "ndarray"}
+  assert isinstance(tree["q4_pruned"].codes, export.SparseArray) and tree["rel"].format == "relative"
+  assert isinstance(tree["sliced_q"].values, export.QArray)
+  export.save(tmp_path / "m.safetensors", tree)
+  loaded = export.load(tmp_path / "m.safetensors")
+  assert_same(tree, loaded)  # every field bit for bit, so materialize agrees too
+
+
+def test_every_dtype_round_trips_and_others_are_refused(tmp_path):
+  from jaxcompress.export import _io
+
+  tree = {name: np.arange(3).astype(name) for name in _io._SAFETENSORS_DTYPES}
+  tree.update(c64=np.ones(2, np.complex64), empty=np.zeros((0, 3), np.float32), scalar=np.array(3.0, np.float32))
+  export.save(tmp_path / "m.safetensors", tree)
+  assert_same(tree, export.load(tmp_path / "m.safetensors"))
+  with pytest.raises(TypeError, match=r"dtype <U1 at '/s'"):
+    export.save(tmp_path / "m.safetensors", {"s": np.array(["a"])})
+
+
+def read_file(path):
+  """The safetensors header (a dict) and the data bytes of a file."""
+  import json
+  import struct
+
+  blob = path.read_bytes()
+  (n,) = struct.unpack("<Q", blob[:8])
+  return json.loads(blob[8 : 8 + n]), blob[8 + n :]
+
+
+def rewrite(path, edit, *, redigest):
+  """Rewrites a saved file's header: ``edit(st_header, tree)`` changes the safetensors tensor
+  table (``st_header``) or the jaxcompress tree spec (``tree``) in place. With ``redigest``
+  the header digest is recomputed, as someone who knows the recipe would."""
+  import json
+  import struct
+
+  from jaxcompress.export import _io
+
+  header, data = read_file(path)
+  meta = header["__metadata__"]
+  doc = json.loads(meta["jaxcompress"])
+  edit(header, doc["tree"])
+  meta["jaxcompress"] = json.dumps(doc)
+  if redigest:
+    tensors = {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    meta[_io.DIGEST_KEY] = _io.header_digest(meta, tensors)
+  text = json.dumps(header).encode()
+  text += b" " * (-len(text) % 8)
+  path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def node(tree, *path):
+  """The spec at ``path``: dict keys, then leaf field names."""
+  for p in path:
+    if tree["kind"] == "dict":
+      keys = [k for _, k in tree["keys"]]
+      tree = tree["items"][keys.index(p)]
+    else:
+      tree = tree["fields"][p]
+  return tree
+
+
+def set_meta(*path, **values):
+  def edit(header, tree):
+    node(tree, *path)["meta"].update(values)
+
+  return edit
+
+
+def set_array(*path, **values):
+  def edit(header, tree):
+    node(tree, *path).update(values)
+
+  return edit
+
+
+def set_tensor(key, **values):
+  def edit(header, tree):
+    header[key].update(values)
+
+  return edit
+
+
+def add_metadata(header, tree):
+  header["__metadata__"]["note"] = "hello"
+
+
+# (edit, what load must say once the attacker recomputed the digest; None: a consistent edit)
+EDITS = {
+  "tensor dtype F32 -> I32": (set_tensor("dense/bias", dtype="I32"), r"'dense/bias' field 'dtype'.*stored as I32"),
+  "tensor shape": (set_tensor("dense/bias", shape=[5, 2]), r"'dense/bias' field 'shape'"),
+  "array dtype bf16 -> f16": (set_array("bf16", dtype="float16"), r"'bf16' field 'dtype': 'float16' but .* U8"),
+  "array dtype unknown": (set_array("bf16", dtype="bfloat17"), r"'bf16' field 'dtype'.*not a known dtype"),
+  "array shape": (set_array("bf16", shape=[3, 3]), r"'bf16' field 'shape'"),
+  "array digest": (set_array("dense", "bias", sha256="0" * 64), r"'dense/bias' does not match its checksum"),
+  "QArray bits": (set_meta("q4", bits=5), r"'q4' \(QArray\) field 'codes'.*expected 5-bit"),
+  "BitPacked bits": (set_meta("q4", "codes", bits=5), r"'q4.codes' \(BitPacked\) field 'code_shape'.*bits=5"),
+  "BitPacked bits out of range": (set_meta("q4", "codes", bits=17), r"'q4.codes' \(BitPacked\) field 'bits'"),
+  "BitPacked code_shape": (
+    set_meta("q4", "codes", code_shape=[800, 600]),
+    r"'q4.codes' \(BitPacked\) field 'code_shape'",
+  ),
+  "BitPacked signed": (set_meta("book", "indices", signed=True), r"'book' \(CodebookArray\) field 'indices'.*signed"),
+  "QArray dtype": (set_meta("q4", dtype="int32"), r"'q4' \(QArray\) field 'dtype'"),
+  "QArray group_size": (set_meta("grouped", group_size=3), r"'grouped' \(QArray\) field 'group_size'"),
+  "QArray group_axis": (set_meta("grouped", group_axis=5), r"'grouped' \(QArray\) field 'group_axis'"),
+  "SparseArray dense_shape (bitmask)": (
+    set_meta("dense", "kernel", dense_shape=[4096, 8192]),
+    r"'dense/kernel' \(SparseArray\) field 'dense_shape'",
+  ),
+  "SparseArray dense_shape (relative)": (
+    set_meta("rel", dense_shape=[3]),
+    r"'rel' \(SparseArray\) field 'dense_shape'",
+  ),
+  "SparseArray format": (set_meta("dense", "kernel", format="csr"), r"'dense/kernel' \(SparseArray\) field 'format'"),
+  "CodebookArray axis": (set_meta("book", axis=0), r"'book' \(CodebookArray\) field 'axis'"),
+  "SlicedArray dense_shape": (
+    set_meta("sliced", dense_shape=[400, 2]),
+    r"'sliced' \(SlicedArray\) field 'dense_shape'",
+  ),
+  "Factorized dense_shape": (
+    set_meta("masked", "inner", dense_shape=[4096, 4096]),
+    r"'masked.inner' \(Factorized\) field 'dense_shape'",
+  ),
+  "MaskedArray mask shape": (set_meta("masked", "keep", code_shape=[7, 8]), r"'masked.keep' \(BitPacked\)"),
+  "extra metadata entry": (add_metadata, None),
+}
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_any_header_edit_fails_the_header_checksum(tmp_path, name):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  rewrite(path, EDITS[name][0], redigest=False)
+  with pytest.raises(export.CorruptFileError, match=r"header does not match its checksum"):
+    export.load(path)
+
+
+@pytest.mark.parametrize("name", [k for k, (_, pattern) in EDITS.items() if pattern])
+def test_inconsistent_metadata_is_refused_even_with_a_valid_checksum(tmp_path, name):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  edit, pattern = EDITS[name]
+  rewrite(path, edit, redigest=True)
+  with pytest.raises(export.CorruptFileError, match=pattern) as info:
+    export.load(path)
+  assert str(path) in str(info.value)
+
+
+def test_consistent_edits_with_a_recomputed_checksum_load(tmp_path):
+  # the limit of any check: a well-formed file that just says something else (float32 bytes
+  # relabelled int32 in both the tree and the tensor table) loads, since nothing contradicts it
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+
+  def relabel(header, tree):
+    set_tensor("dense/bias", dtype="I32")(header, tree)
+    set_array("dense", "bias", dtype="int32")(header, tree)
+
+  rewrite(path, relabel, redigest=True)
+  assert export.load(path)["dense"]["bias"].dtype == np.int32
+
+
+def test_tampered_dense_shape_is_refused_before_any_large_allocation(tmp_path):
+  import tracemalloc
+
+  w = np.where(np.arange(200).reshape(20, 10) % 7 == 0, 1.5, 0).astype(np.float32)
+  path = tmp_path / "m.safetensors"
+  export.save(path, {"kernel": export.from_dense(w)})
+  rewrite(path, set_meta("kernel", dense_shape=[4096, 8192]), redigest=True)  # 128 MiB of float32
+  assert path.stat().st_size < 4096
+  tracemalloc.start()
+  try:
+    with pytest.raises(export.CorruptFileError, match=r"'kernel' \(SparseArray\) field 'dense_shape'"):
+      export.load(path)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < 2**20
+
+
+def test_oversized_code_shape_fails_at_load_naming_the_field(tmp_path):
+  path = tmp_path / "m.safetensors"
+  packed = {
+    "q": export.QArray(
+      export.store_codes(np.zeros((4, 4), int), 2, signed=True), np.array(1, np.float32), None, 2, "float32"
+    )
+  }
+  export.save(path, packed)
+  rewrite(path, set_meta("q", "codes", code_shape=[65536, 65536]), redigest=True)
+  with pytest.raises(
+    export.CorruptFileError, match=r"'q.codes' \(BitPacked\) field 'code_shape'.*needs 1073741824 bytes"
+  ):
+    export.load(path)
+
+
+def test_save_refuses_an_inconsistent_leaf(tmp_path):
+  bad = export.BitPacked(np.zeros(3, np.uint8), 4, (100,), False)
+  with pytest.raises(ValueError, match=r"'b' \(BitPacked\) field 'code_shape'"):
+    export.save(tmp_path / "m.safetensors", {"b": bad})
+  assert os.listdir(tmp_path) == []
+
+
+def test_format_version_1_files_are_refused_by_name(tmp_path):
+  import json
+
+  import safetensors.numpy
+
+  path = tmp_path / "old.safetensors"
+  tree = {"kind": "array", "key": "a", "sha256": "0" * 64}
+  meta = {"jaxcompress": json.dumps({"version": 1, "tree": tree})}
+  safetensors.numpy.save_file({"a": np.ones(2, np.float32)}, str(path), metadata=meta)
+  with pytest.raises(export.CorruptFileError, match="format version 1"):
+    export.load(path)
+
+
+# --- atomic writes: no litter after SIGKILL, mode kept, fsync order (issue 10) ---------
+
+KILLED_SAVES = """
+import os, sys, threading, time
+import numpy as np
+from jaxcompress import export
+
+os.fsync = lambda fd: time.sleep(60)  # hold each save between its writes and its rename
+big = threading.Thread(target=export.save, args=(sys.argv[1], {"w": np.full(50 * 2**20 // 4, 2.0, np.float32)}))
+big.start()
+export.save(sys.argv[2], {"w": np.full(2**18, 2.0, np.float32)})
+"""
+
+
+def temporaries(folder):
+  return sorted(n for n in os.listdir(folder) if n.endswith(".jaxcompress-tmp"))
+
+
+def test_sigkill_mid_save_leaves_the_old_file_and_no_lasting_temporary(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  import jaxcompress
+
+  old = tmp_path / "old.safetensors"
+  export.save(old, {"w": np.ones(3, np.float32)})
+  fresh = tmp_path / "fresh.safetensors"
+  root = os.path.dirname(os.path.dirname(jaxcompress.__file__))
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+  child = subprocess.Popen([sys.executable, "-c", KILLED_SAVES, str(old), str(fresh)], env=env)
+  try:  # two saves in one process, SIGKILLed as soon as both temporaries exist (the 50 MB one mid-write)
+    deadline = time.monotonic() + 60
+    while len(temporaries(tmp_path)) < 2 and time.monotonic() < deadline and child.poll() is None:
+      time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+  finally:
+    child.kill()
+  assert child.returncode == -signal.SIGKILL
+  assert len(temporaries(tmp_path)) == 2  # killed between creating its temporary and renaming it
+  assert_same(export.load(old), {"w": np.ones(3, np.float32)})  # the destination: old content or nothing
+  with pytest.raises(FileNotFoundError):
+    export.load(fresh)
+
+  export.save(tmp_path / "other.safetensors", {"w": np.zeros(2, np.float32)})  # any later save into the folder
+  assert temporaries(tmp_path) == []
+  assert sorted(os.listdir(tmp_path)) == ["old.safetensors", "other.safetensors"]
+
+
+def test_a_save_in_progress_keeps_its_temporary(tmp_path):
+  from jaxcompress.export import _io
+
+  with _io._locked_temp(str(tmp_path), str(tmp_path / "m.safetensors")) as (_, busy):
+    stale = tmp_path / ".m.safetensors.0123456789abcdef.jaxcompress-tmp"
+    stale.write_bytes(b"half a file")  # nobody holds its lock: a dead save's
+    export.save(tmp_path / "m.safetensors", {"a": np.ones(2, np.float32)})
+    assert temporaries(tmp_path) == [os.path.basename(busy)]
+  assert temporaries(tmp_path) == [os.path.basename(busy)]  # the block did not raise: the caller renames it
+  os.unlink(busy)
+
+
+def test_overwrite_keeps_the_file_mode(tmp_path):
+  path = tmp_path / "m.safetensors"
+  export.save(path, {"a": np.ones(2, np.float32)})
+  for mode in (0o640, 0o600, 0o444):
+    os.chmod(path, mode)
+    export.save(path, {"a": np.zeros(2, np.float32)})
+    assert (os.stat(path).st_mode & 0o777) == mode
+  assert temporaries(tmp_path) == []
+
+
+def test_file_then_rename_then_folder_are_synced(tmp_path, monkeypatch):
+  import stat
+
+  events = []
+  real_fsync, real_replace = os.fsync, os.replace
+
+  def fsync(fd):
+    events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+    real_fsync(fd)
+
+  def replace(src, dst):
+    events.append("rename")
+    real_replace(src, dst)
+
+  monkeypatch.setattr(os, "fsync", fsync)
+  monkeypatch.setattr(os, "replace", replace)
+  export.save(tmp_path / "m.safetensors", {"a": np.ones(2, np.float32)})
+  assert events == ["fsync file", "rename", "fsync folder"]

@@ -47,6 +47,11 @@ def test_relative_indices_bridge_long_gaps_with_skip_codes():
   # A gap of 6 fits one code; a gap of 7 needs a skip code first.
   assert _relative_codes(np.array([0, 7]), 3).tolist() == [0, 6]
   assert _relative_codes(np.array([0, 8]), 3).tolist() == [0, 7, 0]
+  # Given the dense size, trailing skips carry the stream to within 7 of the end (16 of 20).
+  assert _relative_codes(np.array([1]), 3, 20).tolist() == [1, 7, 7]
+  s = export.from_mask(np.arange(20.0), np.arange(20) == 1, format="relative")
+  assert s.positions.size == len(_relative_codes(np.array([1]), s.positions.bits, 20))
+  assert np.flatnonzero(np.asarray(s.present())).tolist() == [1]
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 5])

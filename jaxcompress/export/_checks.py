@@ -1,0 +1,360 @@
+"""Consistency checks of a compressed leaf's static fields against the arrays it holds.
+
+A file's checksum catches accidental corruption; these checks catch a file whose metadata
+is well-formed and correctly checksummed but does not describe its arrays (a crafted or
+mis-written file): a ``code_shape`` larger than the packed stream, a ``dense_shape`` the
+positions cannot address, ``bits`` out of range, an unknown dtype name. They run on the
+host with NumPy, in time and memory proportional to the stored arrays (never to a dense
+shape), before any leaf is materialized. :func:`check_leaf` is called by
+:func:`jaxcompress.export.load` on every leaf it reads and by
+:func:`jaxcompress.export.save` on every leaf it writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress.export._base import CompressedLeaf
+from jaxcompress.export._bitpack import BitPacked
+from jaxcompress.export._codebook import CodebookArray, index_bits
+from jaxcompress.export._factorized import Factorized
+from jaxcompress.export._masked import MaskedArray
+from jaxcompress.export._qarray import QArray
+from jaxcompress.export._sliced import SlicedArray
+from jaxcompress.export._sparse import SparseArray
+
+
+class InconsistentLeafError(ValueError):
+  """A compressed leaf's static fields do not match the arrays it holds."""
+
+
+def known_dtype(name: Any) -> np.dtype | None:
+  """The dtype called ``name`` (NumPy's or one of JAX's extra ones, ``'bfloat16'``), or ``None``.
+
+  Args:
+    name: a dtype name as :func:`jaxcompress.export.save` writes it (``dtype.name``).
+
+  Returns:
+    The dtype, when ``name`` is a string naming one canonically; ``None`` otherwise.
+  """
+  if not isinstance(name, str):
+    return None
+  try:
+    dtype = np.dtype(jnp.dtype(name))
+  except (TypeError, ValueError):
+    return None
+  return dtype if dtype.name == name and kind(dtype) != "" else None
+
+
+def kind(dtype: Any) -> str:
+  """NumPy's one-letter kind of a dtype, also for JAX's extra dtypes.
+
+  Args:
+    dtype: a NumPy or JAX dtype (``bfloat16``, ``float8_*`` and ``int4``, which NumPy calls
+      ``'V'``, included).
+
+  Returns:
+    ``'b'``, ``'i'``, ``'u'``, ``'f'`` or ``'c'``; ``''`` for anything else (strings, objects).
+  """
+  for letter, family in (("b", jnp.bool_), ("u", jnp.unsignedinteger), ("i", jnp.signedinteger)):
+    if jnp.issubdtype(dtype, family):
+      return letter
+  for letter, family in (("f", jnp.floating), ("c", jnp.complexfloating)):
+    if jnp.issubdtype(dtype, family):
+      return letter
+  return ""
+
+
+def _where(where: str) -> str:
+  return where.lstrip("/") or "<root>"
+
+
+class _Leaf:
+  """Raises :class:`InconsistentLeafError` naming one leaf's path, type and field."""
+
+  def __init__(self, leaf: CompressedLeaf, where: str):
+    self.leaf, self.kind, self.where = leaf, type(leaf).__name__, _where(where)
+
+  def fail(self, field: str, message: str) -> InconsistentLeafError:
+    return InconsistentLeafError(f"leaf {self.where!r} ({self.kind}) field {field!r}: {message}")
+
+  def get(self, field: str) -> Any:
+    return getattr(self.leaf, field)
+
+  def integer(self, field: str, lo: int, hi: int | None = None) -> int:
+    value = self.get(field)
+    if type(value) is not int or value < lo or (hi is not None and value > hi):
+      bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+      raise self.fail(field, f"{value!r} is not an integer in {bound}")
+    return value
+
+  def optional_integer(self, field: str, lo: int, hi: int | None = None) -> int | None:
+    return None if self.get(field) is None else self.integer(field, lo, hi)
+
+  def boolean(self, field: str) -> bool:
+    value = self.get(field)
+    if type(value) is not bool:
+      raise self.fail(field, f"{value!r} is not a boolean")
+    return value
+
+  def dims(self, field: str) -> tuple[int, ...]:
+    value = self.get(field)
+    if not isinstance(value, tuple) or any(type(d) is not int or d < 0 for d in value):
+      raise self.fail(field, f"{value!r} is not a shape (a list of non-negative integers)")
+    return value
+
+  def child(self, field: str, *, array: bool = True, leaf: tuple[type, ...] = (), optional: bool = False) -> Any:
+    value = self.get(field)
+    if value is None and optional:
+      return None
+    if array and _is_array(value):
+      return value
+    if leaf and isinstance(value, leaf):
+      return value
+    allowed = (["an array"] if array else []) + [t.__name__ for t in leaf] + (["None"] if optional else [])
+    raise self.fail(field, f"holds {type(value).__name__}, expected {' or '.join(allowed)}")
+
+  def bits_stream(self, field: str, *, bits: int | None = None) -> BitPacked:
+    """A child that must be an unsigned ``BitPacked`` (at ``bits`` bits, when given)."""
+    stream = self.child(field, array=False, leaf=(BitPacked,))
+    if stream.signed:
+      raise self.fail(field, "holds signed codes, expected unsigned")
+    if bits is not None and stream.bits != bits:
+      raise self.fail(field, f"holds {stream.bits}-bit codes, expected {bits}-bit")
+    return stream
+
+
+def _is_array(x: Any) -> bool:
+  return not isinstance(x, CompressedLeaf) and hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+  return tuple(int(d) for d in x.shape)
+
+
+def _unpack(stream: BitPacked) -> np.ndarray:
+  """The codes of a (checked) ``BitPacked``, ``int32[size]``, with NumPy (as ``materialize`` reads them)."""
+  n, bits = stream.size, stream.bits
+  data = np.asarray(stream.data, np.uint8)
+  if bits == 8:
+    codes = data[:n].astype(np.int32)
+  elif bits == 16:
+    codes = data[: 2 * n].view("<u2").astype(np.int32)
+  else:
+    planes = np.unpackbits(data, bitorder="little", count=n * bits).reshape(n, bits)
+    codes = np.zeros(n, np.int32)
+    for j in range(bits):
+      codes |= planes[:, j].astype(np.int32) << j
+  return codes - (1 << (bits - 1)) if stream.signed else codes
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _count_set(stream: BitPacked) -> int:
+  """How many codes of a 1-bit ``BitPacked`` are 1, in memory of the stream's size."""
+  n = stream.size
+  data = np.asarray(stream.data, np.uint8)
+  full = int(_POPCOUNT[data[: n // 8]].sum(dtype=np.int64))
+  rest = n % 8
+  return full + (int(_POPCOUNT[data[n // 8] & ((1 << rest) - 1)]) if rest else 0)
+
+
+def _check_bitpacked(c: _Leaf) -> None:
+  bits = c.integer("bits", 1, 16)
+  shape = c.dims("code_shape")
+  c.boolean("signed")
+  data = c.child("data")
+  if np.dtype(data.dtype) != np.dtype(np.uint8) or len(data.shape) != 1:
+    raise c.fail("data", f"is {np.dtype(data.dtype).name}{list(_shape(data))}, expected a 1-D uint8 stream")
+  need = (math.prod(shape) * bits + 7) // 8
+  if data.shape[0] != need:
+    raise c.fail(
+      "code_shape", f"{list(shape)} at bits={bits} needs {need} bytes, the stream 'data' holds {data.shape[0]}"
+    )
+
+
+def _int_codes(c: _Leaf, field: str, bits: int, *, signed: bool | None = None) -> Any:
+  """A child holding integer codes at ``bits`` bits: a native integer array or a ``BitPacked``."""
+  codes = c.child(field, leaf=(BitPacked,))
+  if isinstance(codes, BitPacked):
+    if codes.bits != bits:
+      raise c.fail(field, f"holds {codes.bits}-bit codes, expected {bits}-bit (field 'bits')")
+    is_signed = codes.signed
+  else:
+    dtype = np.dtype(codes.dtype)
+    if kind(dtype) not in ("i", "u") or 8 * dtype.itemsize < bits:
+      raise c.fail(field, f"holds {dtype.name} codes, which cannot hold {bits}-bit codes")
+    is_signed = kind(dtype) == "i"
+  if signed is not None and is_signed != signed:
+    raise c.fail(field, f"holds {'signed' if is_signed else 'unsigned'} codes")
+  return codes
+
+
+def _check_qarray(c: _Leaf) -> None:
+  bits = c.integer("bits", 1, 16)
+  name = c.get("dtype")
+  dtype = known_dtype(name)
+  if dtype is None or kind(dtype) != "f":
+    raise c.fail("dtype", f"{name!r} is not the name of a floating dtype")
+  codes = c.child("codes", leaf=(BitPacked, SparseArray))
+  if isinstance(codes, SparseArray):
+    _int_codes(_Leaf(codes, f"{c.where}.codes"), "values", bits)
+  else:
+    _int_codes(c, "codes", bits)
+  shape = tuple(codes.shape)
+  if not shape and c.get("group_axis") is not None:
+    raise c.fail("group_axis", f"{c.get('group_axis')!r}: per-group scales on 0-d codes")
+  group_axis = c.optional_integer("group_axis", -len(shape), len(shape) - 1)
+  group_size = c.optional_integer("group_size", 1)
+  if (group_axis is None) != (group_size is None):
+    raise c.fail("group_axis", f"{group_axis!r} with group_size {group_size!r}: give both or neither")
+  blocked = shape
+  if group_axis is not None and group_size is not None:
+    a = group_axis % len(shape)
+    if shape[a] % group_size:
+      raise c.fail("group_size", f"{group_size} does not divide axis {a} of shape {list(shape)}")
+    blocked = (*shape[:a], shape[a] // group_size, group_size, *shape[a + 1 :])
+  for field, kinds in (("scale", ("f", "i", "u")), ("zero_point", ("i", "u"))):
+    value = c.child(field, optional=field == "zero_point")
+    if value is None:
+      continue
+    if kind(value.dtype) not in kinds:
+      raise c.fail(field, f"has dtype {np.dtype(value.dtype).name}")
+    try:
+      ok = np.broadcast_shapes(_shape(value), blocked) == blocked
+    except ValueError:
+      ok = False
+    if not ok:
+      raise c.fail(field, f"of shape {list(_shape(value))} does not broadcast to the codes' {list(blocked)}")
+
+
+def _check_sparse(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  size = math.prod(shape)
+  fmt = c.get("format")
+  if fmt not in ("bitmask", "relative"):
+    raise c.fail("format", f"{fmt!r} is not 'bitmask' or 'relative'")
+  values = c.child("values", leaf=(BitPacked,))
+  if len(values.shape) != 1:
+    raise c.fail("values", f"has shape {list(values.shape)}, expected 1-D")
+  stored = int(values.shape[0])
+  if stored > size:
+    raise c.fail("dense_shape", f"{list(shape)} has {size} elements, fewer than the {stored} stored values")
+  if fmt == "bitmask":
+    positions = c.bits_stream("positions", bits=1)
+    if positions.code_shape != (size,):
+      raise c.fail("dense_shape", f"{list(shape)} has {size} elements, the 1-bit mask 'positions' {positions.size}")
+    kept = _count_set(positions)
+    if kept != stored:
+      raise c.fail("positions", f"the mask keeps {kept} positions for {stored} stored values")
+    return
+  positions = c.bits_stream("positions")
+  if len(positions.code_shape) != 1:
+    raise c.fail("positions", f"has shape {list(positions.code_shape)}, expected 1-D")
+  codes = _unpack(positions)
+  skip = (1 << positions.bits) - 1
+  entries = codes != skip
+  if int(entries.sum()) != stored:
+    raise c.fail("positions", f"the gap codes address {int(entries.sum())} entries for {stored} stored values")
+  end = int(np.where(entries, codes + 1, skip).sum(dtype=np.int64))  # positions the stream covers
+  if end > size:
+    raise c.fail("dense_shape", f"{list(shape)} has {size} elements, the positions cover {end}")
+  if size - end >= skip:
+    raise c.fail("dense_shape", f"{list(shape)} has {size} elements, the positions cover only {end}")
+
+
+def _check_codebook(c: _Leaf) -> None:
+  codebook = c.child("codebook")
+  indices = c.child("indices", array=True, leaf=(BitPacked, SparseArray))
+  shape = tuple(indices.shape)
+  cb_shape = _shape(codebook)
+  if kind(codebook.dtype) not in ("f", "i", "u"):
+    raise c.fail("codebook", f"has dtype {np.dtype(codebook.dtype).name}")
+  if not shape and c.get("axis") is not None:
+    raise c.fail("axis", f"{c.get('axis')!r} on 0-d indices")
+  axis = c.optional_integer("axis", -len(shape), len(shape) - 1)
+  if (axis is None) != (len(cb_shape) == 1):
+    raise c.fail("axis", f"{axis!r} with a codebook of shape {list(cb_shape)} (1-D without an axis, 2-D with one)")
+  if axis is None and (len(cb_shape) != 1 or cb_shape[0] == 0):
+    raise c.fail("codebook", f"of shape {list(cb_shape)} is not a non-empty 1-D codebook")
+  if axis is not None and (len(cb_shape) != 2 or cb_shape[0] != shape[axis] or cb_shape[1] == 0):
+    raise c.fail("codebook", f"of shape {list(cb_shape)} is not ({shape[axis]}, k >= 1) for axis {axis}")
+  bits = index_bits(cb_shape[-1])
+  if isinstance(indices, SparseArray):
+    _int_codes(_Leaf(indices, f"{c.where}.indices"), "values", bits, signed=False)
+  else:
+    _int_codes(c, "indices", bits, signed=False)
+
+
+def _check_sliced(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  values = c.child("values", leaf=(CompressedLeaf,))
+  kept = c.bits_stream("kept", bits=1)
+  if kept.code_shape != (sum(shape),):
+    raise c.fail("dense_shape", f"{list(shape)} needs {sum(shape)} kept flags, 'kept' holds {kept.size}")
+  inner = tuple(values.shape)
+  if len(inner) != len(shape):
+    raise c.fail("dense_shape", f"{list(shape)} has {len(shape)} axes, the values {list(inner)}")
+  flags = _unpack(kept)
+  start = 0
+  for axis, full in enumerate(shape):
+    count = int(flags[start : start + full].sum())
+    start += full
+    if count != inner[axis]:
+      raise c.fail("kept", f"axis {axis} keeps {count} positions, the values have {inner[axis]}")
+
+
+def _check_masked(c: _Leaf) -> None:
+  inner = c.child("inner", leaf=(CompressedLeaf,))
+  keep = c.bits_stream("keep", bits=1)
+  if keep.size != math.prod(inner.shape):
+    raise c.fail("keep", f"the mask has {keep.size} elements, the inner leaf's shape {list(inner.shape)}")
+
+
+def _check_factorized(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  u = tuple(c.child("u", leaf=(CompressedLeaf,)).shape)
+  v = tuple(c.child("v", leaf=(CompressedLeaf,)).shape)
+  if len(u) != 2 or len(v) != 2 or u[1] != v[0]:
+    raise c.fail("u", f"factors {list(u)} @ {list(v)} do not multiply")
+  if u[0] * v[1] != math.prod(shape):
+    raise c.fail("dense_shape", f"{list(shape)} is not the size of the product {u[0]}x{v[1]}")
+
+
+_CHECKS: dict[type, Callable[[_Leaf], None]] = {
+  BitPacked: _check_bitpacked,
+  QArray: _check_qarray,
+  SparseArray: _check_sparse,
+  CodebookArray: _check_codebook,
+  SlicedArray: _check_sliced,
+  MaskedArray: _check_masked,
+  Factorized: _check_factorized,
+}
+
+
+def check_leaf(leaf: CompressedLeaf, where: str) -> None:
+  """Checks one compressed leaf's static fields against the arrays it holds.
+
+  The leaves it holds must have been checked already (callers go bottom-up).
+
+  Args:
+    leaf: a compressed leaf of one of the export types.
+    where: its path in the tree, for the message.
+
+  Raises:
+    InconsistentLeafError: naming the path, the leaf type and the field, if a field has
+      the wrong type or range, or does not match the sizes of the arrays (a shape whose
+      product differs from the stored element count, bits out of 1..16 or differing
+      from the stream's, an unknown dtype, positions outside the dense array).
+    TypeError: if ``leaf`` is not one of the export types.
+  """
+  check = _CHECKS.get(type(leaf))
+  if check is None:
+    raise TypeError(f"no consistency check for {type(leaf).__name__} at {_where(where)!r}")
+  check(_Leaf(leaf, where))
