@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -112,9 +113,12 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--out", default="out", help="output folder (default: out/)")
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
-  parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+  parser.add_argument(
+    "--no-progress", action="store_true", help="hide progress bars (they are off when stderr is not a terminal)"
+  )
   parser.add_argument("--recipes", default=None, help="comma-separated recipe names to run (default: all)")
   args = parser.parse_args(argv)
+  args.no_progress = args.no_progress or not sys.stderr.isatty()  # no control codes in a log file
   seeds = args.seeds or (1 if args.quick else 3)
   budget = 0.2 if args.quick else 1.0
   os.makedirs(os.path.join(args.out, "packed"), exist_ok=True)
@@ -134,7 +138,7 @@ def main(argv=None) -> int:
   for name, seed in tqdm(jobs, desc="models x seeds", disable=args.no_progress):
     rows += run_model(name, seed, digits, registry, budget, args.out, not args.no_progress)
   summary = report.summarize(rows)
-  passed, check = report.targets(summary)
+  passed, check = report.targets(summary, judge=not args.quick)
   wall = time.perf_counter() - start
 
   flops = {r["model"]: r["flops"] for r in rows}
@@ -149,7 +153,7 @@ def main(argv=None) -> int:
     "io = save/load bit-exact and loaded accuracy == apply accuracy"
   )
   print(report.table(summary))
-  print(check + (" (quick run: the targets are set for the full run)" if args.quick else ""))
+  print(check)
   print(f"wall time: {wall:.1f}s")
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "wall_seconds": wall,
         "flops": flops,
-        "targets_passed": passed,
+        "targets_passed": None if args.quick else passed,
         "summary": summary,
         "runs": rows,
       },
