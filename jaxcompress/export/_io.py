@@ -29,6 +29,7 @@ from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
+from jaxcompress.export._structured import CirculantArray, HashedArray, TiedArray, ToeplitzArray
 
 FORMAT_VERSION = 1
 # dtypes safetensors' NumPy reader understands; others travel as raw bytes
@@ -36,7 +37,20 @@ _SAFETENSORS_DTYPES = frozenset(
   {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
 )
 _LEAF_TYPES = {
-  cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)
+  cls.__name__: cls
+  for cls in (
+    BitPacked,
+    QArray,
+    SparseArray,
+    CodebookArray,
+    Factorized,
+    SlicedArray,
+    MaskedArray,
+    HashedArray,
+    CirculantArray,
+    ToeplitzArray,
+    TiedArray,
+  )
 }
 
 
@@ -48,7 +62,7 @@ def _digest(array: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
+def _encode(node: Any, name: str, arrays: dict[str, np.ndarray], seen: dict[Any, str]) -> Any:
   if node is None:
     return {"kind": "none"}
   if hasattr(node, "get_value") and not isinstance(node, (CompressedLeaf, np.ndarray)):
@@ -60,7 +74,7 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
       if isinstance(value, (int, str, bool, tuple)) and not hasattr(value, "shape"):
         meta[f.name] = list(value) if isinstance(value, tuple) else value
       else:
-        fields[f.name] = _encode(value, f"{name}.{f.name}", arrays)
+        fields[f.name] = _encode(value, f"{name}.{f.name}", arrays, seen)
     return {"kind": type(node).__name__, "meta": meta, "fields": fields}
   if isinstance(node, Mapping):
     for k in node:
@@ -69,19 +83,27 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     return {
       "kind": "dict",
       "keys": [[type(k).__name__, k] for k in node],
-      "items": [_encode(v, f"{name}/{k}", arrays) for k, v in node.items()],
+      "items": [_encode(v, f"{name}/{k}", arrays, seen) for k, v in node.items()],
     }
   if isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
     kind = "list" if isinstance(node, list) else "tuple"
-    return {"kind": kind, "items": [_encode(v, f"{name}/{i}", arrays) for i, v in enumerate(node)]}
+    return {"kind": kind, "items": [_encode(v, f"{name}/{i}", arrays, seen) for i, v in enumerate(node)]}
   if hasattr(node, "shape") and hasattr(node, "dtype"):
     array = np.asarray(node, order="C")  # (ascontiguousarray would turn a scalar into 1-d)
     if array.dtype.byteorder == ">":
       array = array.astype(array.dtype.newbyteorder("="))  # safetensors is little-endian
+    digest = _digest(array)
+    twin = seen.get((digest, array.dtype.name, array.shape))
+    if twin is not None:  # the same array again (a weight shared by several layers): stored once
+      spec = {"kind": "array", "key": twin, "sha256": digest}
+      if array.dtype.name not in _SAFETENSORS_DTYPES:
+        spec.update(dtype=array.dtype.name, shape=list(array.shape))
+      return spec
     key = name.lstrip("/") or "array"
     if key in arrays:  # paths can collide ({'a/b': x, 'a': {'b': y}}): number the later one
       key = f"{key}#{len(arrays)}"
-    spec: dict[str, Any] = {"kind": "array", "key": key, "sha256": _digest(array)}
+    seen[(digest, array.dtype.name, array.shape)] = key
+    spec: dict[str, Any] = {"kind": "array", "key": key, "sha256": digest}
     if array.dtype.name not in _SAFETENSORS_DTYPES:
       # bfloat16, float8, int4 ...: stored as raw bytes, the dtype and shape in the header
       spec.update(dtype=array.dtype.name, shape=list(array.shape))
@@ -106,13 +128,13 @@ def _decode(spec: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     return array
   if kind == "dict":
     keys = [int(k) if t == "int" else k for t, k in spec["keys"]]
-    return {k: _decode(v, arrays) for k, v in zip(keys, spec["items"])}
+    return {k: _decode(v, arrays, seen) for k, v in zip(keys, spec["items"])}
   if kind in ("list", "tuple"):
-    items = [_decode(v, arrays) for v in spec["items"]]
+    items = [_decode(v, arrays, seen) for v in spec["items"]]
     return items if kind == "list" else tuple(items)
   if kind in _LEAF_TYPES:
     meta: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["meta"].items()}
-    fields: dict[str, Any] = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
+    fields: dict[str, Any] = {k: _decode(v, arrays, seen) for k, v in spec["fields"].items()}
     return _LEAF_TYPES[kind](**fields, **meta)
   raise CorruptFileError(f"unknown node kind {kind!r} in file metadata")
 
@@ -137,7 +159,7 @@ def save(path: str | os.PathLike[str], packed: Any) -> int:
       its path).
   """
   arrays: dict[str, np.ndarray] = {}
-  spec = _encode(packed, "", arrays)
+  spec = _encode(packed, "", arrays, {})
   header = json.dumps({"version": FORMAT_VERSION, "tree": spec})
   blob = safetensors.numpy.save(arrays, metadata={"jaxcompress": header})
   path = os.fspath(path)
@@ -192,7 +214,7 @@ def load(path: str | os.PathLike[str]) -> Any:
     header = json.loads(metadata["jaxcompress"])
     if header.get("version") != FORMAT_VERSION:
       raise CorruptFileError(f"{path} has format version {header.get('version')!r}, expected {FORMAT_VERSION}")
-    return _decode(header["tree"], arrays)
+    return _decode(header["tree"], arrays, seen)
   except CorruptFileError as e:
     raise CorruptFileError(f"{path}: {e}") from None
   except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
