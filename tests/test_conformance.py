@@ -73,6 +73,9 @@ CASES = {
   "slimming": lambda: jc.pruning.slimming(1e-3, where=".*kernel"),
   "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
   "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
+  "hashed_8": lambda: jc.sharing.hashed(1 / 8),
+  "circulant_8": lambda: jc.sharing.circulant(8),
+  "toeplitz": lambda: jc.sharing.toeplitz(),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
@@ -96,6 +99,7 @@ CHAINS = {
     lambda: jc.quantization.quantize_activations(8, apply_fn=helpers.mlp_apply, batches=[helpers.batch()[0]]),
   ),
   "chain_ttq_prune_where": (lambda: jc.quantization.ttq(), lambda: jc.pruning.magnitude(0.5, where="fc1/kernel")),
+  "chain_hashed_int8": (lambda: jc.sharing.hashed(1 / 4), lambda: jc.quantization.fake_quant(8)),
 }
 CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for name, stages in CHAINS.items()})
 

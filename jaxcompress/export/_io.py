@@ -128,13 +128,13 @@ def _decode(spec: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     return array
   if kind == "dict":
     keys = [int(k) if t == "int" else k for t, k in spec["keys"]]
-    return {k: _decode(v, arrays, seen) for k, v in zip(keys, spec["items"])}
+    return {k: _decode(v, arrays) for k, v in zip(keys, spec["items"])}
   if kind in ("list", "tuple"):
-    items = [_decode(v, arrays, seen) for v in spec["items"]]
+    items = [_decode(v, arrays) for v in spec["items"]]
     return items if kind == "list" else tuple(items)
   if kind in _LEAF_TYPES:
     meta: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["meta"].items()}
-    fields: dict[str, Any] = {k: _decode(v, arrays, seen) for k, v in spec["fields"].items()}
+    fields: dict[str, Any] = {k: _decode(v, arrays) for k, v in spec["fields"].items()}
     return _LEAF_TYPES[kind](**fields, **meta)
   raise CorruptFileError(f"unknown node kind {kind!r} in file metadata")
 
@@ -214,7 +214,7 @@ def load(path: str | os.PathLike[str]) -> Any:
     header = json.loads(metadata["jaxcompress"])
     if header.get("version") != FORMAT_VERSION:
       raise CorruptFileError(f"{path} has format version {header.get('version')!r}, expected {FORMAT_VERSION}")
-    return _decode(header["tree"], arrays, seen)
+    return _decode(header["tree"], arrays)
   except CorruptFileError as e:
     raise CorruptFileError(f"{path}: {e}") from None
   except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:

@@ -163,12 +163,13 @@ def _compact(values: np.ndarray) -> Any:
   return book if book.nbytes < values.nbytes else values
 
 
-def _recompose(leaf: Any, dense: np.ndarray, rebuilt: Any, values: np.ndarray) -> Any:
-  return _compact(values) if np.array_equal(np.asarray(rebuilt), dense) else leaf
-
-
-def _is_same_array(values: np.ndarray, stored: Any) -> bool:
-  return isinstance(stored, np.ndarray) and np.array_equal(values, stored)
+def _recompose(owner: Any, field: str, leaf: Any, dense: np.ndarray, rebuilt: Any, values: np.ndarray) -> Any:
+  """``owner`` holding ``values`` (compacted) in ``field`` when they rebuild ``leaf`` exactly, else ``leaf``."""
+  if not np.array_equal(np.asarray(rebuilt).reshape(dense.shape), dense):
+    return leaf
+  if isinstance(getattr(owner, field), np.ndarray) and np.array_equal(values, getattr(owner, field)):
+    return owner
+  return dataclasses.replace(owner, **{field: _compact(values)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +211,7 @@ class HashedArray(CompressedLeaf):
     values = np.zeros(k, dense.dtype)
     values[used] = signed[first[used]]
     rebuilt = hashed_dense(jnp.asarray(values), jnp.asarray(self.seed), self.dense_shape, self.signed).reshape(-1)
-    return self if _is_same_array(values, self.values) else _recompose(leaf, dense, rebuilt, values)
+    return _recompose(self, "values", leaf, dense, rebuilt, values)
 
 
 jax.tree_util.register_dataclass(HashedArray, data_fields=["values", "seed"], meta_fields=["dense_shape", "signed"])
@@ -245,7 +246,7 @@ class CirculantArray(CompressedLeaf):
     dense = np.asarray(materialize(leaf))
     vectors = dense.reshape(p, b, q, b)[:, :, :, 0].transpose(0, 2, 1)  # first column of each block
     rebuilt = circulant_dense(jnp.asarray(vectors), self.dense_shape)
-    return self if _is_same_array(vectors, self.vectors) else _recompose(leaf, dense, rebuilt, vectors)
+    return _recompose(self, "vectors", leaf, dense, rebuilt, vectors)
 
 
 jax.tree_util.register_dataclass(CirculantArray, data_fields=["vectors"], meta_fields=["dense_shape"])
@@ -281,7 +282,7 @@ class ToeplitzArray(CompressedLeaf):
     matrix = dense.reshape(m, n)
     diagonals = np.concatenate([matrix[0, :0:-1], matrix[:, 0]])
     rebuilt = toeplitz_dense(jnp.asarray(diagonals), self.dense_shape)
-    return self if _is_same_array(diagonals, self.diagonals) else _recompose(leaf, dense, rebuilt, diagonals)
+    return _recompose(self, "diagonals", leaf, dense, rebuilt, diagonals)
 
 
 jax.tree_util.register_dataclass(ToeplitzArray, data_fields=["diagonals"], meta_fields=["dense_shape"])
