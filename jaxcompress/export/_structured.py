@@ -129,7 +129,7 @@ def circulant_dense(vectors: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   Returns:
     ``vectors``'s dtype, ``shape``.
   """
-  p, q, b = vectors.shape
+  b = vectors.shape[-1]
   d = (np.arange(b)[:, None] - np.arange(b)[None, :]) % b
   blocks = vectors[:, :, d]  # [p, q, b, b]
   return blocks.transpose(0, 2, 1, 3).reshape(shape)

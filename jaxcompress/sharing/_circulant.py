@@ -202,7 +202,10 @@ def circulant(block: int, *, init: str = "least_squares", where: select.Where = 
 
   def pack(params, state):
     return _reparam.map_nodes(
-      lambda v, leaf: export.CirculantArray(vectors=np.asarray(v), dense_shape=leaf.shape), params, state.leaves, CirculantLeaf
+      lambda v, leaf: export.CirculantArray(vectors=np.asarray(v), dense_shape=leaf.shape),
+      params,
+      state.leaves,
+      CirculantLeaf,
     )
 
   return Compressor(init_fn, apply, update, pack)
