@@ -12,6 +12,7 @@ from jaxcompress.sharing._circulant import (
   check_blocks,
   circulant,
   circulant_matmul,
+  fft_rule,
   nearest_circulant,
   sample_circulant,
 )
@@ -30,6 +31,7 @@ __all__ = [
   "circulant",
   "circulant_matmul",
   "cross_layer",
+  "fft_rule",
   "hashed",
   "hashed_least_squares",
   "hashed_sample",

@@ -9,14 +9,17 @@ is the compressor.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress import export
+from jaxcompress import export, graph
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
+from jaxcompress.core.tree import path_str
 from jaxcompress.quantization import _reparam
 from jaxcompress.sharing._hashed import INITS
 
@@ -111,6 +114,45 @@ def circulant_matmul(x: jax.Array, vectors: jax.Array) -> jax.Array:
   return y.reshape(*x.shape[:-1], q * b).astype(x.dtype)
 
 
+def fft_rule(block: int) -> Callable[..., jax.Array]:
+  """A :func:`jaxcompress.graph.rewrite` rule computing ``x @ W`` with :func:`circulant_matmul`.
+
+  At a site where the weight operand is the kernel itself (2-D, untransposed, contracted
+  on axis 0 against the activation's last axis, no batch axes), the defining vectors are
+  read from each ``b x b`` block's first column and the product runs through the FFT;
+  any other site runs its original op. Exact only where the kernel *is*
+  block-circulant (the view of :func:`circulant`, also after an elementwise stage such
+  as a quantizer; not after pruning). Gradients: the FFT path's gradient with respect to
+  the vectors lands on those first columns, which :func:`circulant`'s ``apply`` maps back
+  to the vectors, so training through the rule gives the same gradient as the dense path.
+
+  Args:
+    block: ``b``.
+
+  Returns:
+    ``rule(site, activation, weight) -> output``.
+  """
+
+  def rule(site: Any, activation: jax.Array, weight: jax.Array) -> jax.Array:
+    dims = site.params.get("dimension_numbers")
+    plain = (
+      site.op == "dot_general"
+      and site.weight_operand == 1
+      and site.leaf_axes == (0, 1)
+      and dims == (((activation.ndim - 1,), (0,)), ((), ()))
+      and weight.shape[0] % block == 0
+      and weight.shape[1] % block == 0
+    )
+    if not plain:
+      return site.compute(activation, weight)
+    m, n = weight.shape
+    vectors = weight.reshape(m // block, block, n // block, block)[:, :, :, 0].transpose(0, 2, 1)
+    out = circulant_matmul(activation, vectors.astype(activation.dtype))
+    return out.astype(jnp.result_type(activation, weight))
+
+  return rule
+
+
 @dataclasses.dataclass(frozen=True)
 class CirculantLeaf:
   """Per-leaf state of :func:`circulant`: the kernel's shape (static; no arrays)."""
@@ -121,7 +163,7 @@ class CirculantLeaf:
 jax.tree_util.register_dataclass(CirculantLeaf, data_fields=[], meta_fields=["shape"])
 
 
-def circulant(block: int, *, init: str = "least_squares", where: select.Where = None) -> Compressor:
+def circulant(block: int, *, init: str = "least_squares", fft: bool = False, where: select.Where = None) -> Compressor:
   """Block-circulant weights: every ``b x b`` block of a kernel is a circulant matrix.
 
   Each selected kernel (read as the matrix ``(prod(shape[:-1]), shape[-1])``, so a Flax
@@ -143,6 +185,9 @@ def circulant(block: int, *, init: str = "least_squares", where: select.Where = 
       wrapped diagonal (:func:`nearest_circulant`), to start from a trained kernel;
       ``'sample'``: each block's first column (:func:`sample_circulant`), to train from
       scratch from a fresh initialization.
+    fft: make ``rewrite`` compute the selected kernels' matmuls with the FFT
+      (:func:`fft_rule`), in training and evaluation; only where no later stage breaks
+      the block-circulant structure (a pruner does; a quantizer does not).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -208,4 +253,13 @@ def circulant(block: int, *, init: str = "least_squares", where: select.Where = 
       CirculantLeaf,
     )
 
-  return Compressor(init_fn, apply, update, pack)
+  def rewrite(fn, params, state):
+    del params
+    if not fft:
+      return fn
+    is_state = lambda x: x is None or isinstance(x, CirculantLeaf)
+    flat, _ = jax.tree_util.tree_flatten_with_path(state.leaves, is_leaf=is_state)
+    selected = {path_str(kp) for kp, s in flat if s is not None}
+    return graph.rewrite(fn, fft_rule(block), where=lambda path, site: path in selected)
+
+  return Compressor(init_fn, apply, update, pack, rewrite=rewrite)

@@ -109,3 +109,24 @@ def test_toeplitz_trains_packs_and_composes_with_int8():
   np.testing.assert_array_equal(view[:, 0], np.asarray(params["w"])[:, 0])
   with pytest.raises(ValueError, match="init"):
     jc.sharing.toeplitz(init="dense")
+
+
+def test_fft_rewrite_gives_the_dense_outputs_and_gradients():
+  params = {
+    "fc0": {"kernel": _w((16, 32)), "bias": jnp.zeros(32)},
+    "fc1": {"kernel": _w((32, 8), 1), "bias": jnp.zeros(8)},
+  }
+
+  def apply(p, x):
+    return jax.nn.relu(x @ p["fc0"]["kernel"] + p["fc0"]["bias"]) @ p["fc1"]["kernel"] + p["fc1"]["bias"]
+
+  x = _w((4, 16), seed=2)
+  dense_c = jc.sharing.circulant(8)
+  fft_c = jc.sharing.circulant(8, fft=True)
+  trainable, state = fft_c.init(params)
+  loss = lambda c: lambda t: jnp.sum(c.rewrite(apply, t, state)(c.apply(t, state), x) ** 2)
+  np.testing.assert_allclose(loss(fft_c)(trainable), loss(dense_c)(trainable), rtol=1e-5)
+  g_fft, g_dense = jax.grad(loss(fft_c))(trainable), jax.grad(loss(dense_c))(trainable)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_fft, g_dense)
+  jaxpr = str(jax.make_jaxpr(fft_c.rewrite(apply, trainable, state))(fft_c.apply(trainable, state), x))
+  assert "fft" in jaxpr
