@@ -42,6 +42,17 @@ def runners(n: int, block: int, batch: int):
   }
 
 
+def toeplitz_runners(n: int, batch: int):
+  """``{name: (fn, x)}`` for the dense and FFT Toeplitz products at size ``n``."""
+  kx, kw = jax.random.split(jax.random.key(n))
+  x = jax.random.normal(kx, (batch, n))
+  t = jax.random.normal(kw, (2 * n - 1,)) / jnp.sqrt(n)
+  w = jax.random.normal(kw, (n, n)) / jnp.sqrt(n)
+  dense = jax.jit(lambda x, w: x @ w)
+  fft = jax.jit(sharing.toeplitz_matmul, static_argnums=2)
+  return {"dense": ((lambda x: dense(x, w)), x), "fft": ((lambda x: fft(x, t, n)), x)}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes")
@@ -59,13 +70,7 @@ def main() -> None:
   print("\nToeplitz (2n - 1 diagonals), one FFT product of length >= 2n - 1:")
   print(f"{'n':>5} {'dense ms':>9} {'fft ms':>9} {'dense/fft':>9}")
   for n in sizes:
-    kx, kw = jax.random.split(jax.random.key(n))
-    x = jax.random.normal(kx, (args.batch, n))
-    t = jax.random.normal(kw, (2 * n - 1,)) / jnp.sqrt(n)
-    w = jax.random.normal(kw, (n, n)) / jnp.sqrt(n)
-    dense = jax.jit(lambda x, w: x @ w)
-    fft = jax.jit(sharing.toeplitz_matmul, static_argnums=2)
-    times = timing.interleaved({"dense": (lambda x: dense(x, w), x), "fft": (lambda x: fft(x, t, n), x)}, reps, inner)
+    times = timing.interleaved(toeplitz_runners(n, args.batch), reps, inner)
     d, f = timing.median_ms(times["dense"]), timing.median_ms(times["fft"])
     print(f"{n:>5} {d:>9.3f} {f:>9.3f} {d / f:>9.2f}", flush=True)
 
