@@ -73,12 +73,11 @@ CASES = {
   "slimming": lambda: jc.pruning.slimming(1e-3, where=".*kernel"),
   "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
   "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
-  "hashed_8": lambda: jc.sharing.hashed(1 / 8),
   "circulant_8": lambda: jc.sharing.circulant(8),
-  "toeplitz": lambda: jc.sharing.toeplitz(),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
+# (HashedNets runs through every check as chain_hashed_int8's first stage.)
 CHAINS = {
   "chain_prune_quant": (lambda: jc.pruning.magnitude(0.6), lambda: jc.quantization.fake_quant(4, per_channel=True)),
   "chain_quant_prune": (lambda: jc.quantization.fake_quant(8), lambda: jc.pruning.magnitude(0.6)),

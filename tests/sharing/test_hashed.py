@@ -1,8 +1,5 @@
 """HashedNets: the hash, the least-squares init, gradients through the gather, the packed leaf."""
 
-import os
-import tempfile
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,34 +61,29 @@ def test_sample_init_agrees_with_w_at_the_first_coordinate_of_each_bucket():
 
 
 def test_gradient_is_the_signed_scatter_add_of_the_virtual_gradients():
-  w = _w((6, 5))
-  c = jc.sharing.hashed(ratio=0.2)
+  w = _w()
+  c = jc.sharing.hashed(ratio=0.05)
   params, state = c.init({"w": w})
   assert params["w"].shape == (6,)
-  g_view = jax.random.normal(jax.random.key(3), (6, 5))
+  g_view = _w(seed=3)
   g = jax.grad(lambda p: jnp.sum(c.apply(p, state)["w"] * g_view))(params)["w"]
-  index, negative = (np.asarray(a) for a in jc.export.hash_coordinates(state.leaves["w"].seed, 30, 6))
+  index, negative = (np.asarray(a) for a in jc.export.hash_coordinates(state.leaves["w"].seed, 120, 6))
   expected = np.zeros(6, np.float32)
   np.add.at(expected, index, np.where(negative, -1.0, 1.0) * np.asarray(g_view).reshape(-1))
   np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_pack_stores_k_values_and_the_seed_only():
-  params = {"a": _w((64, 32)), "b": _w((32, 16), seed=1)}
+  params = {"a": _w((16, 8)), "b": _w((8, 4), seed=1)}
   c = jc.sharing.hashed(1 / 8)
   trainable, state = c.init(params)
   packed = c.pack(trainable, state)
-  for name, k in (("a", 256), ("b", 64)):
+  for name, k in (("a", 16), ("b", 4)):
     leaf = packed[name]
     assert isinstance(leaf, jc.export.HashedArray)
     assert leaf.nbytes == 4 * k + 4 and leaf.seed.dtype == np.uint32 and leaf.seed.shape == ()
     np.testing.assert_array_equal(leaf.materialize(), c.apply(trainable, state)[name])
   assert int(packed["a"].seed) != int(packed["b"].seed)  # each layer its own hash
-  with tempfile.TemporaryDirectory() as d:
-    path = os.path.join(d, "h.safetensors")
-    size = jc.export.save(path, packed)
-    assert size < 4 * (256 + 64) + 2048  # values, two seeds and the JSON header
-    np.testing.assert_array_equal(jc.export.load(path)["a"].materialize(), packed["a"].materialize())
 
 
 def test_pruning_a_hashed_leaf_falls_back_to_a_masked_array():
