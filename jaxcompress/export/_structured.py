@@ -20,6 +20,7 @@ the default :class:`~jaxcompress.export.MaskedArray` fallback.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -65,6 +66,7 @@ def murmur3_32(key: jax.Array, seed: jax.Array) -> jax.Array:
   return h ^ (h >> _u32(16))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one compiled call when run eagerly, inlined under jit
 def hash_coordinates(seed: jax.Array, size: int, buckets: int) -> tuple[jax.Array, jax.Array]:
   """HashedNets' two hashes of every coordinate of a weight of ``size`` entries.
 
@@ -87,6 +89,7 @@ def hash_coordinates(seed: jax.Array, size: int, buckets: int) -> tuple[jax.Arra
   return index, negative
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "signed"))
 def hashed_dense(values: jax.Array, seed: jax.Array, shape: tuple[int, ...], signed: bool = True) -> jax.Array:
   """The virtual weight ``V[i] = ξ(i) · values[h(i)]`` of ``shape`` (HashedNets, Eq. 3-4).
 
@@ -116,6 +119,7 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
   return m, int(shape[-1])
 
 
+@functools.partial(jax.jit, static_argnames=("shape",))
 def circulant_dense(vectors: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """The block-circulant matrix of the defining vectors, reshaped to ``shape``.
 
@@ -135,6 +139,7 @@ def circulant_dense(vectors: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return blocks.transpose(0, 2, 1, 3).reshape(shape)
 
 
+@functools.partial(jax.jit, static_argnames=("shape",))
 def toeplitz_dense(diagonals: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """The Toeplitz matrix ``T[i, j] = t[i - j + n - 1]`` of ``m + n - 1`` diagonals, reshaped to ``shape``.
 

@@ -9,6 +9,7 @@ is the compressor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ def check_blocks(shape: tuple[int, ...], block: int, path: str = "the weight") -
   return m // block, n // block
 
 
+@functools.partial(jax.jit, static_argnames=("block",))
 def nearest_circulant(w: jax.Array, block: int) -> jax.Array:
   """The block-circulant matrix nearest to ``w`` in Frobenius norm, as defining vectors.
 
@@ -65,6 +67,7 @@ def nearest_circulant(w: jax.Array, block: int) -> jax.Array:
   return jnp.mean(blocks[:, :, i, (i - d) % block], axis=-1).astype(w.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("block",))
 def sample_circulant(w: jax.Array, block: int) -> jax.Array:
   """The block-circulant matrix that agrees with ``w`` on each block's first column, as
   defining vectors: for training from scratch from a fresh initialization (the vectors

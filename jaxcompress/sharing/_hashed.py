@@ -8,6 +8,7 @@ hash and the rebuild of the virtual weight are the packed format's own
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from jaxcompress.quantization import _reparam
 INITS = ("least_squares", "sample")
 
 
+@functools.partial(jax.jit, static_argnames=("buckets", "signed"))
 def hashed_least_squares(w: jax.Array, seed: jax.Array, buckets: int, signed: bool = True) -> jax.Array:
   """The ``K`` values whose hashed weight is nearest to ``w`` in least squares.
 
@@ -45,6 +47,7 @@ def hashed_least_squares(w: jax.Array, seed: jax.Array, buckets: int, signed: bo
   return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), 0).astype(w.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("buckets", "signed"))
 def hashed_sample(w: jax.Array, seed: jax.Array, buckets: int, signed: bool = True) -> jax.Array:
   """The ``K`` values whose hashed weight agrees with ``w`` at the first coordinate
   (row-major) of each bucket: training from scratch, with ``w`` a fresh initialization

@@ -20,6 +20,7 @@ from jaxcompress.quantization import _reparam
 from jaxcompress.sharing._hashed import INITS
 
 
+@jax.jit
 def nearest_toeplitz(w: jax.Array) -> jax.Array:
   """The Toeplitz matrix nearest to ``w`` in Frobenius norm, as its ``m + n - 1`` diagonals.
 
