@@ -160,11 +160,12 @@ def toeplitz_dense(diagonals: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def _compact(values: np.ndarray) -> Any:
   """``values`` as a dense array, or a codebook of its distinct values when that is smaller."""
-  values = np.asarray(values)
-  distinct, inverse = np.unique(values, return_inverse=True)
+  values = np.ascontiguousarray(values)
+  bits = values.view(f"u{values.dtype.itemsize}")  # distinct bit patterns: -0.0 is not +0.0
+  distinct, inverse = np.unique(bits, return_inverse=True)
   if distinct.size > 1 << 16:
     return values
-  book = from_assignments(distinct, inverse.reshape(values.shape))
+  book = from_assignments(distinct.view(values.dtype), inverse.reshape(values.shape))
   return book if book.nbytes < values.nbytes else values
 
 
