@@ -73,9 +73,11 @@ CASES = {
   "slimming": lambda: jc.pruning.slimming(1e-3, where=".*kernel"),
   "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
   "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
+  "circulant_8": lambda: jc.sharing.circulant(8),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
+# (HashedNets runs through every check as chain_hashed_int8's first stage.)
 CHAINS = {
   "chain_prune_quant": (lambda: jc.pruning.magnitude(0.6), lambda: jc.quantization.fake_quant(4, per_channel=True)),
   "chain_quant_prune": (lambda: jc.quantization.fake_quant(8), lambda: jc.pruning.magnitude(0.6)),
@@ -96,6 +98,7 @@ CHAINS = {
     lambda: jc.quantization.quantize_activations(8, apply_fn=helpers.mlp_apply, batches=[helpers.batch()[0]]),
   ),
   "chain_ttq_prune_where": (lambda: jc.quantization.ttq(), lambda: jc.pruning.magnitude(0.5, where="fc1/kernel")),
+  "chain_hashed_int8": (lambda: jc.sharing.hashed(1 / 4), lambda: jc.quantization.fake_quant(8)),
 }
 CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for name, stages in CHAINS.items()})
 

@@ -27,6 +27,7 @@ from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
+from jaxcompress.export._structured import CirculantArray, HashedArray, TiedArray, ToeplitzArray, matrix_shape
 
 
 class InconsistentLeafError(ValueError):
@@ -327,7 +328,51 @@ def _check_factorized(c: _Leaf) -> None:
     raise c.fail("dense_shape", f"{list(shape)} is not the size of the product {u[0]}x{v[1]}")
 
 
+def _values_shape(c: _Leaf, field: str) -> tuple[int, ...]:
+  return tuple(c.child(field, leaf=(CompressedLeaf,)).shape)
+
+
+def _check_hashed(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  c.boolean("signed")
+  values = _values_shape(c, "values")
+  if len(values) != 1 or not 1 <= values[0] <= max(math.prod(shape), 1):
+    raise c.fail("values", f"shape {list(values)} is not K buckets with 1 <= K <= {math.prod(shape)} weights")
+  seed = c.child("seed")
+  if tuple(seed.shape) != () or kind(seed.dtype) not in ("u", "i"):
+    raise c.fail("seed", f"{seed.dtype}{list(seed.shape)} is not an integer scalar")
+
+
+def _check_circulant(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  vectors = _values_shape(c, "vectors")
+  m, n = matrix_shape(shape) if shape else (0, 0)
+  if len(vectors) != 3 or (vectors[0] * vectors[2], vectors[1] * vectors[2]) != (m, n):
+    raise c.fail("dense_shape", f"{list(shape)} (a {m} x {n} matrix) is not tiled by vectors {list(vectors)}")
+
+
+def _check_toeplitz(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  diagonals = _values_shape(c, "diagonals")
+  m, n = matrix_shape(shape) if shape else (0, 0)
+  if diagonals != (m + n - 1,):
+    raise c.fail(
+      "dense_shape", f"{list(shape)} (a {m} x {n} matrix) needs {m + n - 1} diagonals, got {list(diagonals)}"
+    )
+
+
+def _check_tied(c: _Leaf) -> None:
+  c.child("values", leaf=(CompressedLeaf,))
+  c.boolean("primary")
+  if not isinstance(c.get("source"), str):
+    raise c.fail("source", f"{c.get('source')!r} is not a path")
+
+
 _CHECKS: dict[type, Callable[[_Leaf], None]] = {
+  HashedArray: _check_hashed,
+  CirculantArray: _check_circulant,
+  ToeplitzArray: _check_toeplitz,
+  TiedArray: _check_tied,
   BitPacked: _check_bitpacked,
   QArray: _check_qarray,
   SparseArray: _check_sparse,

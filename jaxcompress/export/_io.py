@@ -48,6 +48,7 @@ from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
+from jaxcompress.export._structured import CirculantArray, HashedArray, TiedArray, ToeplitzArray
 
 try:
   import fcntl
@@ -74,7 +75,20 @@ _SAFETENSORS_DTYPES = {
   "float64": "F64",
 }
 _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
-  cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)
+  cls.__name__: cls
+  for cls in (
+    BitPacked,
+    QArray,
+    SparseArray,
+    CodebookArray,
+    Factorized,
+    SlicedArray,
+    MaskedArray,
+    HashedArray,
+    CirculantArray,
+    ToeplitzArray,
+    TiedArray,
+  )
 }
 # every leaf type's static fields (its pytree meta fields); the other dataclass fields hold arrays or leaves
 _META_FIELDS = {
@@ -85,6 +99,10 @@ _META_FIELDS = {
   "Factorized": ("dense_shape",),
   "SlicedArray": ("dense_shape",),
   "MaskedArray": (),
+  "HashedArray": ("dense_shape", "signed"),
+  "CirculantArray": ("dense_shape",),
+  "ToeplitzArray": ("dense_shape",),
+  "TiedArray": ("source", "primary"),
 }
 _WRITE_CHUNK = 1 << 24
 
@@ -120,7 +138,7 @@ def _meta_value(value: Any) -> Any:
   return list(value) if isinstance(value, tuple) else value
 
 
-def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
+def _encode(node: Any, name: str, arrays: dict[str, np.ndarray], seen: dict[Any, str]) -> Any:
   if node is None:
     return {"kind": "none"}
   if hasattr(node, "get_value") and not isinstance(node, (CompressedLeaf, np.ndarray)):
@@ -130,7 +148,7 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     meta_names = _META_FIELDS[kind]
     meta = {f: _meta_value(getattr(node, f)) for f in meta_names}
     fields = {
-      f.name: _encode(getattr(node, f.name), f"{name}.{f.name}", arrays)
+      f.name: _encode(getattr(node, f.name), f"{name}.{f.name}", arrays, seen)
       for f in dataclasses.fields(cast(Any, node))
       if f.name not in meta_names
     }
@@ -146,27 +164,27 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     return {
       "kind": "dict",
       "keys": [[type(k).__name__, k] for k in node],
-      "items": [_encode(v, f"{name}/{k}", arrays) for k, v in node.items()],
+      "items": [_encode(v, f"{name}/{k}", arrays, seen) for k, v in node.items()],
     }
   if isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
     kind = "list" if isinstance(node, list) else "tuple"
-    return {"kind": kind, "items": [_encode(v, f"{name}/{i}", arrays) for i, v in enumerate(node)]}
+    return {"kind": kind, "items": [_encode(v, f"{name}/{i}", arrays, seen) for i, v in enumerate(node)]}
   if hasattr(node, "shape") and hasattr(node, "dtype"):
     array = np.asarray(node, order="C")  # (ascontiguousarray would turn a scalar into 1-d)
     if array.dtype.byteorder == ">":
       array = array.astype(array.dtype.newbyteorder("="))  # safetensors is little-endian
     if known_dtype(array.dtype.name) is None:
       raise TypeError(f"cannot save an array of dtype {array.dtype} at {name!r}")
+    digest = _digest(array)
+    spec = {"kind": "array", "key": "", "dtype": array.dtype.name, "shape": list(array.shape), "sha256": digest}
+    twin = seen.get((digest, array.dtype.name, array.shape))
+    if twin is not None:  # the same array again (a weight shared by several layers): stored once
+      return {**spec, "key": twin}
     key = name.lstrip("/") or "array"
     if key in arrays:  # paths can collide ({'a/b': x, 'a': {'b': y}}): number the later one
       key = f"{key}#{len(arrays)}"
-    spec = {
-      "kind": "array",
-      "key": key,
-      "dtype": array.dtype.name,
-      "shape": list(array.shape),
-      "sha256": _digest(array),
-    }
+    seen[(digest, array.dtype.name, array.shape)] = key
+    spec["key"] = key
     if array.dtype.name not in _SAFETENSORS_DTYPES:  # bfloat16, float8, int4 ...: raw bytes
       array = array.reshape(-1).view(np.uint8)
     arrays[key] = array
@@ -180,7 +198,7 @@ def _where(name: str) -> str:
   return name.lstrip("/") or "<root>"
 
 
-def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]]], seen: set[str]) -> None:
+def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]]], seen: dict[str, Any]) -> None:
   """Checks every array entry of the tree against the tensor table, before reading any data."""
   if not isinstance(spec, dict):
     raise CorruptFileError(f"node {_where(name)!r} is {type(spec).__name__}, not an object")
@@ -190,9 +208,12 @@ def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]
     where = f"array {_where(name)!r}"
     if not isinstance(key, str) or key not in table:
       raise CorruptFileError(f"{where} field 'key': {key!r} is not a tensor of the file")
-    if key in seen:
-      raise CorruptFileError(f"{where} field 'key': tensor {key!r} is used twice")
-    seen.add(key)
+    entry = (dtype_name, repr(shape), spec.get("sha256"))
+    if key in seen and seen[key] != entry:  # a shared array is referenced again, identically
+      raise CorruptFileError(
+        f"{where} field 'key': tensor {key!r} is used twice, with different dtype, shape or digest"
+      )
+    seen[key] = entry
     dtype = known_dtype(dtype_name)
     if dtype is None:
       raise CorruptFileError(f"{where} field 'dtype': {dtype_name!r} is not a known dtype name")
@@ -429,7 +450,7 @@ def save(path: str | os.PathLike[str], packed: Any) -> int:
     FileNotFoundError: if the folder of ``path`` does not exist.
   """
   arrays: dict[str, np.ndarray] = {}
-  spec = _encode(packed, "", arrays)
+  spec = _encode(packed, "", arrays, {})
   metadata = {"jaxcompress": json.dumps({"version": FORMAT_VERSION, "tree": spec}, separators=(",", ":"))}
   tensors = {k: (_SAFETENSORS_DTYPES[a.dtype.name], list(a.shape)) for k, a in arrays.items()}
   metadata[DIGEST_KEY] = header_digest(metadata, tensors)
@@ -499,10 +520,10 @@ def _read_tree(path: str, metadata: Mapping[str, str], table: Mapping[str, tuple
     if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
       version = header.get("version") if isinstance(header, dict) else None
       raise CorruptFileError(f"has format version {version!r}, expected {FORMAT_VERSION}")
-    seen: set[str] = set()
+    seen: dict[str, Any] = {}
     _check_arrays(header.get("tree"), "", table, seen)
-    if set(table) != seen:
-      raise CorruptFileError(f"holds tensors the tree does not use: {sorted(set(table) - seen)}")
+    if set(table) != set(seen):
+      raise CorruptFileError(f"holds tensors the tree does not use: {sorted(set(table) - set(seen))}")
     return _decode(header["tree"], "", read)
   except CorruptFileError as e:
     raise CorruptFileError(f"{path}: {e}") from None
