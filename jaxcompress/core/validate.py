@@ -97,7 +97,9 @@ def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], 
   """Turns a constant or a ``step -> value`` callable into a schedule.
 
   A constant is validated at once with ``check``. A callable is probed at step 0, so a
-  schedule that starts out of range fails at construction rather than mid-training.
+  schedule that starts out of range fails at construction rather than mid-training. The
+  probe runs under ``jax.ensure_compile_time_eval``, so a factory called inside ``jit``
+  (or ``pmap``) still sees a concrete value.
 
   Args:
     name: the hyperparameter's name, for messages.
@@ -114,8 +116,9 @@ def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], 
   """
   if callable(value):
     try:
-      out = value(jnp.asarray(0, jnp.int32))
-      at_zero = np.asarray(out)
+      with jax.ensure_compile_time_eval():  # a factory called under jit still probes concretely
+        out = value(jnp.asarray(0, jnp.int32))
+        at_zero = np.asarray(out)
     except (TypeError, ValueError) as e:
       raise ValueError(f"{name} schedule must return a number at step 0: {e}") from None
     if not (jnp.issubdtype(at_zero.dtype, jnp.integer) or jnp.issubdtype(at_zero.dtype, jnp.floating)):

@@ -120,12 +120,16 @@ def _build(
     state = PruningState(jnp.asarray(0, jnp.int32), treedef.unflatten(flat_m), unused, jax.random.key_data(key))
     return params, state
 
+  who = "rigl" if regrow == "gradient" else "sparse_evolutionary"
+
   def apply(params, state):
+    masking.check_state(state, PruningState, who)
     mask_fn = _dense_grad_mask if regrow == "gradient" else masking.zero_pruned
     return leafwise.map_selected(mask_fn, params, state.masks)
 
   def update(params, state, *, grads=None, **extra):
     del extra
+    masking.check_state(state, PruningState, who)
     count = state.count + 1
     treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
     flat_p, flat_m = treedef.flatten_up_to(params), treedef.flatten_up_to(state.masks)
@@ -162,9 +166,14 @@ def _build(
     return treedef.unflatten(out_p), state._replace(count=count, masks=treedef.unflatten(out_m))
 
   def pack(params, state):
+    masking.check_state(state, PruningState, who)
     return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)
+  def masks(state):
+    masking.check_state(state, PruningState, who)
+    return state.masks
+
+  return Compressor(init, apply, update, pack, masks=masks)
 
 
 def rigl(

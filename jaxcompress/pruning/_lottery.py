@@ -149,10 +149,12 @@ def lottery_ticket(
     return params, LotteryState(jnp.asarray(0, jnp.int32), masks, rewind)
 
   def apply(params, state):
+    masking.check_state(state, LotteryState, "lottery_ticket")
     return leafwise.map_selected(masking.zero_pruned, params, state.masks)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
+    masking.check_state(state, LotteryState, "lottery_ticket")
     count = state.count + 1
     treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
     flat_p = treedef.flatten_up_to(params)
@@ -182,6 +184,11 @@ def lottery_ticket(
     return treedef.unflatten(out_p), state
 
   def pack(params, state):
+    masking.check_state(state, LotteryState, "lottery_ticket")
     return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)
+  def masks(state):
+    masking.check_state(state, LotteryState, "lottery_ticket")
+    return state.masks
+
+  return Compressor(init, apply, update, pack, masks=masks)

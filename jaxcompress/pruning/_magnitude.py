@@ -76,6 +76,8 @@ def magnitude(
       unknown, ``block`` is not a tuple of positive ints or is combined with
       ``scope='global'``; at ``init``, if ``where`` selects nothing, a selected leaf is
       integer, empty or non-finite, or ``block`` does not tile a selected leaf.
+    TypeError: from ``apply``, ``update``, ``pack`` or ``masks`` given a state that is
+      not a :class:`MagnitudeState` (another compressor's), naming both types.
 
   References:
     Han, Pool, Tran & Dally 2015, "Learning both Weights and Connections for Efficient

@@ -54,6 +54,19 @@ def zero_pruned(p: jax.Array, m: jax.Array) -> jax.Array:
   return jnp.where(m, p, jnp.zeros_like(p))
 
 
+def check_state(state: Any, expected: type, who: str) -> None:
+  """Raises ``TypeError`` unless ``state`` is an ``expected`` (the state ``who``'s ``init`` returns).
+
+  A state from another compressor (a quantizer's ``LeafwiseState``, a chain's
+  ``ChainState``) would otherwise fail deep inside with a bare ``AttributeError``.
+  """
+  if not isinstance(state, expected):
+    raise TypeError(
+      f"{who} expected its own state, a {expected.__name__} (what its init returns), "
+      f"got a {type(state).__name__}: pass the state from this compressor's init/update"
+    )
+
+
 def check_scope(scope: str) -> str:
   """Validates ``scope``: ``'layer'`` (per-leaf targets) or ``'global'`` (one ranking)."""
   return validate.check_choice("scope", scope, ("layer", "global"))
@@ -103,7 +116,8 @@ def build(
     raise ValueError(
       "scope='global' ranks all selected weights together: it takes no ERK allocation, overrides or block"
     )
-  s0 = float(np.asarray(schedule(jnp.asarray(0, jnp.int32))))
+  with jax.ensure_compile_time_eval():  # concrete even when the factory runs under jit/pmap
+    s0 = float(np.asarray(schedule(jnp.asarray(0, jnp.int32))))
 
   def targets(paths, shapes, step):
     s = schedule(step)
@@ -176,6 +190,7 @@ def build(
     return params, state
 
   def apply(params, state):
+    check_state(state, PruningState, who)
     # Masking here, not only by projection in `update`, keeps chains right: in
     # chain(prune, quantize) the quantizer's output is masked, and a quantizer whose
     # grid has no exact zero (binary, k-means) would otherwise revive pruned weights.
@@ -183,6 +198,7 @@ def build(
 
   def update(params, state, *, grads=None, **extra):
     del extra
+    check_state(state, PruningState, who)
     if needs_grads and grads is None and callable(sparsity):
       raise ValueError(f"{who} on a schedule needs gradients: call update with grads= (train.make_step does)")
     count = state.count + 1
@@ -232,6 +248,11 @@ def build(
     return treedef.unflatten(out_p), new_state
 
   def pack(params, state):
+    check_state(state, PruningState, who)
     return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)
+  def masks(state):
+    check_state(state, PruningState, who)
+    return state.masks
+
+  return Compressor(init, apply, update, pack, masks=masks)

@@ -66,7 +66,8 @@ def movement(
     [[True, False], [False, True]]
   """
   schedule = validate.as_schedule("sparsity", sparsity, validate.check_sparsity)
-  s0 = float(np.asarray(schedule(jnp.asarray(0, jnp.int32))))
+  with jax.ensure_compile_time_eval():
+    s0 = float(np.asarray(schedule(jnp.asarray(0, jnp.int32))))
   if s0 != 0.0:
     raise ValueError(f"movement pruning starts dense: sparsity(0) must be 0, got {s0}")
   return masking.build(

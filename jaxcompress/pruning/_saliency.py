@@ -81,12 +81,14 @@ def snip(sparsity: float, grads: Any, *, where: select.Where = None) -> Compress
 
   Ranks all selected weights together (Lee et al.'s normalized sensitivity
   ``|w g| / sum |w g|`` has the same order) and keeps the top ``1 - sparsity`` before
-  training; the masks then stay fixed.
+  training; the masks then stay fixed. The factory and ``init`` may run under ``jit`` or
+  ``pmap``, with ``grads`` computed there (tracers): the constant sparsity is read at
+  compile time.
 
   Args:
     sparsity: fraction removed, in [0, 1).
     grads: the gradient of the loss on one batch at the initial params (a tree with
-      the params' structure and shapes).
+      the params' structure and shapes), concrete or traced.
     where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
 
   Returns:

@@ -149,3 +149,28 @@ def test_schedule_reachability():
   with pytest.raises(ValueError, match="at_step must be in"):
     pruning.one_shot_sparsity(0.5, at_step=0)
   assert float(pruning.constant_sparsity(0.3)(7)) == pytest.approx(0.3)
+
+
+def test_snip_built_under_jit_from_gradients_computed_there():
+  params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
+
+  @jax.jit
+  def prune(p):
+    g = jax.grad(lambda q: (q["w"] ** 2).sum())(p)  # |w g| = 2 w^2: keep the largest
+    c = pruning.snip(0.5, g)
+    q, s = c.init(p)
+    return c.apply(q, s)
+
+  np.testing.assert_array_equal(prune(params)["w"], [[0, 0, 0, 0], [5, 6, 7, 8]])
+  sched = pruning.polynomial_sparsity(0.5, begin_step=0, end_step=4)
+  jax.jit(lambda p: pruning.magnitude(sched).init(p)[1].count)(params)  # a schedule is probed there too
+
+
+def test_a_pruner_given_another_compressors_state_names_both():
+  params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
+  c = pruning.magnitude(0.5)
+  q = jc.quantization.fake_quant(8)
+  qp, qs = q.init(params)
+  for fn in (lambda: c.apply(qp, qs), lambda: c.update(qp, qs), lambda: c.pack(qp, qs), lambda: c.masks(qs)):
+    with pytest.raises(TypeError, match="PruningState.*LeafwiseState"):
+      fn()
