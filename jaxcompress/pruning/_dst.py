@@ -65,10 +65,7 @@ def drop_and_grow(
   return kept | grown, grown
 
 
-def _dense_grad_mask(p: jax.Array, m: jax.Array) -> jax.Array:
-  """``where(m, p, 0)`` exactly, with the identity as gradient (RigL needs the dense
-  gradient at inactive weights)."""
-  return p + jax.lax.stop_gradient(jnp.where(m, p, jnp.zeros_like(p)) - p)
+_dense_grad_mask = masking.straight_through  # RigL needs the dense gradient at inactive weights
 
 
 def _check_fraction(name: str, value: Any) -> float:

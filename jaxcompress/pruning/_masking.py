@@ -9,7 +9,9 @@ N:M); the scope is per leaf (``'layer'``) or over all selected leaves (``'global
 
 Masks are recomputed in ``update`` only when a target count changes (under
 ``lax.cond``), from scores in which already-pruned weights rank last, so gradual pruning
-never revives a weight and a constant sparsity costs one ``where`` per step.
+never revives a weight and a constant sparsity costs one ``where`` per step. Movement
+pruning (``revive_every``) instead re-ranks all weights every ``frequency`` steps, so a
+pruned weight whose score rises returns.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ class PruningState(NamedTuple):
 def zero_pruned(p: jax.Array, m: jax.Array) -> jax.Array:
   """``p`` with the entries where ``m`` is False set to exactly zero."""
   return jnp.where(m, p, jnp.zeros_like(p))
+
+
+def straight_through(p: jax.Array, m: jax.Array) -> jax.Array:
+  """``where(m, p, 0)`` exactly, with the identity as gradient: the gradient reaches pruned
+  weights too (movement pruning scores them, RigL regrows by it)."""
+  return p + jax.lax.stop_gradient(jnp.where(m, p, jnp.zeros_like(p)) - p)
 
 
 def check_state(state: Any, expected: type, who: str) -> None:
@@ -103,11 +111,18 @@ def build(
   init_grads: Any = None,
   needs_grads: bool = False,
   accumulate: Accumulate | None = None,
+  revive_every: int | None = None,
   seed: int = 0,
   who: str = "pruning",
 ) -> Compressor:
   """Builds a mask-based pruner (see the module docstring). Factories call this after
-  validating their own hyperparameters."""
+  validating their own hyperparameters.
+
+  ``revive_every=k`` (movement pruning) changes three things: ``apply`` masks with an
+  identity gradient (so ``update`` gets the gradient at pruned weights too), ``update``
+  accumulates scores with the dense weights and leaves the pruned weights' values in the
+  params, and masks are recomputed from *all* scores (pruned weights can return) every
+  ``k`` steps as well as whenever a target count changes."""
   schedule = validate.as_schedule("sparsity", sparsity, validate.check_sparsity)
   check_scope(scope)
   block = check_block(block)
@@ -194,7 +209,7 @@ def build(
     # Masking here, not only by projection in `update`, keeps chains right: in
     # chain(prune, quantize) the quantizer's output is masked, and a quantizer whose
     # grid has no exact zero (binary, k-means) would otherwise revive pruned weights.
-    return leafwise.map_selected(zero_pruned, params, state.masks)
+    return leafwise.map_selected(straight_through if revive_every else zero_pruned, params, state.masks)
 
   def update(params, state, *, grads=None, **extra):
     del extra
@@ -210,23 +225,30 @@ def build(
     masked = [zero_pruned(flat_p[i], flat_m[i]) for i in idx]
     acc = [flat_acc[i] for i in idx]
     if accumulate is not None and grads is not None:
-      acc = [accumulate(a, w, flat_g[i]) for a, w, i in zip(acc, masked, idx)]
+      weights = [flat_p[i] for i in idx] if revive_every else masked
+      acc = [accumulate(a, w, flat_g[i]) for a, w, i in zip(acc, weights, idx)]
     keys = leaf_keys(state.key, count, len(idx))
     old, new = counts(sel_paths, shapes, state.count), counts(sel_paths, shapes, count)
 
     current = [flat_m[i] for i in idx]
 
+    def ranked(j, i):
+      """Leaf ``j``'s scores; already-pruned weights rank last unless they may return."""
+      sc = score(masked[j], flat_g[i], acc[j], keys[j]).astype(jnp.float32)
+      return sc if revive_every else jnp.where(flat_m[i], sc, -jnp.inf)
+
+    def due(n_new, n_old):
+      changed = n_new != n_old
+      return changed | (count % revive_every == 0) if revive_every else changed
+
     def fresh_scores():
-      return [
-        jnp.where(flat_m[i], score(w, flat_g[i], a, k).astype(jnp.float32), -jnp.inf)
-        for w, a, k, i in zip(masked, acc, keys, idx)
-      ]
+      return [ranked(j, i) for j, i in enumerate(idx)]
 
     if needs_grads and grads is None:
       masks = current  # constant sparsity (checked above): the masks never change
     elif scope == "global":
       masks = jax.lax.cond(
-        new[0] != old[0], lambda: masks_from(sel_paths, shapes, fresh_scores(), count), lambda: current
+        due(new[0], old[0]), lambda: masks_from(sel_paths, shapes, fresh_scores(), count), lambda: current
       )
     else:
       # Each leaf's mask is recomputed only on the steps where its own count changes.
@@ -235,13 +257,12 @@ def build(
       for j, i in enumerate(idx):
 
         def recompute(j=j, i=i):
-          sc = jnp.where(flat_m[i], score(masked[j], flat_g[i], acc[j], keys[j]).astype(jnp.float32), -jnp.inf)
-          return structured(sc, targets_[j])
+          return structured(ranked(j, i), targets_[j])
 
-        masks.append(jax.lax.cond(new[j] != old[j], recompute, lambda c=current[j]: c))
+        masks.append(jax.lax.cond(due(new[j], old[j]), recompute, lambda c=current[j]: c))
     out_p, out_m, out_acc = list(flat_p), list(flat_m), list(flat_acc)
     for i, m, a in zip(idx, masks, acc):
-      out_p[i] = zero_pruned(flat_p[i], m)
+      out_p[i] = flat_p[i] if revive_every else zero_pruned(flat_p[i], m)  # a pruned value waits to return
       out_m[i] = m
       out_acc[i] = a
     new_state = PruningState(count, treedef.unflatten(out_m), treedef.unflatten(out_acc), state.key)
