@@ -92,6 +92,8 @@ def _build(
     raise ValueError(f"frequency={frequency} is larger than end_step={end_step}: the mask would never be updated")
   if callable(drop_fraction):
     fraction = validate.as_schedule("drop_fraction", drop_fraction, _check_fraction)
+    # the steps that rewire are known: check the schedule at each of them now, not mid-run
+    validate.probe_schedule("drop_fraction", fraction, range(frequency, end_step, frequency), _check_fraction)
   else:
     alpha = _check_fraction("drop_fraction", drop_fraction)
     fraction = lambda step: drop_fraction_at(step, alpha, end_step)
@@ -132,7 +134,8 @@ def _build(
     flat_p, flat_m = treedef.flatten_up_to(params), treedef.flatten_up_to(state.masks)
     flat_g = treedef.flatten_up_to(grads) if grads is not None else [None] * len(flat_p)
     idx = [i for i, m in enumerate(flat_m) if m is not None]
-    frac = jnp.clip(jnp.asarray(fraction(count), jnp.float32), 0.0, 1.0)  # traced: the schedule runs under jit
+    frac = jnp.asarray(fraction(count), jnp.float32)  # traced: the schedule runs under jit
+    frac = jnp.where(jnp.isnan(frac), 0.0, jnp.clip(frac, 0.0, 1.0))  # checked at construction; NaN: no rewiring
     due = (count % frequency == 0) & (count < end_step)
     base = jax.random.fold_in(jax.random.wrap_key_data(state.key), count)
 
@@ -207,8 +210,9 @@ def rigl(
       decayed along a cosine from ``α`` at step 0 to 0 at ``end_step``; or a schedule
       ``step -> f_t`` (an ``int32`` step in, a float scalar out), used as it is, such as
       ``optax.cosine_decay_schedule(0.3, end_step)`` (the same decay) or
-      ``optax.constant_schedule(0.3)``. A schedule is probed at step 0; its values at
-      later steps are clipped to [0, 1].
+      ``optax.constant_schedule(0.3)``. A schedule is checked at step 0 and at every
+      rewiring step (``frequency, 2 frequency, ... < end_step``), naming the first bad
+      step; under ``jit`` a value is also clipped to [0, 1], and NaN rewires nothing.
     allocation: ``'erk'`` (the paper's default), ``'uniform'`` or an
       :class:`~jaxcompress.pruning.Allocation`.
     init_mask: ``'random'`` (the paper: train a random sparse network from scratch) or
@@ -221,7 +225,8 @@ def rigl(
 
   Raises:
     ValueError: for a sparsity outside [0, 1), ``frequency < 1`` or larger than
-      ``end_step``, a ``drop_fraction`` (or its value at step 0) outside [0, 1] or a
+      ``end_step``, a ``drop_fraction`` (or its value at step 0 or a rewiring step)
+      outside [0, 1] or a
       schedule that does not return a number, an unknown ``init_mask``; at ``init`` as
       for :func:`~jaxcompress.pruning.magnitude`.
 

@@ -62,6 +62,13 @@ def straight_through(p: jax.Array, m: jax.Array) -> jax.Array:
   return p + jax.lax.stop_gradient(jnp.where(m, p, jnp.zeros_like(p)) - p)
 
 
+def first_kept(scores: jax.Array) -> jax.Array:
+  """``scores`` with the highest entry (the first of equals; NaN lowest) raised to ``+inf``."""
+  flat = jnp.asarray(scores, jnp.float32).reshape(-1)
+  best = jnp.argmax(jnp.where(jnp.isnan(flat), -jnp.inf, flat))
+  return jnp.where(jnp.arange(flat.size) == best, jnp.inf, flat).reshape(scores.shape)
+
+
 def check_state(state: Any, expected: type, who: str) -> None:
   """Raises ``TypeError`` unless ``state`` is an ``expected`` (the state ``who``'s ``init`` returns).
 
@@ -112,6 +119,7 @@ def build(
   needs_grads: bool = False,
   accumulate: Accumulate | None = None,
   revive_every: int | None = None,
+  total_steps: int | None = None,
   seed: int = 0,
   who: str = "pruning",
 ) -> Compressor:
@@ -122,7 +130,12 @@ def build(
   identity gradient (so ``update`` gets the gradient at pruned weights too), ``update``
   accumulates scores with the dense weights and leaves the pruned weights' values in the
   params, and masks are recomputed from *all* scores (pruned weights can return) every
-  ``k`` steps as well as whenever a target count changes."""
+  ``k`` steps as well as whenever a target count changes.
+
+  Traced targets are made safe rather than checked (under ``jit`` nothing can raise): a
+  target is clipped so that every leaf keeps at least one weight (one block), and a NaN
+  target holds the previous masks. With ``total_steps`` a schedule is checked at every
+  step of the run (:func:`~jaxcompress.core.validate.probe_schedule`)."""
   schedule = validate.as_schedule("sparsity", sparsity, validate.check_sparsity)
   check_scope(scope)
   block = check_block(block)
@@ -131,14 +144,23 @@ def build(
     raise ValueError(
       "scope='global' ranks all selected weights together: it takes no ERK allocation, overrides or block"
     )
+  if total_steps is not None and callable(sparsity):
+    n = validate.check_int("total_steps", total_steps, low=1)
+    validate.probe_schedule("sparsity", schedule, validate.run_steps(n), validate.check_sparsity)
   with jax.ensure_compile_time_eval():  # concrete even when the factory runs under jit/pmap
     s0 = float(np.asarray(schedule(jnp.asarray(0, jnp.int32))))
 
+  def units_of(shapes):
+    return [int(np.prod(s)) // (int(np.prod(block)) if block else 1) for s in shapes]
+
   def targets(paths, shapes, step):
-    s = schedule(step)
+    """Per-leaf targets, clipped so each leaf keeps one unit (NaN stays NaN: masks hold)."""
+    s = jnp.asarray(schedule(step), jnp.float32)
     if scope == "global":
-      return [s] * len(paths)
-    return alloc.sparsities(paths, shapes, s, step)
+      total = sum(int(np.prod(sh)) for sh in shapes)
+      return [jnp.minimum(s, (total - len(shapes)) / total)] * len(paths)
+    per_leaf = alloc.sparsities(paths, shapes, s, step)
+    return [jnp.minimum(jnp.asarray(t, jnp.float32), (u - 1) / u) for t, u in zip(per_leaf, units_of(shapes))]
 
   def structured(scores, s):
     if structure is not None:
@@ -146,18 +168,20 @@ def build(
     return criteria.block_mask(scores, s, block) if block is not None else criteria.topk_mask(scores, s)
 
   def counts(paths, shapes, step):
-    """The number of pruned units per leaf (or the single global count)."""
+    """The number of pruned units per leaf (or the single global count); -1 for NaN."""
     targets_ = targets(paths, shapes, step)
     if scope == "global":
       total = sum(int(np.prod(s)) for s in shapes)
-      return [criteria.num_pruned(targets_[0], total)]
-    units = [int(np.prod(s)) // (int(np.prod(block)) if block else 1) for s in shapes]
-    return [criteria.num_pruned(t, u) for t, u in zip(targets_, units)]
+      targets_, units = targets_[:1], [total]
+    else:
+      units = units_of(shapes)
+    return [jnp.where(jnp.isnan(t), -1, criteria.num_pruned(t, u)) for t, u in zip(targets_, units)]
 
   def masks_from(paths, shapes, scores, step):
     targets_ = targets(paths, shapes, step)
     if scope == "global":
-      return criteria.global_topk_masks(scores, targets_[0])
+      # each leaf's best weight ranks first, so no leaf loses its last weight
+      return criteria.global_topk_masks([first_kept(sc) for sc in scores], targets_[0])
     return [structured(sc, t) for sc, t in zip(scores, targets_)]
 
   def selected(params, state_masks):
@@ -239,7 +263,8 @@ def build(
 
     def due(n_new, n_old):
       changed = n_new != n_old
-      return changed | (count % revive_every == 0) if revive_every else changed
+      changed = changed | (count % revive_every == 0) if revive_every else changed
+      return changed & (n_new >= 0)  # a NaN target holds the masks
 
     def fresh_scores():
       return [ranked(j, i) for j, i in enumerate(idx)]

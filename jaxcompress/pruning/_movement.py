@@ -33,6 +33,7 @@ def movement(
   scope: str = "layer",
   allocation: str | Allocation = "uniform",
   frequency: int = 1,
+  total_steps: int | None = None,
 ) -> Compressor:
   """Movement pruning: ranks weights by ``S = -sum_t g_t * w_t`` accumulated in training.
 
@@ -59,12 +60,18 @@ def movement(
     frequency: steps between recomputations of the mask from all scores (>= 1; the
       paper recomputes at every step, 1). The mask also changes on every step the target
       count changes.
+    total_steps: the run's length, if known: a schedule is then checked at every step
+      ``0 .. total_steps`` (1,025 evenly spaced ones beyond 10,000) and a value outside
+      [0, 1) or NaN raises now, naming the step. Without it only step 0 is checked, and
+      under ``jit`` a later target is made safe instead: clipped so every leaf keeps at
+      least one weight (one block), and a NaN target holds the previous masks.
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`~jaxcompress.pruning.PruningState` (``scores`` holds ``S``).
 
   Raises:
-    ValueError: if ``sparsity(0) != 0``, a value lies outside [0, 1) or ``frequency < 1``.
+    ValueError: if ``sparsity(0) != 0``, a value (at step 0, or at any step of the run
+      with ``total_steps``) lies outside [0, 1), or ``frequency < 1``.
 
   References:
     Sanh, Wolf & Rush 2020, "Movement Pruning: Adaptive Sparsity by Fine-Tuning",
@@ -93,5 +100,6 @@ def movement(
     allocation=allocation,
     accumulate=accumulate_movement,
     revive_every=frequency,
+    total_steps=total_steps,
     who="movement pruning",
   )
