@@ -1,10 +1,14 @@
 """Dynamic sparse training: drop and regrow connections on a schedule (SET, RigL).
 
 The number of weights per leaf is fixed (by an allocation of the target sparsity); every
-``frequency`` steps until ``end_step`` a fraction of the active weights (decaying along a
-cosine, or following a schedule) with the smallest ``|w|`` is dropped and as many inactive ones are regrown, at
-random (SET) or by largest dense-gradient magnitude (RigL). Regrown weights start at 0;
-:func:`~jaxcompress.train.make_step` also resets their optimizer moments.
+``frequency`` steps until ``end_step`` a fraction of the active weights (constant, decaying
+along a cosine, or following a schedule) with the smallest ``|w|`` is dropped and as many
+are regrown among the weights inactive after the drop, at random (SET) or by largest
+dense-gradient magnitude (RigL). A regrown weight that was inactive before the update is
+a new connection: it starts at 0 (RigL) or at a random value (SET), and
+:func:`~jaxcompress.train.make_step` starts its optimizer moments at 0. A weight dropped
+and regrown in the same update keeps its value and moments (RigL's reference
+implementation, ``reinit_when_same=False``).
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def _build(
   init_mask: str,
   seed: int,
   where: select.Where,
+  drop_fraction_anneal: str,
+  grow_init: str,
 ) -> Compressor:
   """The compressor of :func:`rigl` (``regrow='gradient'``) and :func:`sparse_evolutionary`
   (``regrow='random'``), with their arguments, validated here."""
@@ -96,7 +102,12 @@ def _build(
     validate.probe_schedule("drop_fraction", fraction, range(frequency, end_step, frequency), _check_fraction)
   else:
     alpha = _check_fraction("drop_fraction", drop_fraction)
-    fraction = lambda step: drop_fraction_at(step, alpha, end_step)
+    validate.check_choice("drop_fraction_anneal", drop_fraction_anneal, ("cosine", "constant"))
+    if drop_fraction_anneal == "cosine":
+      fraction = lambda step: drop_fraction_at(step, alpha, end_step)
+    else:
+      fraction = lambda step: jnp.asarray(alpha, jnp.float32)
+  validate.check_choice("grow_init", grow_init, ("zeros", "normal"))
   alloc = as_allocation(allocation)
   validate.check_choice("init_mask", init_mask, ("random", "magnitude"))
   seed = validate.check_int("seed", seed)
@@ -149,8 +160,17 @@ def _build(
         else:
           grow_scores = jax.random.uniform(jax.random.fold_in(base, j), w.shape)
         new_m, grown = drop_and_grow(w, m, grow_scores, n_drop)
+        new = grown & ~m  # inactive before: a new connection (dropped and regrown keeps its value)
+        if grow_init == "normal":
+          active = jnp.maximum(jnp.sum(m, dtype=jnp.int32), 1)
+          mean = jnp.sum(jnp.where(m, w, 0)) / active
+          std = jnp.sqrt(jnp.sum(jnp.where(m, (w - mean) ** 2, 0)) / active)
+          noise = jax.random.normal(jax.random.fold_in(jax.random.fold_in(base, j), 1), w.shape, jnp.float32)
+          start = (std * noise).astype(w.dtype)
+        else:
+          start = jnp.zeros_like(w)
         masks.append(new_m)
-        weights.append(jnp.where(grown | ~new_m, jnp.zeros_like(w), w))
+        weights.append(jnp.where(new_m, jnp.where(new, start, w), jnp.zeros_like(w)))
       return masks, weights
 
     def keep():
@@ -186,6 +206,8 @@ def rigl(
   init_mask: str = "random",
   seed: int = 0,
   where: select.Where = None,
+  drop_fraction_anneal: str = "cosine",
+  grow_init: str = "zeros",
 ) -> Compressor:
   """RigL: rewires sparse layers, regrowing the inactive weights with the largest
   gradient magnitude.
@@ -197,7 +219,9 @@ def rigl(
   at inactive positions too (use :func:`~jaxcompress.train.make_step` so those do not move
   the optimizer's moments). ``f_t`` is the paper's cosine decay of a constant
   ``drop_fraction`` (:func:`drop_fraction_at`), or the value of a schedule at the step,
-  evaluated inside ``update`` (so under ``jit``). Regrown weights start at exactly 0. The
+  evaluated inside ``update`` (so under ``jit``). New connections (inactive before the
+  update) start at exactly 0; a weight dropped and regrown in the same update keeps its
+  value (the reference implementation's default, ``reinit_when_same=False``). The
   active count per leaf never changes. An ``update`` called without ``grads`` cannot
   regrow and leaves the masks as they are.
 
@@ -219,12 +243,18 @@ def rigl(
       ``'magnitude'`` (start from the largest weights of a trained model).
     seed: PRNG seed for the initial mask (and SET's regrowth).
     where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
+    drop_fraction_anneal: how a constant ``drop_fraction`` varies: ``'cosine'`` (the
+      paper's default) or ``'constant'``.
+    grow_init: the value of a new connection: ``'zeros'`` (the paper's) or
+      ``'normal'`` (``N(0, sigma^2)``, ``sigma`` the standard deviation of the leaf's
+      active weights at that update).
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`DSTState`.
 
   Raises:
-    ValueError: for a sparsity outside [0, 1), ``frequency < 1`` or larger than
+    ValueError: for a sparsity outside [0, 1), an unknown ``drop_fraction_anneal`` or
+      ``grow_init``, ``frequency < 1`` or larger than
       ``end_step``, a ``drop_fraction`` (or its value at step 0 or a rewiring step)
       outside [0, 1] or a
       schedule that does not return a number, an unknown ``init_mask``; at ``init`` as
@@ -240,11 +270,23 @@ def rigl(
     ...          allocation='uniform')
     >>> params, state = c.init({'w': jnp.array([[4.0, 3.0, 2.0, 1.0]])})
     >>> grads = {'w': jnp.array([[0.0, 0.0, 0.5, 9.0]])}
-    >>> params, state = c.update(params, state, grads=grads)  # drop 3.0, grow the 9.0 gradient
+    >>> params, state = c.update(params, state, grads=grads)  # drop 3.0, grow the 9.0 gradient (at 0)
     >>> state.masks['w'].tolist(), params['w'].tolist()
     ([[True, False, False, True]], [[4.0, 0.0, 0.0, 0.0]])
   """
-  return _build("gradient", sparsity, frequency, end_step, drop_fraction, allocation, init_mask, seed, where)
+  return _build(
+    "gradient",
+    sparsity,
+    frequency,
+    end_step,
+    drop_fraction,
+    allocation,
+    init_mask,
+    seed,
+    where,
+    drop_fraction_anneal,
+    grow_init,
+  )
 
 
 def sparse_evolutionary(
@@ -257,25 +299,36 @@ def sparse_evolutionary(
   init_mask: str = "random",
   seed: int = 0,
   where: select.Where = None,
+  drop_fraction_anneal: str = "constant",
+  grow_init: str = "normal",
 ) -> Compressor:
   """SET (sparse evolutionary training): rewires sparse layers, regrowing at random.
 
   As :func:`rigl`, but the regrown weights are drawn uniformly among the inactive ones
   (gradients are not needed, and ``apply`` masks with a zero gradient at pruned
   weights). Every ``frequency`` steps before ``end_step`` each selected leaf drops its
-  ``floor(f_t * active)`` smallest-magnitude active weights and regrows as many, starting
-  at exactly 0.
+  ``floor(zeta * active)`` smallest-magnitude active weights and regrows as many. As in
+  the paper, ``zeta`` is constant (no decay) and the new connections start at random
+  values; the paper's code draws them from the initialization's distribution
+  (``N(0, 0.1^2)``), which a compressor cannot know, so this draws ``N(0, sigma^2)`` with
+  ``sigma`` the standard deviation of the leaf's active weights at that update
+  (``grow_init='zeros'`` starts them at 0, as RigL's reference does for SET). A weight
+  dropped and regrown at once keeps its value. The paper removes the smallest positive
+  and largest negative weights separately (a fraction ``zeta`` of each); this drops the
+  smallest ``|w|`` overall.
 
   Args:
     sparsity: as for :func:`rigl`: fraction removed overall, in [0, 1).
     frequency: as for :func:`rigl`: steps between mask updates.
     end_step: as for :func:`rigl`: the step from which masks stay fixed.
-    drop_fraction: as for :func:`rigl`: a constant ``α`` in [0, 1] (cosine-decayed to 0
-      at ``end_step``) or a schedule ``step -> f_t``.
+    drop_fraction: ``zeta``: a constant in [0, 1] (0.3 in the paper), or a schedule
+      ``step -> f_t`` as for :func:`rigl`.
     allocation: as for :func:`rigl` (default ``'erk'``).
     init_mask: as for :func:`rigl`: ``'random'`` or ``'magnitude'``.
-    seed: PRNG seed for the initial mask and the random regrowth.
+    seed: PRNG seed for the initial mask, the random regrowth and the new values.
     where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
+    drop_fraction_anneal: ``'constant'`` (the paper) or ``'cosine'`` (RigL's decay).
+    grow_init: ``'normal'`` (the paper: random values) or ``'zeros'``.
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`DSTState`.
@@ -297,4 +350,16 @@ def sparse_evolutionary(
     >>> int(state.masks['w'].sum()), bool(state.masks['w'][0, 0])
     (2, True)
   """
-  return _build("random", sparsity, frequency, end_step, drop_fraction, allocation, init_mask, seed, where)
+  return _build(
+    "random",
+    sparsity,
+    frequency,
+    end_step,
+    drop_fraction,
+    allocation,
+    init_mask,
+    seed,
+    where,
+    drop_fraction_anneal,
+    grow_init,
+  )
