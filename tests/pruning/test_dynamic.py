@@ -259,3 +259,25 @@ def test_lottery_ticket_follows_a_schedule_of_rates():
 def test_a_bad_rate_schedule_is_rejected_by_name(bad, message):
   with pytest.raises(ValueError, match=message):
     pruning.lottery_ticket(bad, rounds=2, frequency=10)
+
+
+def test_lottery_rewinding_restarts_the_optimizer_state_of_the_survivors_too():
+  """Frankle & Carbin 2019: each round retrains the rewound ticket with a fresh optimizer."""
+  params = helpers.mlp_params()
+  opt = optax.adam(1e-2)
+  for c in (pruning.lottery_ticket(0.5, rounds=1, frequency=2), jc.chain(pruning.lottery_ticket(0.5, rounds=1, frequency=2))):
+    state = jc.train.init(params, opt, c)
+    step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
+    for i in range(2):
+      state, _ = step(state, *helpers.batch(seed=i))
+    adam = state.opt_state[0]
+    assert int(adam.count) == 0
+    assert all(not np.asarray(x).any() for x in jax.tree.leaves((adam.mu, adam.nu)))
+    state, _ = step(state, *helpers.batch(seed=2))
+    assert np.asarray(state.opt_state[0].mu["fc0"]["kernel"]).any()
+  c = pruning.lottery_ticket(0.5, rounds=1, frequency=2, restart_optimizer=False)  # the old behaviour
+  state = jc.train.init(params, opt, c)
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
+  for i in range(2):
+    state, _ = step(state, *helpers.batch(seed=i))
+  assert int(state.opt_state[0].count) == 2
