@@ -136,7 +136,7 @@ def run_steps(total_steps: int) -> list[int]:
   step ``0 .. total_steps`` up to 10,000 steps, else 1,025 evenly spaced ones (ends included)."""
   if total_steps <= 10_000:
     return list(range(total_steps + 1))
-  return sorted({int(round(x)) for x in np.linspace(0, total_steps, 1025)})
+  return sorted({int(x) for x in np.rint(np.linspace(0, total_steps, 1025))})
 
 
 def probe_schedule(name: str, schedule: Schedule, steps: Any, check: Callable[[str, Any], Any]) -> None:

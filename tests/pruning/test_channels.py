@@ -120,9 +120,9 @@ def test_taylor_and_bn_scale_criteria_follow_their_formulas():
 
   _model, _graphdef, variables, apply_fn, x = _nnx(models.ResidualConvNet, (2, 8, 8, 1))
   variables["bn1"]["scale"].set_value(jnp.arange(8.0) - 3.5)  # |gamma| smallest at 3 and 4
-  _small, state = pruning.channel_prune(
-    0.25, apply_fn=apply_fn, inputs=[x], criterion="bn_scale", scope="layer"
-  ).init(variables)
+  _small, state = pruning.channel_prune(0.25, apply_fn=apply_fn, inputs=[x], criterion="bn_scale", scope="layer").init(
+    variables
+  )
   kept = np.asarray(state.kept["bn1"]["scale"][0])
   assert kept.tolist() == [True, True, True, False, False, True, True, True]
 

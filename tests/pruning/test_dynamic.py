@@ -185,7 +185,13 @@ def test_an_optax_schedule_drives_the_drop_fraction(factory):
   params = helpers.mlp_params()
   schedule = optax.linear_schedule(0.5, 0.1, transition_steps=4)
   c = factory(
-    0.5, frequency=1, end_step=100, drop_fraction=schedule, allocation="uniform", init_mask="magnitude", grow_init="zeros"
+    0.5,
+    frequency=1,
+    end_step=100,
+    drop_fraction=schedule,
+    allocation="uniform",
+    init_mask="magnitude",
+    grow_init="zeros",
   )
   _, state = c.init(params)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
@@ -265,7 +271,10 @@ def test_lottery_rewinding_restarts_the_optimizer_state_of_the_survivors_too():
   """Frankle & Carbin 2019: each round retrains the rewound ticket with a fresh optimizer."""
   params = helpers.mlp_params()
   opt = optax.adam(1e-2)
-  for c in (pruning.lottery_ticket(0.5, rounds=1, frequency=2), jc.chain(pruning.lottery_ticket(0.5, rounds=1, frequency=2))):
+  for c in (
+    pruning.lottery_ticket(0.5, rounds=1, frequency=2),
+    jc.chain(pruning.lottery_ticket(0.5, rounds=1, frequency=2)),
+  ):
     state = jc.train.init(params, opt, c)
     step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
     for i in range(2):

@@ -172,7 +172,7 @@ def test_a_pruner_given_another_compressors_state_names_both():
   q = jc.quantization.fake_quant(8)
   qp, qs = q.init(params)
   for fn in (lambda: c.apply(qp, qs), lambda: c.update(qp, qs), lambda: c.pack(qp, qs), lambda: c.masks(qs)):
-    with pytest.raises(TypeError, match="PruningState.*LeafwiseState"):
+    with pytest.raises(TypeError, match=r"PruningState.*LeafwiseState"):
       fn()
 
 
