@@ -125,7 +125,7 @@ def _build(
     for j, (i, t) in enumerate(zip(idx, targets)):
       w = flat_p[i]
       scores = jax.random.uniform(jax.random.fold_in(key, j), w.shape) if init_mask == "random" else jnp.abs(w)
-      flat_m[i] = criteria.topk_mask(scores, t)
+      flat_m[i] = criteria.topk_mask(scores, jnp.minimum(t, (w.size - 1) / w.size))  # never the last weight
     unused = treedef.unflatten([None] * len(flat_p))
     state = PruningState(jnp.asarray(0, jnp.int32), treedef.unflatten(flat_m), unused, jax.random.key_data(key))
     return params, state

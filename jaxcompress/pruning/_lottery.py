@@ -179,10 +179,12 @@ def lottery_ticket(
 
     def prune():
       scores = [jnp.where(flat_m[i], jnp.abs(w), -jnp.inf) for w, i in zip(masked, idx)]
-      if scope == "global":
-        masks = criteria.global_topk_masks(scores, s)
-      else:
-        masks = [criteria.topk_mask(sc, s) for sc in scores]
+      if scope == "global":  # every leaf keeps its best weight
+        total = sum(sc.size for sc in scores)
+        s_all = jnp.minimum(s, (total - len(scores)) / total)
+        masks = criteria.global_topk_masks([masking.first_kept(sc) for sc in scores], s_all)
+      else:  # rounding never takes a leaf's last weight
+        masks = [criteria.topk_mask(sc, jnp.minimum(s, (sc.size - 1) / sc.size)) for sc in scores]
       return masks, [masking.zero_pruned(rw, m) for rw, m in zip(rewind, masks)]
 
     masks, new_p = jax.lax.cond(end, prune, lambda: ([flat_m[i] for i in idx], masked))
