@@ -296,7 +296,7 @@ def test_lottery_and_dst_never_prune_the_last_weight_of_a_leaf():
   params = {"w": jax.numpy.array([[1.0, 4.0, 2.0, 3.0]])}
   for scope in ("layer", "global"):
     c = pruning.lottery_ticket(0.9, rounds=1, frequency=1, scope=scope)  # round(0.9 * 4) would be all 4
-    p, state = c.update(*c.init(params))
+    _, state = c.update(*c.init(params))
     assert state.masks["w"].tolist() == [[False, True, False, False]]
   _, state = pruning.rigl(0.9, frequency=1, end_step=10, allocation="uniform", init_mask="magnitude").init(params)
   assert state.masks["w"].tolist() == [[False, True, False, False]]
