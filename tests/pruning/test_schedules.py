@@ -47,8 +47,7 @@ def _leaf_counts(state):
   return [int(m.sum()) for m in jax.tree.leaves(state.masks)]
 
 
-@pytest.mark.parametrize("late", [1.0, 1.5])
-@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("late, scope", [(1.0, "layer"), (1.5, "global")])
 def test_a_schedule_reaching_one_later_keeps_a_weight_in_every_leaf(late, scope):
   params = {"a": jnp.arange(1.0, 9.0).reshape(2, 4), "b": jnp.arange(1.0, 5.0).reshape(2, 2)}
   c = pruning.magnitude(lambda t: jnp.where(t >= 1, late, 0.0), scope=scope)
