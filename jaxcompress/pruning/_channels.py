@@ -481,6 +481,13 @@ def slimming(strength: validate.ScalarOrSchedule, *, where: select.Where = r"(.*
   return Compressor(init, apply, update, pack, penalty=penalty)
 
 
+def default_scope(criterion: str) -> str:
+  """The scope of ``criterion``'s paper: ``'global'`` for ``'bn_scale'`` (Liu et al. 2017's
+  single threshold) and ``'taylor'`` (Molchanov et al. 2019 rank globally), ``'layer'``
+  for ``'l1'`` and ``'l2'`` (Li et al. 2017 prune each layer)."""
+  return "global" if criterion in ("bn_scale", "taylor") else "layer"
+
+
 def channel_prune(
   sparsity: float,
   *,
@@ -558,9 +565,7 @@ def channel_prune(
   """
   sparsity = validate.check_sparsity("sparsity", sparsity)
   validate.check_choice("criterion", criterion, CRITERIA)
-  if scope is None:
-    scope = "global" if criterion in ("bn_scale", "taylor") else "layer"
-  masking.check_scope(scope)
+  scope = masking.check_scope(default_scope(criterion) if scope is None else scope)
   if criterion == "taylor" and grads is None:
     raise ValueError("criterion='taylor' needs grads= (the loss gradient at the params)")
   inputs = tuple(inputs)

@@ -222,10 +222,11 @@ def test_network_slimming_prunes_by_one_global_threshold_on_gamma():
   params, apply_fn = _two_bn_layers(tiny, near_one)
   x = jnp.ones((1, 4))
   kept = lambda kept_tree, k: np.asarray(kept_tree[k]["scale"][0]) if kept_tree[k]["scale"] else np.ones(8, bool)
-  _, state = pruning.channel_prune(0.25, apply_fn=apply_fn, inputs=[x], criterion="bn_scale").init(params)
-  assert kept(state.kept, "bn1").tolist() == [False] * 4 + [True] * 4 and kept(state.kept, "bn2").all()
+  assert channels.default_scope("bn_scale") == "global" and channels.default_scope("l1") == "layer"
   groups = jc.graph.dependency_groups(apply_fn, params, x)
   plan = lambda s, scope: channels.plan(params, groups, s, "bn_scale", scope=scope)[0]
+  quarter = plan(0.25, "global")  # 4 of 16 channels: all from bn1
+  assert kept(quarter, "bn1").tolist() == [False] * 4 + [True] * 4 and kept(quarter, "bn2").all()
   half = plan(0.5, "global")  # 8 of 16: bn1 keeps its largest, bn2 gives the 8th
   assert kept(half, "bn1").tolist() == [False] * 7 + [True] and kept(half, "bn2").tolist() == [False] + [True] * 7
   per_layer = plan(0.25, "layer")  # the per-layer variant: 2 from each
