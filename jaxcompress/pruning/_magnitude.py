@@ -98,9 +98,9 @@ def magnitude(
     >>> c.apply(params, state)['w'].tolist()
     [[0.0, -4.0], [3.0, 0.0]]
     >>> c = magnitude(0.5, scope='global')
-    >>> params, state = c.init({'a': jnp.array([[1.0, 2.0]]), 'b': jnp.array([[3.0, 4.0]])})
-    >>> c.apply(params, state)
-    {'a': Array([[0., 0.]], dtype=float32), 'b': Array([[3., 4.]], dtype=float32)}
+    >>> params, state = c.init({'a': jnp.array([[1.0, 2.0, 5.0]]), 'b': jnp.array([[3.0, 4.0, 6.0]])})
+    >>> c.apply(params, state)  # the three smallest anywhere: 'a' loses two, 'b' one
+    {'a': Array([[0., 0., 5.]], dtype=float32), 'b': Array([[0., 4., 6.]], dtype=float32)}
   """
   return masking.build(
     sparsity,
