@@ -16,7 +16,7 @@ optax's ``GradientTransformation``. Four are required:
 - ``pack(params, state) -> packed``: the deployable tree, whose compressed leaves
   (``jaxcompress.export``) report their true storage in ``nbytes``.
 
-Three are seams with defaults, through which techniques meet the rest of training
+Four are seams with defaults, through which techniques meet the rest of training
 without knowing each other:
 
 - ``masks(state) -> tree | None``: the keep-masks (``bool``, True = keep) this compressor
@@ -29,7 +29,12 @@ without knowing each other:
 - ``rewrite(fn, params, state) -> fn``: a model-side transformation of any function of
   the model's params ``fn(model_params, *args)`` (the loss in training, the model's
   apply in evaluation), for techniques that act on the computation rather than on the
-  params (activation quantization, integer matmuls); the identity by default.
+  params (activation quantization, integer matmuls); the identity by default;
+- ``restart(state) -> bool scalar | None``: whether the optimizer's state starts afresh
+  after the ``update`` that produced ``state`` (lottery-ticket rewinding retrains each
+  round's ticket with a fresh optimizer); ``None`` (the default) when it never does.
+  ``chain`` ORs them; ``train.make_step`` replaces the optimizer state by
+  ``optimizer.init(params)`` where it is True.
 
 A compressor whose model-side technique learns parameters (LSQ's activation steps)
 returns its trainable tree as :class:`Joint` ``(params, extra)``.
@@ -82,6 +87,15 @@ RewriteFn = Callable[[Callable[..., Any], PyTree, Any], Callable[..., Any]]
 """``rewrite(fn, params, state) -> fn'``: ``fn(model_params, *args)`` transformed."""
 
 
+RestartFn = Callable[[Any], Any]
+"""``restart(state) -> bool scalar | None``: restart the optimizer after this update."""
+
+
+def no_restart(state: Any) -> None:
+  """The default ``restart``: the optimizer state carries on."""
+  del state
+
+
 def no_masks(state: Any) -> None:
   """The default ``masks``: this compressor prunes nothing."""
   del state
@@ -109,6 +123,7 @@ class Compressor(NamedTuple):
     masks: ``(state) -> keep-masks | None``; default: none.
     penalty: ``(params, state) -> loss term | None``; default: none.
     rewrite: ``(fn, params, state) -> fn'``, model-side; default: identity.
+    restart: ``(state) -> bool scalar | None``, restart the optimizer; default: never.
   """
 
   init: InitFn
@@ -118,6 +133,7 @@ class Compressor(NamedTuple):
   masks: MasksFn = no_masks
   penalty: PenaltyFn = no_penalty
   rewrite: RewriteFn = no_rewrite
+  restart: RestartFn = no_restart
 
 
 class Joint(NamedTuple):

@@ -23,8 +23,8 @@ the owner's trainable arrays of the mask's shape itself). ``pack`` packs each le
 stage that stores it as a compressed leaf (a ``QArray``, ``CodebookArray``, ...), then
 prunes that leaf with the chain's keep-masks through :func:`jaxcompress.export.prune`,
 so a pruned and quantized weight keeps its codes, scales or codebook and stores only the
-survivors. ``masks``, ``penalty`` and ``rewrite`` combine the stages' (AND, sum, and
-composition in order).
+survivors. ``masks``, ``penalty``, ``rewrite`` and ``restart`` combine the stages' (AND,
+sum, composition in order, and OR).
 """
 
 from __future__ import annotations
@@ -375,4 +375,9 @@ def chain(*compressors: Compressor) -> Compressor:
       fn = c.rewrite(fn, a, s)
     return fn
 
-  return Compressor(init, apply, update, pack, masks, penalty, rewrite)
+  def restart(state):
+    state = check_state(state)
+    flags = [f for c, s in zip(stages, state.stages) if (f := c.restart(s)) is not None]
+    return functools.reduce(jnp.logical_or, flags) if flags else None
+
+  return Compressor(init, apply, update, pack, masks, penalty, rewrite, restart)

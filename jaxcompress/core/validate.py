@@ -97,7 +97,9 @@ def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], 
   """Turns a constant or a ``step -> value`` callable into a schedule.
 
   A constant is validated at once with ``check``. A callable is probed at step 0, so a
-  schedule that starts out of range fails at construction rather than mid-training.
+  schedule that starts out of range fails at construction rather than mid-training. The
+  probe runs under ``jax.ensure_compile_time_eval``, so a factory called inside ``jit``
+  (or ``pmap``) still sees a concrete value.
 
   Args:
     name: the hyperparameter's name, for messages.
@@ -114,8 +116,9 @@ def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], 
   """
   if callable(value):
     try:
-      out = value(jnp.asarray(0, jnp.int32))
-      at_zero = np.asarray(out)
+      with jax.ensure_compile_time_eval():  # a factory called under jit still probes concretely
+        out = value(jnp.asarray(0, jnp.int32))
+        at_zero = np.asarray(out)
     except (TypeError, ValueError) as e:
       raise ValueError(f"{name} schedule must return a number at step 0: {e}") from None
     if not (jnp.issubdtype(at_zero.dtype, jnp.integer) or jnp.issubdtype(at_zero.dtype, jnp.floating)):
@@ -126,6 +129,43 @@ def as_schedule(name: str, value: ScalarOrSchedule, check: Callable[[str, Any], 
     return value
   constant = check(name, value)
   return lambda step: jnp.asarray(constant, jnp.float32)
+
+
+def run_steps(total_steps: int) -> list[int]:
+  """The steps a run of ``total_steps`` optimizer steps evaluates a schedule at: every
+  step ``0 .. total_steps`` up to 10,000 steps, else 1,025 evenly spaced ones (ends included)."""
+  if total_steps <= 10_000:
+    return list(range(total_steps + 1))
+  return sorted({int(x) for x in np.rint(np.linspace(0, total_steps, 1025))})
+
+
+def probe_schedule(name: str, schedule: Schedule, steps: Any, check: Callable[[str, Any], Any]) -> None:
+  """Checks a schedule's values at steps a run is known to reach.
+
+  Under ``jit`` a bad value cannot raise, so a factory that knows the steps (a
+  ``total_steps``, an ``end_step``, the rewiring or pruning steps) checks them at once.
+  The schedule is evaluated once, vectorized over the steps (``jax.vmap``), or step by
+  step when it cannot be vectorized, under ``jax.ensure_compile_time_eval``.
+
+  Args:
+    name: the hyperparameter's name, for messages.
+    schedule: ``step -> value``.
+    steps: the integer steps to check.
+    check: a validator such as :func:`check_sparsity`.
+
+  Raises:
+    ValueError: from ``check``, naming the first bad step as ``name(step)`` and its value.
+  """
+  steps = sorted({int(t) for t in steps})
+  if not steps:
+    return
+  with jax.ensure_compile_time_eval():
+    try:
+      values = np.asarray(jax.vmap(schedule)(jnp.asarray(steps, jnp.int32)), np.float64).reshape(-1)
+    except (TypeError, ValueError):  # Python control flow on the step: one at a time
+      values = np.asarray([np.asarray(schedule(jnp.asarray(t, jnp.int32))) for t in steps], np.float64)
+  for t, v in zip(steps, values.tolist()):
+    check(f"{name}({t})", v)
 
 
 def check_weight_leaf(path: str, leaf: Any) -> None:

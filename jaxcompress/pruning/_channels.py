@@ -125,29 +125,56 @@ def plan(
   *,
   grads: PyTree | None = None,
   where: select.Where = None,
+  scope: str = "layer",
 ) -> tuple[PyTree, dict[tuple[str, int], int]]:
   """Chooses the channels to keep in every prunable group selected by ``where``.
 
   A group is pruned when it is prunable and ``where`` selects at least one of its
-  members; it keeps ``max(1, size - round(sparsity * size))`` channels, the most
-  important by ``criterion`` (ties keep the earlier channel).
+  members. With ``scope='layer'`` each group keeps ``max(1, size - round(sparsity * size))``
+  channels, its most important by ``criterion`` (ties keep the earlier channel). With
+  ``scope='global'`` one ranking runs over the channels of all those groups (one
+  threshold, as network slimming's percentile of all ``|gamma|``): ``total -
+  round(sparsity * total)`` channels are kept overall, each group's most important
+  channel always among them (so no group loses all its channels), ties keeping the
+  earlier group, then the earlier channel.
 
   Returns:
     ``(kept, sizes)``: ``kept`` as in :class:`ChannelState`, and the kept length of
     every changed ``(path, axis)`` (static ints).
+
+  Raises:
+    ValueError: if nothing is pruned, or with ``scope='global'`` on traced values (the
+      kept widths depend on the values and must be static: call ``init`` outside ``jit``).
   """
   pred = select.as_predicate(where)
   flat = leaves_with_paths(values)
   leaves = dict(flat)
+  chosen = [
+    g for g in groups if g.prunable and any(m.path in leaves and pred(m.path, leaves[m.path]) for m in g.members)
+  ]
+  importance = [group_importance(values, g, criterion, grads) for g in chosen]
+  if scope == "global" and chosen:
+    if any(isinstance(v, jax.core.Tracer) for v in importance):
+      raise ValueError(
+        "channel_prune(scope='global') sets each group's width from the values, which must be concrete: "
+        "call init outside jit (or use scope='layer')"
+      )
+    total = sum(g.size for g in chosen)
+    keep_total = max(len(chosen), total - int(criteria.num_pruned(sparsity, total)))
+    # each group's best channel ranks first, so every group keeps at least one
+    boosted = [jnp.where(jnp.arange(v.shape[0]) == jnp.argmax(v), jnp.inf, v) for v in importance]
+    flat_keep = criteria.keep_top(jnp.concatenate(boosted), keep_total)
+    starts = np.cumsum([0] + [g.size for g in chosen])
+    channel_keeps = [flat_keep[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    keeps = [int(np.sum(np.asarray(k))) for k in channel_keeps]
+  else:
+    keeps = [max(1, g.size - int(criteria.num_pruned(sparsity, g.size))) for g in chosen]
+    channel_keeps = [criteria.keep_top(v, k) for v, k in zip(importance, keeps)]
   axis_keep: dict[tuple[str, int], jax.Array] = {}
   removed: dict[tuple[str, int], int] = {}
-  for group in groups:
-    if not group.prunable or not any(m.path in leaves and pred(m.path, leaves[m.path]) for m in group.members):
-      continue
-    keep = max(1, group.size - int(criteria.num_pruned(sparsity, group.size)))
+  for group, keep, channel_keep in zip(chosen, keeps, channel_keeps):
     if keep == group.size:
       continue
-    channel_keep = criteria.keep_top(group_importance(values, group, criterion, grads), keep)
     for m in group.members:
       if m.path not in leaves:
         continue
@@ -366,7 +393,8 @@ def slimming_penalty(params: PyTree, strength: float, *, where: select.Where = r
   """Network slimming's sparsity term: ``strength * sum |gamma|`` over BatchNorm scales.
 
   Add it to the training loss so that unimportant channels' scales shrink toward 0,
-  then prune with ``channel_prune(..., criterion='bn_scale')``.
+  then prune with ``channel_prune(..., criterion='bn_scale')`` (one global threshold on
+  ``|gamma|`` over all BatchNorm layers, as in the paper).
 
   Args:
     params: the param tree.
@@ -402,7 +430,9 @@ def slimming(strength: validate.ScalarOrSchedule, *, where: select.Where = r"(.*
   Its ``penalty`` is :func:`slimming_penalty` (``strength * sum |gamma|``), which
   ``jaxcompress.train`` adds to the loss; ``apply``, ``update`` and ``pack`` leave the params
   alone. Train with it, then prune the channels whose scales shrank:
-  ``channel_prune(..., criterion='bn_scale')``.
+  ``channel_prune(..., criterion='bn_scale')``, which ranks all BatchNorm scales together
+  (``scope='global'``, the paper's single threshold; ``scope='layer'`` prunes the same
+  fraction of every layer).
 
   Args:
     strength: ``lambda`` (1e-4 to 1e-5 in the paper), >= 0, or a schedule of the step.
@@ -451,6 +481,13 @@ def slimming(strength: validate.ScalarOrSchedule, *, where: select.Where = r"(.*
   return Compressor(init, apply, update, pack, penalty=penalty)
 
 
+def default_scope(criterion: str) -> str:
+  """The scope of ``criterion``'s paper: ``'global'`` for ``'bn_scale'`` (Liu et al. 2017's
+  single threshold) and ``'taylor'`` (Molchanov et al. 2019 rank globally), ``'layer'``
+  for ``'l1'`` and ``'l2'`` (Li et al. 2017 prune each layer)."""
+  return "global" if criterion in ("bn_scale", "taylor") else "layer"
+
+
 def channel_prune(
   sparsity: float,
   *,
@@ -459,13 +496,13 @@ def channel_prune(
   criterion: str = "l1",
   grads: PyTree | None = None,
   where: select.Where = None,
+  scope: str | None = None,
 ) -> Compressor:
   """Removes whole channels (filters, hidden units) and trains the smaller network.
 
   ``init`` finds the dependency groups of ``apply_fn(params, *inputs)``, scores each
-  channel by ``criterion`` (see :func:`group_importance`), keeps
-  ``max(1, size - round(sparsity * size))`` channels per prunable group selected by
-  ``where``, and returns the **smaller** param tree as the trainable tree (so the
+  channel by ``criterion`` (see :func:`group_importance`), keeps the most important
+  channels of the prunable groups selected by ``where`` (see ``scope``), and returns the **smaller** param tree as the trainable tree (so the
   optimizer state is built on it). ``apply`` scatters it back into zeros of the
   original shapes, so the original model runs and its output equals that of the
   narrower model from :func:`narrow_nnx`; removing channels whose weights are all zero
@@ -487,14 +524,25 @@ def channel_prune(
     grads: gradients of the loss at the params (a tree like them), for ``'taylor'``.
     where: a group is pruned if ``where`` selects one of its members (default:
       floating leaves with ``ndim >= 2``, so every prunable group with a kernel).
+    scope: ``'global'``: one ranking over the channels of all pruned groups removes
+      ``round(sparsity * total)`` channels overall, so a layer of unimportant channels
+      loses more and one of important channels may lose none; each group keeps at least
+      its most important channel (Liu et al.'s single threshold on all ``|gamma|``;
+      Molchanov et al. 2019 also rank globally). ``'layer'``: every group keeps
+      ``max(1, size - round(sparsity * size))`` (Li et al. 2017 prune per layer).
+      ``None`` (default): each criterion's paper, ``'global'`` for ``'bn_scale'`` and
+      ``'taylor'``, ``'layer'`` for ``'l1'`` and ``'l2'``. A group's importance is the
+      sum over its members (a residual group sums its BatchNorms' ``|gamma|``), and
+      global ranking compares these sums as they are (no per-layer normalization).
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`ChannelState`.
 
   Raises:
-    ValueError: for a sparsity outside [0, 1), an unknown ``criterion``, ``'taylor'``
-      without ``grads``; at ``init``, if ``grads`` does not match the params, no
-      prunable group is selected, or a group lacks what the criterion needs.
+    ValueError: for a sparsity outside [0, 1), an unknown ``criterion`` or ``scope``,
+      ``'taylor'`` without ``grads``; at ``init``, if ``grads`` does not match the
+      params, no prunable group is selected, a group lacks what the criterion needs, or
+      ``scope='global'`` runs under ``jit`` (the widths depend on the values).
 
   References:
     Li, Kadav, Durdanovic, Samet & Graf 2017, "Pruning Filters for Efficient ConvNets",
@@ -517,6 +565,7 @@ def channel_prune(
   """
   sparsity = validate.check_sparsity("sparsity", sparsity)
   validate.check_choice("criterion", criterion, CRITERIA)
+  scope = masking.check_scope(default_scope(criterion) if scope is None else scope)
   if criterion == "taylor" and grads is None:
     raise ValueError("criterion='taylor' needs grads= (the loss gradient at the params)")
   inputs = tuple(inputs)
@@ -528,7 +577,7 @@ def channel_prune(
     for path, leaf in leaves_with_paths(params):
       validate.check_finite_if_concrete(path, leaf)
     groups = dependency_groups(apply_fn, params, *inputs)
-    kept, sizes = plan(params, groups, sparsity, criterion, grads=grads, where=where)
+    kept, sizes = plan(params, groups, sparsity, criterion, grads=grads, where=where, scope=scope)
     treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
     small = [
       x if k is None else slice_leaf(x, k, [sizes.get((path, a)) for a in range(np.ndim(x))])

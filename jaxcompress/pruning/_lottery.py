@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
-from jaxcompress.core._base import Compressor
+from jaxcompress.core._base import Compressor, no_restart
 from jaxcompress.core.tree import is_packed_leaf
 from jaxcompress.pruning import _criteria as criteria
 from jaxcompress.pruning import _masking as masking
@@ -67,6 +67,7 @@ def lottery_ticket(
   total_steps: int | None = None,
   where: select.Where = None,
   scope: str = "layer",
+  restart_optimizer: bool = True,
 ) -> Compressor:
   """Iterative magnitude pruning (IMP) with weight rewinding.
 
@@ -81,10 +82,14 @@ def lottery_ticket(
   steps: late rewinding, Frankle et al. 2020); then training restarts from there.
   After the last round the ticket trains to the end of the run.
 
-  Only the weights are rewound: with :func:`~jaxcompress.train.make_step` the moments
-  of the newly pruned weights are reset, those of the survivors carry over (restart the
-  optimizer between rounds for a fully fresh retrain), and the learning-rate schedule is
-  the caller's.
+  Each round retrains the rewound ticket from a fresh optimizer, as Frankle & Carbin
+  train every round from scratch: the compressor's ``restart`` seam is True after each
+  pruning update, and :func:`~jaxcompress.train.make_step` then replaces the optimizer
+  state by ``optimizer.init(params)`` (the survivors' moments too, and the step count,
+  so an optax learning-rate schedule inside the optimizer restarts with each round).
+  With late rewinding the weights return to ``rewind_step``'s values but the optimizer
+  still starts fresh (its state at ``rewind_step`` is not stored). A training loop of
+  one's own should do the same where ``compressor.restart(state)`` is True.
 
   Args:
     rate: fraction of the surviving weights pruned per round, in (0, 1) (0.2 in the
@@ -99,6 +104,8 @@ def lottery_ticket(
       it (a ticket that is never retrained is an error).
     where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
     scope: ``'layer'`` or ``'global'``.
+    restart_optimizer: restart the optimizer state at each round's rewind (the paper);
+      False keeps it (only the pruned weights' moments are reset, by ``make_step``).
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`LotteryState`.
@@ -107,7 +114,7 @@ def lottery_ticket(
     ValueError: if ``rate`` (or a schedule's value at step 0 or at a round's end) is
       outside (0, 1) or a schedule does not return a number, ``rounds`` or
       ``frequency`` < 1, ``rewind_step`` is outside ``[0, frequency)``, ``scope`` is
-      unknown, or ``rounds * frequency >= total_steps``.
+      unknown, ``restart_optimizer`` is not a bool, or ``rounds * frequency >= total_steps``.
 
   References:
     Frankle & Carbin 2019, "The Lottery Ticket Hypothesis: Finding Sparse, Trainable
@@ -126,6 +133,8 @@ def lottery_ticket(
   """
   schedule = validate.as_schedule("rate", rate, _check_rate)
   rounds = validate.check_int("rounds", rounds, low=1)
+  if not isinstance(restart_optimizer, bool):
+    raise ValueError(f"restart_optimizer must be True or False, got {restart_optimizer!r}")
   frequency = validate.check_int("frequency", frequency, low=1)
   rewind_step = validate.check_int("rewind_step", rewind_step, low=0, high=frequency - 1)
   masking.check_scope(scope)
@@ -149,10 +158,12 @@ def lottery_ticket(
     return params, LotteryState(jnp.asarray(0, jnp.int32), masks, rewind)
 
   def apply(params, state):
+    masking.check_state(state, LotteryState, "lottery_ticket")
     return leafwise.map_selected(masking.zero_pruned, params, state.masks)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
+    masking.check_state(state, LotteryState, "lottery_ticket")
     count = state.count + 1
     treedef = jax.tree.structure(params, is_leaf=is_packed_leaf)
     flat_p = treedef.flatten_up_to(params)
@@ -168,10 +179,12 @@ def lottery_ticket(
 
     def prune():
       scores = [jnp.where(flat_m[i], jnp.abs(w), -jnp.inf) for w, i in zip(masked, idx)]
-      if scope == "global":
-        masks = criteria.global_topk_masks(scores, s)
-      else:
-        masks = [criteria.topk_mask(sc, s) for sc in scores]
+      if scope == "global":  # every leaf keeps its best weight
+        total = sum(sc.size for sc in scores)
+        s_all = jnp.minimum(s, (total - len(scores)) / total)
+        masks = criteria.global_topk_masks([masking.first_kept(sc) for sc in scores], s_all)
+      else:  # rounding never takes a leaf's last weight
+        masks = [criteria.topk_mask(sc, jnp.minimum(s, (sc.size - 1) / sc.size)) for sc in scores]
       return masks, [masking.zero_pruned(rw, m) for rw, m in zip(rewind, masks)]
 
     masks, new_p = jax.lax.cond(end, prune, lambda: ([flat_m[i] for i in idx], masked))
@@ -182,6 +195,16 @@ def lottery_ticket(
     return treedef.unflatten(out_p), state
 
   def pack(params, state):
+    masking.check_state(state, LotteryState, "lottery_ticket")
     return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)
+  def masks(state):
+    masking.check_state(state, LotteryState, "lottery_ticket")
+    return state.masks
+
+  def restart(state):
+    masking.check_state(state, LotteryState, "lottery_ticket")
+    r = state.count // frequency
+    return (state.count % frequency == 0) & (r >= 1) & (r <= rounds)  # the update that just rewound
+
+  return Compressor(init, apply, update, pack, masks=masks, restart=restart if restart_optimizer else no_restart)

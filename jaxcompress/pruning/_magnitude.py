@@ -30,6 +30,7 @@ def magnitude(
   scope: str = "layer",
   allocation: str | Allocation = "uniform",
   block: tuple[int, ...] | None = None,
+  total_steps: int | None = None,
 ) -> Compressor:
   """Prunes the smallest-magnitude weights, per leaf or globally, unstructured or in blocks.
 
@@ -39,7 +40,8 @@ def magnitude(
   ``sparsity_l`` comes from ``allocation`` (uniform by default; ``'erk'`` or an
   :class:`~jaxcompress.pruning.Allocation` with overrides and exclusions).
   With ``scope='global'`` one exact top-k runs over all selected weights together
-  (ties: earlier leaf in flattening order, then earlier element). With ``block=(1, 4)``
+  (ties: earlier leaf in flattening order, then earlier element), except that each
+  leaf's largest ``|w|`` is always kept (no leaf is pruned away). With ``block=(1, 4)``
   whole blocks tiling the trailing axes are kept or removed by their summed ``|w|``.
 
   ``init`` computes the masks from the given weights at ``sparsity(0)`` (one-shot
@@ -67,15 +69,23 @@ def magnitude(
     allocation: ``'uniform'``, ``'erk'`` or an :class:`Allocation` (layer scope only).
     block: a block shape such as ``(1, 4)`` tiling each leaf's trailing axes, or
       ``None`` for unstructured pruning (layer scope only).
+    total_steps: the run's length, if known: a schedule is then checked at every step
+      ``0 .. total_steps`` (1,025 evenly spaced ones beyond 10,000) and a value outside
+      [0, 1) or NaN raises now, naming the step. Without it only step 0 is checked, and
+      under ``jit`` a later target is made safe instead: clipped so every leaf keeps at
+      least one weight (one block), and a NaN target holds the previous masks.
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`MagnitudeState`.
 
   Raises:
-    ValueError: if ``sparsity`` (or ``sparsity(0)``) is outside [0, 1), ``scope`` is
+    ValueError: if ``sparsity`` (or ``sparsity(0)``, or with ``total_steps`` its value at
+      any step of the run) is outside [0, 1), ``scope`` is
       unknown, ``block`` is not a tuple of positive ints or is combined with
       ``scope='global'``; at ``init``, if ``where`` selects nothing, a selected leaf is
       integer, empty or non-finite, or ``block`` does not tile a selected leaf.
+    TypeError: from ``apply``, ``update``, ``pack`` or ``masks`` given a state that is
+      not a :class:`MagnitudeState` (another compressor's), naming both types.
 
   References:
     Han, Pool, Tran & Dally 2015, "Learning both Weights and Connections for Efficient
@@ -88,10 +98,17 @@ def magnitude(
     >>> c.apply(params, state)['w'].tolist()
     [[0.0, -4.0], [3.0, 0.0]]
     >>> c = magnitude(0.5, scope='global')
-    >>> params, state = c.init({'a': jnp.array([[1.0, 2.0]]), 'b': jnp.array([[3.0, 4.0]])})
-    >>> c.apply(params, state)
-    {'a': Array([[0., 0.]], dtype=float32), 'b': Array([[3., 4.]], dtype=float32)}
+    >>> params, state = c.init({'a': jnp.array([[1.0, 2.0, 5.0]]), 'b': jnp.array([[3.0, 4.0, 6.0]])})
+    >>> c.apply(params, state)  # the three smallest anywhere: 'a' loses two, 'b' one
+    {'a': Array([[0., 0., 5.]], dtype=float32), 'b': Array([[0., 4., 6.]], dtype=float32)}
   """
   return masking.build(
-    sparsity, magnitude_score, where=where, scope=scope, allocation=allocation, block=block, who="magnitude"
+    sparsity,
+    magnitude_score,
+    where=where,
+    scope=scope,
+    allocation=allocation,
+    block=block,
+    total_steps=total_steps,
+    who="magnitude",
   )

@@ -9,7 +9,9 @@ N:M); the scope is per leaf (``'layer'``) or over all selected leaves (``'global
 
 Masks are recomputed in ``update`` only when a target count changes (under
 ``lax.cond``), from scores in which already-pruned weights rank last, so gradual pruning
-never revives a weight and a constant sparsity costs one ``where`` per step.
+never revives a weight and a constant sparsity costs one ``where`` per step. Movement
+pruning (``revive_every``) instead re-ranks all weights every ``frequency`` steps, so a
+pruned weight whose score rises returns.
 """
 
 from __future__ import annotations
@@ -54,6 +56,32 @@ def zero_pruned(p: jax.Array, m: jax.Array) -> jax.Array:
   return jnp.where(m, p, jnp.zeros_like(p))
 
 
+def straight_through(p: jax.Array, m: jax.Array) -> jax.Array:
+  """``where(m, p, 0)`` exactly, with the identity as gradient: the gradient reaches pruned
+  weights too (movement pruning scores them, RigL regrows by it)."""
+  return p + jax.lax.stop_gradient(jnp.where(m, p, jnp.zeros_like(p)) - p)
+
+
+def first_kept(scores: jax.Array) -> jax.Array:
+  """``scores`` with the highest entry (the first of equals; NaN lowest) raised to ``+inf``."""
+  flat = jnp.asarray(scores, jnp.float32).reshape(-1)
+  best = jnp.argmax(jnp.where(jnp.isnan(flat), -jnp.inf, flat))
+  return jnp.where(jnp.arange(flat.size) == best, jnp.inf, flat).reshape(scores.shape)
+
+
+def check_state(state: Any, expected: type, who: str) -> None:
+  """Raises ``TypeError`` unless ``state`` is an ``expected`` (the state ``who``'s ``init`` returns).
+
+  A state from another compressor (a quantizer's ``LeafwiseState``, a chain's
+  ``ChainState``) would otherwise fail deep inside with a bare ``AttributeError``.
+  """
+  if not isinstance(state, expected):
+    raise TypeError(
+      f"{who} expected its own state, a {expected.__name__} (what its init returns), "
+      f"got a {type(state).__name__}: pass the state from this compressor's init/update"
+    )
+
+
 def check_scope(scope: str) -> str:
   """Validates ``scope``: ``'layer'`` (per-leaf targets) or ``'global'`` (one ranking)."""
   return validate.check_choice("scope", scope, ("layer", "global"))
@@ -90,11 +118,24 @@ def build(
   init_grads: Any = None,
   needs_grads: bool = False,
   accumulate: Accumulate | None = None,
+  revive_every: int | None = None,
+  total_steps: int | None = None,
   seed: int = 0,
   who: str = "pruning",
 ) -> Compressor:
   """Builds a mask-based pruner (see the module docstring). Factories call this after
-  validating their own hyperparameters."""
+  validating their own hyperparameters.
+
+  ``revive_every=k`` (movement pruning) changes three things: ``apply`` masks with an
+  identity gradient (so ``update`` gets the gradient at pruned weights too), ``update``
+  accumulates scores with the dense weights and leaves the pruned weights' values in the
+  params, and masks are recomputed from *all* scores (pruned weights can return) every
+  ``k`` steps as well as whenever a target count changes.
+
+  Traced targets are made safe rather than checked (under ``jit`` nothing can raise): a
+  target is clipped so that every leaf keeps at least one weight (one block), and a NaN
+  target holds the previous masks. With ``total_steps`` a schedule is checked at every
+  step of the run (:func:`~jaxcompress.core.validate.probe_schedule`)."""
   schedule = validate.as_schedule("sparsity", sparsity, validate.check_sparsity)
   check_scope(scope)
   block = check_block(block)
@@ -103,13 +144,23 @@ def build(
     raise ValueError(
       "scope='global' ranks all selected weights together: it takes no ERK allocation, overrides or block"
     )
-  s0 = float(np.asarray(schedule(jnp.asarray(0, jnp.int32))))
+  if total_steps is not None and callable(sparsity):
+    n = validate.check_int("total_steps", total_steps, low=1)
+    validate.probe_schedule("sparsity", schedule, validate.run_steps(n), validate.check_sparsity)
+  with jax.ensure_compile_time_eval():  # concrete even when the factory runs under jit/pmap
+    s0 = float(np.asarray(schedule(jnp.asarray(0, jnp.int32))))
+
+  def units_of(shapes):
+    return [int(np.prod(s)) // (int(np.prod(block)) if block else 1) for s in shapes]
 
   def targets(paths, shapes, step):
-    s = schedule(step)
+    """Per-leaf targets, clipped so each leaf keeps one unit (NaN stays NaN: masks hold)."""
+    s = jnp.asarray(schedule(step), jnp.float32)
     if scope == "global":
-      return [s] * len(paths)
-    return alloc.sparsities(paths, shapes, s, step)
+      total = sum(int(np.prod(sh)) for sh in shapes)
+      return [jnp.minimum(s, (total - len(shapes)) / total)] * len(paths)
+    per_leaf = alloc.sparsities(paths, shapes, s, step)
+    return [jnp.minimum(jnp.asarray(t, jnp.float32), (u - 1) / u) for t, u in zip(per_leaf, units_of(shapes))]
 
   def structured(scores, s):
     if structure is not None:
@@ -117,18 +168,20 @@ def build(
     return criteria.block_mask(scores, s, block) if block is not None else criteria.topk_mask(scores, s)
 
   def counts(paths, shapes, step):
-    """The number of pruned units per leaf (or the single global count)."""
+    """The number of pruned units per leaf (or the single global count); -1 for NaN."""
     targets_ = targets(paths, shapes, step)
     if scope == "global":
       total = sum(int(np.prod(s)) for s in shapes)
-      return [criteria.num_pruned(targets_[0], total)]
-    units = [int(np.prod(s)) // (int(np.prod(block)) if block else 1) for s in shapes]
-    return [criteria.num_pruned(t, u) for t, u in zip(targets_, units)]
+      targets_, units = targets_[:1], [total]
+    else:
+      units = units_of(shapes)
+    return [jnp.where(jnp.isnan(t), -1, criteria.num_pruned(t, u)) for t, u in zip(targets_, units)]
 
   def masks_from(paths, shapes, scores, step):
     targets_ = targets(paths, shapes, step)
     if scope == "global":
-      return criteria.global_topk_masks(scores, targets_[0])
+      # each leaf's best weight ranks first, so no leaf loses its last weight
+      return criteria.global_topk_masks([first_kept(sc) for sc in scores], targets_[0])
     return [structured(sc, t) for sc, t in zip(scores, targets_)]
 
   def selected(params, state_masks):
@@ -176,13 +229,15 @@ def build(
     return params, state
 
   def apply(params, state):
+    check_state(state, PruningState, who)
     # Masking here, not only by projection in `update`, keeps chains right: in
     # chain(prune, quantize) the quantizer's output is masked, and a quantizer whose
     # grid has no exact zero (binary, k-means) would otherwise revive pruned weights.
-    return leafwise.map_selected(zero_pruned, params, state.masks)
+    return leafwise.map_selected(straight_through if revive_every else zero_pruned, params, state.masks)
 
   def update(params, state, *, grads=None, **extra):
     del extra
+    check_state(state, PruningState, who)
     if needs_grads and grads is None and callable(sparsity):
       raise ValueError(f"{who} on a schedule needs gradients: call update with grads= (train.make_step does)")
     count = state.count + 1
@@ -194,23 +249,31 @@ def build(
     masked = [zero_pruned(flat_p[i], flat_m[i]) for i in idx]
     acc = [flat_acc[i] for i in idx]
     if accumulate is not None and grads is not None:
-      acc = [accumulate(a, w, flat_g[i]) for a, w, i in zip(acc, masked, idx)]
+      weights = [flat_p[i] for i in idx] if revive_every else masked
+      acc = [accumulate(a, w, flat_g[i]) for a, w, i in zip(acc, weights, idx)]
     keys = leaf_keys(state.key, count, len(idx))
     old, new = counts(sel_paths, shapes, state.count), counts(sel_paths, shapes, count)
 
     current = [flat_m[i] for i in idx]
 
+    def ranked(j, i):
+      """Leaf ``j``'s scores; already-pruned weights rank last unless they may return."""
+      sc = score(masked[j], flat_g[i], acc[j], keys[j]).astype(jnp.float32)
+      return sc if revive_every else jnp.where(flat_m[i], sc, -jnp.inf)
+
+    def due(n_new, n_old):
+      changed = n_new != n_old
+      changed = changed | (count % revive_every == 0) if revive_every else changed
+      return changed & (n_new >= 0)  # a NaN target holds the masks
+
     def fresh_scores():
-      return [
-        jnp.where(flat_m[i], score(w, flat_g[i], a, k).astype(jnp.float32), -jnp.inf)
-        for w, a, k, i in zip(masked, acc, keys, idx)
-      ]
+      return [ranked(j, i) for j, i in enumerate(idx)]
 
     if needs_grads and grads is None:
       masks = current  # constant sparsity (checked above): the masks never change
     elif scope == "global":
       masks = jax.lax.cond(
-        new[0] != old[0], lambda: masks_from(sel_paths, shapes, fresh_scores(), count), lambda: current
+        due(new[0], old[0]), lambda: masks_from(sel_paths, shapes, fresh_scores(), count), lambda: current
       )
     else:
       # Each leaf's mask is recomputed only on the steps where its own count changes.
@@ -219,19 +282,23 @@ def build(
       for j, i in enumerate(idx):
 
         def recompute(j=j, i=i):
-          sc = jnp.where(flat_m[i], score(masked[j], flat_g[i], acc[j], keys[j]).astype(jnp.float32), -jnp.inf)
-          return structured(sc, targets_[j])
+          return structured(ranked(j, i), targets_[j])
 
-        masks.append(jax.lax.cond(new[j] != old[j], recompute, lambda c=current[j]: c))
+        masks.append(jax.lax.cond(due(new[j], old[j]), recompute, lambda c=current[j]: c))
     out_p, out_m, out_acc = list(flat_p), list(flat_m), list(flat_acc)
     for i, m, a in zip(idx, masks, acc):
-      out_p[i] = zero_pruned(flat_p[i], m)
+      out_p[i] = flat_p[i] if revive_every else zero_pruned(flat_p[i], m)  # a pruned value waits to return
       out_m[i] = m
       out_acc[i] = a
     new_state = PruningState(count, treedef.unflatten(out_m), treedef.unflatten(out_acc), state.key)
     return treedef.unflatten(out_p), new_state
 
   def pack(params, state):
+    check_state(state, PruningState, who)
     return leafwise.map_selected(export.prune, params, state.masks)
 
-  return Compressor(init, apply, update, pack, masks=lambda state: state.masks)
+  def masks(state):
+    check_state(state, PruningState, who)
+    return state.masks
+
+  return Compressor(init, apply, update, pack, masks=masks)

@@ -26,6 +26,7 @@ def saliency(
   where: select.Where = None,
   scope: str = "layer",
   allocation: str | Allocation = "uniform",
+  total_steps: int | None = None,
 ) -> Compressor:
   """Prunes the weights with the smallest first-order saliency ``|w * g|``.
 
@@ -39,13 +40,14 @@ def saliency(
     sparsity: fraction removed, in [0, 1), or a schedule ``step -> sparsity``.
     grads: gradients at the params given to ``init``, a tree with the params'
       structure and shapes, or ``None``.
-    where, scope, allocation: as for :func:`~jaxcompress.pruning.magnitude`.
+    where, scope, allocation, total_steps: as for :func:`~jaxcompress.pruning.magnitude`.
 
   Returns:
     A :class:`~jaxcompress.Compressor` with :class:`~jaxcompress.pruning.PruningState`.
 
   Raises:
-    ValueError: for a sparsity outside [0, 1) or unknown ``scope``; at ``init``, if
+    ValueError: for a sparsity outside [0, 1) (with ``total_steps``, at any step of the
+      run) or unknown ``scope``; at ``init``, if
       ``grads`` does not match the params (structure or a leaf's shape), or is missing
       while ``sparsity(0) > 0``; in ``update`` on a schedule, if called without
       ``grads`` (with a constant sparsity the masks are fixed and none are needed).
@@ -72,6 +74,7 @@ def saliency(
     allocation=allocation,
     init_grads=grads,
     needs_grads=True,
+    total_steps=total_steps,
     who="saliency pruning",
   )
 
@@ -81,12 +84,14 @@ def snip(sparsity: float, grads: Any, *, where: select.Where = None) -> Compress
 
   Ranks all selected weights together (Lee et al.'s normalized sensitivity
   ``|w g| / sum |w g|`` has the same order) and keeps the top ``1 - sparsity`` before
-  training; the masks then stay fixed.
+  training; the masks then stay fixed. The factory and ``init`` may run under ``jit`` or
+  ``pmap``, with ``grads`` computed there (tracers): the constant sparsity is read at
+  compile time.
 
   Args:
     sparsity: fraction removed, in [0, 1).
     grads: the gradient of the loss on one batch at the initial params (a tree with
-      the params' structure and shapes).
+      the params' structure and shapes), concrete or traced.
     where: which leaves to prune (default: floating leaves with ``ndim >= 2``).
 
   Returns:

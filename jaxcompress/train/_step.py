@@ -113,7 +113,9 @@ def make_step(
   :func:`~jaxcompress.train._masks.reset_pruned` maps the optimizer state to the params
   exactly), and the gradients and updates there are zeroed: no weight is moved or revived
   by momentum or weight decay. ``update`` still receives the unmasked gradients (RigL
-  regrows by them). Without masks it is the plain step.
+  regrows by them). Without masks it is the plain step. Where ``compressor.restart(cstate)``
+  is True after an ``update`` (a lottery ticket's rewind), the optimizer state is
+  replaced by ``optimizer.init(params)``: moments and step count start afresh.
 
   The step is a pure function ``step(state, *batch) -> (state, loss)`` (or
   ``(state, (loss, aux))`` with ``has_aux``); jitting is the caller's choice. It works
@@ -196,6 +198,10 @@ def make_step(
       return compressor.update(p, s, grads=g)
 
     params, cstate = jax.lax.cond(finite, update, lambda p, s, g: (p, s), params, state.cstate, grads)
+    restart = compressor.restart(cstate)
+    if restart is not None:  # e.g. a lottery ticket rewound: retrain it with a fresh optimizer
+      fresh = optimizer.init(params)
+      opt_state = jax.tree.map(lambda f, o: jnp.where(restart, f, o), fresh, opt_state)
     return TrainState(params, opt_state, cstate), out
 
   return step

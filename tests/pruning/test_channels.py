@@ -120,7 +120,9 @@ def test_taylor_and_bn_scale_criteria_follow_their_formulas():
 
   _model, _graphdef, variables, apply_fn, x = _nnx(models.ResidualConvNet, (2, 8, 8, 1))
   variables["bn1"]["scale"].set_value(jnp.arange(8.0) - 3.5)  # |gamma| smallest at 3 and 4
-  _small, state = pruning.channel_prune(0.25, apply_fn=apply_fn, inputs=[x], criterion="bn_scale").init(variables)
+  _small, state = pruning.channel_prune(0.25, apply_fn=apply_fn, inputs=[x], criterion="bn_scale", scope="layer").init(
+    variables
+  )
   kept = np.asarray(state.kept["bn1"]["scale"][0])
   assert kept.tolist() == [True, True, True, False, False, True, True, True]
 
@@ -191,3 +193,43 @@ def test_narrow_nnx_takes_the_values_of_the_params_it_is_given():
   trained = jax.tree.map(lambda v: v * 1.5 + 0.01, small)  # stands for fine-tuning
   narrow = pruning.narrow_nnx(model, state, trained)
   np.testing.assert_allclose(narrow(x), apply_fn(c.apply(trained, state), x), rtol=1e-5, atol=1e-5)
+
+
+def _two_bn_layers(gamma1, gamma2):
+  """x -> Dense -> BN(gamma1) -> relu -> Dense -> BN(gamma2) -> relu -> Dense: two slimmable layers."""
+  k = jax.random.split(jax.random.key(0), 3)
+  params = {
+    "l1": {"kernel": jax.random.normal(k[0], (4, 8))},
+    "bn1": {"scale": jnp.asarray(gamma1), "bias": jnp.zeros(8)},
+    "l2": {"kernel": jax.random.normal(k[1], (8, 8))},
+    "bn2": {"scale": jnp.asarray(gamma2), "bias": jnp.zeros(8)},
+    "out": {"kernel": jax.random.normal(k[2], (8, 2))},
+  }
+
+  def apply_fn(p, x):
+    h = jax.nn.relu((x @ p["l1"]["kernel"]) * p["bn1"]["scale"] + p["bn1"]["bias"])
+    h = jax.nn.relu((h @ p["l2"]["kernel"]) * p["bn2"]["scale"] + p["bn2"]["bias"])
+    return h @ p["out"]["kernel"]
+
+  return params, apply_fn
+
+
+def test_network_slimming_prunes_by_one_global_threshold_on_gamma():
+  """Liu et al. 2017: one threshold over all BN scales, so the layer of tiny gammas loses
+  its channels and the layer of gammas near 1 loses none; never a whole layer."""
+  tiny = jnp.linspace(0.01, 0.08, 8)
+  near_one = jnp.linspace(0.9, 1.1, 8)
+  params, apply_fn = _two_bn_layers(tiny, near_one)
+  x = jnp.ones((1, 4))
+  kept = lambda kept_tree, k: np.asarray(kept_tree[k]["scale"][0]) if kept_tree[k]["scale"] else np.ones(8, bool)
+  assert channels.default_scope("bn_scale") == "global" and channels.default_scope("l1") == "layer"
+  groups = jc.graph.dependency_groups(apply_fn, params, x)
+  plan = lambda s, scope: channels.plan(params, groups, s, "bn_scale", scope=scope)[0]
+  quarter = plan(0.25, "global")  # 4 of 16 channels: all from bn1
+  assert kept(quarter, "bn1").tolist() == [False] * 4 + [True] * 4 and kept(quarter, "bn2").all()
+  half = plan(0.5, "global")  # 8 of 16: bn1 keeps its largest, bn2 gives the 8th
+  assert kept(half, "bn1").tolist() == [False] * 7 + [True] and kept(half, "bn2").tolist() == [False] + [True] * 7
+  per_layer = plan(0.25, "layer")  # the per-layer variant: 2 from each
+  assert kept(per_layer, "bn1").sum() == 6 and kept(per_layer, "bn2").sum() == 6
+  with pytest.raises(ValueError, match="scope must be one of"):
+    pruning.channel_prune(0.25, apply_fn=apply_fn, inputs=[x], scope="tree")

@@ -10,6 +10,10 @@ from jaxcompress import pruning
 from tests import helpers
 
 
+def _none(x):
+  return x is None
+
+
 def test_rigl_drops_smallest_and_regrows_by_dense_gradient_at_zero():
   params = helpers.mlp_params()
   c = pruning.rigl(0.8, frequency=1, end_step=100, drop_fraction=0.3, allocation="uniform", init_mask="magnitude")
@@ -34,8 +38,38 @@ def test_rigl_drops_smallest_and_regrows_by_dense_gradient_at_zero():
   grown = m1 & ~kept  # may include just-dropped weights with a large gradient
   assert grown.sum() == k
   assert gabs[grown].min() >= gabs[~kept & ~grown].max()
-  assert (np.asarray(new_p["fc0"]["kernel"])[grown] == 0).all()
+  assert (np.asarray(new_p["fc0"]["kernel"])[grown & ~m0] == 0).all()  # new connections start at 0
+  np.testing.assert_array_equal(new_p["fc0"]["kernel"][grown & m0], p["fc0"]["kernel"][grown & m0])
   assert (np.asarray(new_p["fc0"]["kernel"])[~m1] == 0).all()
+
+
+def test_rigl_keeps_the_value_of_a_connection_dropped_and_regrown():
+  """The reference implementation (reinit_when_same=False): only connections that were
+  inactive before the update are new; one dropped and regrown at once keeps its value."""
+  c = pruning.rigl(0.5, frequency=1, end_step=1000, drop_fraction=1.0, init_mask="magnitude", allocation="uniform")
+  p, state = c.init({"w": jax.numpy.array([[4.0, 3.0, 2.0, 1.0]])})
+  p, state = c.update(p, state, grads={"w": jax.numpy.array([[0.0, 9.0, 0.5, 0.0]])})  # drop 3.0, regrow it
+  assert state.masks["w"].tolist() == [[True, True, False, False]]
+  assert p["w"].tolist() == [[4.0, 3.0, 0.0, 0.0]]
+
+
+def test_set_regrows_random_values_with_a_constant_zeta():
+  """Mocanu et al. 2018: new connections get random weights, and zeta stays constant."""
+  w = jax.random.normal(jax.random.key(0), (8, 8))
+  c = pruning.sparse_evolutionary(0.5, frequency=2, end_step=10, drop_fraction=0.5, allocation="uniform")
+  p, state = c.init({"w": w})
+  update = jax.jit(c.update)
+  for step in range(1, 9):
+    before = np.asarray(state.masks["w"])
+    p, state = update(p, state)
+    if step % 2 == 0:
+      after = np.asarray(state.masks["w"])
+      new = after & ~before
+      # 16 = floor(0.5 * 32) dropped every time (a cosine would drop 1 at step 8); the
+      # random regrowth may pick a just-dropped weight back, so at most 16 are new
+      assert 8 <= new.sum() <= 16
+      grown = np.asarray(p["w"])[new]
+      assert (grown != 0).all() and 0.2 < grown.std() / np.asarray(p["w"])[after & before & (p["w"] != 0)].std() < 5
 
 
 def test_rigl_cosine_drop_fraction_and_end_step():
@@ -143,18 +177,32 @@ def test_lottery_bad_input():
 def test_an_optax_schedule_drives_the_drop_fraction(factory):
   params = helpers.mlp_params()
   schedule = optax.linear_schedule(0.5, 0.1, transition_steps=4)
-  c = factory(0.5, frequency=1, end_step=100, drop_fraction=schedule, allocation="uniform", init_mask="magnitude")
+  c = factory(
+    0.5,
+    frequency=1,
+    end_step=100,
+    drop_fraction=schedule,
+    allocation="uniform",
+    init_mask="magnitude",
+    grow_init="zeros",
+  )
   _, state = c.init(params)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
   update = jax.jit(c.update)
   active = int(state.masks["fc0"]["kernel"].sum())
   for step in range(1, 5):
-    # The dense params are nonzero, so the regrown weights are the active zeros after the update.
-    new_p, state = update(params, state, grads=grads)
+    # The dense params are nonzero, so the new connections are the active zeros after the
+    # update; with no gradient at the active weights, RigL never regrows a dropped one.
+    g = jax.tree.map(lambda m, x: x if m is None else jax.numpy.where(m, 0.0, x), state.masks, grads, is_leaf=_none)
+    new_p, state = update(params, state, grads=g)
     mask = np.asarray(state.masks["fc0"]["kernel"])
     regrown = int((mask & (np.asarray(new_p["fc0"]["kernel"]) == 0)).sum())
     assert mask.sum() == active
-    assert regrown == int(np.floor(float(schedule(step)) * active)) > 0
+    n_drop = int(np.floor(float(schedule(step)) * active))
+    if factory is pruning.rigl:
+      assert regrown == n_drop > 0
+    else:  # SET may regrow a just-dropped weight (it keeps its value)
+      assert 0 < regrown <= n_drop
 
 
 def test_a_constant_drop_fraction_decays_along_the_cosine():
@@ -210,3 +258,31 @@ def test_lottery_ticket_follows_a_schedule_of_rates():
 def test_a_bad_rate_schedule_is_rejected_by_name(bad, message):
   with pytest.raises(ValueError, match=message):
     pruning.lottery_ticket(bad, rounds=2, frequency=10)
+
+
+def test_lottery_rewinding_restarts_the_optimizer_state_of_the_survivors_too():
+  """Frankle & Carbin 2019: each round retrains the rewound ticket with a fresh optimizer."""
+  params = helpers.mlp_params()
+  opt = optax.adam(1e-2)
+  c = jc.chain(pruning.lottery_ticket(0.5, rounds=1, frequency=2))  # the chain ORs its stages' restart
+  state = jc.train.init(params, opt, c)
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
+  for i in range(2):
+    state, _ = step(state, *helpers.batch(seed=i))
+  adam = state.opt_state[0]
+  assert int(adam.count) == 0
+  assert all(not np.asarray(x).any() for x in jax.tree.leaves((adam.mu, adam.nu)))
+  state, _ = step(state, *helpers.batch(seed=2))
+  assert np.asarray(state.opt_state[0].mu["fc0"]["kernel"]).any()
+  keep = pruning.lottery_ticket(0.5, rounds=1, frequency=2, restart_optimizer=False)  # the old behaviour
+  assert keep.restart(state.cstate.stages[0]) is None
+
+
+def test_lottery_and_dst_never_prune_the_last_weight_of_a_leaf():
+  params = {"w": jax.numpy.array([[1.0, 4.0, 2.0, 3.0]])}
+  for scope in ("layer", "global"):
+    c = pruning.lottery_ticket(0.9, rounds=1, frequency=1, scope=scope)  # round(0.9 * 4) would be all 4
+    _, state = c.update(*c.init(params))
+    assert state.masks["w"].tolist() == [[False, True, False, False]]
+  _, state = pruning.rigl(0.9, frequency=1, end_step=10, allocation="uniform", init_mask="magnitude").init(params)
+  assert state.masks["w"].tolist() == [[False, True, False, False]]

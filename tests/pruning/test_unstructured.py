@@ -149,3 +149,51 @@ def test_schedule_reachability():
   with pytest.raises(ValueError, match="at_step must be in"):
     pruning.one_shot_sparsity(0.5, at_step=0)
   assert float(pruning.constant_sparsity(0.3)(7)) == pytest.approx(0.3)
+
+
+def test_snip_built_under_jit_from_gradients_computed_there():
+  params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
+
+  @jax.jit
+  def prune(p):
+    g = jax.grad(lambda q: (q["w"] ** 2).sum())(p)  # |w g| = 2 w^2: keep the largest
+    c = pruning.snip(0.5, g)
+    q, s = c.init(p)
+    return c.apply(q, s)
+
+  np.testing.assert_array_equal(prune(params)["w"], [[0, 0, 0, 0], [5, 6, 7, 8]])
+  sched = pruning.polynomial_sparsity(0.5, begin_step=0, end_step=4)
+  jax.jit(lambda p: pruning.magnitude(sched).init(p)[1].count)(params)  # a schedule is probed there too
+
+
+def test_a_pruner_given_another_compressors_state_names_both():
+  params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
+  c = pruning.magnitude(0.5)
+  q = jc.quantization.fake_quant(8)
+  qp, qs = q.init(params)
+  for fn in (lambda: c.apply(qp, qs), lambda: c.update(qp, qs), lambda: c.pack(qp, qs), lambda: c.masks(qs)):
+    with pytest.raises(TypeError, match=r"PruningState.*LeafwiseState"):
+      fn()
+
+
+def test_movement_revives_a_pruned_weight_whose_score_rises():
+  """Sanh et al. 2020: S accumulates -g*W at every weight (dense W, gradient straight
+  through the mask) and the mask is TopK(S) recomputed every step, so a pruned weight
+  whose score rises returns, with its value."""
+  c = pruning.movement(pruning.one_shot_sparsity(0.5, at_step=1))
+  p, state = c.init({"w": jnp.array([[1.0, 1.0, 1.0, 1.0]])})
+  p, state = c.update(p, state, grads={"w": jnp.array([[-4.0, -3.0, 1.0, 2.0]])})  # S = [4, 3, -1, -2]
+  assert state.masks["w"].tolist() == [[True, True, False, False]]
+  dense_grad = jax.grad(lambda q: (c.apply(q, state)["w"] * jnp.arange(1.0, 5.0)).sum())(p)["w"]
+  np.testing.assert_array_equal(dense_grad, [[1.0, 2.0, 3.0, 4.0]])  # straight through the mask
+  p, state = c.update(p, state, grads={"w": jnp.array([[0.0, 0.0, -10.0, 0.0]])})  # S = [4, 3, 9, -2]
+  np.testing.assert_array_equal(state.scores["w"], [[4.0, 3.0, 9.0, -2.0]])
+  assert state.masks["w"].tolist() == [[True, False, True, False]]
+  assert c.apply(p, state)["w"].tolist() == [[1.0, 0.0, 1.0, 0.0]]
+  c4 = pruning.movement(pruning.one_shot_sparsity(0.5, at_step=1), frequency=4)  # recomputed every 4th step only
+  p, state = c4.init({"w": jnp.array([[1.0, 1.0, 1.0, 1.0]])})
+  for g in ([[-4.0, -3.0, 1.0, 2.0]], [[0.0, 0.0, -10.0, 0.0]], [[0.0] * 4], [[0.0] * 4]):
+    p, state = c4.update(p, state, grads={"w": jnp.array(g)})
+    if int(state.count) < 4:
+      assert state.masks["w"].tolist() == [[True, True, False, False]]
+  assert state.masks["w"].tolist() == [[True, False, True, False]]
