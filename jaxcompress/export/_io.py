@@ -24,7 +24,7 @@ import safetensors.numpy
 from jaxcompress.export._base import CompressedLeaf
 from jaxcompress.export._bitpack import BitPacked
 from jaxcompress.export._codebook import CodebookArray
-from jaxcompress.export._factorized import Factorized
+from jaxcompress.export._factorized import ConvFactorized, Factorized
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
@@ -36,7 +36,8 @@ _SAFETENSORS_DTYPES = frozenset(
   {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
 )
 _LEAF_TYPES = {
-  cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)
+  cls.__name__: cls
+  for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, ConvFactorized, SlicedArray, MaskedArray)
 }
 
 
@@ -57,7 +58,8 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray]) -> Any:
     fields, meta = {}, {}
     for f in dataclasses.fields(node):
       value = getattr(node, f.name)
-      if isinstance(value, (int, str, bool, tuple)) and not hasattr(value, "shape"):
+      scalar = lambda v: isinstance(v, (int, str, bool)) and not hasattr(v, "shape")
+      if scalar(value) or (isinstance(value, tuple) and all(scalar(v) or v is None for v in value)):
         meta[f.name] = list(value) if isinstance(value, tuple) else value
       else:
         fields[f.name] = _encode(value, f"{name}.{f.name}", arrays)
