@@ -1,13 +1,27 @@
 """Low-rank: Dense kernels by truncated SVD, conv kernels by spatial SVD, Tucker-2 or CP."""
 
 from jaxcompress.lowrank._common import LeafReport, report
+from jaxcompress.lowrank._cp import CPFactors, cp, cp_als
+from jaxcompress.lowrank._spatial import SpatialFactors, spatial_factors, spatial_matrix, spatial_svd
 from jaxcompress.lowrank._svd import SVDFactors, svd, svd_rank, truncated_svd
+from jaxcompress.lowrank._tucker import Tucker2Factors, tucker2, tucker2_factors, vbmf_rank
 
 __all__ = [
+  "CPFactors",
   "LeafReport",
   "SVDFactors",
+  "SpatialFactors",
+  "Tucker2Factors",
+  "cp",
+  "cp_als",
   "report",
+  "spatial_factors",
+  "spatial_matrix",
+  "spatial_svd",
   "svd",
   "svd_rank",
   "truncated_svd",
+  "tucker2",
+  "tucker2_factors",
+  "vbmf_rank",
 ]
