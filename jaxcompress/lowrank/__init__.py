@@ -2,6 +2,7 @@
 
 from jaxcompress.lowrank._common import LeafReport, report
 from jaxcompress.lowrank._cp import CPFactors, cp, cp_als
+from jaxcompress.lowrank._serve import factorized, serve
 from jaxcompress.lowrank._spatial import SpatialFactors, spatial_factors, spatial_matrix, spatial_svd
 from jaxcompress.lowrank._svd import SVDFactors, svd, svd_rank, truncated_svd
 from jaxcompress.lowrank._tucker import Tucker2Factors, tucker2, tucker2_factors, vbmf_rank
@@ -14,7 +15,9 @@ __all__ = [
   "Tucker2Factors",
   "cp",
   "cp_als",
+  "factorized",
   "report",
+  "serve",
   "spatial_factors",
   "spatial_matrix",
   "spatial_svd",

@@ -112,9 +112,9 @@ def spatial_svd(
   Example:
     >>> import jax, jax.numpy as jnp
     >>> c = spatial_svd(2)
-    >>> params, state = c.init({'conv': jax.random.normal(jax.random.key(0), (3, 3, 4, 8))})
+    >>> params, state = c.init({'conv': jax.random.normal(jax.random.key(0), (3, 3, 4, 6))})
     >>> params['conv'].vertical.shape, params['conv'].horizontal.shape
-    ((3, 1, 4, 2), (1, 3, 2, 8))
+    ((3, 1, 4, 2), (1, 3, 2, 6))
   """
   _common.one_of(rank=rank, energy=energy, ratio=ratio)
   rank = None if rank is None else _common.check_rank("rank", rank)

@@ -6,6 +6,7 @@ the compressor.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -55,6 +56,11 @@ def truncated_svd(w: jax.Array, rank: int) -> SVDFactors:
     raise ValueError(f"truncated_svd takes a matrix, got shape {tuple(w.shape)}")
   if not 1 <= rank <= min(w.shape):
     raise ValueError(f"rank must be in [1, {min(w.shape)}] for shape {tuple(w.shape)}, got {rank}")
+  return _truncated_svd(w, int(rank))
+
+
+@functools.partial(jax.jit, static_argnames="rank")
+def _truncated_svd(w: jax.Array, rank: int) -> SVDFactors:
   u, s, vt = jnp.linalg.svd(w.astype(jnp.float32), full_matrices=False)
   root = jnp.sqrt(s[:rank])
   return SVDFactors((u[:, :rank] * root).astype(w.dtype), (root[:, None] * vt[:rank]).astype(w.dtype))

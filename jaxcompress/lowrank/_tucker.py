@@ -8,6 +8,7 @@ whole. Numerics: :func:`tucker2_factors` (HOOI), :func:`vbmf_rank` (EVBMF); comp
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -51,7 +52,7 @@ def tucker2_factors(kernel: jax.Array, ranks: tuple[int, int], iterations: int =
   Args:
     kernel: ``float[h, w, in, out]``.
     ranks: ``(r1, r2)`` with ``1 <= r1 <= in``, ``1 <= r2 <= out`` (static).
-    iterations: HOOI sweeps after the HOSVD, ``>= 0`` (static).
+    iterations: HOOI sweeps after the HOSVD, ``>= 0`` (not static).
 
   Returns:
     :class:`Tucker2Factors` with orthonormal ``first`` columns and ``last`` rows. Jittable
@@ -62,9 +63,9 @@ def tucker2_factors(kernel: jax.Array, ranks: tuple[int, int], iterations: int =
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> f = tucker2_factors(jax.random.normal(jax.random.key(0), (3, 3, 8, 6)), (8, 6))
+    >>> f = tucker2_factors(jax.random.normal(jax.random.key(0), (3, 3, 4, 6)), (2, 3))
     >>> f.core.shape
-    (3, 3, 8, 6)
+    (3, 3, 2, 3)
   """
   if kernel.ndim != 4:
     raise ValueError(f"tucker2_factors takes a (h, w, in, out) kernel, got shape {tuple(kernel.shape)}")
@@ -72,6 +73,12 @@ def tucker2_factors(kernel: jax.Array, ranks: tuple[int, int], iterations: int =
   r1, r2 = ranks
   if not (1 <= r1 <= c and 1 <= r2 <= o):
     raise ValueError(f"ranks must be in [1, {c}] x [1, {o}] for kernel {tuple(kernel.shape)}, got {ranks}")
+  return _hooi(kernel, (int(r1), int(r2)), jnp.asarray(iterations, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames="ranks")
+def _hooi(kernel: jax.Array, ranks: tuple[int, int], iterations: jax.Array) -> Tucker2Factors:
+  r1, r2 = ranks
   k = kernel.astype(jnp.float32)
   unfold_in = lambda t: jnp.moveaxis(t, 2, 0).reshape(t.shape[2], -1)
   unfold_out = lambda t: jnp.moveaxis(t, 3, 0).reshape(t.shape[3], -1)
@@ -214,9 +221,9 @@ def tucker2(
   Example:
     >>> import jax, jax.numpy as jnp
     >>> c = tucker2((2, 3))
-    >>> params, state = c.init({'conv': jax.random.normal(jax.random.key(0), (3, 3, 8, 16))})
+    >>> params, state = c.init({'conv': jax.random.normal(jax.random.key(0), (3, 3, 4, 6))})
     >>> [x.shape for x in params['conv']]
-    [(8, 2), (3, 3, 2, 3), (3, 16)]
+    [(4, 2), (3, 3, 2, 3), (3, 6)]
   """
   iterations = validate.check_int("iterations", iterations, low=0)
   ratio = None if ratio is None else _common.check_ratio(ratio)
