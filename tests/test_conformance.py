@@ -73,6 +73,7 @@ CASES = {
   "slimming": lambda: jc.pruning.slimming(1e-3, where=".*kernel"),
   "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
   "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
+  "svd_rank4": lambda: jc.lowrank.svd(4),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
@@ -96,6 +97,8 @@ CHAINS = {
     lambda: jc.quantization.quantize_activations(8, apply_fn=helpers.mlp_apply, batches=[helpers.batch()[0]]),
   ),
   "chain_ttq_prune_where": (lambda: jc.quantization.ttq(), lambda: jc.pruning.magnitude(0.5, where="fc1/kernel")),
+  "chain_svd_fake_quant": (lambda: jc.lowrank.svd(4), lambda: jc.quantization.fake_quant(8, per_channel=True)),
+  "chain_svd_prune": (lambda: jc.lowrank.svd(0.25), lambda: jc.pruning.magnitude(0.5)),
 }
 CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for name, stages in CHAINS.items()})
 

@@ -116,8 +116,12 @@ def factorized(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
     def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
       del weight  # a placeholder: the factors stand in for it
       leaf = factors[site.path]
-      op = _dense_op if isinstance(leaf, export.Factorized) else _conv_op
-      out = op(site, activation, leaf) if site.weight_shape == tuple(leaf.shape) else None
+      out = None
+      if site.weight_shape == tuple(leaf.shape):
+        if isinstance(leaf, export.Factorized):
+          out = _dense_op(site, activation, leaf)
+        else:
+          out = _conv_op(site, activation, leaf)
       if out is not None:
         return out
       if site.leaf_axes is None:

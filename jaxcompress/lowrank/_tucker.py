@@ -69,7 +69,7 @@ def tucker2_factors(kernel: jax.Array, ranks: tuple[int, int], iterations: int =
   """
   if kernel.ndim != 4:
     raise ValueError(f"tucker2_factors takes a (h, w, in, out) kernel, got shape {tuple(kernel.shape)}")
-  h, w, c, o = kernel.shape
+  c, o = kernel.shape[2:]
   r1, r2 = ranks
   if not (1 <= r1 <= c and 1 <= r2 <= o):
     raise ValueError(f"ranks must be in [1, {c}] x [1, {o}] for kernel {tuple(kernel.shape)}, got {ranks}")
