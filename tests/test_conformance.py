@@ -74,6 +74,7 @@ CASES = {
   "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
   "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
   "svd_rank4": lambda: jc.lowrank.svd(4),
+  "svd_int8_factors": lambda: jc.lowrank.svd(0.25, factors=jc.quantization.fake_quant(8, per_channel=True)),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.

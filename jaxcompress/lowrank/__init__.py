@@ -1,6 +1,6 @@
 """Low-rank: Dense kernels by truncated SVD, conv kernels by spatial SVD, Tucker-2 or CP."""
 
-from jaxcompress.lowrank._common import LeafReport, report
+from jaxcompress.lowrank._common import LeafReport, LowRankState, report
 from jaxcompress.lowrank._cp import CPFactors, cp, cp_als
 from jaxcompress.lowrank._serve import factorized, serve
 from jaxcompress.lowrank._spatial import SpatialFactors, spatial_factors, spatial_matrix, spatial_svd
@@ -10,6 +10,7 @@ from jaxcompress.lowrank._tucker import Tucker2Factors, tucker2, tucker2_factors
 __all__ = [
   "CPFactors",
   "LeafReport",
+  "LowRankState",
   "SVDFactors",
   "SpatialFactors",
   "Tucker2Factors",

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress.core import leafwise, select, validate
+from jaxcompress.core import select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.quantization import _reparam
 
@@ -221,7 +221,31 @@ def from_scratch(dec: Decomposition, factors: Any, w: jax.Array, key: jax.Array)
   return treedef.unflatten([x * scale for x in new])
 
 
-def build(dec: Decomposition, *, init: str, seed: int, where: select.Where) -> Compressor:
+class LowRankState(NamedTuple):
+  """State of a low-rank compressor.
+
+  Attributes:
+    count: ``int32`` step counter.
+    leaves: a :class:`LeafReport` at each selected leaf, ``None`` elsewhere (no arrays).
+    factors: the state of the ``factors=`` compressor over the factor tree, or ``None``.
+  """
+
+  count: jax.Array
+  leaves: Any
+  factors: Any = None
+
+  def advance(self) -> LowRankState:
+    """The same state one step later."""
+    return self._replace(count=self.count + 1)
+
+
+def _is_report(x: Any) -> bool:
+  return x is None or isinstance(x, LeafReport)
+
+
+def build(
+  dec: Decomposition, *, init: str, seed: int, where: select.Where, factors: Compressor | None = None
+) -> Compressor:
   """The :class:`~jaxcompress.Compressor` of a decomposition (see the module docstring).
 
   Args:
@@ -230,15 +254,35 @@ def build(dec: Decomposition, *, init: str, seed: int, where: select.Where) -> C
       ``'random'`` (train the factors from scratch, see :func:`from_scratch`).
     seed: seeds the decomposition's and the scratch initialization's randomness.
     where: which leaves (``None``: floating leaves with ``dec.ndim`` dimensions).
+    factors: a compressor applied to the factors themselves (``{path: factors}``), for
+      example ``quantization.fake_quant(8)``: ``apply`` rebuilds the kernel from its view
+      of the factors and ``pack`` stores its packed factors (``QArray`` s) in the
+      ``Factorized`` leaf. It must keep the factors' structure (a weight quantizer; not
+      one that adds learned parameters); a pruner's masks there stay inside the factors.
 
   Raises:
     ValueError: at ``init``, if a selected leaf does not have ``dec.ndim`` dimensions
-      (naming it and its shape), or as the rank rule.
+      (naming it and its shape), as the rank rule, or if ``factors`` changes the
+      factors' structure.
   """
   validate.check_choice("init", init, INITS)
   seed = validate.check_int("seed", seed)
+  if factors is not None and not isinstance(factors, Compressor):
+    raise TypeError(f"factors must be a Compressor (for example quantization.fake_quant(8)), got {factors!r}")
   root = jax.random.key(seed)
   where = default_where(dec.ndim) if where is None else where
+
+  def split_nodes(params, state):
+    reports, treedef = jax.tree.flatten(state.leaves, is_leaf=_is_report)
+    try:
+      nodes = treedef.flatten_up_to(params)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"the trainable tree does not match the compressor's state ({e})") from None
+    sub = {r.path: n for r, n in zip(reports, nodes) if r is not None and r.factorized}
+    return reports, treedef, nodes, sub
+
+  def join(reports, treedef, nodes, sub):
+    return treedef.unflatten([sub[r.path] if r is not None and r.factorized else n for r, n in zip(reports, nodes)])
 
   def init_fn(params, *, masks=None):
     del masks  # the factors are of the pruned view; the chain keeps pruned positions zero
@@ -259,18 +303,28 @@ def build(dec: Decomposition, *, init: str, seed: int, where: select.Where) -> C
       if not leaf.factorized:
         return w, leaf
       k_dec, k_scratch = jax.random.split(key)
-      factors = dec.decompose(jnp.asarray(w), ranks, k_dec)
+      node = dec.decompose(jnp.asarray(w), ranks, k_dec)
       if init == "random":
-        factors = from_scratch(dec, factors, jnp.asarray(w), k_scratch)
-      return factors, leaf
+        node = from_scratch(dec, node, jnp.asarray(w), k_scratch)
+      return node, leaf
 
     trainable, leaves = _reparam.init(params, where, init_leaf)
-    return trainable, leafwise.LeafwiseState.start(leaves)
+    state = LowRankState(jnp.asarray(0, jnp.int32), leaves)
+    if factors is None:
+      return trainable, state
+    reports, treedef, nodes, sub = split_nodes(trainable, state)
+    if not sub:
+      return trainable, state
+    sub_trainable, sub_state = factors.init(sub)
+    if jax.tree.structure(sub_trainable) != jax.tree.structure(sub):
+      raise ValueError(
+        f"factors= must keep the factors' structure (a weight quantizer such as fake_quant); "
+        f"it made {jax.tree.structure(sub_trainable)} of {jax.tree.structure(sub)}"
+      )
+    return join(reports, treedef, nodes, sub_trainable), state._replace(factors=sub_state)
 
   def dense(node, leaf):
-    if not leaf.factorized:
-      return node
-    if isinstance(node, jax.Array | np.ndarray) or not hasattr(node, "_fields"):
+    if not hasattr(node, "_fields"):
       raise ValueError(
         f"expected the {dec.kind} factors of leaf {leaf.path!r} in the trainable tree, got "
         f"{type(node).__name__}: pass the tree that init returned, not the model's params"
@@ -278,18 +332,27 @@ def build(dec: Decomposition, *, init: str, seed: int, where: select.Where) -> C
     return dec.rebuild(node).astype(node[0].dtype)
 
   def apply(params, state):
-    return _reparam.map_nodes(dense, params, state.leaves, LeafReport)
+    reports, treedef, nodes, sub = split_nodes(params, state)
+    if factors is not None and state.factors is not None:
+      sub = factors.apply(sub, state.factors)
+    rebuilt = {r.path: dense(sub[r.path], r) for r in reports if r is not None and r.factorized}
+    return join(reports, treedef, nodes, rebuilt)
 
   def update(params, state, *, grads=None, **extra):
-    del grads, extra
-    return params, state.advance()
-
-  def pack_leaf(node, leaf):
-    if not leaf.factorized:
-      return node
-    return dec.pack(type(node)(*(np.asarray(f) for f in node)), leaf.shape)
+    if factors is None or state.factors is None:
+      return params, state.advance()
+    reports, treedef, nodes, sub = split_nodes(params, state)
+    sub_grads = None if grads is None else split_nodes(grads, state)[3]
+    sub, sub_state = factors.update(sub, state.factors, grads=sub_grads, **extra)
+    return join(reports, treedef, nodes, sub), state._replace(factors=sub_state).advance()
 
   def pack(params, state):
-    return _reparam.map_nodes(pack_leaf, params, state.leaves, LeafReport)
+    reports, treedef, nodes, sub = split_nodes(params, state)
+    if factors is not None and state.factors is not None:
+      packed = factors.pack(sub, state.factors)
+    else:
+      packed = {path: type(node)(*(np.asarray(f) for f in node)) for path, node in sub.items()}
+    by_path = {r.path: r for r in reports if r is not None}
+    return join(reports, treedef, nodes, {path: dec.pack(node, by_path[path].shape) for path, node in packed.items()})
 
   return Compressor(init_fn, apply, update, pack)

@@ -136,6 +136,7 @@ def cp(
   init: str = "decomposition",
   seed: int = 0,
   where: select.Where = None,
+  factors: Compressor | None = None,
 ) -> Compressor:
   """Conv kernels as a rank-``R`` CP decomposition (four convs), trained as the factors.
 
@@ -152,6 +153,9 @@ def cp(
     iterations: ALS sweeps, ``>= 1``.
     init: ``'decomposition'`` or ``'random'`` (train from scratch).
     seed: seeds the ALS initialization's extra columns and ``init='random'``.
+    factors: a compressor of the factors themselves, for example
+      ``quantization.fake_quant(8, per_channel=True)`` (int8 factors, packed as ``QArray`` s
+      inside the factorized leaf); see :func:`jaxcompress.lowrank._common.build`.
     where: which leaves (default: floating 4-D leaves).
 
   Returns:
@@ -197,4 +201,4 @@ def cp(
     rebuild=lambda f: export.rebuild_conv("cp", tuple(f)),
     pack=lambda f, shape: export.factorize_conv("cp", tuple(f), shape),
   )
-  return _common.build(dec, init=init, seed=seed, where=where)
+  return _common.build(dec, init=init, seed=seed, where=where, factors=factors)

@@ -78,6 +78,7 @@ def spatial_svd(
   init: str = "decomposition",
   seed: int = 0,
   where: select.Where = None,
+  factors: Compressor | None = None,
 ) -> Compressor:
   """Conv kernels as a ``k×1`` then a ``1×k`` conv (spatial SVD), trained as the factors.
 
@@ -94,6 +95,9 @@ def spatial_svd(
     ratio: the target parameter ratio, in ``(0, 1]``.
     init: ``'decomposition'`` or ``'random'`` (train from scratch).
     seed: seeds ``init='random'``.
+    factors: a compressor of the factors themselves, for example
+      ``quantization.fake_quant(8, per_channel=True)`` (int8 factors, packed as ``QArray`` s
+      inside the factorized leaf); see :func:`jaxcompress.lowrank._common.build`.
     where: which leaves (default: floating 4-D leaves).
 
   Returns:
@@ -141,4 +145,4 @@ def spatial_svd(
     rebuild=lambda f: export.rebuild_conv("spatial_svd", tuple(f)),
     pack=lambda f, shape: export.factorize_conv("spatial_svd", tuple(f), shape),
   )
-  return _common.build(dec, init=init, seed=seed, where=where)
+  return _common.build(dec, init=init, seed=seed, where=where, factors=factors)

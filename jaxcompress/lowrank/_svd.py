@@ -108,6 +108,7 @@ def svd(
   init: str = "decomposition",
   seed: int = 0,
   where: select.Where = None,
+  factors: Compressor | None = None,
 ) -> Compressor:
   """Low-rank Dense kernels by truncated SVD, trained as their factors.
 
@@ -123,7 +124,10 @@ def svd(
 
   In ``chain(svd(...), later)``, the later stage (a quantizer, a pruner) acts on the
   rebuilt kernel ``u @ v``; a pruner's masks are stored beside the factors
-  (:class:`~jaxcompress.export.MaskedArray`) and a quantizer's codes replace them.
+  (:class:`~jaxcompress.export.MaskedArray`) and a quantizer's codes of ``u @ v`` replace
+  them (what training saw). To quantize the factors themselves, pass the quantizer as
+  ``factors=``: ``svd(0.25, factors=quantization.fake_quant(8))`` trains ``Q(u) @ Q(v)``
+  and packs a ``Factorized`` of two ``QArray`` s.
 
   Args:
     rank: a fixed rank (``int >= 1``), or a fraction of ``min(m, n)`` in ``(0, 1]``
@@ -132,13 +136,15 @@ def svd(
     ratio: the target ``r·(m + n) / (m·n)``, in ``(0, 1]``.
     init: ``'decomposition'`` (the SVD of the kernel) or ``'random'`` (from scratch).
     seed: seeds ``init='random'``.
+    factors: a compressor of the factors themselves, for example
+      ``quantization.fake_quant(8, per_channel=True)`` (int8 factors, packed as ``QArray`` s
+      inside the factorized leaf); see :func:`jaxcompress.lowrank._common.build`.
     where: which leaves (default: floating 2-D leaves).
 
   Returns:
-    A :class:`~jaxcompress.Compressor` with a
-    :class:`~jaxcompress.core.leafwise.LeafwiseState` of
-    :class:`~jaxcompress.lowrank.LeafReport`; its trainable tree holds
-    :class:`SVDFactors` at the factorized leaves.
+    A :class:`~jaxcompress.Compressor` with a :class:`~jaxcompress.lowrank.LowRankState`
+    (a :class:`~jaxcompress.lowrank.LeafReport` per selected leaf); its trainable tree
+    holds :class:`SVDFactors` at the factorized leaves.
 
   Raises:
     ValueError: unless exactly one of ``rank``, ``energy``, ``ratio`` is given; for a
@@ -176,4 +182,4 @@ def svd(
     rebuild=lambda f: f.u @ f.v,
     pack=_pack,
   )
-  return _common.build(dec, init=init, seed=seed, where=where)
+  return _common.build(dec, init=init, seed=seed, where=where, factors=factors)

@@ -183,6 +183,7 @@ def tucker2(
   init: str = "decomposition",
   seed: int = 0,
   where: select.Where = None,
+  factors: Compressor | None = None,
 ) -> Compressor:
   """Conv kernels as Tucker-2 (1×1, ``h×w`` core, 1×1), trained as the factors.
 
@@ -202,6 +203,9 @@ def tucker2(
     iterations: HOOI sweeps, ``>= 0``.
     init: ``'decomposition'`` or ``'random'`` (train from scratch).
     seed: seeds ``init='random'``.
+    factors: a compressor of the factors themselves, for example
+      ``quantization.fake_quant(8, per_channel=True)`` (int8 factors, packed as ``QArray`` s
+      inside the factorized leaf); see :func:`jaxcompress.lowrank._common.build`.
     where: which leaves (default: floating 4-D leaves).
 
   Returns:
@@ -260,4 +264,4 @@ def tucker2(
     rebuild=lambda f: export.rebuild_conv("tucker2", tuple(f)),
     pack=lambda f, shape: export.factorize_conv("tucker2", tuple(f), shape),
   )
-  return _common.build(dec, init=init, seed=seed, where=where)
+  return _common.build(dec, init=init, seed=seed, where=where, factors=factors)

@@ -191,3 +191,18 @@ def test_conv_factors_pack_and_save(kind, tmp_path):
   export.save(tmp_path / "m.safetensors", packed)
   np.testing.assert_array_equal(export.load(tmp_path / "m.safetensors")["k"].materialize(), packed["k"].materialize())
   assert lowrank.report(state)[0].factor_params == n
+
+
+def test_factors_quantized_by_a_nested_quantizer_pack_as_qarrays():
+  c = lowrank.svd(4, factors=jc.quantization.fake_quant(8, per_channel=True))
+  opt = optax.adam(1e-2)
+  state = jc.train.init(helpers.mlp_params(), opt, c)
+  state, _ = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))(state, *helpers.batch())
+  packed = c.pack(state.params, state.cstate)["fc0"]["kernel"]
+  assert isinstance(packed, export.Factorized)
+  assert isinstance(packed.u, export.QArray) and isinstance(packed.v, export.QArray)
+  assert packed.u.codes.nbytes + packed.v.codes.nbytes == 4 * (16 + 32)  # int8 factors
+  view = c.apply(state.params, state.cstate)["fc0"]["kernel"]
+  np.testing.assert_array_equal(packed.materialize(), view)
+  with pytest.raises(TypeError, match="factors must be a Compressor"):
+    lowrank.svd(2, factors="int8")
