@@ -33,11 +33,11 @@ class LeafReport:
 
   Attributes:
     path: the leaf's path.
-    kind: ``'svd'``, ``'spatial_svd'``, ``'tucker2'`` or ``'cp'``.
+    kind: ``'svd'``, ``'spatial_svd'``, ``'tucker2'``, ``'cp'`` or ``'lora'``.
     shape: the kernel's shape.
     ranks: the ranks chosen (one, or ``(r_in, r_out)`` for Tucker-2).
     dense_params: parameters of the dense kernel.
-    factor_params: parameters the factors would hold.
+    factor_params: parameters the factors would hold (LoRA: its trainable ``a``, ``b``).
     factorized: ``False`` when the leaf was left dense (``factor_params >= dense_params``).
   """
 
@@ -244,7 +244,13 @@ def _is_report(x: Any) -> bool:
 
 
 def build(
-  dec: Decomposition, *, init: str, seed: int, where: select.Where, factors: Compressor | None = None
+  dec: Decomposition,
+  *,
+  init: str,
+  seed: int,
+  where: select.Where,
+  factors: Compressor | None = None,
+  always: bool = False,
 ) -> Compressor:
   """The :class:`~jaxcompress.Compressor` of a decomposition (see the module docstring).
 
@@ -259,6 +265,8 @@ def build(
       of the factors and ``pack`` stores its packed factors (``QArray`` s) in the
       ``Factorized`` leaf. It must keep the factors' structure (a weight quantizer; not
       one that adds learned parameters); a pruner's masks there stay inside the factors.
+    always: factorize every selected leaf, however many parameters the factors hold
+      (LoRA: its node holds the kernel too).
 
   Raises:
     ValueError: at ``init``, if a selected leaf does not have ``dec.ndim`` dimensions
@@ -299,7 +307,7 @@ def build(
         )
       ranks = tuple(int(r) for r in dec.ranks(path, w))
       dense, factored = math.prod(shape), int(dec.params(shape, ranks))
-      leaf = LeafReport(path, dec.kind, shape, ranks, dense, factored, factored < dense)
+      leaf = LeafReport(path, dec.kind, shape, ranks, dense, factored, always or factored < dense)
       if not leaf.factorized:
         return w, leaf
       k_dec, k_scratch = jax.random.split(key)

@@ -208,3 +208,18 @@ def test_factors_quantized_by_a_nested_quantizer_pack_as_qarrays():
   np.testing.assert_array_equal(packed.materialize(), c.apply(trainable, state)["w"])
   with pytest.raises(TypeError, match="factors must be a Compressor"):
     lowrank.svd(2, factors="int8")
+
+
+def test_lora_trains_the_update_and_packs_the_merged_kernel():
+  c = lowrank.lora(2, alpha=4.0)
+  opt = optax.sgd(0.1)
+  params = helpers.mlp_params()
+  state = jc.train.init(params, opt, c)
+  np.testing.assert_array_equal(c.apply(state.params, state.cstate)["fc0"]["kernel"], params["fc0"]["kernel"])
+  state, _ = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))(state, *helpers.batch())
+  node = state.params["fc0"]["kernel"]
+  np.testing.assert_array_equal(node.base, params["fc0"]["kernel"])  # frozen
+  assert np.abs(np.asarray(node.b)).max() > 0  # trained
+  merged = c.pack(state.params, state.cstate)["fc0"]["kernel"]
+  np.testing.assert_allclose(merged, node.base + 2.0 * node.a @ node.b, atol=1e-6)
+  assert lowrank.report(state.cstate)[0].factor_params == 2 * (16 + 32)
