@@ -6,7 +6,11 @@ Through :func:`jaxcompress.graph.rewrite`, a Dense site whose kernel is packed a
 :class:`~jaxcompress.export.ConvFactorized` runs the decomposition's sequence of convs
 (spatial SVD: ``h×1`` then ``1×w``; Tucker-2: 1×1, ``h×w``, 1×1; CP: 1×1, depthwise
 ``h×1``, depthwise ``1×w``, 1×1). The dense kernel is never formed, so the FLOPs that
-:func:`jaxcompress.graph.flops` counts and the time measured both drop.
+:func:`jaxcompress.graph.flops` counts and the time measured both drop. With channels
+last (Flax's NHWC), a 1×1 stage is a ``dot_general`` over the channel axis and CP's
+depthwise stages are ``k`` shifted multiply-adds each (XLA's CPU depthwise convolution is
+several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
+those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total).
 """
 
 from __future__ import annotations
@@ -38,6 +42,26 @@ def _dense_op(site: graph.Site, activation: jax.Array, leaf: export.Factorized) 
   return site.compute(y, v, dimension_numbers=(((y.ndim - 1,), (0,)), ((), ())))
 
 
+def _depthwise_taps(
+  site: graph.Site, y: jax.Array, taps: jax.Array, axis: int, stride: int, pad: Any, lhs_dil: int, rhs_dil: int
+) -> jax.Array:
+  """A depthwise 1-D conv along ``axis`` (``taps: [k, channels]``, channels last) as a sum of
+  ``k`` shifted, strided slices times the taps: XLA's CPU depthwise convolution is several
+  times slower than these multiply-adds."""
+  config = [(0, 0, 0)] * y.ndim
+  config[axis] = (int(pad[0]), int(pad[1]), int(lhs_dil) - 1)
+  padded = jax.lax.pad(y, jnp.zeros((), y.dtype), config)
+  k = taps.shape[0]
+  out = (padded.shape[axis] - rhs_dil * (k - 1) - 1) // stride + 1
+  total = None
+  for t in range(k):
+    start = t * rhs_dil
+    piece = jax.lax.slice_in_dim(padded, start, start + (out - 1) * stride + 1, stride=stride, axis=axis) * taps[t]
+    total = piece if total is None else total + piece
+  assert total is not None
+  return total
+
+
 def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorized) -> jax.Array | None:
   """The decomposition's conv sequence at a 2-D conv that uses the kernel as laid out, else ``None``."""
   p = site.params
@@ -55,22 +79,40 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
   fs = [jnp.asarray(export.materialize(f)) for f in leaf.factors]
   (s0, s1), (pad0, pad1) = p["window_strides"], p["padding"]
   (l0, l1), (d0, d1) = p["lhs_dilation"], p["rhs_dilation"]
-  pointwise = {"window_strides": (1, 1), "padding": ((0, 0), (0, 0)), "lhs_dilation": (1, 1), "rhs_dilation": (1, 1)}
+  pointwise_conv = {
+    "window_strides": (1, 1),
+    "padding": ((0, 0), (0, 0)),
+    "lhs_dilation": (1, 1),
+    "rhs_dilation": (1, 1),
+  }
   along_h = {"window_strides": (s0, 1), "padding": (pad0, (0, 0)), "lhs_dilation": (l0, 1), "rhs_dilation": (d0, 1)}
   along_w = {"window_strides": (1, s1), "padding": ((0, 0), pad1), "lhs_dilation": (1, l1), "rhs_dilation": (1, d1)}
+  channels_last = dn.lhs_spec[1] == activation.ndim - 1
+
+  def pointwise(y, m):  # a 1x1 conv by the matrix m [in, out]: a matmul over the channel axis when it is last
+    if channels_last:
+      dims = (((y.ndim - 1,), (0,)), ((), ()))
+      return jax.lax.dot_general(
+        y, m, dims, precision=p.get("precision"), preferred_element_type=p.get("preferred_element_type")
+      )
+    return site.compute(y, m[None, None], **pointwise_conv)
+
   if leaf.kind == "spatial_svd":
     vertical, horizontal = fs
     return site.compute(site.compute(activation, vertical, **along_h), horizontal, **along_w)
   if leaf.kind == "tucker2":
     first, core, last = fs
-    y = site.compute(activation, first[None, None], **pointwise)
-    return site.compute(site.compute(y, core), last[None, None], **pointwise)
+    return pointwise(site.compute(pointwise(activation, first), core), last)
   first, vertical, horizontal, last = fs
   r = first.shape[1]
-  y = site.compute(activation, first[None, None], **pointwise)
-  y = site.compute(y, vertical[:, None, None, :], feature_group_count=r, **along_h)
-  y = site.compute(y, horizontal[None, :, None, :], feature_group_count=r, **along_w)
-  return site.compute(y, last[None, None], **pointwise)
+  y = pointwise(activation, first)
+  if channels_last:
+    y = _depthwise_taps(site, y, vertical, dn.lhs_spec[2], s0, pad0, l0, d0)
+    y = _depthwise_taps(site, y, horizontal, dn.lhs_spec[3], s1, pad1, l1, d1)
+  else:
+    y = site.compute(y, vertical[:, None, None, :], feature_group_count=r, **along_h)
+    y = site.compute(y, horizontal[None, :, None, :], feature_group_count=r, **along_w)
+  return pointwise(y, last).astype(site.activation_dtype)
 
 
 def factorized(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
