@@ -43,7 +43,7 @@ def _dense_op(site: graph.Site, activation: jax.Array, leaf: export.Factorized) 
 
 
 def _depthwise_taps(
-  site: graph.Site, y: jax.Array, taps: jax.Array, axis: int, stride: int, pad: Any, lhs_dil: int, rhs_dil: int
+  y: jax.Array, taps: jax.Array, axis: int, stride: int, pad: Any, lhs_dil: int, rhs_dil: int
 ) -> jax.Array:
   """A depthwise 1-D conv along ``axis`` (``taps: [k, channels]``, channels last) as a sum of
   ``k`` shifted, strided slices times the taps: XLA's CPU depthwise convolution is several
@@ -107,8 +107,8 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
   r = first.shape[1]
   y = pointwise(activation, first)
   if channels_last:
-    y = _depthwise_taps(site, y, vertical, dn.lhs_spec[2], s0, pad0, l0, d0)
-    y = _depthwise_taps(site, y, horizontal, dn.lhs_spec[3], s1, pad1, l1, d1)
+    y = _depthwise_taps(y, vertical, dn.lhs_spec[2], s0, pad0, l0, d0)
+    y = _depthwise_taps(y, horizontal, dn.lhs_spec[3], s1, pad1, l1, d1)
   else:
     y = site.compute(y, vertical[:, None, None, :], feature_group_count=r, **along_h)
     y = site.compute(y, horizontal[None, :, None, :], feature_group_count=r, **along_w)
