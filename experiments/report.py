@@ -32,6 +32,7 @@ def summarize(rows: Iterable[Row]) -> list[Row]:
         "acc_mean": float(acc.mean()),
         "acc_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
         "bytes": nbytes,
+        "flops": float(np.mean([r.get("served_flops", 0) for r in rs])),
         "file_bytes": float(np.mean([r["file_bytes"] for r in rs])),
         "ratio": rs[0]["dense_bytes"] / nbytes,
         "sparsity": float(np.mean([r["sparsity"] for r in rs])),
@@ -46,7 +47,7 @@ def summarize(rows: Iterable[Row]) -> list[Row]:
 def table(summary: list[Row]) -> str:
   """Renders the summary as a fixed-width text table."""
   head = (
-    f"{'model':<12} {'technique':<15} {'test acc %':>14} {'packed B':>9} {'ratio':>6} "
+    f"{'model':<12} {'technique':<15} {'test acc %':>14} {'packed B':>9} {'ratio':>6} {'FLOPs':>8} "
     f"{'sparsity':>8} {'file B':>8} {'train s':>7} {'io':>3}"
   )
   lines = [head, "-" * len(head)]
@@ -54,7 +55,7 @@ def table(summary: list[Row]) -> str:
     acc = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f}"
     ok = "ok" if s["roundtrip_ok"] and s["packed_matches_apply"] else "BAD"
     lines.append(
-      f"{s['model']:<12} {s['technique']:<15} {acc:>14} {s['bytes']:>9,.0f} {s['ratio']:>5.1f}x "
+      f"{s['model']:<12} {s['technique']:<15} {acc:>14} {s['bytes']:>9,.0f} {s['ratio']:>5.1f}x {s['flops']:>8,.0f} "
       f"{s['sparsity']:>8.3f} {s['file_bytes']:>8,.0f} {s['train_seconds']:>7.2f} {ok:>3}"
     )
   return "\n".join(lines)

@@ -72,6 +72,10 @@ class Trainer:
 
     return loss
 
+  def example_inputs(self, count: int = 1) -> np.ndarray:
+    """The first ``count`` test inputs, shaped for the model (for FLOP counts)."""
+    return self._inputs("test")[:count]
+
   def calibration_batches(self, count: int = 8) -> list[np.ndarray]:
     """The first ``count`` training batches (inputs only), for calibration."""
     x = self._inputs("train")

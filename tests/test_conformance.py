@@ -74,6 +74,8 @@ CASES = {
   "binary_activations": lambda: jc.quantization.binary_activations(where="fc1/kernel"),
   "qat_w4a8_integer": lambda: jc.quantization.qat(4, 8, integer=True),
   "circulant_8": lambda: jc.sharing.circulant(8),
+  "svd_rank4": lambda: jc.lowrank.svd(4),
+  "svd_int8_factors": lambda: jc.lowrank.svd(0.25, factors=jc.quantization.fake_quant(8, per_channel=True)),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
@@ -99,6 +101,8 @@ CHAINS = {
   ),
   "chain_ttq_prune_where": (lambda: jc.quantization.ttq(), lambda: jc.pruning.magnitude(0.5, where="fc1/kernel")),
   "chain_hashed_int8": (lambda: jc.sharing.hashed(1 / 4), lambda: jc.quantization.fake_quant(8)),
+  "chain_svd_fake_quant": (lambda: jc.lowrank.svd(4), lambda: jc.quantization.fake_quant(8, per_channel=True)),
+  "chain_svd_prune": (lambda: jc.lowrank.svd(0.25), lambda: jc.pruning.magnitude(0.5)),
 }
 CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for name, stages in CHAINS.items()})
 

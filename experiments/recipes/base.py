@@ -20,12 +20,16 @@ class FineTune:
     serve: ``serve(apply, packed, cstate) -> fn(x)``: evaluate the packed model through
       this deployment path (for example ``jaxcompress.quantization.serve``'s integer
       matmuls) instead of the compressor's own view of it.
+    flops: ``flops(apply, packed, x) -> int``: FLOPs of the packed model as served on
+      the batch ``x`` (for example ``graph.flops`` of ``lowrank.factorized(apply)``);
+      ``None``: ``graph.flops`` of the dense view.
   """
 
   compressor: jc.Compressor
   epochs: int = 0
   lr: float = 1e-4
   serve: Callable[[Callable[..., Any], Any, Any], Callable[..., Any]] | None = None
+  flops: Callable[[Callable[..., Any], Any, Any], int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from jaxcompress.export._base import CompressedLeaf, is_compressed, materialize, materialize_tree
 from jaxcompress.export._bitpack import BitPacked, code_range, pack_bits
 from jaxcompress.export._codebook import CodebookArray, from_assignments, index_bits
-from jaxcompress.export._factorized import Factorized, factorize
+from jaxcompress.export._factorized import ConvFactorized, Factorized, factorize, factorize_conv, rebuild_conv
 from jaxcompress.export._io import CorruptFileError, load, save
 from jaxcompress.export._masked import MaskedArray, prune
 from jaxcompress.export._qarray import QArray, store_codes
@@ -27,6 +27,7 @@ __all__ = [
   "CirculantArray",
   "CodebookArray",
   "CompressedLeaf",
+  "ConvFactorized",
   "CorruptFileError",
   "Factorized",
   "HashedArray",
@@ -39,6 +40,7 @@ __all__ = [
   "circulant_dense",
   "code_range",
   "factorize",
+  "factorize_conv",
   "from_assignments",
   "from_dense",
   "from_mask",
@@ -53,6 +55,7 @@ __all__ = [
   "murmur3_32",
   "pack_bits",
   "prune",
+  "rebuild_conv",
   "save",
   "sliced_from_parts",
   "store_codes",

@@ -22,7 +22,7 @@ import numpy as np
 from jaxcompress.export._base import CompressedLeaf
 from jaxcompress.export._bitpack import BitPacked
 from jaxcompress.export._codebook import CodebookArray, index_bits
-from jaxcompress.export._factorized import Factorized
+from jaxcompress.export._factorized import ConvFactorized, Factorized, factorize_conv
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
@@ -368,7 +368,21 @@ def _check_tied(c: _Leaf) -> None:
     raise c.fail("source", f"{c.get('source')!r} is not a path")
 
 
+def _check_conv_factorized(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  if c.get("kind") not in ("spatial_svd", "tucker2", "cp"):
+    raise c.fail("kind", f"{c.get('kind')!r} is not 'spatial_svd', 'tucker2' or 'cp'")
+  factors = c.get("factors")
+  if not isinstance(factors, tuple) or not all(_is_array(f) or isinstance(f, CompressedLeaf) for f in factors):
+    raise c.fail("factors", "is not a tuple of arrays or compressed leaves")
+  try:  # shapes only (jax.eval_shape): nothing is allocated
+    factorize_conv(c.get("kind"), factors, shape)
+  except ValueError as e:
+    raise c.fail("dense_shape", str(e)) from None
+
+
 _CHECKS: dict[type, Callable[[_Leaf], None]] = {
+  ConvFactorized: _check_conv_factorized,
   HashedArray: _check_hashed,
   CirculantArray: _check_circulant,
   ToeplitzArray: _check_toeplitz,

@@ -43,7 +43,7 @@ from jaxcompress.export._base import CompressedLeaf
 from jaxcompress.export._bitpack import BitPacked
 from jaxcompress.export._checks import InconsistentLeafError, check_leaf, known_dtype
 from jaxcompress.export._codebook import CodebookArray
-from jaxcompress.export._factorized import Factorized
+from jaxcompress.export._factorized import ConvFactorized, Factorized
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
@@ -82,6 +82,7 @@ _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
     SparseArray,
     CodebookArray,
     Factorized,
+    ConvFactorized,
     SlicedArray,
     MaskedArray,
     HashedArray,
@@ -97,6 +98,7 @@ _META_FIELDS = {
   "SparseArray": ("dense_shape", "format"),
   "CodebookArray": ("axis",),
   "Factorized": ("dense_shape",),
+  "ConvFactorized": ("kind", "dense_shape"),
   "SlicedArray": ("dense_shape",),
   "MaskedArray": (),
   "HashedArray": ("dense_shape", "signed"),

@@ -1,0 +1,127 @@
+"""Low-rank serving: parameters, FLOPs and CPU inference time, dense and factorized side by side.
+
+Run ``python -m experiments.bench_lowrank [--quick]``. It prints, for
+
+1. Dense layers: LeNet-300-100 and an MLP 1024-4096-4096-10, every kernel by truncated
+   SVD at 25% and 10% of its full rank (``lowrank.svd(0.25)``, ``svd(0.1)``);
+2. a conv layer ``(3, 3, 64, 128)`` (SAME, on 16×16 inputs): spatial SVD, Tucker-2 and CP
+   at a quarter of the kernel's parameters (``ratio=0.25``),
+
+the parameters, FLOPs (``jc.graph.flops`` of the served function) and the measured
+inference time of the dense model against ``lowrank.serve`` (the factorized ops through
+``jc.graph.rewrite``), at batch 256, the speed-up, and the speed-up as a fraction of the
+FLOP ratio (the target is at least 0.7). Kernels are random: the time does not depend on
+the values. ``graph.flops`` counts matmuls and convolutions only: CP's two depthwise stages,
+served as shifted multiply-adds, add ``2·(h + w)·R`` FLOPs per output pixel that it omits
+(printed below the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxcompress as jc
+from experiments import bench_overhead, timing
+from jaxcompress import lowrank
+
+CONV_SHAPE = (3, 3, 64, 128)
+CONV_VARIANTS = {
+  "spatial SVD": lambda: lowrank.spatial_svd(ratio=0.25),
+  "Tucker-2": lambda: lowrank.tucker2(ratio=0.25),
+  "CP": lambda: lowrank.cp(ratio=0.25),
+}
+
+
+def conv_layer(params: dict, x: jax.Array) -> jax.Array:
+  """One Flax-layout conv (``NHWC``, ``HWIO``, SAME) plus bias."""
+  y = jax.lax.conv_general_dilated(
+    x, params["conv"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  return y + params["conv"]["bias"]
+
+
+def count(tree) -> int:
+  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+
+
+def row(apply_fn, params, compressor, x, reps, inner):
+  """``(params, FLOPs, ms)`` of the dense model and of the factorized one, and the report."""
+  trainable, state = compressor.init(params)
+  packed = compressor.pack(trainable, state)
+  served = lowrank.serve(apply_fn, packed)
+  np.testing.assert_allclose(
+    served(x), apply_fn(jc.export.materialize_tree(packed), x), rtol=2e-3, atol=2e-3 * float(jnp.abs(x).max())
+  )
+  dense_fn = jax.jit(apply_fn)
+  f_dense = jc.graph.flops(apply_fn, params, x)["flops"]
+  f_fact = jc.graph.flops(lowrank.factorized(apply_fn), packed, x)["flops"]
+  times = timing.interleaved(
+    {"dense": (lambda _: dense_fn(params, x), x), "factorized": (lambda _: served(x), x)}, reps, inner
+  )
+  return (
+    (count(params), f_dense, timing.median_ms(times["dense"])),
+    (count(packed), f_fact, timing.median_ms(times["factorized"])),
+    lowrank.report(state),
+  )
+
+
+def show(name, dense, fact):
+  (pd, fd, td), (pf, ff, tf) = dense, fact
+  speed, flop_ratio = td / tf, ff / fd
+  print(
+    f"  {name:<36} {pd:>10,} -> {pf:>9,} {pf / pd:>6.3f} {fd:>14,} -> {ff:>13,} {flop_ratio:>6.3f} "
+    f"{td:>8.3f} -> {tf:>7.3f} {speed:>6.2f}x {speed * flop_ratio:>6.2f}"
+  )
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+  parser.add_argument("--batch", type=int, default=256)
+  args = parser.parse_args(argv)
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}; medians of interleaved "
+    f"repetitions; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+  )
+  header = (
+    f"  {'':<36} {'params':>23} {'ratio':>6} {'FLOPs/batch':>31} {'ratio':>6} {'inference ms':>19} "
+    f"{'speed-up':>7} {'x FLOP ratio (target >= 0.7)':>6}"
+  )
+  rng = np.random.default_rng(0)
+  print("\n1. Dense layers, truncated SVD of every kernel")
+  print(header)
+  for model, sizes in bench_overhead.MODELS.items():
+    big = max(sizes) >= 1024
+    reps, inner = ((3, 2) if args.quick else (9, 5)) if big else ((5, 20) if args.quick else (15, 100))
+    params = bench_overhead.init_mlp(sizes)
+    x = jnp.asarray(rng.normal(size=(args.batch, sizes[0])), jnp.float32)
+    for frac in (0.25, 0.1):
+      dense, fact, _ = row(bench_overhead.mlp, params, lowrank.svd(frac), x, reps, inner)
+      show(f"{model.split()[0]} rank {frac:.0%}", dense, fact)
+
+  print(f"\n2. conv {CONV_SHAPE} SAME on {args.batch}x16x16x{CONV_SHAPE[2]}, ratio=0.25")
+  print(header)
+  params = {
+    "conv": {
+      "kernel": jnp.asarray(rng.normal(size=CONV_SHAPE) / np.sqrt(np.prod(CONV_SHAPE[:3])), jnp.float32),
+      "bias": jnp.zeros((CONV_SHAPE[3],), jnp.float32),
+    }
+  }
+  x = jnp.asarray(rng.normal(size=(args.batch, 16, 16, CONV_SHAPE[2])), jnp.float32)
+  reps, inner = (3, 3) if args.quick else (9, 10)
+  for name, make in CONV_VARIANTS.items():
+    dense, fact, rep = row(conv_layer, params, make(), x, reps, inner)
+    show(f"{name} ranks {rep[0].ranks}", dense, fact)
+    if name == "CP":
+      extra = 2 * (CONV_SHAPE[0] + CONV_SHAPE[1]) * rep[0].ranks[0] * args.batch * 16 * 16
+      print(f"  (CP's depthwise multiply-adds, not in graph.flops: {extra:,} FLOPs, {extra / fact[1]:.1%} more)")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

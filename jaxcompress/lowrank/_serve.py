@@ -1,0 +1,202 @@
+"""Serving factorized models: the factors' ops run at each matmul and conv site.
+
+Through :func:`jaxcompress.graph.rewrite`, a Dense site whose kernel is packed as an
+:class:`~jaxcompress.export.Factorized` computes ``(x @ u) @ v`` instead of
+``x @ (u @ v)``, and a conv site whose kernel is an
+:class:`~jaxcompress.export.ConvFactorized` runs the decomposition's sequence of convs
+(spatial SVD: ``h×1`` then ``1×w``; Tucker-2: 1×1, ``h×w``, 1×1; CP: 1×1, depthwise
+``h×1``, depthwise ``1×w``, 1×1). The dense kernel is never formed, so the FLOPs that
+:func:`jaxcompress.graph.flops` counts and the time measured both drop. With channels
+last (Flax's NHWC), a 1×1 stage is a ``dot_general`` over the channel axis and CP's
+depthwise stages are ``k`` shifted multiply-adds each (XLA's CPU depthwise convolution is
+several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
+those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcompress import export, graph
+from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
+
+_FACTORED = (export.Factorized, export.ConvFactorized)
+
+
+def _dtype(leaf: Any) -> Any:
+  first = leaf.u if isinstance(leaf, export.Factorized) else leaf.factors[0]
+  return jnp.dtype(first.dtype)
+
+
+def _dense_op(site: graph.Site, activation: jax.Array, leaf: export.Factorized) -> jax.Array | None:
+  """``(x @ u) @ v`` at a ``dot_general`` that contracts the kernel's first axis, else ``None``."""
+  (_, rc), (lb, rb) = site.params["dimension_numbers"]
+  if site.weight_operand != 1 or tuple(rc) != (0,) or lb or rb or site.leaf_axes != (0, 1):
+    return None
+  u, v = (jnp.asarray(export.materialize(f)) for f in (leaf.u, leaf.v))
+  y = site.compute(activation, u)
+  return site.compute(y, v, dimension_numbers=(((y.ndim - 1,), (0,)), ((), ())))
+
+
+def _depthwise_taps(
+  y: jax.Array, taps: jax.Array, axis: int, stride: int, pad: Any, lhs_dil: int, rhs_dil: int
+) -> jax.Array:
+  """A depthwise 1-D conv along ``axis`` (``taps: [k, channels]``, channels last) as a sum of
+  ``k`` shifted, strided slices times the taps: XLA's CPU depthwise convolution is several
+  times slower than these multiply-adds."""
+  config = [(0, 0, 0)] * y.ndim
+  config[axis] = (int(pad[0]), int(pad[1]), int(lhs_dil) - 1)
+  padded = jax.lax.pad(y, jnp.zeros((), y.dtype), config)
+  k = taps.shape[0]
+  out = (padded.shape[axis] - rhs_dil * (k - 1) - 1) // stride + 1
+  total = None
+  for t in range(k):
+    start = t * rhs_dil
+    piece = jax.lax.slice_in_dim(padded, start, start + (out - 1) * stride + 1, stride=stride, axis=axis) * taps[t]
+    total = piece if total is None else total + piece
+  assert total is not None
+  return total
+
+
+def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorized) -> jax.Array | None:
+  """The decomposition's conv sequence at a 2-D conv that uses the kernel as laid out, else ``None``."""
+  p = site.params
+  dn = p["dimension_numbers"]
+  if (
+    site.weight_operand != 1
+    or site.leaf_axes != (0, 1, 2, 3)
+    or tuple(dn.rhs_spec) != (3, 2, 0, 1)
+    or tuple(dn.lhs_spec) != tuple(dn.out_spec)
+    or p.get("feature_group_count", 1) != 1
+    or p.get("batch_group_count", 1) != 1
+    or len(p["padding"]) != 2
+  ):
+    return None
+  fs = [jnp.asarray(export.materialize(f)) for f in leaf.factors]
+  (s0, s1), (pad0, pad1) = p["window_strides"], p["padding"]
+  (l0, l1), (d0, d1) = p["lhs_dilation"], p["rhs_dilation"]
+  pointwise_conv = {
+    "window_strides": (1, 1),
+    "padding": ((0, 0), (0, 0)),
+    "lhs_dilation": (1, 1),
+    "rhs_dilation": (1, 1),
+  }
+  along_h = {"window_strides": (s0, 1), "padding": (pad0, (0, 0)), "lhs_dilation": (l0, 1), "rhs_dilation": (d0, 1)}
+  along_w = {"window_strides": (1, s1), "padding": ((0, 0), pad1), "lhs_dilation": (1, l1), "rhs_dilation": (1, d1)}
+  channels_last = dn.lhs_spec[1] == activation.ndim - 1
+
+  def pointwise(y, m):  # a 1x1 conv by the matrix m [in, out]: a matmul over the channel axis when it is last
+    if channels_last:
+      dims = (((y.ndim - 1,), (0,)), ((), ()))
+      return jax.lax.dot_general(
+        y, m, dims, precision=p.get("precision"), preferred_element_type=p.get("preferred_element_type")
+      )
+    return site.compute(y, m[None, None], **pointwise_conv)
+
+  if leaf.kind == "spatial_svd":
+    vertical, horizontal = fs
+    return site.compute(site.compute(activation, vertical, **along_h), horizontal, **along_w)
+  if leaf.kind == "tucker2":
+    first, core, last = fs
+    return pointwise(site.compute(pointwise(activation, first), core), last)
+  first, vertical, horizontal, last = fs
+  r = first.shape[1]
+  y = pointwise(activation, first)
+  if channels_last:
+    y = _depthwise_taps(y, vertical, dn.lhs_spec[2], s0, pad0, l0, d0)
+    y = _depthwise_taps(y, horizontal, dn.lhs_spec[3], s1, pad1, l1, d1)
+  else:
+    y = site.compute(y, vertical[:, None, None, :], feature_group_count=r, **along_h)
+    y = site.compute(y, horizontal[None, :, None, :], feature_group_count=r, **along_w)
+  return pointwise(y, last).astype(site.activation_dtype)
+
+
+def factorized(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``apply_fn`` on a packed tree, with each factorized kernel's site run as its factors' ops.
+
+  Args:
+    apply_fn: ``apply_fn(params, *inputs)`` of the dense model.
+
+  Returns:
+    ``fn(packed, *inputs)``, pure (jit it, or give it to
+    :func:`jaxcompress.graph.flops` to count the factorized FLOPs). Leaves that are not
+    factorized are materialized; a factorized kernel is never rebuilt unless a site uses
+    it in a way the factors' ops do not cover (a transposed kernel, grouped convs), where
+    the dense kernel is rebuilt for that site.
+
+  Raises:
+    ValueError: at call time, if a site uses a factorized kernel through a reshape,
+      broadcast or slice (so the dense operand cannot be rebuilt from the leaf).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxcompress import export, graph
+    >>> packed = {'w': export.factorize(jnp.ones((64, 2)), jnp.ones((2, 32)), (64, 32))}
+    >>> fn = factorized(lambda p, x: x @ p['w'])
+    >>> fn(packed, jnp.ones((1, 64)))[0, :2].tolist()
+    [128.0, 128.0]
+    >>> graph.flops(fn, packed, jnp.ones((8, 64)))['flops'], 2 * 8 * 64 * 32  # factorized, dense
+    (3072, 32768)
+  """
+
+  def fn(packed: PyTree, *inputs: Any) -> Any:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(packed, is_leaf=is_packed_leaf)
+    factors = {path_str(kp): leaf for kp, leaf in flat if isinstance(leaf, _FACTORED)}
+    dense = treedef.unflatten(
+      [
+        jnp.zeros(leaf.shape, _dtype(leaf)) if isinstance(leaf, _FACTORED) else export.materialize(leaf)
+        for _, leaf in flat
+      ]
+    )
+    if not factors:
+      return apply_fn(dense, *inputs)
+
+    def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+      del weight  # a placeholder: the factors stand in for it
+      leaf = factors[site.path]
+      out = None
+      if site.weight_shape == tuple(leaf.shape):
+        if isinstance(leaf, export.Factorized):
+          out = _dense_op(site, activation, leaf)
+        else:
+          out = _conv_op(site, activation, leaf)
+      if out is not None:
+        return out
+      if site.leaf_axes is None:
+        raise ValueError(
+          f"site {site.key!r} ({site.op}) uses the factorized kernel through a reshape, broadcast or slice; "
+          "serve it dense (export.materialize_tree)"
+        )
+      return site.compute(activation, jnp.transpose(leaf.materialize(), site.leaf_axes))
+
+    return graph.rewrite(apply_fn, rule, where=lambda path, site: path in factors)(dense, *inputs)
+
+  return fn
+
+
+def serve(apply_fn: Callable[..., Any], packed: PyTree) -> Callable[..., Any]:
+  """Runs a packed low-rank model with the factors' ops (see :func:`factorized`).
+
+  Args:
+    apply_fn: ``apply_fn(params, *inputs)`` of the dense model.
+    packed: the packed params (from a low-rank compressor's ``pack``, or a chain's).
+
+  Returns:
+    ``fn(*inputs) -> outputs``, jitted, with ``packed`` passed as an argument.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcompress import lowrank
+    >>> c = lowrank.svd(2)
+    >>> params = {'w': jax.random.normal(jax.random.key(0), (16, 8))}
+    >>> packed = c.pack(*c.init(params))
+    >>> x = jnp.ones((3, 16))
+    >>> bool(jnp.allclose(serve(lambda p, x: x @ p['w'], packed)(x), x @ packed['w'].materialize(), atol=1e-5))
+    True
+  """
+  run = jax.jit(factorized(apply_fn))
+  return lambda *inputs: run(packed, *inputs)
