@@ -20,6 +20,7 @@ from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.quantization import _activations as activations
 from jaxcompress.quantization import _reparam, _ste, uniform
+from jaxcompress.quantization.granularity import from_args
 
 
 def _unsigned(x, alpha, levels):
@@ -172,7 +173,9 @@ class PACTParams(NamedTuple):
 
   Attributes:
     weight: the float weights.
-    alpha: the learned clip, shape ``()``.
+    alpha: the learned clip: shape ``()`` per tensor; per channel or group, keepdims on
+      the weight's blocked view (e.g. ``(1, out)`` for a Dense kernel with
+      ``per_channel=True``).
   """
 
   weight: jax.Array
@@ -180,12 +183,23 @@ class PACTParams(NamedTuple):
 
 
 def pact(
-  bits: int = 4, *, init_alpha: float | None = None, alpha_decay: float = 0.0, where: select.Where = None
+  bits: int = 4,
+  *,
+  init_alpha: float | None = None,
+  alpha_decay: float = 0.0,
+  per_channel: bool = False,
+  axis: int = -1,
+  group_size: int | None = None,
+  group_axis: int = 0,
+  where: select.Where = None,
 ) -> Compressor:
-  """Weights quantized with a learned symmetric clip ``alpha`` per tensor (PACT for weights).
+  """Weights quantized with a learned symmetric clip ``alpha`` (PACT for weights), per
+  tensor, per channel or per group.
 
   ``init`` replaces each selected leaf of the trainable tree by :class:`PACTParams`
-  ``(weight, alpha)``, ``alpha`` starting at ``init_alpha`` or ``max|w|``; ``apply``
+  ``(weight, alpha)``, ``alpha`` starting at ``init_alpha`` or ``max|w|`` over the
+  weights that share it (the whole tensor; each slice along ``axis`` with
+  ``per_channel``; each group of ``group_size`` weights along ``group_axis``); ``apply``
   returns :func:`pact_quantize_symmetric` (codes ``-(2^(b-1)-1) .. 2^(b-1)-1``, step
   ``alpha / (2^(b-1)-1)``), whose gradients train the weights (straight-through inside
   the clip) and ``alpha`` (the summed gradients of the clipped weights, signed).
@@ -199,6 +213,11 @@ def pact(
     bits: bits per weight, 2..16.
     init_alpha: the initial clip, > 0, or ``None`` for ``max|w|``.
     alpha_decay: the L2 coefficient on the clips, >= 0.
+    per_channel: one clip per slice along ``axis``.
+    axis: the channel axis (-1: Flax's output features).
+    group_size: if given, one clip per ``group_size`` consecutive weights along
+      ``group_axis`` (and per channel along ``axis``); must divide that axis.
+    group_axis: the axis cut into groups (0: a Dense kernel's contraction axis).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -207,8 +226,10 @@ def pact(
     :class:`PACTParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``bits`` is outside 2..16, ``init_alpha <= 0`` or ``alpha_decay < 0``;
-      at ``init``, as :func:`jaxcompress.core.leafwise.init_selected`.
+    ValueError: if ``bits`` is outside 2..16, ``init_alpha <= 0`` or ``alpha_decay < 0``,
+      as :func:`~jaxcompress.quantization.granularity.from_args`; at ``init``, as
+      :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis``/``group_axis`` is out
+      of range or ``group_size`` does not divide the axis.
 
   References:
     Choi, Wang, Venkataramani, Chuang, Srinivasan & Gopalakrishnan 2018, "PACT:
@@ -227,10 +248,13 @@ def pact(
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
   alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
   levels = uniform.qmax(bits)
+  granularity = from_args(per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
+  per_tensor = granularity.channel_axis is None
 
   def init_leaf(path, w):
-    del path
-    alpha = uniform.floor_positive(jnp.max(jnp.abs(w))) if init_alpha is None else jnp.asarray(init_alpha, w.dtype)
+    granularity.check(tuple(w.shape), f"leaf {path!r}")
+    amax = jnp.max(jnp.abs(w)) if per_tensor else granularity.absmax(w)
+    alpha = uniform.floor_positive(amax) if init_alpha is None else jnp.full(amax.shape, init_alpha, w.dtype)
     return PACTParams(weight=w, alpha=alpha), leafwise.Selected()
 
   def init(params, *, masks=None):
@@ -240,7 +264,7 @@ def pact(
 
   def apply(params, state):
     return _reparam.map_nodes(
-      lambda node, _: pact_quantize_symmetric(node.weight, node.alpha, bits),
+      lambda node, _: granularity.apply(lambda b, a: pact_quantize_symmetric(b, a, bits), node.weight, node.alpha),
       params,
       state.leaves,
       leafwise.Selected,
@@ -255,13 +279,15 @@ def pact(
   def pack_leaf(node, _):
     w = jnp.asarray(node.weight)
     alpha, n = _clip_floor(jnp.asarray(node.alpha, w.dtype), levels), jnp.asarray(levels, w.dtype)
-    codes = np.asarray(_symmetric_codes(w, alpha, n)).astype(np.int32)
+    codes = np.asarray(granularity.apply(lambda b, a: _symmetric_codes(b, a, n), w, alpha)).astype(np.int32)
     return export.QArray(
       codes=export.store_codes(codes, bits, signed=True),
       scale=np.asarray(alpha / n),
       zero_point=None,
       bits=bits,
       dtype=str(w.dtype),
+      group_axis=None if granularity.group_size is None else granularity.group_axis,
+      group_size=granularity.group_size,
     )
 
   def pack(params, state):

@@ -186,8 +186,10 @@ class TTQParams(NamedTuple):
 
   Attributes:
     weight: the float latent weights (the model leaf's shape).
-    positive: the learned positive scale ``W_p``, shape ``()``.
-    negative: the learned negative scale ``W_n``, shape ``()`` (the value is ``-W_n``).
+    positive: the learned positive scale ``W_p``: shape ``()``, or with ``per_channel``
+      keepdims (size 1 on every axis but the channel axis, e.g. ``(1, out)``).
+    negative: the learned negative scale ``W_n``, shaped like ``positive`` (the value is
+      ``-W_n``).
   """
 
   weight: jax.Array
@@ -195,25 +197,58 @@ class TTQParams(NamedTuple):
   negative: jax.Array
 
 
-def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, where: select.Where = None) -> Compressor:
+def ttq_threshold(w: jax.Array, factor: float = 0.05, granularity: Granularity | None = None) -> jax.Array:
+  """TTQ's threshold ``delta = factor * max|w|`` (Zhu et al. 2017, Eq. 5's ``t``).
+
+  Args:
+    w: float array.
+    factor: ``t``, > 0.
+    granularity: which weights share a threshold (per output channel:
+      ``per_channel(axis)``); ``None``: the whole tensor.
+
+  Returns:
+    ``delta``: shape ``()`` per tensor, else keepdims over the shared axes.
+
+  References:
+    Zhu, Han, Mao & Dally 2017, "Trained Ternary Quantization",
+    https://arxiv.org/abs/1612.01064.
+  """
+  if granularity is None or granularity.channel_axis is None:
+    return factor * jnp.max(jnp.abs(w))
+  return factor * granularity.absmax(w)
+
+
+def ttq(
+  threshold_factor: float = 0.05,
+  *,
+  init_scale: float | None = None,
+  per_channel: bool = False,
+  axis: int = -1,
+  where: select.Where = None,
+) -> Compressor:
   """Trained Ternary Quantization: ternary weights with learned positive and negative scales.
 
   ``init`` replaces each selected leaf of the trainable tree by :class:`TTQParams`
   ``(weight, positive, negative)``; ``apply`` maps it back to the model's leaf
   ``W_p`` where ``w > delta``, ``-W_n`` where ``w < -delta``, 0 elsewhere, with
   ``delta = threshold_factor * max|w|`` (the paper's ``t``, recomputed from the latent
-  weights each step). The scales start at ``init_scale`` or, by default, at the mean
-  of ``|w|`` over the weights above / below the threshold. Gradients as in the paper
-  (see :func:`ttq_quantize`): each scale gets the sum of the gradients of its weights,
-  the latent weights a straight-through gradient scaled by ``W_p``/``1``/``W_n``.
-  ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
-  ``[-W_n, 0, W_p]`` and 2-bit indices.
+  weights each step). Per tensor (the paper), or with ``per_channel`` one ``W_p``,
+  ``W_n`` and ``delta = t * max|w|`` per slice along ``axis`` (each slice is quantized
+  as the per-tensor method would quantize it alone). The scales start at
+  ``init_scale`` or, by default, at the mean of ``|w|`` over the weights above / below
+  the threshold (of their channel). Gradients as in the paper (see
+  :func:`ttq_quantize`): each scale gets the sum of the gradients of its weights, the
+  latent weights a straight-through gradient scaled by ``W_p``/``1``/``W_n``. ``pack``
+  stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
+  ``[-W_n, 0, W_p]`` (one row per channel with ``per_channel``) and 2-bit indices.
 
   Args:
     threshold_factor: ``t``, the fraction of ``max|w|`` giving the threshold, > 0 (the
       paper's 0.05).
     init_scale: the initial ``W_p`` and ``W_n``, > 0, or ``None`` to derive them from
       the weights.
+    per_channel: one ``W_p``, ``W_n`` and threshold per slice along ``axis``.
+    axis: the channel axis (-1: Flax's output features).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -222,8 +257,9 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
     holds :class:`TTQParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``threshold_factor <= 0`` or ``init_scale <= 0``; at ``init``, as
-      :func:`jaxcompress.core.leafwise.init_selected`.
+    ValueError: if ``threshold_factor <= 0`` or ``init_scale <= 0``, as
+      :func:`~jaxcompress.quantization.granularity.from_args`; at ``init``, as
+      :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out of range.
 
   References:
     Zhu, Han, Mao & Dally 2017, "Trained Ternary Quantization",
@@ -241,19 +277,24 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
   factor = validate.check_float("threshold_factor", threshold_factor, low=0.0, low_open=True)
   if init_scale is not None:
     init_scale = validate.check_float("init_scale", init_scale, low=0.0, low_open=True)
+  granularity = from_args(per_channel=per_channel, axis=axis)
 
   def threshold(w):
-    return factor * jnp.max(jnp.abs(w))
+    return ttq_threshold(w, factor, granularity)
+
+  def mean_where(x, keep):
+    if not per_channel:
+      return jnp.sum(jnp.where(keep, x, 0)) / jnp.maximum(jnp.sum(keep), 1).astype(x.dtype)
+    total = granularity.reduce(jnp.sum, jnp.where(keep, x, 0))
+    return total / jnp.maximum(granularity.reduce(jnp.sum, keep), 1).astype(x.dtype)
 
   def init_leaf(path, w):
-    del path
+    granularity.check(tuple(w.shape), f"leaf {path!r}")
+    delta = threshold(w)
     if init_scale is not None:
-      pos = neg = jnp.asarray(init_scale, w.dtype)
+      pos = neg = jnp.full(jnp.shape(delta), init_scale, w.dtype)
     else:
-      delta = threshold(w)
-      above, below = w > delta, w < -delta
-      pos = jnp.sum(jnp.where(above, w, 0)) / jnp.maximum(jnp.sum(above), 1).astype(w.dtype)
-      neg = jnp.sum(jnp.where(below, -w, 0)) / jnp.maximum(jnp.sum(below), 1).astype(w.dtype)
+      pos, neg = mean_where(w, w > delta), mean_where(-w, w < -delta)
     return TTQParams(weight=w, positive=pos, negative=neg), leafwise.Selected()
 
   def init(params, *, masks=None):
@@ -277,8 +318,11 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
     delta = threshold(w)
     indices = np.asarray(ternary_codes(w, delta)) + 1  # -1, 0, 1 -> 0, 1, 2
     pos, neg = jnp.asarray(node.positive, w.dtype), jnp.asarray(node.negative, w.dtype)
-    codebook = np.asarray(jnp.stack([-neg, jnp.zeros((), w.dtype), pos]))
-    return export.from_assignments(codebook, indices)
+    if not per_channel:
+      return export.from_assignments(np.asarray(jnp.stack([-neg, jnp.zeros((), w.dtype), pos])), indices)
+    rows = lambda v: jnp.moveaxis(v, axis, 0).reshape(-1)
+    codebook = jnp.stack([-rows(neg), jnp.zeros_like(rows(pos)), rows(pos)], axis=1)
+    return export.from_assignments(np.asarray(codebook), indices, axis=axis)
 
   def pack(params, state):
     return _reparam.map_nodes(lambda node, _: pack_leaf(node), params, state.leaves, leafwise.Selected, TTQParams)
