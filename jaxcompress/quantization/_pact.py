@@ -87,6 +87,10 @@ def pact_quantize_symmetric(w: jax.Array, alpha: jax.Array, bits: int) -> jax.Ar
   return _ste.surrogate(_pact_symmetric_rule, w, alpha, jnp.asarray(levels, w.dtype))
 
 
+def _check_decay(name, value):
+  return validate.check_float(name, value, low=0.0)
+
+
 def _clip_floor(alpha: jax.Array, levels: int) -> jax.Array:
   """``alpha`` floored so that the step ``alpha / levels`` stays a normal number: an
   all-zero layer or an optimizer step that drives ``alpha`` to or below 0 gives exact
@@ -100,7 +104,7 @@ def pact_activations(
   *,
   inputs: Sequence[Any],
   init_alpha: float | None = None,
-  alpha_decay: float = 0.0,
+  alpha_decay: validate.ScalarOrSchedule = 0.0,
   where: select.Where = None,
 ) -> Compressor:
   """PACT for activations: the input of each selected matmul/convolution is clipped to a
@@ -120,14 +124,15 @@ def pact_activations(
     bits: bits per activation, 1..16.
     inputs: example positional inputs of ``apply_fn`` (one batch).
     init_alpha: the initial clip, > 0, or ``None`` to start at the example maximum.
-    alpha_decay: the L2 coefficient on the clips, >= 0.
+    alpha_decay: the L2 coefficient on the clips, >= 0, or a schedule ``step -> value``
+      (optax schedules fit) evaluated at the state's step count.
     where: which sites, by weight path (default: all).
 
   Returns:
     A :class:`~jaxcompress.Compressor` whose learned nodes are ``{'alpha': float[]}``.
 
   Raises:
-    ValueError: if ``bits`` is outside 1..16, ``init_alpha <= 0`` or ``alpha_decay < 0``;
+    ValueError: if ``bits`` is outside 1..16, ``init_alpha <= 0`` or ``alpha_decay < 0`` (a schedule: at step 0);
       at ``init``, as :func:`~jaxcompress.quantization.site_quantizer`.
 
   References:
@@ -146,7 +151,7 @@ def pact_activations(
   bits = validate.check_bits("bits", bits)
   if init_alpha is not None:
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
-  alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
+  decay = validate.as_schedule("alpha_decay", alpha_decay, _check_decay)
 
   def init_node(site, x):
     del site
@@ -160,8 +165,10 @@ def pact_activations(
   def update(act_params):
     return jax.tree.map(uniform.floor_positive, act_params)
 
-  def penalty(act_params):
-    return alpha_decay * sum(jnp.sum(a**2) for a in jax.tree.leaves(act_params)) if alpha_decay else None
+  def penalty(act_params, count):
+    if not callable(alpha_decay) and not alpha_decay:
+      return None
+    return decay(count) * sum(jnp.sum(a**2) for a in jax.tree.leaves(act_params))
 
   return activations.site_quantizer(
     apply_fn, inputs=inputs, init_node=init_node, quantize=quantize, update=update, penalty=penalty, where=where
@@ -186,7 +193,7 @@ def pact(
   bits: int = 4,
   *,
   init_alpha: float | None = None,
-  alpha_decay: float = 0.0,
+  alpha_decay: validate.ScalarOrSchedule = 0.0,
   per_channel: bool = False,
   axis: int = -1,
   group_size: int | None = None,
@@ -212,7 +219,8 @@ def pact(
   Args:
     bits: bits per weight, 2..16.
     init_alpha: the initial clip, > 0, or ``None`` for ``max|w|``.
-    alpha_decay: the L2 coefficient on the clips, >= 0.
+    alpha_decay: the L2 coefficient on the clips, >= 0, or a schedule ``step -> value``
+      (optax schedules fit) evaluated at the state's step count.
     per_channel: one clip per slice along ``axis``.
     axis: the channel axis (-1: Flax's output features).
     group_size: if given, one clip per ``group_size`` consecutive weights along
@@ -226,7 +234,7 @@ def pact(
     :class:`PACTParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``bits`` is outside 2..16, ``init_alpha <= 0`` or ``alpha_decay < 0``,
+    ValueError: if ``bits`` is outside 2..16, ``init_alpha <= 0`` or ``alpha_decay < 0`` (a schedule: at step 0),
       as :func:`~jaxcompress.quantization.granularity.from_args`; at ``init``, as
       :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis``/``group_axis`` is out
       of range or ``group_size`` does not divide the axis.
@@ -246,7 +254,7 @@ def pact(
   bits = validate.check_bits("bits", bits, low=2)
   if init_alpha is not None:
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
-  alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
+  decay = validate.as_schedule("alpha_decay", alpha_decay, _check_decay)
   levels = uniform.qmax(bits)
   granularity = from_args(per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
   per_tensor = granularity.channel_axis is None
@@ -294,12 +302,12 @@ def pact(
     return _reparam.map_nodes(pack_leaf, params, state.leaves, leafwise.Selected, PACTParams)
 
   def penalty(params, state):
-    if not alpha_decay:
+    if not callable(alpha_decay) and not alpha_decay:
       return None
     alphas: list[jax.Array] = []
     _reparam.map_nodes(
       lambda node, _: alphas.append(node.alpha) or node, params, state.leaves, leafwise.Selected, PACTParams
     )
-    return alpha_decay * sum(jnp.sum(a**2) for a in alphas)
+    return decay(state.count) * sum(jnp.sum(a**2) for a in alphas)
 
   return Compressor(init, apply, update, pack, penalty=penalty)

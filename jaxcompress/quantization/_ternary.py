@@ -78,8 +78,16 @@ def twn_quantize(w: jax.Array, factor: float = 0.7, granularity: Granularity | N
   return _ste.straight_through(w, alpha * ternary_codes(w, delta).astype(w.dtype))
 
 
+def _check_factor(name, value):
+  return validate.check_float(name, value, low=0.0, low_open=True)
+
+
 def twn(
-  threshold_factor: float = 0.7, *, per_channel: bool = False, axis: int = -1, where: select.Where = None
+  threshold_factor: validate.ScalarOrSchedule = 0.7,
+  *,
+  per_channel: bool = False,
+  axis: int = -1,
+  where: select.Where = None,
 ) -> Compressor:
   """Ternary Weight Networks: ``w ≈ alpha * t``, ``t in {-1, 0, +1}``.
 
@@ -92,7 +100,8 @@ def twn(
 
   Args:
     threshold_factor: the factor of ``mean|w|`` giving the threshold, > 0 (the paper's
-      0.7).
+      0.7), or a schedule ``step -> factor`` (optax schedules fit), evaluated at the
+      state's step count (``update`` advances it; ``pack`` uses the current step).
     per_channel: one threshold and scale per slice along ``axis``.
     axis: the channel axis (-1: Flax's output features).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
@@ -102,7 +111,7 @@ def twn(
     :class:`~jaxcompress.core.leafwise.LeafwiseState`.
 
   Raises:
-    ValueError: if ``threshold_factor <= 0``; at ``init``, as
+    ValueError: if ``threshold_factor <= 0`` (a schedule: at step 0); at ``init``, as
       :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out of range.
 
   References:
@@ -115,7 +124,7 @@ def twn(
     >>> c.apply(params, state)['w'].tolist()  # delta = 0.805, alpha = 2
     [[2.0, -2.0], [0.0, 0.0]]
   """
-  factor = validate.check_float("threshold_factor", threshold_factor, low=0.0, low_open=True)
+  factor = validate.as_schedule("threshold_factor", threshold_factor, _check_factor)
   granularity = from_args(per_channel=per_channel, axis=axis)
 
   def init_leaf(path, p):
@@ -127,15 +136,16 @@ def twn(
     return params, leafwise.LeafwiseState.start(leafwise.init_selected(params, where, init_leaf))
 
   def apply(params, state):
-    return leafwise.map_selected(lambda w, _: twn_quantize(w, factor, granularity), params, state.leaves)
+    t = factor(state.count)
+    return leafwise.map_selected(lambda w, _: twn_quantize(w, t, granularity), params, state.leaves)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
     return params, state.advance()
 
-  def pack_leaf(p, _):
+  def pack_leaf(p, _, t):
     w = jnp.asarray(export.materialize(p))
-    delta = twn_threshold(w, factor, granularity)
+    delta = twn_threshold(w, t, granularity)
     scale = np.asarray(twn_scale(w, delta, granularity))
     codes = np.asarray(ternary_codes(w, delta))
     return export.QArray(
@@ -143,7 +153,8 @@ def twn(
     )
 
   def pack(params, state):
-    return leafwise.map_selected(pack_leaf, params, state.leaves)
+    t = factor(state.count)
+    return leafwise.map_selected(lambda p, leaf: pack_leaf(p, leaf, t), params, state.leaves)
 
   return Compressor(init, apply, update, pack)
 
@@ -219,7 +230,7 @@ def ttq_threshold(w: jax.Array, factor: float = 0.05, granularity: Granularity |
 
 
 def ttq(
-  threshold_factor: float = 0.05,
+  threshold_factor: validate.ScalarOrSchedule = 0.05,
   *,
   init_scale: float | None = None,
   per_channel: bool = False,
@@ -244,7 +255,9 @@ def ttq(
 
   Args:
     threshold_factor: ``t``, the fraction of ``max|w|`` giving the threshold, > 0 (the
-      paper's 0.05).
+      paper's 0.05), or a schedule ``step -> t`` (optax schedules fit), evaluated at the
+      state's step count (``init`` at step 0; ``update`` advances it; ``pack`` uses the
+      current step).
     init_scale: the initial ``W_p`` and ``W_n``, > 0, or ``None`` to derive them from
       the weights.
     per_channel: one ``W_p``, ``W_n`` and threshold per slice along ``axis``.
@@ -257,7 +270,7 @@ def ttq(
     holds :class:`TTQParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``threshold_factor <= 0`` or ``init_scale <= 0``, as
+    ValueError: if ``threshold_factor <= 0`` (a schedule: at step 0) or ``init_scale <= 0``, as
       :func:`~jaxcompress.quantization.granularity.from_args`; at ``init``, as
       :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out of range.
 
@@ -274,13 +287,13 @@ def ttq(
     >>> c.apply(params, state)['w'].tolist()  # delta = 0.9
     [[1.0, -3.0], [0.0, 0.0]]
   """
-  factor = validate.check_float("threshold_factor", threshold_factor, low=0.0, low_open=True)
+  factor = validate.as_schedule("threshold_factor", threshold_factor, _check_factor)
   if init_scale is not None:
     init_scale = validate.check_float("init_scale", init_scale, low=0.0, low_open=True)
   granularity = from_args(per_channel=per_channel, axis=axis)
 
-  def threshold(w):
-    return ttq_threshold(w, factor, granularity)
+  def threshold(w, count):
+    return ttq_threshold(w, factor(count), granularity)
 
   def mean_where(x, keep):
     if not per_channel:
@@ -290,7 +303,7 @@ def ttq(
 
   def init_leaf(path, w):
     granularity.check(tuple(w.shape), f"leaf {path!r}")
-    delta = threshold(w)
+    delta = threshold(w, jnp.asarray(0, jnp.int32))
     if init_scale is not None:
       pos = neg = jnp.full(jnp.shape(delta), init_scale, w.dtype)
     else:
@@ -302,20 +315,21 @@ def ttq(
     trainable, leaves = _reparam.init(params, where, init_leaf)
     return trainable, leafwise.LeafwiseState.start(leaves)
 
-  def dense(node):
+  def dense(node, count):
     w = node.weight
-    return ttq_quantize(w, node.positive, node.negative, jax.lax.stop_gradient(threshold(w)))
+    return ttq_quantize(w, node.positive, node.negative, jax.lax.stop_gradient(threshold(w, count)))
 
   def apply(params, state):
-    return _reparam.map_nodes(lambda node, _: dense(node), params, state.leaves, leafwise.Selected, TTQParams)
+    dense_leaf = lambda node, _: dense(node, state.count)
+    return _reparam.map_nodes(dense_leaf, params, state.leaves, leafwise.Selected, TTQParams)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
     return params, state.advance()
 
-  def pack_leaf(node):
+  def pack_leaf(node, count):
     w = jnp.asarray(node.weight)
-    delta = threshold(w)
+    delta = threshold(w, count)
     indices = np.asarray(ternary_codes(w, delta)) + 1  # -1, 0, 1 -> 0, 1, 2
     pos, neg = jnp.asarray(node.positive, w.dtype), jnp.asarray(node.negative, w.dtype)
     if not per_channel:
@@ -325,6 +339,7 @@ def ttq(
     return export.from_assignments(np.asarray(codebook), indices, axis=axis)
 
   def pack(params, state):
-    return _reparam.map_nodes(lambda node, _: pack_leaf(node), params, state.leaves, leafwise.Selected, TTQParams)
+    pack_node = lambda node, _: pack_leaf(node, state.count)
+    return _reparam.map_nodes(pack_node, params, state.leaves, leafwise.Selected, TTQParams)
 
   return Compressor(init, apply, update, pack)
