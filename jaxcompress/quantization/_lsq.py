@@ -40,7 +40,7 @@ def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def _codes(v, s, qn, qp):
-  return jnp.round(jnp.clip(v / s, -qn, qp))
+  return jnp.round(jnp.clip(uniform.divide(v, s), -qn, qp))
 
 
 def lsq_quantize(v: jax.Array, s: jax.Array, qn: int, qp: int, grad_scale: float) -> jax.Array:
@@ -71,15 +71,18 @@ def lsq_quantize(v: jax.Array, s: jax.Array, qn: int, qp: int, grad_scale: float
 
 
 def _lsq_rule(qn, qp, grad_scale, v, s):
-  x = v / s
+  x = uniform.divide(v, s)
   low, high = x <= -qn, x >= qp
   inside = ~(low | high)
   d = jnp.where(inside, jnp.round(x) - x, jnp.where(low, -float(qn), float(qp)))
-  return _codes(v, s, qn, qp) * s, _ste.Local(mask=inside), (_ste.Local(factor=d, scale=grad_scale),)
+  y = uniform.saturate(_codes(v, s, qn, qp) * s)  # -Q_N * s can round past the largest finite value
+  return y, _ste.Local(mask=inside), (_ste.Local(factor=d, scale=grad_scale),)
 
 
 def lsq_init_step(v: jax.Array, qp: int, granularity: Granularity | None = None) -> jax.Array:
-  """The paper's initial step ``2 * mean|v| / sqrt(Q_P)``, floored at the dtype's tiny.
+  """The paper's initial step ``2 * mean|v| / sqrt(Q_P)``, floored at the dtype's tiny and
+  capped at its largest finite value (the mean is taken in float32 for half types, without
+  overflow: :meth:`~jaxcompress.quantization.Granularity.mean`).
 
   Args:
     v: float array (the weights, or example activations).
@@ -95,9 +98,11 @@ def lsq_init_step(v: jax.Array, qp: int, granularity: Granularity | None = None)
     Esser, McKinstry, Bablani, Appuswamy & Modha 2020, "Learned Step Size
     Quantization", https://arxiv.org/abs/1902.08153.
   """
-  if granularity is None or (granularity.channel_axis is None and granularity.group_axis is None):
-    return uniform.floor_positive(2 * jnp.mean(jnp.abs(v)) / math.sqrt(qp))
-  return uniform.floor_positive(2 * granularity.reduce(jnp.mean, jnp.abs(v)) / math.sqrt(qp))
+  g = granularity or Granularity()
+  mean = g.mean(jnp.abs(uniform.upcast(v)))  # float32 for half types, without overflow
+  if g.channel_axis is None and g.group_axis is None:
+    mean = mean.reshape(())
+  return uniform.floor_positive(uniform.saturate(2 * mean / math.sqrt(qp), jnp.result_type(v)))
 
 
 def _check_bits(bits: int, signed: bool) -> int:

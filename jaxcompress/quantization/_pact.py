@@ -25,7 +25,8 @@ from jaxcompress.quantization.granularity import from_args
 
 def _unsigned(x, alpha, levels):
   scale = alpha / levels
-  return jnp.round(jnp.clip(x, 0, alpha) / scale) * scale
+  codes = jnp.clip(jnp.round(uniform.divide(jnp.clip(x, 0, alpha), scale)), 0, levels)
+  return uniform.saturate(codes * scale)  # code * scale can round past max
 
 
 def _pact_rule(x, alpha, levels):
@@ -54,11 +55,12 @@ def pact_quantize(x: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
 
 def _symmetric(w, alpha, levels):
   scale = alpha / levels
-  return _symmetric_codes(w, alpha, levels) * scale
+  return uniform.saturate(_symmetric_codes(w, alpha, levels) * scale)  # code * scale can round past max
 
 
 def _symmetric_codes(w, alpha, levels):
-  return jnp.round(jnp.clip(w, -alpha, alpha) / (alpha / levels))
+  # clipped: alpha / levels rounds in low precision (bfloat16), so alpha / step can exceed levels
+  return jnp.clip(jnp.round(uniform.divide(jnp.clip(w, -alpha, alpha), alpha / levels)), -levels, levels)
 
 
 def _pact_symmetric_rule(w, alpha, levels):

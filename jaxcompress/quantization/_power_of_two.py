@@ -39,14 +39,15 @@ def max_exponent(w: jax.Array, granularity: Granularity | None = None) -> jax.Ar
 
   Returns:
     ``int32``: a scalar per tensor, else keepdims over the shared axes; 0 where the
-    weights sharing it are all zero.
+    weights sharing it are all zero; at most the dtype's largest exponent (weights near
+    the largest finite value round to its largest power of two, never to infinity).
   """
   if granularity is None or granularity.channel_axis is None:
     s = jnp.max(jnp.abs(w))
   else:
     s = granularity.absmax(w)
   _, r = _round_exponent(jnp.where(s > 0, s, jnp.ones_like(s)))
-  return r
+  return jnp.minimum(r, jnp.finfo(w.dtype).maxexp - 1)  # 2^r must be finite: max|w| near the dtype's max
 
 
 def pot_codebook(emax: jax.Array, levels: int, dtype: Any) -> jax.Array:

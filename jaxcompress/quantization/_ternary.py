@@ -15,7 +15,7 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
-from jaxcompress.quantization import _reparam, _ste
+from jaxcompress.quantization import _reparam, _ste, uniform
 from jaxcompress.quantization.granularity import Granularity, from_args
 
 
@@ -28,13 +28,15 @@ def twn_threshold(w: jax.Array, factor: float = 0.7, granularity: Granularity | 
     granularity: which weights share a threshold; ``None``: the whole tensor.
 
   Returns:
-    ``delta`` with ``keepdims`` over the axes that share it.
+    ``delta`` with ``keepdims`` over the axes that share it (the mean taken without
+    overflow: :meth:`~jaxcompress.quantization.Granularity.mean`).
   """
-  return factor * (granularity or Granularity()).reduce(jnp.mean, jnp.abs(w))
+  return factor * (granularity or Granularity()).mean(jnp.abs(w))
 
 
 def twn_scale(w: jax.Array, delta: jax.Array, granularity: Granularity | None = None) -> jax.Array:
-  """TWN's scale ``alpha = mean of |w| over |w| > delta`` (Eq. 5); 0 when none is above.
+  """TWN's scale ``alpha = mean of |w| over |w| > delta`` (Eq. 5); 0 when none is above
+  (without overflow: :meth:`~jaxcompress.quantization.Granularity.mean`).
 
   Args:
     w: float array.
@@ -44,11 +46,7 @@ def twn_scale(w: jax.Array, delta: jax.Array, granularity: Granularity | None = 
   Returns:
     ``alpha`` with ``keepdims`` over the axes that share it.
   """
-  g = granularity or Granularity()
-  above = jnp.abs(w) > delta
-  total = g.reduce(jnp.sum, jnp.where(above, jnp.abs(w), 0))
-  count = g.reduce(jnp.sum, above)
-  return total / jnp.maximum(count, 1).astype(w.dtype)
+  return (granularity or Granularity()).mean(jnp.abs(w), where=jnp.abs(w) > delta)
 
 
 def ternary_codes(w: jax.Array, delta: jax.Array) -> jax.Array:
@@ -73,9 +71,15 @@ def twn_quantize(w: jax.Array, factor: float = 0.7, granularity: Granularity | N
   References:
     Li, Zhang & Liu 2016, "Ternary Weight Networks", https://arxiv.org/abs/1605.04711.
   """
-  delta = twn_threshold(w, factor, granularity)
-  alpha = twn_scale(w, delta, granularity)
+  delta, alpha = _twn_params(w, factor, granularity)
   return _ste.straight_through(w, alpha * ternary_codes(w, delta).astype(w.dtype))
+
+
+def _twn_params(w, factor, granularity):
+  """``(delta, alpha)``, computed in float32 for half types; ``alpha`` in ``w``'s dtype."""
+  x = uniform.upcast(w)
+  delta = twn_threshold(x, factor, granularity)
+  return delta, twn_scale(x, delta, granularity).astype(w.dtype)
 
 
 def _check_factor(name, value):
@@ -145,8 +149,8 @@ def twn(
 
   def pack_leaf(p, _, t):
     w = jnp.asarray(export.materialize(p))
-    delta = twn_threshold(w, t, granularity)
-    scale = np.asarray(twn_scale(w, delta, granularity))
+    delta, alpha = _twn_params(w, t, granularity)
+    scale = np.asarray(alpha)
     codes = np.asarray(ternary_codes(w, delta))
     return export.QArray(
       codes=export.store_codes(codes, 2, signed=True), scale=scale, zero_point=None, bits=2, dtype=str(w.dtype)
@@ -295,11 +299,9 @@ def ttq(
   def threshold(w, count):
     return ttq_threshold(w, factor(count), granularity)
 
-  def mean_where(x, keep):
-    if not per_channel:
-      return jnp.sum(jnp.where(keep, x, 0)) / jnp.maximum(jnp.sum(keep), 1).astype(x.dtype)
-    total = granularity.reduce(jnp.sum, jnp.where(keep, x, 0))
-    return total / jnp.maximum(granularity.reduce(jnp.sum, keep), 1).astype(x.dtype)
+  def mean_where(x, keep):  # without overflow, in float32 for half types
+    mean = granularity.mean(uniform.upcast(x), where=keep).astype(x.dtype)
+    return mean if per_channel else mean.reshape(())
 
   def init_leaf(path, w):
     granularity.check(tuple(w.shape), f"leaf {path!r}")
