@@ -7,7 +7,8 @@ value of the dtype, and one outlier among small values. The outputs must be fini
 must still materialize to what ``apply`` shows, zeros must stay zeros, and at ± the
 largest finite value each weight must keep its sign and at least half its magnitude
 (within one step of itself for these grids). Each case is one tree holding every
-(input, dtype) pair as a leaf, so a failure names the leaf: ``<dtype>/<input>``.
+(input, dtype) pair as a leaf, so a failure names the leaf: ``<dtype>/<input>`` (one
+call per quantizer keeps the file fast: eager ops compile once per dtype).
 """
 
 import jax
@@ -49,23 +50,17 @@ def _tree():
 WEIGHT_QUANTIZERS = {
   "fake_quant8": lambda: q.fake_quant(8),
   "fake_quant8_affine": lambda: q.fake_quant(8, symmetric=False),
-  "fake_quant4_group": lambda: q.fake_quant(4, group_size=4),
-  "binary_connect": lambda: q.binary_connect(),
   "binary_connect_scaled": lambda: q.binary_connect(scale=True),
   "xnor_net": lambda: q.xnor_net(),
   "twn": lambda: q.twn(),
   "ttq": lambda: q.ttq(),
-  "ttq_per_channel": lambda: q.ttq(per_channel=True),
   "power_of_two": lambda: q.power_of_two(7),
-  "power_of_two_per_channel": lambda: q.power_of_two(3, per_channel=True),
-  "kmeans2": lambda: q.kmeans(2),
-  "kmeans4_per_channel": lambda: q.kmeans(4, per_channel=True),
+  "kmeans2": lambda: q.kmeans(2, iterations=3),
   "lsq2": lambda: q.lsq(2),
   "lsq8_per_channel": lambda: q.lsq(8, per_channel=True),
   "pact4": lambda: q.pact(4),
   "pact8_per_channel": lambda: q.pact(8, per_channel=True),
 }
-UNSCALED = {"binary_connect"}  # ±1 whatever the weights: zeros and magnitudes are not kept
 
 
 def _f32(x):
@@ -87,8 +82,6 @@ def test_weight_quantizers_stay_finite_at_extremes(name):
       assert np.isfinite(y).all(), f"{where}: apply gives {y[~np.isfinite(y)][:4]}"
       assert np.isfinite(m).all(), f"{where}: pack gives {m[~np.isfinite(m)][:4]}"
       np.testing.assert_array_equal(m, y, err_msg=f"{where}: pack -> materialize != apply")
-      if name in UNSCALED:
-        continue
       if kind == "zeros":
         np.testing.assert_array_equal(y, 0.0, err_msg=where)
       if kind == "max":
@@ -108,24 +101,27 @@ GRADIENT_COMPRESSORS = {
 def test_gradient_compressors_stay_finite_at_extremes(name):
   transform = GRADIENT_COMPRESSORS[name]()
   grads = _tree()
-  per_device = jax.tree.map(lambda g: jnp.stack([g, g]), grads)  # two devices, the same gradient
+  kinds = list(grads["float32"])
+  # One leaf per dtype holding every input, [input, device, 8, 4]: the outer vmap keeps each
+  # input its own tensor (its own norm or scale); two devices see the same gradient.
+  stacked = {d: jnp.stack([jnp.stack([grads[d][k]] * 2) for k in kinds]) for d in DTYPES}
 
   def step(g):
     state = transform.init(g)
     out, state = transform.update(g, state)
     return transform.update(g, state)[0], out, state.error  # a second step sees the error feedback
 
-  second, first, error = jax.vmap(step, axis_name="d")(per_device)
+  second, first, error = jax.vmap(jax.vmap(step, axis_name="d"))(stacked)
   for d in DTYPES:
-    for kind, g in grads[d].items():
+    assert first[d].dtype == second[d].dtype == grads[d]["zeros"].dtype, f"{name}: {d}"
+    for i, kind in enumerate(kinds):
       where = f"{name}: {d}/{kind}"
       for label, tree in (("step 1", first), ("step 2", second)) + ((("error", error),) if error is not None else ()):
-        y = _f32(tree[d][kind])
+        y = _f32(tree[d][i])
         assert np.isfinite(y).all(), f"{where}: {label} gives {y[~np.isfinite(y)][:4]}"
-      y = _f32(first[d][kind])[0]
-      assert first[d][kind].dtype == g.dtype, where
+      y = _f32(first[d][i, 0])
       if kind == "zeros":
         np.testing.assert_array_equal(y, 0.0, err_msg=where)
       if kind == "max":
-        x = _f32(g)
+        x = _f32(grads[d][kind])
         assert ((np.sign(y) == np.sign(x)) | (y == 0)).all(), f"{where}: signs flipped: {y}"
