@@ -60,6 +60,12 @@ CASES = {
   "kmeans_density_where": lambda: jc.quantization.kmeans(8, centroid_init="density", where="fc1/kernel"),
   "lsq2": lambda: jc.quantization.lsq(2),
   "pact4": lambda: jc.quantization.pact(4, alpha_decay=1e-3),
+  # Learned per-channel scales: two quantizers in one case (one per kernel) to keep the suite short.
+  # Per-group PACT and per-channel power-of-two pack exactly in tests/quantization/test_per_channel.py.
+  "per_channel_lsq_ttq": lambda: jc.chain(
+    jc.quantization.lsq(3, per_channel=True, where="fc0/kernel"),
+    jc.quantization.ttq(per_channel=True, where="fc1/kernel"),
+  ),
   "quantize_activations": lambda: jc.quantization.quantize_activations(8),
   "quantize_activations_calibrated": lambda: jc.quantization.quantize_activations(
     6, apply_fn=helpers.mlp_apply, batches=[helpers.batch()[0]], where="fc1/kernel"

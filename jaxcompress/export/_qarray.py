@@ -68,7 +68,8 @@ class QArray(CompressedLeaf):
     dense = (codes.astype(jnp.float32) * jnp.asarray(self.scale, jnp.float32)).reshape(self.shape)
     if _is_sparse(self.codes):  # pruned positions read 0.0 whatever their code means
       dense = jnp.where(self.codes.present(), dense, jnp.zeros_like(dense))
-    return dense.astype(self.dtype)
+    limit = float(jnp.finfo(self.dtype).max)  # code * scale can round past it at the dtype's extremes
+    return jnp.clip(dense, -limit, limit).astype(self.dtype)
 
   @property
   def signed(self) -> bool:

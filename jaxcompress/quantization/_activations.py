@@ -72,7 +72,7 @@ def site_compressor(
   *,
   init: Callable[[PyTree], tuple[dict[str, Any] | None, Any]],
   update: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-  penalty: Callable[[dict[str, Any]], Any] | None = None,
+  penalty: Callable[[dict[str, Any], jax.Array], Any] | None = None,
   where: select.Where = None,
 ) -> Compressor:
   """Builds a model-side :class:`~jaxcompress.Compressor` (see the module docstring).
@@ -83,7 +83,8 @@ def site_compressor(
     init: ``init(model_params) -> (extra, data)``: the learned parameters ``{site_key:
       node}`` (or ``None``) and the fixed data kept in :class:`SiteState`.
     update: keeps the learned parameters valid after an optimizer step.
-    penalty: a loss term over the learned parameters.
+    penalty: ``penalty(extra, step)``: a loss term over the learned parameters at the
+      state's step count (for scheduled coefficients).
     where: which sites, by weight path.
 
   Returns:
@@ -114,9 +115,8 @@ def site_compressor(
     return split(params)[0]
 
   def penalty_(params, state):
-    del state
     extra = split(params)[1]
-    return None if penalty is None or extra is None else penalty(extra)
+    return None if penalty is None or extra is None else penalty(extra, state.count)
 
   def rewrite(fn, params, state):
     # graph.rewrite takes the user's regex or predicate as it is, and names it in its errors
@@ -165,7 +165,7 @@ def site_quantizer(
   init_node: InitNodeFn,
   quantize: QuantizeFn,
   update: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-  penalty: Callable[[dict[str, Any]], Any] | None = None,
+  penalty: Callable[[dict[str, Any], jax.Array], Any] | None = None,
   where: select.Where = None,
 ) -> Compressor:
   """A model-side compressor with learned parameters at each selected site (LSQ, PACT).
@@ -180,7 +180,7 @@ def site_quantizer(
       example activation (flattened).
     quantize: fake-quantizes an activation with its node.
     update: keeps the nodes valid after an optimizer step.
-    penalty: a loss term over the nodes.
+    penalty: ``penalty(nodes, step)``: a loss term over the nodes at the step count.
     where: which sites, by weight path (regex or ``(path, site) -> bool``); ``None``
       for all.
 

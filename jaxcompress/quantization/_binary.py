@@ -18,7 +18,7 @@ from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.graph._trace import Site
-from jaxcompress.quantization import _ste
+from jaxcompress.quantization import _ste, uniform
 from jaxcompress.quantization.granularity import Granularity, from_args
 
 
@@ -162,9 +162,12 @@ def xnor_scale(w: jax.Array, granularity: Granularity | None = None) -> jax.Arra
       ``per_channel(axis)``); ``None``: one alpha for the tensor.
 
   Returns:
-    ``alpha`` with ``keepdims`` over the reduced axes, differentiable.
+    ``alpha`` with ``keepdims`` over the reduced axes, in ``w``'s dtype, differentiable;
+    computed in float32 for half types and without overflow
+    (:meth:`~jaxcompress.quantization.Granularity.mean`), so weights at the dtype's largest
+    finite value give a finite ``alpha``.
   """
-  return (granularity or Granularity()).reduce(jnp.mean, jnp.abs(w))
+  return (granularity or Granularity()).mean(jnp.abs(uniform.upcast(w))).astype(w.dtype)
 
 
 class BinaryLeaf(NamedTuple):

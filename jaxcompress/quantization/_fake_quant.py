@@ -9,7 +9,7 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
-from jaxcompress.quantization import _ste
+from jaxcompress.quantization import _ste, uniform
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import from_args
 
@@ -61,7 +61,9 @@ def fake_quant(
   range (see :func:`~jaxcompress.quantization.uniform.fake_quant`). ``pack`` stores
   each selected leaf as a :class:`~jaxcompress.export.QArray` whose codes are
   bit-packed below 8 bits (after pruning in a ``chain``, the chain stores only the
-  surviving codes: :meth:`~jaxcompress.export.QArray.prune`).
+  surviving codes: :meth:`~jaxcompress.export.QArray.prune`). Half-precision weights get
+  their scales and ranges in float32 (stored so in the ``QArray``) and the result cast
+  back, saturated: weights at the dtype's largest finite value stay finite.
 
   Args:
     bits: bits per weight: 2..16 symmetric, 1..16 affine.
@@ -109,8 +111,9 @@ def fake_quant(
   def quantize_leaf(p, _):
     # The range is the weight's own, so nothing is clipped: the straight-through gradient is
     # the identity, and the backward pass need not recompute the in-range mask.
-    scale, zero_point = jax.lax.stop_gradient(spec.params(p))
-    return _ste.straight_through(p, spec.fake_quant(p, scale, zero_point))
+    x = uniform.upcast(p)  # half types: scales and ranges in float32, the result cast back
+    scale, zero_point = jax.lax.stop_gradient(spec.params(x))
+    return _ste.straight_through(p, uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype))
 
   def apply(params, state):
     return leafwise.map_selected(quantize_leaf, params, state.leaves)
@@ -121,9 +124,10 @@ def fake_quant(
 
   def pack_leaf(p, _):
     dense = jnp.asarray(p)
-    scale, zero_point = spec.params(dense)
+    x = uniform.upcast(dense)
+    scale, zero_point = spec.params(x)
     # Weights that are exactly zero (a pruned model's) stay absent when that is smaller.
-    return export.prune(spec.pack(dense, scale, zero_point), np.asarray(dense) != 0)
+    return export.prune(spec.pack(x, scale, zero_point, dtype=dense.dtype), np.asarray(dense) != 0)
 
   def pack(params, state):
     return leafwise.map_selected(pack_leaf, params, state.leaves)

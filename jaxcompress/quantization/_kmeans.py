@@ -17,7 +17,7 @@ from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.core.tree import leaves_with_paths
-from jaxcompress.quantization import _reparam
+from jaxcompress.quantization import _reparam, uniform
 from jaxcompress.quantization.granularity import from_args
 
 CENTROID_INITS = ("linear", "density", "kmeans++")
@@ -145,7 +145,9 @@ def kmeans(
   gather), so fine-tuning trains the shared values. A leaf with fewer distinct values
   than clusters is handled: its spare centroids stay unused or repeat a value.
   ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with
-  ``ceil(log2 clusters)``-bit indices.
+  ``ceil(log2 clusters)``-bit indices. Clustering runs on the values divided by the power
+  of two nearest above ``max|w|`` (exact; float32 for half types), so weights up to the
+  dtype's largest finite value cluster without overflow.
 
   After pruning, ``chain(prune, kmeans(...))`` is Deep Compression: ``init`` receives the
   keep-masks (``masks=``) and clusters the survivors only (initialization and Lloyd
@@ -199,7 +201,13 @@ def kmeans(
   root = jax.random.key(seed)
 
   def cluster(x, key, keep):
-    return kmeans_1d(x, init_centroids(x, clusters, centroid_init, key, keep), iterations, keep)
+    # Cluster x / 2^e with 2^e the power of two at max|x| (exact scaling, float32 for half
+    # types): distances and sums stay finite even at the dtype's largest values.
+    z = uniform.upcast(x)
+    _, e = jnp.frexp(jnp.max(jnp.abs(z)))
+    z = jnp.ldexp(z, -e)
+    centroids, idx = kmeans_1d(z, init_centroids(z, clusters, centroid_init, key, keep), iterations, keep)
+    return jnp.ldexp(centroids, e).astype(x.dtype), idx
 
   def init(params, *, masks=None):
     counter = [0]

@@ -22,6 +22,7 @@ from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.quantization import _activations as activations
 from jaxcompress.quantization import _reparam, _ste, uniform
+from jaxcompress.quantization.granularity import Granularity, from_args
 
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -39,7 +40,7 @@ def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def _codes(v, s, qn, qp):
-  return jnp.round(jnp.clip(v / s, -qn, qp))
+  return jnp.round(jnp.clip(uniform.divide(v, s), -qn, qp))
 
 
 def lsq_quantize(v: jax.Array, s: jax.Array, qn: int, qp: int, grad_scale: float) -> jax.Array:
@@ -70,24 +71,38 @@ def lsq_quantize(v: jax.Array, s: jax.Array, qn: int, qp: int, grad_scale: float
 
 
 def _lsq_rule(qn, qp, grad_scale, v, s):
-  x = v / s
+  x = uniform.divide(v, s)
   low, high = x <= -qn, x >= qp
   inside = ~(low | high)
   d = jnp.where(inside, jnp.round(x) - x, jnp.where(low, -float(qn), float(qp)))
-  return _codes(v, s, qn, qp) * s, _ste.Local(mask=inside), (_ste.Local(factor=d, scale=grad_scale),)
+  y = uniform.saturate(_codes(v, s, qn, qp) * s)  # -Q_N * s can round past the largest finite value
+  return y, _ste.Local(mask=inside), (_ste.Local(factor=d, scale=grad_scale),)
 
 
-def lsq_init_step(v: jax.Array, qp: int) -> jax.Array:
-  """The paper's initial step ``2 * mean|v| / sqrt(Q_P)``, floored at the dtype's tiny.
+def lsq_init_step(v: jax.Array, qp: int, granularity: Granularity | None = None) -> jax.Array:
+  """The paper's initial step ``2 * mean|v| / sqrt(Q_P)``, floored at the dtype's tiny and
+  capped at its largest finite value (the mean is taken in float32 for half types, without
+  overflow: :meth:`~jaxcompress.quantization.Granularity.mean`).
 
   Args:
     v: float array (the weights, or example activations).
     qp: ``Q_P`` (:func:`lsq_range`).
+    granularity: which elements share a step (the mean is taken over each block);
+      ``None``: one step for the whole array.
 
   Returns:
-    A positive scalar of ``v``'s dtype.
+    A positive array of ``v``'s dtype: shape ``()`` per tensor, else keepdims on
+    ``granularity.blocked(v)``.
+
+  References:
+    Esser, McKinstry, Bablani, Appuswamy & Modha 2020, "Learned Step Size
+    Quantization", https://arxiv.org/abs/1902.08153.
   """
-  return uniform.floor_positive(2 * jnp.mean(jnp.abs(v)) / math.sqrt(qp))
+  g = granularity or Granularity()
+  mean = g.mean(jnp.abs(uniform.upcast(v)))  # float32 for half types, without overflow
+  if g.channel_axis is None and g.group_axis is None:
+    mean = mean.reshape(())
+  return uniform.floor_positive(uniform.saturate(2 * mean / math.sqrt(qp), jnp.result_type(v)))
 
 
 def _check_bits(bits: int, signed: bool) -> int:
@@ -99,28 +114,48 @@ class LSQParams(NamedTuple):
 
   Attributes:
     weight: the float weights.
-    step: the learned step ``s``, shape ``()``.
+    step: the learned step ``s``: shape ``()`` per tensor; per channel or group, keepdims
+      on the weight's blocked view (:meth:`~jaxcompress.quantization.Granularity.blocked`),
+      e.g. ``(1, out)`` for a Dense kernel with ``per_channel=True``.
   """
 
   weight: jax.Array
   step: jax.Array
 
 
-def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = None) -> Compressor:
-  """LSQ weight quantization: signed ``bits``-bit codes with a learned step per tensor.
+def lsq(
+  bits: int = 4,
+  *,
+  init_step: float | None = None,
+  per_channel: bool = False,
+  axis: int = -1,
+  group_size: int | None = None,
+  group_axis: int = 0,
+  where: select.Where = None,
+) -> Compressor:
+  """LSQ weight quantization: signed ``bits``-bit codes with a learned step per tensor,
+  per channel or per group.
 
   ``init`` replaces each selected leaf of the trainable tree by :class:`LSQParams`
-  ``(weight, step)``, the step starting at ``init_step`` or the paper's
-  ``2 * mean|w| / sqrt(Q_P)``; ``apply`` maps it to ``round(clip(w / s, -Q_N, Q_P)) * s``
-  with ``Q_N = 2^(b-1)``, ``Q_P = 2^(b-1) - 1``. Gradients: the paper's
-  (:func:`lsq_quantize`) with gradient scale ``1 / sqrt(N * Q_P)``, ``N`` the leaf's
-  weight count. ``update`` keeps the step positive (floored at the dtype's smallest
-  normal number). ``pack`` stores a :class:`~jaxcompress.export.QArray` of signed
-  ``bits``-bit codes with the step as scale.
+  ``(weight, step)``, each step starting at ``init_step`` or the paper's
+  ``2 * mean|w| / sqrt(Q_P)`` over the weights that share it; ``apply`` maps it to
+  ``round(clip(w / s, -Q_N, Q_P)) * s`` with ``Q_N = 2^(b-1)``, ``Q_P = 2^(b-1) - 1``.
+  Per tensor (the paper), per slice along ``axis`` with ``per_channel``, or per group of
+  ``group_size`` weights along ``group_axis`` (per channel). Gradients: the paper's
+  (:func:`lsq_quantize`) with gradient scale ``g = 1 / sqrt(N * Q_P)``, ``N`` the number
+  of weights sharing the step (the leaf's size per tensor, ``size / shape[axis]`` per
+  channel, ``group_size`` per group). ``update`` keeps each step positive (floored at the
+  dtype's smallest normal number). ``pack`` stores a :class:`~jaxcompress.export.QArray`
+  of signed ``bits``-bit codes with the steps as scales, exactly.
 
   Args:
     bits: bits per weight, 2..16.
     init_step: the initial step, > 0, or ``None`` for the paper's initialization.
+    per_channel: one step per slice along ``axis``.
+    axis: the channel axis (-1: Flax's output features).
+    group_size: if given, one step per ``group_size`` consecutive weights along
+      ``group_axis`` (and per channel along ``axis``); must divide that axis.
+    group_axis: the axis cut into groups (0: a Dense kernel's contraction axis).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -129,8 +164,10 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
     :class:`LSQParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``bits`` is outside 2..16 or ``init_step <= 0``; at ``init``, as
-      :func:`jaxcompress.core.leafwise.init_selected`.
+    ValueError: if ``bits`` is outside 2..16 or ``init_step <= 0``, as
+      :func:`~jaxcompress.quantization.granularity.from_args`; at ``init``, as
+      :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis``/``group_axis`` is
+      out of range or ``group_size`` does not divide the axis (naming the leaf).
 
   References:
     Esser, McKinstry, Bablani, Appuswamy & Modha 2020, "Learned Step Size
@@ -142,15 +179,24 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
     >>> params, state = c.init({'w': jnp.array([[0.7, -0.2], [-3.0, 0.3]])})
     >>> c.apply(params, state)['w'].tolist()
     [[0.5, -0.0], [-1.0, 0.5]]
+    >>> lsq(2, per_channel=True).init({'w': jnp.array([[1.0, 2.0], [3.0, 4.0]])})[0]['w'].step.tolist()
+    [[4.0, 6.0]]
   """
   bits = _check_bits(bits, signed=True)
   if init_step is not None:
     init_step = validate.check_float("init_step", init_step, low=0.0, low_open=True)
+  granularity = from_args(per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
   qn, qp = lsq_range(bits, signed=True)
 
+  def step_shape(w):
+    return jnp.shape(lsq_init_step(jnp.zeros(w.shape, w.dtype), qp, granularity))
+
   def init_leaf(path, w):
-    del path
-    step = lsq_init_step(w, qp) if init_step is None else jnp.asarray(init_step, w.dtype)
+    granularity.check(tuple(w.shape), f"leaf {path!r}")
+    if init_step is None:
+      step = lsq_init_step(w, qp, granularity)
+    else:
+      step = jnp.full(step_shape(w), init_step, w.dtype)
     return LSQParams(weight=w, step=step), leafwise.Selected()
 
   def init(params, *, masks=None):
@@ -159,8 +205,10 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
     return trainable, leafwise.LeafwiseState.start(leaves)
 
   def dense(node, _):
-    w = node.weight
-    return lsq_quantize(w, node.step, qn, qp, 1.0 / math.sqrt(w.size * qp))
+    w, step = node.weight, node.step
+    shared = w.size // max(int(np.prod(jnp.shape(step))), 1)  # N: the weights sharing one step
+    quantize = lambda b, s: lsq_quantize(b, s, qn, qp, 1.0 / math.sqrt(shared * qp))
+    return granularity.apply(quantize, w, step)
 
   def apply(params, state):
     return _reparam.map_nodes(dense, params, state.leaves, leafwise.Selected, LSQParams)
@@ -172,13 +220,15 @@ def lsq(bits: int = 4, *, init_step: float | None = None, where: select.Where = 
 
   def pack_leaf(node, _):
     w, step = jnp.asarray(node.weight), jnp.asarray(node.step)
-    codes = np.asarray(_codes(w, step, qn, qp)).astype(np.int32)
+    codes = np.asarray(granularity.apply(lambda b, s: _codes(b, s, qn, qp), w, step)).astype(np.int32)
     return export.QArray(
       codes=export.store_codes(codes, bits, signed=True),
       scale=np.asarray(step),
       zero_point=None,
       bits=bits,
       dtype=str(w.dtype),
+      group_axis=None if granularity.group_size is None else granularity.group_axis,
+      group_size=granularity.group_size,
     )
 
   def pack(params, state):

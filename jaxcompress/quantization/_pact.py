@@ -20,11 +20,13 @@ from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.quantization import _activations as activations
 from jaxcompress.quantization import _reparam, _ste, uniform
+from jaxcompress.quantization.granularity import from_args
 
 
 def _unsigned(x, alpha, levels):
   scale = alpha / levels
-  return jnp.round(jnp.clip(x, 0, alpha) / scale) * scale
+  codes = jnp.clip(jnp.round(uniform.divide(jnp.clip(x, 0, alpha), scale)), 0, levels)
+  return uniform.saturate(codes * scale)  # code * scale can round past max
 
 
 def _pact_rule(x, alpha, levels):
@@ -53,11 +55,12 @@ def pact_quantize(x: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
 
 def _symmetric(w, alpha, levels):
   scale = alpha / levels
-  return _symmetric_codes(w, alpha, levels) * scale
+  return uniform.saturate(_symmetric_codes(w, alpha, levels) * scale)  # code * scale can round past max
 
 
 def _symmetric_codes(w, alpha, levels):
-  return jnp.round(jnp.clip(w, -alpha, alpha) / (alpha / levels))
+  # clipped: alpha / levels rounds in low precision (bfloat16), so alpha / step can exceed levels
+  return jnp.clip(jnp.round(uniform.divide(jnp.clip(w, -alpha, alpha), alpha / levels)), -levels, levels)
 
 
 def _pact_symmetric_rule(w, alpha, levels):
@@ -86,6 +89,10 @@ def pact_quantize_symmetric(w: jax.Array, alpha: jax.Array, bits: int) -> jax.Ar
   return _ste.surrogate(_pact_symmetric_rule, w, alpha, jnp.asarray(levels, w.dtype))
 
 
+def _check_decay(name, value):
+  return validate.check_float(name, value, low=0.0)
+
+
 def _clip_floor(alpha: jax.Array, levels: int) -> jax.Array:
   """``alpha`` floored so that the step ``alpha / levels`` stays a normal number: an
   all-zero layer or an optimizer step that drives ``alpha`` to or below 0 gives exact
@@ -99,7 +106,7 @@ def pact_activations(
   *,
   inputs: Sequence[Any],
   init_alpha: float | None = None,
-  alpha_decay: float = 0.0,
+  alpha_decay: validate.ScalarOrSchedule = 0.0,
   where: select.Where = None,
 ) -> Compressor:
   """PACT for activations: the input of each selected matmul/convolution is clipped to a
@@ -119,14 +126,15 @@ def pact_activations(
     bits: bits per activation, 1..16.
     inputs: example positional inputs of ``apply_fn`` (one batch).
     init_alpha: the initial clip, > 0, or ``None`` to start at the example maximum.
-    alpha_decay: the L2 coefficient on the clips, >= 0.
+    alpha_decay: the L2 coefficient on the clips, >= 0, or a schedule ``step -> value``
+      (optax schedules fit) evaluated at the state's step count.
     where: which sites, by weight path (default: all).
 
   Returns:
     A :class:`~jaxcompress.Compressor` whose learned nodes are ``{'alpha': float[]}``.
 
   Raises:
-    ValueError: if ``bits`` is outside 1..16, ``init_alpha <= 0`` or ``alpha_decay < 0``;
+    ValueError: if ``bits`` is outside 1..16, ``init_alpha <= 0`` or ``alpha_decay < 0`` (a schedule: at step 0);
       at ``init``, as :func:`~jaxcompress.quantization.site_quantizer`.
 
   References:
@@ -145,7 +153,7 @@ def pact_activations(
   bits = validate.check_bits("bits", bits)
   if init_alpha is not None:
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
-  alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
+  decay = validate.as_schedule("alpha_decay", alpha_decay, _check_decay)
 
   def init_node(site, x):
     del site
@@ -159,8 +167,10 @@ def pact_activations(
   def update(act_params):
     return jax.tree.map(uniform.floor_positive, act_params)
 
-  def penalty(act_params):
-    return alpha_decay * sum(jnp.sum(a**2) for a in jax.tree.leaves(act_params)) if alpha_decay else None
+  def penalty(act_params, count):
+    if not callable(alpha_decay) and not alpha_decay:
+      return None
+    return decay(count) * sum(jnp.sum(a**2) for a in jax.tree.leaves(act_params))
 
   return activations.site_quantizer(
     apply_fn, inputs=inputs, init_node=init_node, quantize=quantize, update=update, penalty=penalty, where=where
@@ -172,7 +182,9 @@ class PACTParams(NamedTuple):
 
   Attributes:
     weight: the float weights.
-    alpha: the learned clip, shape ``()``.
+    alpha: the learned clip: shape ``()`` per tensor; per channel or group, keepdims on
+      the weight's blocked view (e.g. ``(1, out)`` for a Dense kernel with
+      ``per_channel=True``).
   """
 
   weight: jax.Array
@@ -180,12 +192,23 @@ class PACTParams(NamedTuple):
 
 
 def pact(
-  bits: int = 4, *, init_alpha: float | None = None, alpha_decay: float = 0.0, where: select.Where = None
+  bits: int = 4,
+  *,
+  init_alpha: float | None = None,
+  alpha_decay: validate.ScalarOrSchedule = 0.0,
+  per_channel: bool = False,
+  axis: int = -1,
+  group_size: int | None = None,
+  group_axis: int = 0,
+  where: select.Where = None,
 ) -> Compressor:
-  """Weights quantized with a learned symmetric clip ``alpha`` per tensor (PACT for weights).
+  """Weights quantized with a learned symmetric clip ``alpha`` (PACT for weights), per
+  tensor, per channel or per group.
 
   ``init`` replaces each selected leaf of the trainable tree by :class:`PACTParams`
-  ``(weight, alpha)``, ``alpha`` starting at ``init_alpha`` or ``max|w|``; ``apply``
+  ``(weight, alpha)``, ``alpha`` starting at ``init_alpha`` or ``max|w|`` over the
+  weights that share it (the whole tensor; each slice along ``axis`` with
+  ``per_channel``; each group of ``group_size`` weights along ``group_axis``); ``apply``
   returns :func:`pact_quantize_symmetric` (codes ``-(2^(b-1)-1) .. 2^(b-1)-1``, step
   ``alpha / (2^(b-1)-1)``), whose gradients train the weights (straight-through inside
   the clip) and ``alpha`` (the summed gradients of the clipped weights, signed).
@@ -198,7 +221,13 @@ def pact(
   Args:
     bits: bits per weight, 2..16.
     init_alpha: the initial clip, > 0, or ``None`` for ``max|w|``.
-    alpha_decay: the L2 coefficient on the clips, >= 0.
+    alpha_decay: the L2 coefficient on the clips, >= 0, or a schedule ``step -> value``
+      (optax schedules fit) evaluated at the state's step count.
+    per_channel: one clip per slice along ``axis``.
+    axis: the channel axis (-1: Flax's output features).
+    group_size: if given, one clip per ``group_size`` consecutive weights along
+      ``group_axis`` (and per channel along ``axis``); must divide that axis.
+    group_axis: the axis cut into groups (0: a Dense kernel's contraction axis).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -207,8 +236,10 @@ def pact(
     :class:`PACTParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``bits`` is outside 2..16, ``init_alpha <= 0`` or ``alpha_decay < 0``;
-      at ``init``, as :func:`jaxcompress.core.leafwise.init_selected`.
+    ValueError: if ``bits`` is outside 2..16, ``init_alpha <= 0`` or ``alpha_decay < 0`` (a schedule: at step 0),
+      as :func:`~jaxcompress.quantization.granularity.from_args`; at ``init``, as
+      :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis``/``group_axis`` is out
+      of range or ``group_size`` does not divide the axis.
 
   References:
     Choi, Wang, Venkataramani, Chuang, Srinivasan & Gopalakrishnan 2018, "PACT:
@@ -225,12 +256,15 @@ def pact(
   bits = validate.check_bits("bits", bits, low=2)
   if init_alpha is not None:
     init_alpha = validate.check_float("init_alpha", init_alpha, low=0.0, low_open=True)
-  alpha_decay = validate.check_float("alpha_decay", alpha_decay, low=0.0)
+  decay = validate.as_schedule("alpha_decay", alpha_decay, _check_decay)
   levels = uniform.qmax(bits)
+  granularity = from_args(per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
+  per_tensor = granularity.channel_axis is None
 
   def init_leaf(path, w):
-    del path
-    alpha = uniform.floor_positive(jnp.max(jnp.abs(w))) if init_alpha is None else jnp.asarray(init_alpha, w.dtype)
+    granularity.check(tuple(w.shape), f"leaf {path!r}")
+    amax = jnp.max(jnp.abs(w)) if per_tensor else granularity.absmax(w)
+    alpha = uniform.floor_positive(amax) if init_alpha is None else jnp.full(amax.shape, init_alpha, w.dtype)
     return PACTParams(weight=w, alpha=alpha), leafwise.Selected()
 
   def init(params, *, masks=None):
@@ -240,7 +274,7 @@ def pact(
 
   def apply(params, state):
     return _reparam.map_nodes(
-      lambda node, _: pact_quantize_symmetric(node.weight, node.alpha, bits),
+      lambda node, _: granularity.apply(lambda b, a: pact_quantize_symmetric(b, a, bits), node.weight, node.alpha),
       params,
       state.leaves,
       leafwise.Selected,
@@ -255,25 +289,27 @@ def pact(
   def pack_leaf(node, _):
     w = jnp.asarray(node.weight)
     alpha, n = _clip_floor(jnp.asarray(node.alpha, w.dtype), levels), jnp.asarray(levels, w.dtype)
-    codes = np.asarray(_symmetric_codes(w, alpha, n)).astype(np.int32)
+    codes = np.asarray(granularity.apply(lambda b, a: _symmetric_codes(b, a, n), w, alpha)).astype(np.int32)
     return export.QArray(
       codes=export.store_codes(codes, bits, signed=True),
       scale=np.asarray(alpha / n),
       zero_point=None,
       bits=bits,
       dtype=str(w.dtype),
+      group_axis=None if granularity.group_size is None else granularity.group_axis,
+      group_size=granularity.group_size,
     )
 
   def pack(params, state):
     return _reparam.map_nodes(pack_leaf, params, state.leaves, leafwise.Selected, PACTParams)
 
   def penalty(params, state):
-    if not alpha_decay:
+    if not callable(alpha_decay) and not alpha_decay:
       return None
     alphas: list[jax.Array] = []
     _reparam.map_nodes(
       lambda node, _: alphas.append(node.alpha) or node, params, state.leaves, leafwise.Selected, PACTParams
     )
-    return alpha_decay * sum(jnp.sum(a**2) for a in alphas)
+    return decay(state.count) * sum(jnp.sum(a**2) for a in alphas)
 
   return Compressor(init, apply, update, pack, penalty=penalty)

@@ -60,8 +60,11 @@ class QuantSpec:
     qmin, qmax = self.qrange
     return self.granularity.apply(lambda b: uniform.quantize(b, scale, zero_point=zero_point, qmin=qmin, qmax=qmax), x)
 
-  def pack(self, x: jax.Array, scale: jax.Array, zero_point: jax.Array | None) -> export.QArray:
-    """A :class:`~jaxcompress.export.QArray` of ``x`` (prune it with ``.prune(mask)``)."""
+  def pack(
+    self, x: jax.Array, scale: jax.Array, zero_point: jax.Array | None, *, dtype: jnp.dtype | None = None
+  ) -> export.QArray:
+    """A :class:`~jaxcompress.export.QArray` of ``x`` (prune it with ``.prune(mask)``) that
+    materializes to ``dtype`` (default: ``x``'s)."""
     codes = np.asarray(self.quantize(x, scale, zero_point))
     stored = export.store_codes(codes, self.bits, signed=self.symmetric)
     g = self.granularity
@@ -70,7 +73,7 @@ class QuantSpec:
       scale=np.asarray(scale),
       zero_point=None if zero_point is None else np.asarray(zero_point),
       bits=self.bits,
-      dtype=str(x.dtype),
+      dtype=str(jnp.dtype(x.dtype if dtype is None else dtype)),
       group_axis=None if g.group_size is None else g.group_axis,
       group_size=g.group_size,
     )

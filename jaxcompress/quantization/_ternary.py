@@ -15,7 +15,7 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
-from jaxcompress.quantization import _reparam, _ste
+from jaxcompress.quantization import _reparam, _ste, uniform
 from jaxcompress.quantization.granularity import Granularity, from_args
 
 
@@ -28,13 +28,15 @@ def twn_threshold(w: jax.Array, factor: float = 0.7, granularity: Granularity | 
     granularity: which weights share a threshold; ``None``: the whole tensor.
 
   Returns:
-    ``delta`` with ``keepdims`` over the axes that share it.
+    ``delta`` with ``keepdims`` over the axes that share it (the mean taken without
+    overflow: :meth:`~jaxcompress.quantization.Granularity.mean`).
   """
-  return factor * (granularity or Granularity()).reduce(jnp.mean, jnp.abs(w))
+  return factor * (granularity or Granularity()).mean(jnp.abs(w))
 
 
 def twn_scale(w: jax.Array, delta: jax.Array, granularity: Granularity | None = None) -> jax.Array:
-  """TWN's scale ``alpha = mean of |w| over |w| > delta`` (Eq. 5); 0 when none is above.
+  """TWN's scale ``alpha = mean of |w| over |w| > delta`` (Eq. 5); 0 when none is above
+  (without overflow: :meth:`~jaxcompress.quantization.Granularity.mean`).
 
   Args:
     w: float array.
@@ -44,11 +46,7 @@ def twn_scale(w: jax.Array, delta: jax.Array, granularity: Granularity | None = 
   Returns:
     ``alpha`` with ``keepdims`` over the axes that share it.
   """
-  g = granularity or Granularity()
-  above = jnp.abs(w) > delta
-  total = g.reduce(jnp.sum, jnp.where(above, jnp.abs(w), 0))
-  count = g.reduce(jnp.sum, above)
-  return total / jnp.maximum(count, 1).astype(w.dtype)
+  return (granularity or Granularity()).mean(jnp.abs(w), where=jnp.abs(w) > delta)
 
 
 def ternary_codes(w: jax.Array, delta: jax.Array) -> jax.Array:
@@ -73,13 +71,27 @@ def twn_quantize(w: jax.Array, factor: float = 0.7, granularity: Granularity | N
   References:
     Li, Zhang & Liu 2016, "Ternary Weight Networks", https://arxiv.org/abs/1605.04711.
   """
-  delta = twn_threshold(w, factor, granularity)
-  alpha = twn_scale(w, delta, granularity)
+  delta, alpha = _twn_params(w, factor, granularity)
   return _ste.straight_through(w, alpha * ternary_codes(w, delta).astype(w.dtype))
 
 
+def _twn_params(w, factor, granularity):
+  """``(delta, alpha)``, computed in float32 for half types; ``alpha`` in ``w``'s dtype."""
+  x = uniform.upcast(w)
+  delta = twn_threshold(x, factor, granularity)
+  return delta, twn_scale(x, delta, granularity).astype(w.dtype)
+
+
+def _check_factor(name, value):
+  return validate.check_float(name, value, low=0.0, low_open=True)
+
+
 def twn(
-  threshold_factor: float = 0.7, *, per_channel: bool = False, axis: int = -1, where: select.Where = None
+  threshold_factor: validate.ScalarOrSchedule = 0.7,
+  *,
+  per_channel: bool = False,
+  axis: int = -1,
+  where: select.Where = None,
 ) -> Compressor:
   """Ternary Weight Networks: ``w ≈ alpha * t``, ``t in {-1, 0, +1}``.
 
@@ -92,7 +104,8 @@ def twn(
 
   Args:
     threshold_factor: the factor of ``mean|w|`` giving the threshold, > 0 (the paper's
-      0.7).
+      0.7), or a schedule ``step -> factor`` (optax schedules fit), evaluated at the
+      state's step count (``update`` advances it; ``pack`` uses the current step).
     per_channel: one threshold and scale per slice along ``axis``.
     axis: the channel axis (-1: Flax's output features).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
@@ -102,7 +115,7 @@ def twn(
     :class:`~jaxcompress.core.leafwise.LeafwiseState`.
 
   Raises:
-    ValueError: if ``threshold_factor <= 0``; at ``init``, as
+    ValueError: if ``threshold_factor <= 0`` (a schedule: at step 0); at ``init``, as
       :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out of range.
 
   References:
@@ -115,7 +128,7 @@ def twn(
     >>> c.apply(params, state)['w'].tolist()  # delta = 0.805, alpha = 2
     [[2.0, -2.0], [0.0, 0.0]]
   """
-  factor = validate.check_float("threshold_factor", threshold_factor, low=0.0, low_open=True)
+  factor = validate.as_schedule("threshold_factor", threshold_factor, _check_factor)
   granularity = from_args(per_channel=per_channel, axis=axis)
 
   def init_leaf(path, p):
@@ -127,23 +140,25 @@ def twn(
     return params, leafwise.LeafwiseState.start(leafwise.init_selected(params, where, init_leaf))
 
   def apply(params, state):
-    return leafwise.map_selected(lambda w, _: twn_quantize(w, factor, granularity), params, state.leaves)
+    t = factor(state.count)
+    return leafwise.map_selected(lambda w, _: twn_quantize(w, t, granularity), params, state.leaves)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
     return params, state.advance()
 
-  def pack_leaf(p, _):
+  def pack_leaf(p, _, t):
     w = jnp.asarray(export.materialize(p))
-    delta = twn_threshold(w, factor, granularity)
-    scale = np.asarray(twn_scale(w, delta, granularity))
+    delta, alpha = _twn_params(w, t, granularity)
+    scale = np.asarray(alpha)
     codes = np.asarray(ternary_codes(w, delta))
     return export.QArray(
       codes=export.store_codes(codes, 2, signed=True), scale=scale, zero_point=None, bits=2, dtype=str(w.dtype)
     )
 
   def pack(params, state):
-    return leafwise.map_selected(pack_leaf, params, state.leaves)
+    t = factor(state.count)
+    return leafwise.map_selected(lambda p, leaf: pack_leaf(p, leaf, t), params, state.leaves)
 
   return Compressor(init, apply, update, pack)
 
@@ -186,8 +201,10 @@ class TTQParams(NamedTuple):
 
   Attributes:
     weight: the float latent weights (the model leaf's shape).
-    positive: the learned positive scale ``W_p``, shape ``()``.
-    negative: the learned negative scale ``W_n``, shape ``()`` (the value is ``-W_n``).
+    positive: the learned positive scale ``W_p``: shape ``()``, or with ``per_channel``
+      keepdims (size 1 on every axis but the channel axis, e.g. ``(1, out)``).
+    negative: the learned negative scale ``W_n``, shaped like ``positive`` (the value is
+      ``-W_n``).
   """
 
   weight: jax.Array
@@ -195,25 +212,60 @@ class TTQParams(NamedTuple):
   negative: jax.Array
 
 
-def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, where: select.Where = None) -> Compressor:
+def ttq_threshold(w: jax.Array, factor: float = 0.05, granularity: Granularity | None = None) -> jax.Array:
+  """TTQ's threshold ``delta = factor * max|w|`` (Zhu et al. 2017, Eq. 5's ``t``).
+
+  Args:
+    w: float array.
+    factor: ``t``, > 0.
+    granularity: which weights share a threshold (per output channel:
+      ``per_channel(axis)``); ``None``: the whole tensor.
+
+  Returns:
+    ``delta``: shape ``()`` per tensor, else keepdims over the shared axes.
+
+  References:
+    Zhu, Han, Mao & Dally 2017, "Trained Ternary Quantization",
+    https://arxiv.org/abs/1612.01064.
+  """
+  if granularity is None or granularity.channel_axis is None:
+    return factor * jnp.max(jnp.abs(w))
+  return factor * granularity.absmax(w)
+
+
+def ttq(
+  threshold_factor: validate.ScalarOrSchedule = 0.05,
+  *,
+  init_scale: float | None = None,
+  per_channel: bool = False,
+  axis: int = -1,
+  where: select.Where = None,
+) -> Compressor:
   """Trained Ternary Quantization: ternary weights with learned positive and negative scales.
 
   ``init`` replaces each selected leaf of the trainable tree by :class:`TTQParams`
   ``(weight, positive, negative)``; ``apply`` maps it back to the model's leaf
   ``W_p`` where ``w > delta``, ``-W_n`` where ``w < -delta``, 0 elsewhere, with
   ``delta = threshold_factor * max|w|`` (the paper's ``t``, recomputed from the latent
-  weights each step). The scales start at ``init_scale`` or, by default, at the mean
-  of ``|w|`` over the weights above / below the threshold. Gradients as in the paper
-  (see :func:`ttq_quantize`): each scale gets the sum of the gradients of its weights,
-  the latent weights a straight-through gradient scaled by ``W_p``/``1``/``W_n``.
-  ``pack`` stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
-  ``[-W_n, 0, W_p]`` and 2-bit indices.
+  weights each step). Per tensor (the paper), or with ``per_channel`` one ``W_p``,
+  ``W_n`` and ``delta = t * max|w|`` per slice along ``axis`` (each slice is quantized
+  as the per-tensor method would quantize it alone). The scales start at
+  ``init_scale`` or, by default, at the mean of ``|w|`` over the weights above / below
+  the threshold (of their channel). Gradients as in the paper (see
+  :func:`ttq_quantize`): each scale gets the sum of the gradients of its weights, the
+  latent weights a straight-through gradient scaled by ``W_p``/``1``/``W_n``. ``pack``
+  stores a :class:`~jaxcompress.export.CodebookArray` with the codebook
+  ``[-W_n, 0, W_p]`` (one row per channel with ``per_channel``) and 2-bit indices.
 
   Args:
     threshold_factor: ``t``, the fraction of ``max|w|`` giving the threshold, > 0 (the
-      paper's 0.05).
+      paper's 0.05), or a schedule ``step -> t`` (optax schedules fit), evaluated at the
+      state's step count (``init`` at step 0; ``update`` advances it; ``pack`` uses the
+      current step).
     init_scale: the initial ``W_p`` and ``W_n``, > 0, or ``None`` to derive them from
       the weights.
+    per_channel: one ``W_p``, ``W_n`` and threshold per slice along ``axis``.
+    axis: the channel axis (-1: Flax's output features).
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -222,8 +274,9 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
     holds :class:`TTQParams` at the selected leaves.
 
   Raises:
-    ValueError: if ``threshold_factor <= 0`` or ``init_scale <= 0``; at ``init``, as
-      :func:`jaxcompress.core.leafwise.init_selected`.
+    ValueError: if ``threshold_factor <= 0`` (a schedule: at step 0) or ``init_scale <= 0``, as
+      :func:`~jaxcompress.quantization.granularity.from_args`; at ``init``, as
+      :func:`jaxcompress.core.leafwise.init_selected`, or if ``axis`` is out of range.
 
   References:
     Zhu, Han, Mao & Dally 2017, "Trained Ternary Quantization",
@@ -238,22 +291,25 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
     >>> c.apply(params, state)['w'].tolist()  # delta = 0.9
     [[1.0, -3.0], [0.0, 0.0]]
   """
-  factor = validate.check_float("threshold_factor", threshold_factor, low=0.0, low_open=True)
+  factor = validate.as_schedule("threshold_factor", threshold_factor, _check_factor)
   if init_scale is not None:
     init_scale = validate.check_float("init_scale", init_scale, low=0.0, low_open=True)
+  granularity = from_args(per_channel=per_channel, axis=axis)
 
-  def threshold(w):
-    return factor * jnp.max(jnp.abs(w))
+  def threshold(w, count):
+    return ttq_threshold(w, factor(count), granularity)
+
+  def mean_where(x, keep):  # without overflow, in float32 for half types
+    mean = granularity.mean(uniform.upcast(x), where=keep).astype(x.dtype)
+    return mean if per_channel else mean.reshape(())
 
   def init_leaf(path, w):
-    del path
+    granularity.check(tuple(w.shape), f"leaf {path!r}")
+    delta = threshold(w, jnp.asarray(0, jnp.int32))
     if init_scale is not None:
-      pos = neg = jnp.asarray(init_scale, w.dtype)
+      pos = neg = jnp.full(jnp.shape(delta), init_scale, w.dtype)
     else:
-      delta = threshold(w)
-      above, below = w > delta, w < -delta
-      pos = jnp.sum(jnp.where(above, w, 0)) / jnp.maximum(jnp.sum(above), 1).astype(w.dtype)
-      neg = jnp.sum(jnp.where(below, -w, 0)) / jnp.maximum(jnp.sum(below), 1).astype(w.dtype)
+      pos, neg = mean_where(w, w > delta), mean_where(-w, w < -delta)
     return TTQParams(weight=w, positive=pos, negative=neg), leafwise.Selected()
 
   def init(params, *, masks=None):
@@ -261,26 +317,31 @@ def ttq(threshold_factor: float = 0.05, *, init_scale: float | None = None, wher
     trainable, leaves = _reparam.init(params, where, init_leaf)
     return trainable, leafwise.LeafwiseState.start(leaves)
 
-  def dense(node):
+  def dense(node, count):
     w = node.weight
-    return ttq_quantize(w, node.positive, node.negative, jax.lax.stop_gradient(threshold(w)))
+    return ttq_quantize(w, node.positive, node.negative, jax.lax.stop_gradient(threshold(w, count)))
 
   def apply(params, state):
-    return _reparam.map_nodes(lambda node, _: dense(node), params, state.leaves, leafwise.Selected, TTQParams)
+    dense_leaf = lambda node, _: dense(node, state.count)
+    return _reparam.map_nodes(dense_leaf, params, state.leaves, leafwise.Selected, TTQParams)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
     return params, state.advance()
 
-  def pack_leaf(node):
+  def pack_leaf(node, count):
     w = jnp.asarray(node.weight)
-    delta = threshold(w)
+    delta = threshold(w, count)
     indices = np.asarray(ternary_codes(w, delta)) + 1  # -1, 0, 1 -> 0, 1, 2
     pos, neg = jnp.asarray(node.positive, w.dtype), jnp.asarray(node.negative, w.dtype)
-    codebook = np.asarray(jnp.stack([-neg, jnp.zeros((), w.dtype), pos]))
-    return export.from_assignments(codebook, indices)
+    if not per_channel:
+      return export.from_assignments(np.asarray(jnp.stack([-neg, jnp.zeros((), w.dtype), pos])), indices)
+    rows = lambda v: jnp.moveaxis(v, axis, 0).reshape(-1)
+    codebook = jnp.stack([-rows(neg), jnp.zeros_like(rows(pos)), rows(pos)], axis=1)
+    return export.from_assignments(np.asarray(codebook), indices, axis=axis)
 
   def pack(params, state):
-    return _reparam.map_nodes(lambda node, _: pack_leaf(node), params, state.leaves, leafwise.Selected, TTQParams)
+    pack_node = lambda node, _: pack_leaf(node, state.count)
+    return _reparam.map_nodes(pack_node, params, state.leaves, leafwise.Selected, TTQParams)
 
   return Compressor(init, apply, update, pack)

@@ -9,6 +9,11 @@ first in an ``optax.chain`` inside ``jax.pmap`` or ``shard_map``, with
 ``jaxcompress.train.make_step(..., axis_name=..., reduce_gradients=False)`` so the
 step does not also average the float gradients. Randomness comes from a key kept in
 the state, split every step and folded with the device index.
+
+Finite extremes stay finite: norms and means are taken without overflow (scaled by the
+power of two at the largest magnitude where the plain sum overflows), half-precision
+gradients are encoded in float32, and the averaged result is saturated to the gradient
+dtype's finite range.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcompress.core import validate
+from jaxcompress.quantization import uniform
 
 
 class CompressionState(NamedTuple):
@@ -60,6 +66,24 @@ def _unpack(data: jax.Array, bits: int, size: int) -> jax.Array:
   return ((data[..., None] >> shifts) & mask).reshape(*data.shape[:-1], -1)[..., :size]
 
 
+def _norm(g: jax.Array) -> jax.Array:
+  """``‖g‖₂`` without overflow: where the plain norm overflows (an entry of 2e19 in
+  float32), ``g`` is scaled by the power of two at ``max|g|`` first (exact); a norm
+  beyond the largest float32 saturates there."""
+  plain = jnp.linalg.norm(g.reshape(-1))
+  _, e = jnp.frexp(jnp.max(jnp.abs(g)))
+  scaled = jnp.ldexp(jnp.linalg.norm(jnp.ldexp(g, -e).reshape(-1)), e)
+  return jnp.where(jnp.isfinite(plain), plain, uniform.saturate(scaled))
+
+
+def _mean(x: jax.Array, axis: int) -> jax.Array:
+  """``mean(x, axis)`` without overflow (the mean of values near the largest float32)."""
+  plain = jnp.mean(x, axis=axis)
+  _, e = jnp.frexp(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+  scaled = jnp.ldexp(jnp.mean(jnp.ldexp(x, -e), axis=axis), jnp.squeeze(e, axis))
+  return jnp.where(jnp.isfinite(plain), plain, scaled)
+
+
 def qsgd_codec(levels: int) -> Codec:
   """QSGD with ``levels`` quantization levels per sign (Alistarh et al. 2017).
 
@@ -69,7 +93,7 @@ def qsgd_codec(levels: int) -> Codec:
 
   def encode(g, key):
     g = g.astype(jnp.float32)  # a float16 norm overflows; bf16 levels would be biased
-    norm = jnp.linalg.norm(g.reshape(-1))
+    norm = _norm(g)
     safe = jnp.where(norm > 0, norm, 1.0)
     level = jnp.floor(jnp.abs(g) / safe * levels + jax.random.uniform(key, g.shape, jnp.float32))
     return (jnp.sign(g) * level).astype(jnp.int8), norm
@@ -107,7 +131,7 @@ def sign_codec() -> Codec:
 
   def encode(g, key):
     del key
-    return _pack((g >= 0).astype(jnp.int32), 1), jnp.mean(jnp.abs(g.astype(jnp.float32)))
+    return _pack((g >= 0).astype(jnp.int32), 1), _mean(jnp.abs(g.astype(jnp.float32)).reshape(-1), 0)
 
   def decode(data, scale, shape):
     size = 1
@@ -152,14 +176,15 @@ def compressed_mean(
     keys = jax.random.split(device_key, max(len(leaves), 1))
     means, new_errors = [], []
     for g, e, k in zip(leaves, errors, keys):
-      corrected = g if e is None else g + e
+      # float32 for half types, saturated: g + e and the decoded mean can pass the largest value
+      corrected = g if e is None else uniform.saturate(uniform.upcast(g) + uniform.upcast(e))
       codes, scale = codec.encode(corrected, k)
       mine = codec.decode(codes, scale, g.shape)
-      new_errors.append(None if e is None else corrected - mine)
+      new_errors.append(None if e is None else uniform.saturate(corrected - mine, e.dtype))
       all_codes = jax.lax.all_gather(codes, axis_name)  # only the codes cross devices
       all_scales = jax.lax.all_gather(scale, axis_name)
       decoded = jax.vmap(lambda c, s, shape=g.shape: codec.decode(c, s, shape))(all_codes, all_scales)
-      means.append(decoded.mean(axis=0).astype(g.dtype))
+      means.append(uniform.saturate(_mean(decoded, 0), g.dtype))
     error = treedef.unflatten(new_errors) if error_feedback else None
     return treedef.unflatten(means), CompressionState(key=key, error=error)
 

@@ -81,6 +81,36 @@ class Granularity:
     """
     return fn(self.blocked(x), axis=self.reduce_axes(x.ndim), keepdims=True)
 
+  def mean(self, x: jax.Array, where: jax.Array | None = None) -> jax.Array:
+    """The mean of ``x`` (over ``where`` when given) per block, keepdims on the blocked
+    view, without overflow: where the plain mean overflows (sums of values near the
+    dtype's largest finite number), each block is divided by its largest magnitude
+    first. Exactly ``jnp.mean`` (or ``sum / count``) wherever that is finite.
+
+    Args:
+      x: float array.
+      where: bool array of ``x``'s shape: only these elements count (a block with none
+        gives 0); ``None`` for all.
+
+    Returns:
+      One finite value per block (for finite ``x``), ``x``'s dtype.
+    """
+    b, axes = self.blocked(x), self.reduce_axes(x.ndim)
+    if where is None:
+      v, count = b, None
+      plain = jnp.mean(b, axis=axes, keepdims=True)
+    else:
+      keep = self.blocked(where)
+      v = jnp.where(keep, b, jnp.zeros((), b.dtype))
+      count = jnp.maximum(jnp.sum(keep, axis=axes, keepdims=True), 1).astype(b.dtype)
+      plain = jnp.sum(v, axis=axes, keepdims=True) / count
+    # Scale by the power of two at the largest magnitude (ldexp: exact, where dividing by
+    # it would multiply by a reciprocal that flushes to zero near the dtype's max).
+    _, e = jnp.frexp(jnp.max(jnp.abs(v), axis=axes, keepdims=True))
+    z = jnp.ldexp(v, -e)
+    rel = jnp.mean(z, axis=axes, keepdims=True) if count is None else jnp.sum(z, axis=axes, keepdims=True) / count
+    return jnp.where(jnp.isfinite(plain), plain, jnp.ldexp(rel, e))
+
   def absmax(self, x: jax.Array) -> jax.Array:
     """``max |x|`` per block, keepdims on the blocked view."""
     return self.reduce(jnp.max, jnp.abs(x))

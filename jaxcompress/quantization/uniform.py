@@ -73,17 +73,73 @@ def floor_positive(x: jax.Array) -> jax.Array:
   return jnp.maximum(x, scale_floor(jnp.result_type(x)))
 
 
+def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  """The dtype quantizers compute statistics and scales in: ``float32`` for floating types
+  narrower than 32 bits (``float16``'s range overflows ``max - min`` and ``sum(x)`` at
+  ordinary sizes), else ``dtype`` itself."""
+  dtype = jnp.dtype(dtype)
+  return jnp.dtype(jnp.float32) if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4 else dtype
+
+
+def upcast(x: jax.Array) -> jax.Array:
+  """``x`` in :func:`compute_dtype` of its dtype (differentiable; a no-op for ``float32``)."""
+  x = jnp.asarray(x)
+  return x.astype(compute_dtype(x.dtype))
+
+
+def saturate(x: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
+  """``x`` clipped to the finite range of ``dtype`` (default: its own) and cast to it.
+
+  A dequantized value ``code * scale`` can round past the largest finite number when the
+  weights reach it (``127 * (max / 127)``); saturating keeps it finite. NaN stays NaN.
+
+  Args:
+    x: float array.
+    dtype: the floating dtype to cast to; ``None``: ``x``'s.
+
+  Returns:
+    ``x`` in ``dtype``, with ``|x| <= finfo(dtype).max``.
+  """
+  x = jnp.asarray(x)
+  dtype = jnp.dtype(x.dtype if dtype is None else dtype)
+  limit = float(jnp.finfo(dtype).max)
+  return jnp.clip(x, -limit, limit).astype(dtype)
+
+
+def divide(x: jax.Array, s: jax.Array) -> jax.Array:
+  """``x / s`` for a positive divisor ``s`` up to the dtype's largest finite value.
+
+  XLA computes a division by a broadcast divisor as a product with its reciprocal, and
+  the reciprocal of a divisor above ``1 / tiny`` is subnormal, which the CPU flushes to
+  zero (``max / max`` would give 0). Both operands are scaled by the power of two at
+  ``s`` first (``ldexp``, exact), so the result has the same bits as ``x / s`` wherever
+  that is right.
+
+  Args:
+    x: float array.
+    s: positive float array broadcastable to ``x``.
+
+  Returns:
+    ``x / s``, broadcast.
+  """
+  _, e = jnp.frexp(s)
+  return jnp.ldexp(x, -e) / jnp.ldexp(s, -e)
+
+
 def affine_params(xmin: jax.Array, xmax: jax.Array, qmin: int, qmax: int) -> tuple[jax.Array, jax.Array]:
   """Scale and zero point mapping ``[xmin, xmax]`` (widened to include 0) onto ``[qmin, qmax]``.
 
   ``scale = (xmax - xmin) / (qmax - qmin)`` and ``zero_point = qmin - round(xmin / scale)``
-  clipped to the code range, so zero is exactly representable.
+  clipped to the code range, so zero is exactly representable. A range wider than the
+  dtype's largest finite number (``xmax - xmin`` overflows) is halved before the division.
 
   Returns:
     ``(scale, zero_point)``: float and ``int32`` arrays of ``xmin``'s shape.
   """
   xmin, xmax = jnp.minimum(xmin, 0.0), jnp.maximum(xmax, 0.0)
-  scale = jnp.maximum((xmax - xmin) / (qmax - qmin), scale_floor(jnp.result_type(xmin)))
+  span = xmax - xmin  # overflows for ranges wider than the dtype's largest number: halve first
+  span_scale = jnp.where(jnp.isfinite(span), span / (qmax - qmin), (xmax * 0.5 - xmin * 0.5) / ((qmax - qmin) * 0.5))
+  scale = jnp.maximum(span_scale, scale_floor(jnp.result_type(xmin)))
   zero_point = jnp.clip(qmin - jnp.round(xmin / scale), qmin, qmax).astype(jnp.int32)
   return scale, zero_point
 
@@ -143,14 +199,14 @@ def quantize(
 
 
 def dequantize(codes: jax.Array, scale: jax.Array, zero_point: jax.Array | None = None) -> jax.Array:
-  """``(codes - zero_point) · scale``."""
+  """``(codes - zero_point) · scale``, saturated to the scale dtype's finite range."""
   codes = codes if zero_point is None else codes - zero_point
-  return codes.astype(jnp.result_type(scale)) * scale
+  return saturate(codes.astype(jnp.result_type(scale)) * scale)
 
 
 def _grid(x, scale, zero_point, qmin, qmax_):
   q = jnp.clip(jnp.round(x * (1.0 / scale)) + zero_point, qmin, qmax_)
-  return (q - zero_point) * scale, q
+  return saturate((q - zero_point) * scale), q
 
 
 def _fake_quant_rule(x, scale, zero_point, bounds):
@@ -199,7 +255,7 @@ def fake_quant(
 
 
 def _learnable_rule(x, scale, zero_point, bounds, q):
-  y = (q - zero_point) * scale  # q: the codes, computed once in the forward pass
+  y = saturate((q - zero_point) * scale)  # q: the codes, computed once in the forward pass
   v = jnp.round(x * (1.0 / scale)) + zero_point
   inside = ~((v < bounds[0]) | (v > bounds[1]))
   # d x̂ / d scale: (q - z) - x / s inside (round passes straight through), (qmin|qmax - z) outside.
