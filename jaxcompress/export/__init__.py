@@ -4,6 +4,17 @@ from jaxcompress.export._base import CompressedLeaf, is_compressed, materialize,
 from jaxcompress.export._bitpack import BitPacked, code_range, pack_bits
 from jaxcompress.export._codebook import CodebookArray, from_assignments, index_bits
 from jaxcompress.export._factorized import Factorized, factorize
+from jaxcompress.export._huffman import (
+  HuffmanArray,
+  StreamReport,
+  code_lengths,
+  coded_bits,
+  entropy_bits,
+  huffman,
+  huffman_decode,
+  huffman_encode,
+  unhuffman,
+)
 from jaxcompress.export._io import CorruptFileError, load, save
 from jaxcompress.export._masked import MaskedArray, prune
 from jaxcompress.export._qarray import QArray, store_codes
@@ -16,15 +27,23 @@ __all__ = [
   "CompressedLeaf",
   "CorruptFileError",
   "Factorized",
+  "HuffmanArray",
   "MaskedArray",
   "QArray",
   "SlicedArray",
   "SparseArray",
+  "StreamReport",
+  "code_lengths",
   "code_range",
+  "coded_bits",
+  "entropy_bits",
   "factorize",
   "from_assignments",
   "from_dense",
   "from_mask",
+  "huffman",
+  "huffman_decode",
+  "huffman_encode",
   "index_bits",
   "is_compressed",
   "load",
@@ -35,4 +54,5 @@ __all__ = [
   "save",
   "sliced_from_parts",
   "store_codes",
+  "unhuffman",
 ]

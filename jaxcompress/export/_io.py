@@ -44,6 +44,7 @@ from jaxcompress.export._bitpack import BitPacked
 from jaxcompress.export._checks import InconsistentLeafError, check_leaf, known_dtype
 from jaxcompress.export._codebook import CodebookArray
 from jaxcompress.export._factorized import Factorized
+from jaxcompress.export._huffman import HuffmanArray
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
@@ -74,7 +75,8 @@ _SAFETENSORS_DTYPES = {
   "float64": "F64",
 }
 _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
-  cls.__name__: cls for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray)
+  cls.__name__: cls
+  for cls in (BitPacked, QArray, SparseArray, CodebookArray, Factorized, SlicedArray, MaskedArray, HuffmanArray)
 }
 # every leaf type's static fields (its pytree meta fields); the other dataclass fields hold arrays or leaves
 _META_FIELDS = {
@@ -85,6 +87,7 @@ _META_FIELDS = {
   "Factorized": ("dense_shape",),
   "SlicedArray": ("dense_shape",),
   "MaskedArray": (),
+  "HuffmanArray": ("bits", "code_shape", "signed", "dtype"),
 }
 _WRITE_CHUNK = 1 << 24
 
