@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress.export._base import CompressedLeaf
-from jaxcompress.export._bitpack import BitPacked
+from jaxcompress.export._bitpack import BitPacked, unpack_codes
 from jaxcompress.export._codebook import CodebookArray, index_bits
 from jaxcompress.export._factorized import Factorized
-from jaxcompress.export._huffman import HuffmanArray
+from jaxcompress.export._huffman import MAX_CONSTANT_CODES, HuffmanArray
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
@@ -145,18 +145,7 @@ def _unpack(stream: BitPacked | HuffmanArray) -> np.ndarray:
   ``materialize`` reads them)."""
   if isinstance(stream, HuffmanArray):
     return stream.decode().reshape(-1).astype(np.int32)
-  n, bits = stream.size, stream.bits
-  data = np.asarray(stream.data, np.uint8)
-  if bits == 8:
-    codes = data[:n].astype(np.int32)
-  elif bits == 16:
-    codes = data[: 2 * n].view("<u2").astype(np.int32)
-  else:
-    planes = np.unpackbits(data, bitorder="little", count=n * bits).reshape(n, bits)
-    codes = np.zeros(n, np.int32)
-    for j in range(bits):
-      codes |= planes[:, j].astype(np.int32) << j
-  return codes - (1 << (bits - 1)) if stream.signed else codes
+  return unpack_codes(stream)
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -202,10 +191,15 @@ def _check_huffman(c: _Leaf) -> None:
     value = c.child(field)
     if np.dtype(value.dtype) != np.dtype(np.uint8) or len(value.shape) != 1:
       raise c.fail(field, f"is {np.dtype(value.dtype).name}{list(_shape(value))}, expected a 1-D uint8 stream")
+  leaf = cast(HuffmanArray, c.leaf)
   try:
-    cast(HuffmanArray, c.leaf).decode()
+    if leaf.constant_count() > MAX_CONSTANT_CODES:
+      raise c.fail("table", f"holds {leaf.constant_count()} zero-length codes, more than {MAX_CONSTANT_CODES}")
+    leaf.decode()
   except ValueError as e:
-    raise c.fail("data", str(e)) from None
+    if isinstance(e, InconsistentLeafError):
+      raise
+    raise c.fail("table" if str(e).startswith("Huffman table") else "data", str(e)) from None
 
 
 def _int_codes(c: _Leaf, field: str, bits: int, *, signed: bool | None = None) -> Any:

@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress.export._base import CompressedLeaf, StoredArray, is_compressed, materialize
-from jaxcompress.export._bitpack import BitPacked, code_range, pack_bits
+from jaxcompress.export._base import CompressedLeaf, StoredArray, is_compressed
+from jaxcompress.export._bitpack import BitPacked, code_range, pack_bits, unpack_codes
 
 MAX_CODE_BITS = 24
 """The longest code :func:`huffman_encode` emits (decode windows stay within 32 bits)."""
@@ -56,6 +56,12 @@ _MAX_SPAN = 1 << 20  # table entries at most (symbols max - min < 2^20)
 _MAX_SYMBOL = (1 << 32) - 1
 _CHUNK_BITS = 1 << 21  # payload bits decoded per chunk (bounds the decoder's memory)
 _NATIVE = ("int8", "uint8", "int16", "uint16")
+MAX_CONSTANT_CODES = 1 << 24
+"""The longest stream of one distinct symbol a :class:`HuffmanArray` holds. Its codes have zero
+length, so its payload is empty and only its table's count says how many there are: a file
+could otherwise claim any count. Longer constant streams stay bit-packed (:func:`huffman`), and
+the load-time checks refuse them, so such a leaf can make ``load`` allocate at most
+``4 * 2^24`` bytes that its stored arrays do not account for."""
 
 
 # --- code lengths -------------------------------------------------------------------------
@@ -90,17 +96,20 @@ def code_lengths(counts: Any, max_bits: int = MAX_CODE_BITS) -> np.ndarray:
   Returns:
     ``int64`` lengths of ``counts``' shape: 0 for absent symbols; with two or more present
     symbols a complete prefix code (Kraft sum exactly 1) of lengths at most ``max_bits``,
-    optimal (a Huffman code) whenever the unlimited Huffman code fits; with one present
-    symbol, 0 for it too (zero-length codes).
+    optimal (a Huffman code) whenever the unlimited Huffman code fits, else Huffman's
+    lengths clamped and greedily repaired (near-optimal, not package-merge's optimum); with
+    one present symbol, 0 for it too (zero-length codes).
 
   Raises:
     ValueError: if ``max_bits`` is outside 1..24, a count is negative, or more symbols are
       present than ``max_bits``-bit codes can tell apart.
 
   Example:
-    >>> from jaxcompress.export._huffman import code_lengths
-    >>> code_lengths([5, 1, 1, 0, 2]).tolist()
+    >>> from jaxcompress import export
+    >>> export.code_lengths([5, 1, 1, 0, 2]).tolist()
     [1, 3, 3, 0, 2]
+    >>> export.code_lengths([1, 1, 2, 3, 5, 8], max_bits=3).tolist()
+    [3, 3, 3, 3, 2, 2]
   """
   if type(max_bits) is not int or not 1 <= max_bits <= MAX_CODE_BITS:
     raise ValueError(f"max_bits must be an integer in [1, {MAX_CODE_BITS}], got {max_bits!r}")
@@ -114,12 +123,37 @@ def code_lengths(counts: Any, max_bits: int = MAX_CODE_BITS) -> np.ndarray:
   if present.size > 1 << max_bits:
     raise ValueError(f"{present.size} symbols cannot be told apart by codes of at most {max_bits} bits")
   c = counts[present]
-  while True:
-    got = _huffman_lengths(c)
-    if got.max() <= max_bits:
-      break
-    c = (c + 1) // 2  # flatten the distribution; all-equal counts give ceil(log2 k) bits
+  got = _huffman_lengths(c)
+  if got.max() > max_bits:
+    got = _limit(got, c, max_bits)
   lengths[present] = got
+  return lengths
+
+
+def _limit(lengths: np.ndarray, counts: np.ndarray, limit: int) -> np.ndarray:
+  """Huffman ``lengths`` cut to ``limit`` bits, then made a complete prefix code again.
+
+  Codes longer than ``limit`` are clamped, which overfills the Kraft sum; while it is
+  overfull, the deepest code shorter than ``limit`` (the least used among those) grows by a
+  bit; then, while there is room, the most used code whose shortening fits shrinks by a bit
+  (the room is a multiple of the deepest code's share, so the sum ends exactly at 1).
+  """
+  lengths = np.minimum(lengths, limit)
+  full = 1 << limit
+  share = lambda n: 1 << (limit - n)
+  kraft = sum(share(int(n)) for n in lengths)
+  while kraft > full:
+    grow = np.flatnonzero(lengths < limit)
+    deepest = grow[lengths[grow] == lengths[grow].max()]
+    i = deepest[np.argmin(counts[deepest])]
+    kraft -= share(int(lengths[i])) // 2
+    lengths[i] += 1
+  while kraft < full:
+    room = full - kraft
+    shrink = np.flatnonzero((lengths > 1) & (np.left_shift(1, limit - lengths) <= room))  # shrinking adds a share
+    i = shrink[np.argmax(counts[shrink])]
+    kraft += share(int(lengths[i]))
+    lengths[i] -= 1
   return lengths
 
 
@@ -169,7 +203,7 @@ def _crc(symbols: np.ndarray) -> int:
 
 
 def _write_table(count: int, first: int, lengths: np.ndarray, crc: int) -> np.ndarray:
-  head = _varint(count) + _varint(first) + _varint(int(lengths.size)) + crc.to_bytes(4, "little")
+  head = _varint(count) + _varint(first) + _varint(lengths.size) + crc.to_bytes(4, "little")
   packed = pack_bits(lengths, _LENGTH_BITS, signed=False).data if lengths.size else np.zeros(0, np.uint8)
   return np.concatenate([np.frombuffer(head, np.uint8), np.asarray(packed, np.uint8)])
 
@@ -281,7 +315,7 @@ def huffman_encode(symbols: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(0, np.uint8), _write_table(0, 0, np.zeros(0, np.int64), crc)
   first, lengths = _lengths_of(s)
   if not lengths.any():  # one distinct symbol: zero-length codes
-    return np.zeros(0, np.uint8), _write_table(int(s.size), first, np.zeros(0, np.int64), crc)
+    return np.zeros(0, np.uint8), _write_table(s.size, first, np.zeros(0, np.int64), crc)
   order, codes = _canonical(lengths)
   code_of = np.zeros(lengths.size, np.int64)
   code_of[order] = codes
@@ -294,7 +328,7 @@ def huffman_encode(symbols: Any) -> tuple[np.ndarray, np.ndarray]:
   for j in range(int(lens.max())):  # bit j (from the MSB) of every code at least j + 1 long
     live = lens > j
     bits[starts[live] + j] = (vals[live] >> (lens[live] - 1 - j)) & 1
-  return np.packbits(bits), _write_table(int(s.size), first, lengths, crc)
+  return np.packbits(bits), _write_table(s.size, first, lengths, crc)
 
 
 def _decode_payload(payload: np.ndarray, t: _Table) -> np.ndarray:
@@ -489,6 +523,15 @@ class HuffmanArray(CompressedLeaf):
     lo = code_range(self.bits, self.signed)[0]
     return (sym + lo).astype(self._out_dtype()).reshape(self.code_shape)
 
+  def constant_count(self) -> int:
+    """The number of codes when the stream holds one distinct symbol (zero-length codes), else 0.
+
+    Raises:
+      ValueError: if the table is malformed.
+    """
+    t = _read_table(_as_bytes(np.asarray(self.table), "table"))
+    return 0 if t.lengths.size else t.count
+
   def materialize(self) -> jax.Array:
     """Decodes to an array of ``code_shape`` (``int32``, or the native ``dtype``)."""
     if isinstance(self.data, np.ndarray) and isinstance(self.table, np.ndarray):
@@ -517,7 +560,8 @@ class HuffmanArray(CompressedLeaf):
       ValueError: if ``stream`` is neither.
     """
     if isinstance(stream, BitPacked):
-      codes, bits, signed, dtype = np.asarray(stream.materialize()), stream.bits, stream.signed, None
+      codes = unpack_codes(stream).reshape(stream.code_shape)
+      bits, signed, dtype = stream.bits, stream.signed, None
     elif _is_native(stream):
       codes = np.asarray(stream)
       bits, signed, dtype = 8 * codes.dtype.itemsize, codes.dtype.kind == "i", codes.dtype.name
@@ -525,7 +569,7 @@ class HuffmanArray(CompressedLeaf):
       raise ValueError(f"cannot Huffman-code {type(stream).__name__}: expected BitPacked or an 8/16-bit integer array")
     sym = codes.astype(np.int64) - code_range(bits, signed)[0]
     data, table = huffman_encode(sym)
-    return cls(data=data, table=table, bits=int(bits), code_shape=tuple(codes.shape), signed=bool(signed), dtype=dtype)
+    return cls(data=data, table=table, bits=bits, code_shape=tuple(codes.shape), signed=signed, dtype=dtype)
 
 
 jax.tree_util.register_dataclass(
@@ -574,8 +618,10 @@ def _code_stream(x: Any, path: str, report: list[StreamReport]) -> Any:
     return x
   if isinstance(x, BitPacked) or _is_native(x):
     coded = HuffmanArray.encode(x)
-    raw = int(np.asarray(x.data).nbytes) if isinstance(x, BitPacked) else int(np.asarray(x).nbytes)
-    sym = np.asarray(materialize(x)).astype(np.int64)
+    if coded.constant_count() > MAX_CONSTANT_CODES:
+      return x
+    raw = np.asarray(x.data).nbytes if isinstance(x, BitPacked) else np.asarray(x).nbytes
+    sym = np.asarray(unpack_codes(x) if isinstance(x, BitPacked) else x).astype(np.int64)
     smaller = coded.nbytes < raw
     report.append(StreamReport(path, raw, coded.nbytes, entropy_bits(sym) / 8, smaller))
     return coded if smaller else x
