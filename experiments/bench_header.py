@@ -20,7 +20,8 @@ from jaxcompress import export, pruning, quantization
 
 def split(path):
   """(length prefix, JSON header, data) bytes of a safetensors file, and the parsed header."""
-  blob = open(path, "rb").read()
+  with open(path, "rb") as f:
+    blob = f.read()
   (n,) = struct.unpack("<Q", blob[:8])
   return 8, n, len(blob) - 8 - n, json.loads(blob[8 : 8 + n])
 
@@ -30,8 +31,9 @@ def main():
   c = jc.chain(pruning.magnitude(0.9), quantization.kmeans(16, iterations=30))
   packed = c.pack(*c.init(params))
   coded, reports = export.huffman(packed, with_report=True)
+  worth = export.huffman(packed, min_saving=300)  # what a file gains, net of ~300 B of header per stream
   with tempfile.TemporaryDirectory() as d:
-    for name, tree in (("prune90+kmeans16", packed), ("+ huffman", coded)):
+    for name, tree in (("prune90+kmeans16", packed), ("+ huffman", coded), ("+ huffman, 300 B", worth)):
       path = os.path.join(d, "m.safetensors")
       size = export.save(path, tree)
       prefix, header, data, parsed = split(path)

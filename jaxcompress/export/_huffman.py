@@ -613,7 +613,7 @@ _STREAM_FIELDS = {
 }
 
 
-def _code_stream(x: Any, path: str, report: list[StreamReport]) -> Any:
+def _code_stream(x: Any, path: str, report: list[StreamReport], min_saving: int) -> Any:
   if isinstance(x, HuffmanArray):
     return x
   if isinstance(x, BitPacked) or _is_native(x):
@@ -622,22 +622,22 @@ def _code_stream(x: Any, path: str, report: list[StreamReport]) -> Any:
       return x
     raw = np.asarray(x.data).nbytes if isinstance(x, BitPacked) else np.asarray(x).nbytes
     sym = np.asarray(unpack_codes(x) if isinstance(x, BitPacked) else x).astype(np.int64)
-    smaller = coded.nbytes < raw
+    smaller = coded.nbytes + min_saving < raw
     report.append(StreamReport(path, raw, coded.nbytes, entropy_bits(sym) / 8, smaller))
     return coded if smaller else x
   if isinstance(x, CompressedLeaf):
-    return _code_leaf(x, path, report)
+    return _code_leaf(x, path, report, min_saving)
   return x
 
 
-def _code_leaf(leaf: CompressedLeaf, path: str, report: list[StreamReport]) -> CompressedLeaf:
+def _code_leaf(leaf: CompressedLeaf, path: str, report: list[StreamReport], min_saving: int) -> CompressedLeaf:
   fields = _STREAM_FIELDS.get(type(leaf).__name__, ())
   changes = {}
   for f in fields:
     value = getattr(leaf, f)
     if f == "values" and type(leaf).__name__ == "SparseArray" and not _integer_stream(value):
       continue  # float values
-    changes[f] = _code_stream(value, f"{path}.{f}", report)
+    changes[f] = _code_stream(value, f"{path}.{f}", report, min_saving)
   return dataclasses.replace(cast(Any, leaf), **changes) if changes else leaf
 
 
@@ -645,7 +645,7 @@ def _integer_stream(x: Any) -> bool:
   return isinstance(x, (BitPacked, HuffmanArray)) or _is_native(x)
 
 
-def huffman(tree: Any, *, with_report: bool = False) -> Any:
+def huffman(tree: Any, *, with_report: bool = False, min_saving: int = 0) -> Any:
   """Huffman-codes the integer streams of every compressed leaf of a packed tree, where smaller.
 
   Deep Compression's last stage: a ``QArray``'s codes, a ``CodebookArray``'s indices, and a
@@ -658,9 +658,16 @@ def huffman(tree: Any, *, with_report: bool = False) -> Any:
   Args:
     tree: a packed tree (the output of ``Compressor.pack``) or one compressed leaf.
     with_report: also return one :class:`StreamReport` per stream considered.
+    min_saving: replace a stream only when it saves more than this many bytes. ``nbytes``
+      (and so the default, 0) leaves out the file's header, where each coded stream costs
+      about 300 bytes more than its raw stream (its node, and its table's entry with a
+      SHA-256): on small models pass ~300-400 to make the *file* smaller too.
 
   Returns:
     The tree with coded streams; with ``with_report``, ``(tree, reports)``.
+
+  Raises:
+    ValueError: if ``min_saving`` is not a non-negative integer.
 
   Reference:
     Han, Mao & Dally 2016, Deep Compression, https://arxiv.org/abs/1510.00149, §4.
@@ -676,12 +683,14 @@ def huffman(tree: Any, *, with_report: bool = False) -> Any:
     >>> coded.nbytes < book.nbytes, reports[0].coded
     (True, True)
   """
+  if type(min_saving) is not int or min_saving < 0:
+    raise ValueError(f"min_saving must be a non-negative integer, got {min_saving!r}")
   report: list[StreamReport] = []
 
   def code(path: Any, x: Any) -> Any:
     if not isinstance(x, CompressedLeaf):
       return x
-    return _code_stream(x, jax.tree_util.keystr(path, simple=True, separator="/"), report)
+    return _code_stream(x, jax.tree_util.keystr(path, simple=True, separator="/"), report, min_saving)
 
   out = jax.tree_util.tree_map_with_path(code, tree, is_leaf=is_compressed)
   return (out, report) if with_report else out

@@ -230,6 +230,9 @@ def test_deep_compression_chain_huffman_is_smaller_and_loads_back(tmp_path):
   before, after = jc.accounting.report(packed).bytes, jc.accounting.report(coded).bytes
   assert after < before, (after, before)
   assert [r.path for r in reports if r.coded] == ["fc/kernel.indices.values", "fc/kernel.indices.positions"]
+  assert not holds_huffman(export.huffman(packed, min_saving=after))  # nothing saves that much
+  with pytest.raises(ValueError, match=r"min_saving must be a non-negative integer, got -1"):
+    export.huffman(packed, min_saving=-1)
   path = tmp_path / "m.safetensors"
   export.save(path, coded)
   loaded = export.load(path)
