@@ -56,12 +56,12 @@ _MAX_SPAN = 1 << 20  # table entries at most (symbols max - min < 2^20)
 _MAX_SYMBOL = (1 << 32) - 1
 _CHUNK_BITS = 1 << 21  # payload bits decoded per chunk (bounds the decoder's memory)
 _NATIVE = ("int8", "uint8", "int16", "uint16")
-MAX_CONSTANT_CODES = 1 << 24
+MAX_CONSTANT_CODES = 1 << 22
 """The longest stream of one distinct symbol a :class:`HuffmanArray` holds. Its codes have zero
 length, so its payload is empty and only its table's count says how many there are: a file
 could otherwise claim any count. Longer constant streams stay bit-packed (:func:`huffman`), and
-the load-time checks refuse them, so such a leaf can make ``load`` allocate at most
-``4 * 2^24`` bytes that its stored arrays do not account for."""
+the load-time checks refuse them, so such a leaf can make ``load`` use at most ~50 MiB of
+transient host memory (int64 symbols and their CRC) that its stored arrays do not account for."""
 
 
 # --- code lengths -------------------------------------------------------------------------
@@ -103,6 +103,9 @@ def code_lengths(counts: Any, max_bits: int = MAX_CODE_BITS) -> np.ndarray:
   Raises:
     ValueError: if ``max_bits`` is outside 1..24, a count is negative, or more symbols are
       present than ``max_bits``-bit codes can tell apart.
+
+  Reference:
+    Huffman 1952, "A Method for the Construction of Minimum-Redundancy Codes", Proc. IRE 40(9).
 
   Example:
     >>> from jaxcompress import export
@@ -430,6 +433,9 @@ def entropy_bits(symbols: Any) -> float:
     ``-sum_s c_s * log2(c_s / n)`` over the distinct symbols' counts ``c_s``; 0.0 when
     empty or constant.
 
+  Reference:
+    Shannon 1948, "A Mathematical Theory of Communication", Bell System Technical Journal 27.
+
   Example:
     >>> from jaxcompress import export
     >>> export.entropy_bits([0, 1, 0, 1])
@@ -488,6 +494,17 @@ class HuffmanArray(CompressedLeaf):
     dtype: ``None`` when the replaced stream was ``BitPacked`` (``materialize`` gives
       ``int32``, as it does); else the native array's dtype name (``'int8'``, ``'uint8'``,
       ``'int16'``, ``'uint16'``), which ``materialize`` gives back.
+
+  Reference:
+    Han, Mao & Dally 2016, Deep Compression, https://arxiv.org/abs/1510.00149, §4.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxcompress import export
+    >>> stream = export.pack_bits(np.array([0, 0, 0, 5, 0, 0, 1, 0] * 16), 3, signed=False)
+    >>> coded = export.HuffmanArray.encode(stream)
+    >>> (stream.nbytes, coded.nbytes), np.asarray(coded.materialize())[:8].tolist()
+    ((48, 32), [0, 0, 0, 5, 0, 0, 1, 0])
   """
 
   data: StoredArray

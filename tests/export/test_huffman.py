@@ -253,6 +253,15 @@ def test_deep_compression_chain_huffman_is_smaller_and_loads_back(tmp_path):
   assert_same(export.unhuffman(loaded), packed)  # every stream decodes to the packed one, bit for bit
 
 
+def test_long_constant_streams_stay_bit_packed(monkeypatch):
+  from jaxcompress.export import _huffman
+
+  stream = export.pack_bits(np.zeros(100, int), 3, signed=False)
+  assert isinstance(export.huffman(stream), export.HuffmanArray)
+  monkeypatch.setattr(_huffman, "MAX_CONSTANT_CODES", 99)
+  assert export.huffman(stream) is stream
+
+
 def test_checks_name_a_huffman_leaf_whose_table_does_not_match(tmp_path):
   rng = np.random.default_rng(6)
   leaf = export.HuffmanArray.encode(export.pack_bits(rng.geometric(0.4, size=400) % 16, 4, signed=False))
