@@ -202,6 +202,10 @@ def leaves_of_every_kind():
   return tree
 
 
+def is_huffman(x):
+  return isinstance(x, export.HuffmanArray)
+
+
 both = jax.jit(lambda a, b: (export.materialize_tree(a), export.materialize_tree(b)))  # one compilation
 
 
@@ -218,6 +222,9 @@ def test_huffman_materializes_equal_for_every_leaf_kind_and_unhuffman_restores_i
   np.testing.assert_array_equal(np.asarray(eager), np.asarray(dense["bare"]), strict=True)
   for r in reports:
     assert r.coded == (r.coded_bytes < r.raw_bytes) and r.coded_bytes >= r.entropy_bytes
+  streams = [x for x in jax.tree.leaves(coded, is_leaf=is_huffman) if is_huffman(x)]
+  assert len(streams) == sum(r.coded for r in reports) == 5  # book, q8, int8 values, bare, run gaps
+  assert all(x.nbytes == x.data.size + x.table.size for x in streams)  # payload + table, exactly
   assert_same(export.unhuffman(coded), jax.tree.map(lambda x: x, tree, is_leaf=export.is_compressed))
   export.save(tmp_path / "m.safetensors", coded)
   assert_same(export.load(tmp_path / "m.safetensors"), coded)
