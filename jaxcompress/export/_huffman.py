@@ -631,8 +631,8 @@ _STREAM_FIELDS = {
 
 
 def _code_stream(x: Any, path: str, report: list[StreamReport], min_saving: int) -> Any:
-  if isinstance(x, HuffmanArray):
-    return x
+  if isinstance(x, HuffmanArray) or (isinstance(x, BitPacked) and x.bits == 1):
+    return x  # a 1-bit code is as short as a code gets: a mask stays a mask
   if isinstance(x, BitPacked) or _is_native(x):
     coded = HuffmanArray.encode(x)
     if coded.constant_count() > MAX_CONSTANT_CODES:
@@ -669,8 +669,8 @@ def huffman(tree: Any, *, with_report: bool = False, min_saving: int = 0) -> Any
   ``SparseArray``'s integer values and relative gap codes (also inside ``SlicedArray``,
   ``MaskedArray`` and ``Factorized`` leaves, and a bare ``BitPacked``) each become a
   :class:`HuffmanArray` when its payload plus table is smaller than the stream as stored.
-  Float arrays, scales, codebooks and 1-bit masks are left alone (a 1-bit stream cannot
-  shrink). ``materialize`` of the result equals ``materialize`` of the input bit for bit.
+  Float arrays, scales, codebooks and 1-bit streams (masks, bitmask positions) are left alone
+  (no code is shorter than a bit). ``materialize`` of the result equals ``materialize`` of the input bit for bit.
 
   Args:
     tree: a packed tree (the output of ``Compressor.pack``) or one compressed leaf.
