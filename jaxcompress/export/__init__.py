@@ -4,6 +4,17 @@ from jaxcompress.export._base import CompressedLeaf, is_compressed, materialize,
 from jaxcompress.export._bitpack import BitPacked, code_range, pack_bits
 from jaxcompress.export._codebook import CodebookArray, from_assignments, index_bits
 from jaxcompress.export._factorized import ConvFactorized, Factorized, factorize, factorize_conv, rebuild_conv
+from jaxcompress.export._huffman import (
+  HuffmanArray,
+  StreamReport,
+  code_lengths,
+  coded_bits,
+  entropy_bits,
+  huffman,
+  huffman_decode,
+  huffman_encode,
+  unhuffman,
+)
 from jaxcompress.export._io import CorruptFileError, load, save
 from jaxcompress.export._masked import MaskedArray, prune
 from jaxcompress.export._qarray import QArray, store_codes
@@ -31,14 +42,19 @@ __all__ = [
   "CorruptFileError",
   "Factorized",
   "HashedArray",
+  "HuffmanArray",
   "MaskedArray",
   "QArray",
   "SlicedArray",
   "SparseArray",
+  "StreamReport",
   "TiedArray",
   "ToeplitzArray",
   "circulant_dense",
+  "code_lengths",
   "code_range",
+  "coded_bits",
+  "entropy_bits",
   "factorize",
   "factorize_conv",
   "from_assignments",
@@ -46,6 +62,9 @@ __all__ = [
   "from_mask",
   "hash_coordinates",
   "hashed_dense",
+  "huffman",
+  "huffman_decode",
+  "huffman_encode",
   "index_bits",
   "is_compressed",
   "load",
@@ -60,4 +79,5 @@ __all__ = [
   "sliced_from_parts",
   "store_codes",
   "toeplitz_dense",
+  "unhuffman",
 ]

@@ -108,3 +108,22 @@ def pack_bits(codes: np.ndarray | jax.Array, bits: int, *, signed: bool) -> BitP
       planes[:, j] = (offset >> j) & 1
     data = np.packbits(planes.reshape(-1), bitorder="little")
   return BitPacked(data=data, bits=int(bits), code_shape=tuple(codes.shape), signed=bool(signed))
+
+
+def unpack_codes(stream: BitPacked) -> np.ndarray:
+  """The codes of a ``BitPacked`` on the host, ``int32[size]`` (flat), as ``materialize`` reads them.
+
+  NumPy throughout: no device work, no compilation, for host-side tools (checks, recoding).
+  """
+  n, bits = stream.size, stream.bits
+  data = np.asarray(stream.data, np.uint8)
+  if bits == 8:
+    codes = data[:n].astype(np.int32)
+  elif bits == 16:
+    codes = data[: 2 * n].view("<u2").astype(np.int32)
+  else:
+    planes = np.unpackbits(data, bitorder="little", count=n * bits).reshape(n, bits)
+    codes = np.zeros(n, np.int32)
+    for j in range(bits):
+      codes |= planes[:, j].astype(np.int32) << j
+  return codes - (1 << (bits - 1)) if stream.signed else codes

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress.export._base import CompressedLeaf
-from jaxcompress.export._bitpack import BitPacked
+from jaxcompress.export._bitpack import BitPacked, unpack_codes
 from jaxcompress.export._codebook import CodebookArray, index_bits
 from jaxcompress.export._factorized import ConvFactorized, Factorized, factorize_conv
+from jaxcompress.export._huffman import MAX_CONSTANT_CODES, HuffmanArray
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
@@ -120,9 +121,11 @@ class _Leaf:
     allowed = (["an array"] if array else []) + [t.__name__ for t in leaf] + (["None"] if optional else [])
     raise self.fail(field, f"holds {type(value).__name__}, expected {' or '.join(allowed)}")
 
-  def bits_stream(self, field: str, *, bits: int | None = None) -> BitPacked:
-    """A child that must be an unsigned ``BitPacked`` (at ``bits`` bits, when given)."""
-    stream = self.child(field, array=False, leaf=(BitPacked,))
+  def bits_stream(self, field: str, *, bits: int | None = None) -> BitPacked | HuffmanArray:
+    """A child that must be an unsigned ``BitPacked`` or its Huffman coding (at ``bits`` bits, when given)."""
+    stream = self.child(field, array=False, leaf=(BitPacked, HuffmanArray))
+    if isinstance(stream, HuffmanArray) and stream.dtype is not None:
+      raise self.fail(field, f"holds Huffman-coded {stream.dtype} codes, expected a bit-packed stream's")
     if stream.signed:
       raise self.fail(field, "holds signed codes, expected unsigned")
     if bits is not None and stream.bits != bits:
@@ -138,27 +141,21 @@ def _shape(x: Any) -> tuple[int, ...]:
   return tuple(int(d) for d in x.shape)
 
 
-def _unpack(stream: BitPacked) -> np.ndarray:
-  """The codes of a (checked) ``BitPacked``, ``int32[size]``, with NumPy (as ``materialize`` reads them)."""
-  n, bits = stream.size, stream.bits
-  data = np.asarray(stream.data, np.uint8)
-  if bits == 8:
-    codes = data[:n].astype(np.int32)
-  elif bits == 16:
-    codes = data[: 2 * n].view("<u2").astype(np.int32)
-  else:
-    planes = np.unpackbits(data, bitorder="little", count=n * bits).reshape(n, bits)
-    codes = np.zeros(n, np.int32)
-    for j in range(bits):
-      codes |= planes[:, j].astype(np.int32) << j
-  return codes - (1 << (bits - 1)) if stream.signed else codes
+def _unpack(stream: BitPacked | HuffmanArray) -> np.ndarray:
+  """The codes of a (checked) ``BitPacked`` or ``HuffmanArray``, ``int32[size]``, with NumPy (as
+  ``materialize`` reads them)."""
+  if isinstance(stream, HuffmanArray):
+    return stream.decode().reshape(-1).astype(np.int32)
+  return unpack_codes(stream)
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
-def _count_set(stream: BitPacked) -> int:
+def _count_set(stream: BitPacked | HuffmanArray) -> int:
   """How many codes of a 1-bit ``BitPacked`` are 1, in memory of the stream's size."""
+  if isinstance(stream, HuffmanArray):
+    return int(_unpack(stream).sum(dtype=np.int64))
   n = stream.size
   data = np.asarray(stream.data, np.uint8)
   full = int(_POPCOUNT[data[: n // 8]].sum(dtype=np.int64))
@@ -180,10 +177,41 @@ def _check_bitpacked(c: _Leaf) -> None:
     )
 
 
+def _check_huffman(c: _Leaf) -> None:
+  bits = c.integer("bits", 1, 16)
+  c.dims("code_shape")
+  signed = c.boolean("signed")
+  name = c.get("dtype")
+  if name is not None:
+    dtype = known_dtype(name)
+    if dtype is None or dtype.name not in ("int8", "uint8", "int16", "uint16"):
+      raise c.fail("dtype", f"{name!r} is not None or the name of an 8/16-bit integer dtype")
+    if 8 * dtype.itemsize != bits or (kind(dtype) == "i") != signed:
+      raise c.fail("dtype", f"{name!r} does not hold {bits}-bit {'signed' if signed else 'unsigned'} codes")
+  for field in ("data", "table"):
+    value = c.child(field)
+    if np.dtype(value.dtype) != np.dtype(np.uint8) or len(value.shape) != 1:
+      raise c.fail(field, f"is {np.dtype(value.dtype).name}{list(_shape(value))}, expected a 1-D uint8 stream")
+  leaf = cast(HuffmanArray, c.leaf)
+  try:
+    if leaf.constant_count() > MAX_CONSTANT_CODES:
+      raise c.fail("table", f"holds {leaf.constant_count()} zero-length codes, more than {MAX_CONSTANT_CODES}")
+    leaf.decode()
+  except ValueError as e:
+    if isinstance(e, InconsistentLeafError):
+      raise
+    raise c.fail("table" if str(e).startswith("Huffman table") else "data", str(e)) from None
+
+
 def _int_codes(c: _Leaf, field: str, bits: int, *, signed: bool | None = None) -> Any:
-  """A child holding integer codes at ``bits`` bits: a native integer array or a ``BitPacked``."""
-  codes = c.child(field, leaf=(BitPacked,))
-  if isinstance(codes, BitPacked):
+  """A child holding integer codes at ``bits`` bits: a native integer array, a ``BitPacked``, or
+  the ``HuffmanArray`` of either."""
+  codes = c.child(field, leaf=(BitPacked, HuffmanArray))
+  if isinstance(codes, HuffmanArray) and codes.dtype is not None:
+    if codes.bits < bits:
+      raise c.fail(field, f"holds Huffman-coded {codes.dtype} codes, which cannot hold {bits}-bit codes")
+    is_signed = codes.signed
+  elif isinstance(codes, (BitPacked, HuffmanArray)):
     if codes.bits != bits:
       raise c.fail(field, f"holds {codes.bits}-bit codes, expected {bits}-bit (field 'bits')")
     is_signed = codes.signed
@@ -203,7 +231,7 @@ def _check_qarray(c: _Leaf) -> None:
   dtype = known_dtype(name)
   if dtype is None or kind(dtype) != "f":
     raise c.fail("dtype", f"{name!r} is not the name of a floating dtype")
-  codes = c.child("codes", leaf=(BitPacked, SparseArray))
+  codes = c.child("codes", leaf=(BitPacked, SparseArray, HuffmanArray))
   if isinstance(codes, SparseArray):
     _int_codes(_Leaf(codes, f"{c.where}.codes"), "values", bits)
   else:
@@ -241,7 +269,7 @@ def _check_sparse(c: _Leaf) -> None:
   fmt = c.get("format")
   if fmt not in ("bitmask", "relative"):
     raise c.fail("format", f"{fmt!r} is not 'bitmask' or 'relative'")
-  values = c.child("values", leaf=(BitPacked,))
+  values = c.child("values", leaf=(BitPacked, HuffmanArray))
   if len(values.shape) != 1:
     raise c.fail("values", f"has shape {list(values.shape)}, expected 1-D")
   stored = int(values.shape[0])
@@ -272,7 +300,7 @@ def _check_sparse(c: _Leaf) -> None:
 
 def _check_codebook(c: _Leaf) -> None:
   codebook = c.child("codebook")
-  indices = c.child("indices", array=True, leaf=(BitPacked, SparseArray))
+  indices = c.child("indices", array=True, leaf=(BitPacked, SparseArray, HuffmanArray))
   shape = tuple(indices.shape)
   cb_shape = _shape(codebook)
   if kind(codebook.dtype) not in ("f", "i", "u"):
@@ -394,6 +422,7 @@ _CHECKS: dict[type, Callable[[_Leaf], None]] = {
   SlicedArray: _check_sliced,
   MaskedArray: _check_masked,
   Factorized: _check_factorized,
+  HuffmanArray: _check_huffman,
 }
 
 

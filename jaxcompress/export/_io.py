@@ -44,6 +44,7 @@ from jaxcompress.export._bitpack import BitPacked
 from jaxcompress.export._checks import InconsistentLeafError, check_leaf, known_dtype
 from jaxcompress.export._codebook import CodebookArray
 from jaxcompress.export._factorized import ConvFactorized, Factorized
+from jaxcompress.export._huffman import HuffmanArray
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
@@ -89,6 +90,7 @@ _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
     CirculantArray,
     ToeplitzArray,
     TiedArray,
+    HuffmanArray,
   )
 }
 # every leaf type's static fields (its pytree meta fields); the other dataclass fields hold arrays or leaves
@@ -105,6 +107,7 @@ _META_FIELDS = {
   "CirculantArray": ("dense_shape",),
   "ToeplitzArray": ("dense_shape",),
   "TiedArray": ("source", "primary"),
+  "HuffmanArray": ("bits", "code_shape", "signed", "dtype"),
 }
 _WRITE_CHUNK = 1 << 24
 

@@ -69,7 +69,8 @@ def prune(x: Any, mask: Any) -> Any:
   Returns:
     For a dense array, the smaller of a :class:`~jaxcompress.export.SparseArray`
     of the kept entries and the dense array with zeros; for a compressed leaf,
-    ``x.prune(mask)``; ``x`` itself when the mask keeps everything. In every case
+    ``x.prune(mask)`` (Huffman-coded again, with :func:`~jaxcompress.export.huffman`, when
+    ``x`` held Huffman-coded streams); ``x`` itself when the mask keeps everything. In every case
     ``materialize(result) == where(mask, materialize(x), 0)`` exactly.
 
   Raises:
@@ -81,7 +82,12 @@ def prune(x: Any, mask: Any) -> Any:
   if mask.shape != tuple(np.shape(x)):
     raise ValueError(f"mask of shape {mask.shape} does not match the leaf's shape {tuple(np.shape(x))}")
   if isinstance(x, CompressedLeaf):
-    return x if mask.all() else x.prune(mask)
+    if mask.all():
+      return x
+    from jaxcompress.export._huffman import HuffmanArray, holds_huffman, huffman
+
+    out = x.prune(mask)  # a leaf's prune decodes Huffman-coded streams; code the result again
+    return huffman(out) if holds_huffman(x) and not isinstance(x, HuffmanArray) else out
   from jaxcompress.export._sparse import from_mask
 
   dense = np.asarray(x)
