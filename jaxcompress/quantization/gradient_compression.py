@@ -42,12 +42,23 @@ class CompressionState(NamedTuple):
 
 
 class Codec(NamedTuple):
-  """How one tensor is encoded: ``encode(g, key) -> (codes, scale)``, ``decode(codes, scale, shape)``,
-  and the bits per element the codes take on the wire."""
+  """How one tensor is encoded.
 
-  encode: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+  Attributes:
+    encode: ``encode(g, key, shared) -> (codes, scale)``; ``shared`` is the scale all
+      devices agreed on (``None`` unless ``share`` is set).
+    decode: ``decode(codes, scale, shape) -> g``.
+    bits: bits per element the codes take on the wire.
+    scales: ``scales(n) -> int``: float32 scales sent per tensor of ``n`` elements.
+    share: ``share(g) -> scale`` of one device, which :func:`compressed_mean` reduces with
+      ``pmax`` over the devices before encoding (TernGrad's scaler sharing), or ``None``.
+  """
+
+  encode: Callable[..., tuple[jax.Array, jax.Array]]
   decode: Callable[[jax.Array, jax.Array, tuple[int, ...]], jax.Array]
   bits: int
+  scales: Callable[[int], int] = lambda n: 1
+  share: Callable[[jax.Array], jax.Array] | None = None
 
 
 def _pack(codes: jax.Array, bits: int) -> jax.Array:
@@ -84,60 +95,91 @@ def _mean(x: jax.Array, axis: int) -> jax.Array:
   return jnp.where(jnp.isfinite(plain), plain, scaled)
 
 
-def qsgd_codec(levels: int) -> Codec:
+def _size(shape: tuple[int, ...]) -> int:
+  size = 1
+  for d in shape:
+    size *= d
+  return size
+
+
+def qsgd_codec(levels: int, bucket_size: int | None = 512) -> Codec:
   """QSGD with ``levels`` quantization levels per sign (Alistarh et al. 2017).
 
-  ``code = sign(g) · ξ`` with ``ξ = floor(|g| / ‖g‖₂ · s + u)``, ``u ~ U[0, 1)``, so
-  ``E[decode] = g``; ``decode = ‖g‖₂ · code / s``. Codes travel as int8.
+  The flattened gradient is cut into buckets of ``bucket_size`` consecutive entries (the
+  paper's ``d = 512``; the last one zero-padded), each with its own norm: ``code =
+  sign(g) · ξ`` with ``ξ = floor(|g| / ‖bucket‖₂ · s + u)``, ``u ~ U[0, 1)``, so
+  ``E[decode] = g``; ``decode = ‖bucket‖₂ · code / s``. Codes travel as int8, plus one
+  float32 norm per bucket. ``bucket_size=None`` is one bucket per tensor (whose variance
+  grows with the tensor's size: Alistarh et al., Lemma 3.1).
   """
+  if bucket_size is not None:
+    bucket_size = validate.check_int("bucket_size", bucket_size, low=1)
 
-  def encode(g, key):
-    g = g.astype(jnp.float32)  # a float16 norm overflows; bf16 levels would be biased
-    norm = _norm(g)
-    safe = jnp.where(norm > 0, norm, 1.0)
-    level = jnp.floor(jnp.abs(g) / safe * levels + jax.random.uniform(key, g.shape, jnp.float32))
-    return (jnp.sign(g) * level).astype(jnp.int8), norm
+  def buckets(n):
+    return 1 if bucket_size is None else -(-n // bucket_size)
+
+  def encode(g, key, shared=None):
+    del shared
+    g = g.astype(jnp.float32).reshape(-1)  # a float16 norm overflows; bf16 levels would be biased
+    d = g.size if bucket_size is None else bucket_size
+    rows = jnp.pad(g, (0, buckets(g.size) * d - g.size)).reshape(-1, d)
+    norm = jax.vmap(_norm)(rows)
+    safe = jnp.where(norm > 0, norm, 1.0)[:, None]
+    level = jnp.floor(jnp.abs(rows) / safe * levels + jax.random.uniform(key, rows.shape, jnp.float32))
+    return (jnp.sign(rows) * level).astype(jnp.int8).reshape(-1), norm
 
   def decode(codes, norm, shape):
-    return (codes.astype(jnp.float32) * (norm / levels)[..., None]).reshape(shape)
+    rows = codes.astype(jnp.float32).reshape(norm.shape[-1], -1) * (norm / levels)[:, None]
+    return rows.reshape(-1)[: _size(shape)].reshape(shape)
 
-  return Codec(encode, decode, 8)
+  return Codec(encode, decode, 8, scales=buckets)
 
 
-def terngrad_codec() -> Codec:
-  """TernGrad (Wen et al. 2017): ``s · sign(g) · b`` with ``s = max|g|`` and
-  ``b ~ Bernoulli(|g| / s)``; unbiased. Codes travel at 2 bits."""
+def terngrad_codec(clip: float | None = 2.5, *, share_scale: bool = True) -> Codec:
+  """TernGrad (Wen et al. 2017): ``s · sign(g) · b`` with ``b ~ Bernoulli(|g| / s)``.
 
-  def encode(g, key):
+  As in the paper (§3.3, §4): each tensor's gradient is first clipped to ``±clip · σ``
+  (``σ`` its standard deviation; ``clip=None`` skips it, and only then is the codec
+  unbiased), and ``s = max|g|`` is shared by all devices (the ``pmax`` of theirs, taken
+  by :func:`compressed_mean`; ``share_scale=False`` keeps each device's own). Codes
+  travel at 2 bits.
+  """
+  if clip is not None:
+    clip = validate.check_float("clip", clip, low=0.0, low_open=True)
+
+  def clipped(g):
     g = g.astype(jnp.float32)
-    s = jnp.max(jnp.abs(g))
+    if clip is None:
+      return g
+    sigma = jnp.std(g)
+    sigma = jnp.where(jnp.isfinite(sigma), sigma, jnp.max(jnp.abs(g)))  # std overflows near the float32 max
+    return jnp.clip(g, -clip * sigma, clip * sigma)
+
+  def encode(g, key, shared=None):
+    g = clipped(g)
+    s = jnp.max(jnp.abs(g)) if shared is None else shared
     keep = jax.random.uniform(key, g.shape, jnp.float32) * jnp.where(s > 0, s, 1.0) < jnp.abs(g)
     codes = (jnp.sign(g) * keep).astype(jnp.int32) + 1  # {-1, 0, 1} -> {0, 1, 2}
     return _pack(codes, 2), s
 
   def decode(data, s, shape):
-    size = 1
-    for d in shape:
-      size *= d
-    codes = _unpack(data, 2, size).astype(jnp.float32) - 1.0
+    codes = _unpack(data, 2, _size(shape)).astype(jnp.float32) - 1.0
     return (codes * s[..., None]).reshape(shape)
 
-  return Codec(encode, decode, 2)
+  share = (lambda g: jnp.max(jnp.abs(clipped(g)))) if share_scale else None
+  return Codec(encode, decode, 2, share=share)
 
 
 def sign_codec() -> Codec:
   """1-bit sign compression: ``(‖g‖₁ / n) · sign(g)`` (Seide et al. 2014; scaled as in
   Karimireddy et al. 2019). Biased alone; use with error feedback. 1 bit per element."""
 
-  def encode(g, key):
-    del key
+  def encode(g, key, shared=None):
+    del key, shared
     return _pack((g >= 0).astype(jnp.int32), 1), _mean(jnp.abs(g.astype(jnp.float32)).reshape(-1), 0)
 
   def decode(data, scale, shape):
-    size = 1
-    for d in shape:
-      size *= d
-    signs = _unpack(data, 1, size).astype(jnp.float32) * 2.0 - 1.0
+    signs = _unpack(data, 1, _size(shape)).astype(jnp.float32) * 2.0 - 1.0
     return (signs * scale[..., None]).reshape(shape)
 
   return Codec(encode, decode, 1)
@@ -178,7 +220,8 @@ def compressed_mean(
     for g, e, k in zip(leaves, errors, keys):
       # float32 for half types, saturated: g + e and the decoded mean can pass the largest value
       corrected = g if e is None else uniform.saturate(uniform.upcast(g) + uniform.upcast(e))
-      codes, scale = codec.encode(corrected, k)
+      shared = None if codec.share is None else jax.lax.pmax(codec.share(corrected), axis_name)
+      codes, scale = codec.encode(corrected, k, shared)
       mine = codec.decode(codes, scale, g.shape)
       new_errors.append(None if e is None else uniform.saturate(corrected - mine, e.dtype))
       all_codes = jax.lax.all_gather(codes, axis_name)  # only the codes cross devices
@@ -191,33 +234,50 @@ def compressed_mean(
   return optax.GradientTransformation(init, update)
 
 
-def qsgd(levels: int = 16, *, axis_name: str, seed: int = 0) -> optax.GradientTransformation:
-  """QSGD gradient averaging across devices.
+def qsgd(
+  levels: int = 16, *, axis_name: str, bucket_size: int | None = 512, seed: int = 0
+) -> optax.GradientTransformation:
+  """QSGD gradient averaging across devices (:func:`qsgd_codec`).
 
   Args:
     levels: ``s``, quantization levels per sign, 1..127 (codes travel as int8).
     axis_name: the data-parallel axis.
+    bucket_size: entries per bucket with its own norm (the paper's 512), or ``None`` for
+      one norm per tensor.
     seed: PRNG seed.
 
   Raises:
-    ValueError: if ``levels`` is outside 1..127.
+    ValueError: if ``levels`` is outside 1..127 or ``bucket_size`` is below 1.
 
   References:
     Alistarh et al. 2017, "QSGD: Communication-Efficient SGD via Gradient Quantization
     and Encoding", https://arxiv.org/abs/1610.02132.
   """
   validate.check_int("levels", levels, low=1, high=127)
-  return compressed_mean(qsgd_codec(levels), axis_name=axis_name, seed=seed)
+  return compressed_mean(qsgd_codec(levels, bucket_size), axis_name=axis_name, seed=seed)
 
 
-def terngrad(*, axis_name: str, seed: int = 0) -> optax.GradientTransformation:
+def terngrad(
+  *, axis_name: str, clip: float | None = 2.5, share_scale: bool = True, seed: int = 0
+) -> optax.GradientTransformation:
   """TernGrad gradient averaging across devices (2 bits per element on the wire).
+
+  Args:
+    axis_name: the data-parallel axis.
+    clip: clip each gradient tensor to ``±clip · σ`` first (the paper's ``c = 2.5``), or
+      ``None``.
+    share_scale: one scaler ``s`` for all devices (the ``pmax`` of theirs, as the paper
+      does), else each device's own.
+    seed: PRNG seed.
+
+  Raises:
+    ValueError: if ``clip`` is not positive.
 
   References:
     Wen et al. 2017, "TernGrad: Ternary Gradients to Reduce Communication in Distributed
     Deep Learning", https://arxiv.org/abs/1705.07878.
   """
-  return compressed_mean(terngrad_codec(), axis_name=axis_name, seed=seed)
+  return compressed_mean(terngrad_codec(clip, share_scale=share_scale), axis_name=axis_name, seed=seed)
 
 
 def sign_error_feedback(*, axis_name: str) -> optax.GradientTransformation:
@@ -232,9 +292,10 @@ def sign_error_feedback(*, axis_name: str) -> optax.GradientTransformation:
 
 
 def bytes_sent(params: Any, codec: Codec | None) -> int:
-  """Bytes one device sends per step: its codes plus one float32 scale per tensor, or
-  ``4 · n`` for uncompressed float32 gradients (``codec=None``)."""
+  """Bytes one device sends per step: its codes plus its float32 scales (one per tensor,
+  or one per QSGD bucket), or ``4 · n`` for uncompressed float32 gradients
+  (``codec=None``)."""
   sizes = [x.size for x in jax.tree.leaves(params)]
   if codec is None:
     return 4 * sum(sizes)
-  return sum(-(-n * codec.bits // 8) + 4 for n in sizes)
+  return sum(-(-n * codec.bits // 8) + 4 * codec.scales(n) for n in sizes)

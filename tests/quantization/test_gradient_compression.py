@@ -13,7 +13,7 @@ from tests import helpers
 G = jax.random.normal(jax.random.key(0), (6, 5))
 
 
-@pytest.mark.parametrize("codec", [gc.qsgd_codec(4), gc.terngrad_codec()], ids=["qsgd", "terngrad"])
+@pytest.mark.parametrize("codec", [gc.qsgd_codec(4), gc.terngrad_codec(clip=None)], ids=["qsgd", "terngrad"])
 def test_stochastic_codecs_are_unbiased(codec):
   keys = jax.random.split(jax.random.key(1), 20000)
   decoded = jax.vmap(lambda k: codec.decode(*codec.encode(G, k), G.shape))(keys)
@@ -24,7 +24,54 @@ def test_stochastic_codecs_are_unbiased(codec):
 def test_qsgd_levels_and_norm():
   codes, norm = gc.qsgd_codec(4).encode(G, jax.random.key(2))
   assert codes.dtype == jnp.int8 and int(jnp.abs(codes).max()) <= 4
-  assert float(norm) == pytest.approx(float(jnp.linalg.norm(G)))
+  assert norm.shape == (1,) and float(norm[0]) == pytest.approx(float(jnp.linalg.norm(G)))
+
+
+def test_qsgd_buckets_have_their_own_norms_and_cut_the_variance():
+  """Alistarh et al. 2017 quantize buckets of d = 512 entries, each by its own norm; one
+  norm for a large tensor makes the variance exceed the signal (Lemma 3.1: the bound
+  grows as min(n / s^2, sqrt(n) / s))."""
+  g = jax.random.normal(jax.random.key(6), (4096,))
+  _, norms = gc.qsgd_codec(4).encode(g, jax.random.key(7))
+  np.testing.assert_allclose(norms, np.linalg.norm(np.asarray(g).reshape(8, 512), axis=1), rtol=1e-5)
+  keys = jax.random.split(jax.random.key(8), 200)
+  variance = {}
+  signal, s = float(jnp.sum(g**2)), 16
+  for bucket in (512, None):
+    codec = gc.qsgd_codec(s, bucket)
+    decoded = jax.vmap(lambda k, codec=codec: codec.decode(*codec.encode(g, k), g.shape))(keys)
+    variance[bucket] = float(jnp.mean(jnp.sum((decoded - g) ** 2, axis=1)))
+    d = bucket or g.size
+    assert variance[bucket] <= min(d / s**2, np.sqrt(d) / s) * signal  # Lemma 3.1, per bucket
+  assert variance[None] > signal > variance[512]  # per-tensor noise swamps the gradient; bucketed does not
+  assert gc.bytes_sent({"w": g}, gc.qsgd_codec(s)) == 4096 + 8 * 4  # codes + one norm per bucket
+  with pytest.raises(ValueError, match=r"bucket_size must be in \[1, inf\], got 0"):
+    gc.qsgd_codec(4, 0)
+
+
+def test_terngrad_clips_at_two_and_a_half_sigma_and_shares_the_scaler():
+  """Wen et al. 2017: gradients clipped to ±2.5σ before ternarizing; one scaler, the
+  largest of the devices', for all of them."""
+  ndev = jax.device_count()
+  per_device = jax.random.normal(jax.random.key(9), (ndev, 64)) * jnp.arange(1.0, ndev + 1)[:, None]
+  per_device = per_device.at[0, 0].set(1e3)  # an outlier the clip removes
+  transform = gc.terngrad(axis_name="d")
+  (out,), _ = _run_pmap(transform, per_device)
+  g = np.asarray(per_device)
+  bound = 2.5 * g.std(axis=1)
+  scaler = np.max(np.minimum(np.abs(g).max(axis=1), bound))  # the shared s: the devices' largest
+  # every device's contribution is s * {-1, 0, 1} with the one shared s: the mean is s * k / ndev
+  steps = np.asarray(out)[0] * ndev / scaler
+  np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+  assert np.abs(np.asarray(out)[0]).max() <= scaler + 1e-5  # far below the outlier
+  own = jax.pmap(
+    lambda g: gc.terngrad(axis_name="d", share_scale=False).update(g, gc.terngrad(axis_name="d").init(g))[0],
+    axis_name="d",
+  )(per_device)
+  steps_own = np.asarray(own)[0] * ndev / scaler
+  assert not np.allclose(steps_own, np.round(steps_own), atol=1e-4)  # own scalers are not on one grid
+  with pytest.raises(ValueError, match="clip must be"):
+    gc.terngrad(axis_name="d", clip=0.0)
 
 
 def test_sign_codec_packs_one_bit_and_scales_by_mean_abs():
@@ -90,14 +137,13 @@ def test_error_feedback_telescopes():
 def test_only_codes_cross_devices():
   ndev = jax.device_count()
   per_device = jnp.ones((ndev, 64))
-  hlo = (
-    jax.pmap(lambda g: gc.terngrad(axis_name="d").update(g, gc.terngrad(axis_name="d").init(g))[0], axis_name="d")
-    .lower(per_device)
-    .as_text()
-  )
-  gathers = re.findall(r"all_gather[^\n]*", hlo)
-  assert gathers and not re.search(r"all_reduce", hlo)
-  assert any("xui8>" in g or "ui8" in g for g in gathers)
+  step = jax.pmap(lambda g: gc.terngrad(axis_name="d").update(g, gc.terngrad(axis_name="d").init(g))[0], axis_name="d")
+  hlo = step.lower(per_device).compile().as_text()
+  gathers = [line for line in hlo.splitlines() if "all-gather(" in line]
+  assert gathers and any("u8[" in g for g in gathers)
+  # the only all-reduce is the shared scaler's pmax, a scalar: no float gradient crosses devices
+  reduces = [line.split("=", 1)[1].split("all-reduce(")[0] for line in hlo.splitlines() if "all-reduce(" in line]
+  assert reduces and not [t for t in reduces if re.search(r"\[\d", t)], reduces
 
 
 def test_training_step_with_compressed_all_reduce():
@@ -121,6 +167,7 @@ def test_bytes_sent():
   assert gc.bytes_sent(params, None) == 4 * 1010
   assert gc.bytes_sent(params, gc.sign_codec()) == (125 + 4) + (2 + 4)
   assert gc.bytes_sent(params, gc.terngrad_codec()) == (250 + 4) + (3 + 4)
+  assert gc.bytes_sent(params, gc.qsgd_codec(4)) == (1000 + 4 * 2) + (10 + 4)
   with pytest.raises(ValueError, match="levels must be in"):
     gc.qsgd(200, axis_name="d")
 
