@@ -234,7 +234,9 @@ def dkd_loss(
     >>> float(dkd_loss(s, s, jnp.array([0]), ce_weight=0.0))
     0.0
   """
-  alpha, beta, ce_weight = (_check_weight(n, v) for n, v in (("alpha", alpha), ("beta", beta), ("ce_weight", ce_weight)))
+  alpha, beta, ce_weight = (
+    _check_weight(n, v) for n, v in (("alpha", alpha), ("beta", beta), ("ce_weight", ce_weight))
+  )
   tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature=temperature)
   kd = temperature**2 * jnp.mean(alpha * tckd + beta * nckd)
   ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(student_logits), jnp.asarray(labels)))
@@ -324,7 +326,9 @@ def dist_loss(
     0.0
   """
   temperature = _check_temperature(temperature)
-  beta, gamma, ce_weight = (_check_weight(n, v) for n, v in (("beta", beta), ("gamma", gamma), ("ce_weight", ce_weight)))
+  beta, gamma, ce_weight = (
+    _check_weight(n, v) for n, v in (("beta", beta), ("gamma", gamma), ("ce_weight", ce_weight))
+  )
   s, t = _check_logits(student_logits, teacher_logits, labels)
   ps, pt = jax.nn.softmax(s / temperature, axis=-1), jax.nn.softmax(t / temperature, axis=-1)
   inter = jnp.mean(pearson_distance(ps, pt, axis=1))

@@ -10,7 +10,7 @@ import pytest
 from jaxcompress import distill as _distill
 
 
-class distill:  # noqa: N801  the losses, jitted: one compile each instead of one per primitive (eager)
+class distill:  # the losses, jitted: one compile each instead of one per primitive (eager)
   kl_divergence = jax.jit(_distill.kl_divergence, static_argnames="temperature")
   hinton_loss = jax.jit(_distill.hinton_loss, static_argnames=("temperature", "soft_weight"))
   dkd_terms = jax.jit(_distill.dkd_terms, static_argnames="temperature")
@@ -89,7 +89,9 @@ def test_dkd_decomposition_identity_and_weighting():
     # TCKD is the binary KL, NCKD the KL of the renormalized non-target distribution
     ps_full = _softmax_np(s / temperature)
     ps = ps_full[np.arange(8), np.asarray(y)]
-    np.testing.assert_allclose(tckd, pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+      tckd, pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps)), rtol=1e-4, atol=1e-6
+    )
     pt_full = _softmax_np(t / temperature)
     keep = ~np.eye(10, dtype=bool)[np.asarray(y)]
     hat_t = np.where(keep, pt_full, 0) / (1 - pt)[:, None]
