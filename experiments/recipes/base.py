@@ -20,12 +20,16 @@ class FineTune:
     serve: ``serve(apply, packed, cstate) -> fn(x)``: evaluate the packed model through
       this deployment path (for example ``jaxcompress.quantization.serve``'s integer
       matmuls) instead of the compressor's own view of it.
+    loss: ``loss(apply) -> loss_fn(params, x, y)``: the fine-tuning loss built from the
+      model's apply (for example a ``jaxcompress.distill.loss`` with a teacher); ``None``
+      for the cross-entropy every other recipe trains with.
   """
 
   compressor: jc.Compressor
   epochs: int = 0
   lr: float = 1e-4
   serve: Callable[[Callable[..., Any], Any, Any], Callable[..., Any]] | None = None
+  loss: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
