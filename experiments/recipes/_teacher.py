@@ -62,7 +62,7 @@ def trained(trainer: Any) -> tuple[dict, float]:
   if key in _CACHE:
     return _CACHE[key]
   data = trainer.data
-  x, y = data.train_flat(), data.train_labels
+  x, y = data.train_flat, data.train_labels
   epochs = trainer.epochs(EPOCHS)
   steps = max(1, epochs * (len(y) // BATCH))
   optimizer = optax.adam(optax.cosine_decay_schedule(LR, steps))
@@ -80,7 +80,7 @@ def trained(trainer: Any) -> tuple[dict, float]:
       state, _ = step(state, xb, yb, jax.random.fold_in(base, i))
       i += 1
   params = state.params
-  logits = jax.jit(eval_apply)(params, data.test_flat())
+  logits = jax.jit(eval_apply)(params, data.test_flat)
   accuracy = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == data.test_labels))
   print(f"\ndistillation teacher {'-'.join(map(str, SIZES))} (dropout {DROPOUT}): test accuracy {accuracy:.2%}")
   _CACHE[key] = (params, accuracy)
