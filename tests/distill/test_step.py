@@ -140,3 +140,22 @@ def test_bad_arguments_name_the_value():
     jc.distill.loss(helpers.mlp_apply, criterion=3)
   with pytest.raises(ValueError, match="class counts differ: student 8, teacher 4"):
     jax.eval_shape(jc.distill.loss(helpers.mlp_apply), _student(), *_data(0, 4), jnp.zeros((4, 4)))
+
+
+def test_rewrite_quantizes_the_student_not_the_teacher():
+  teacher_apply, variables = _teacher()
+  kd = jc.distill.loss(helpers.mlp_apply, teacher_apply=teacher_apply, teacher_params=variables)
+  c = jc.quantization.qat(4, 4, integer=False)  # dynamic activation ranges
+  params, cstate = c.init(_student())
+  x, y = _data(3, 16)
+
+  @jax.jit
+  def both(params):
+    view = c.apply(params, cstate)
+    rewritten_loss = c.rewrite(kd, params, cstate)(view, x, y)
+    student = c.rewrite(helpers.mlp_apply, params, cstate)(view, x)  # the quantized student alone
+    return rewritten_loss, jc.distill.hinton_loss(student, teacher_apply(variables, x), y), kd(view, x, y)
+
+  rewritten, by_hand, float_acts = both(params)
+  np.testing.assert_allclose(rewritten, by_hand, rtol=1e-6)  # the teacher's matmuls stay float
+  assert not np.isclose(rewritten, float_acts)  # and the student's activations were quantized
