@@ -24,7 +24,7 @@ import jaxcompress as jc
 from experiments import data, models, recipes, report
 from experiments.training import Trainer
 
-BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3)}  # (epochs, adam lr)
+BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3), "mlp64": (50, 3e-3)}  # (epochs, adam lr)
 QUICK_RECIPES = (
   "dense",
   "magnitude_90",
@@ -103,6 +103,7 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
       lr=plan.lr,
       seed=seed + 1000,
       desc=f"{name} s{seed} {recipe.name}",
+      loss=plan.loss,
     )
     if recipe.name == "dense":
       fit = base  # the dense row reports the baseline's own training time
@@ -139,7 +140,8 @@ def main(argv=None) -> int:
     if unknown:
       parser.error(f"unknown recipes {sorted(unknown)}; available: {sorted(registry)}")
     registry = {k: v for k, v in registry.items() if k in wanted}
-  jobs = [(name, seed) for seed in range(seeds) for name in models.MODELS]
+  used = [name for name in models.MODELS if any(name in r.models for r in registry.values())]
+  jobs = [(name, seed) for seed in range(seeds) for name in used]
   rows = []
   for name, seed in tqdm(jobs, desc="models x seeds", disable=args.no_progress):
     rows += run_model(name, seed, digits, registry, budget, args.out, not args.no_progress)

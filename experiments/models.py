@@ -1,4 +1,4 @@
-"""LeNet-300-100 and a LeNet-5 for 8x8 digits, in Flax NNX, with a pure functional view.
+"""LeNet-300-100, a LeNet-5 and a tiny 64-30-10 MLP for 8x8 digits, in Flax NNX, with a pure functional view.
 
 The compressors work on plain nested dicts whose paths read ``'fc1/kernel'``;
 :func:`functional` splits a model into such a dict and a pure ``apply(params, x)``.
@@ -74,7 +74,24 @@ class LeNet5(nnx.Module):
     return total
 
 
-MODELS = {"lenet300100": LeNet300100, "lenet5": LeNet5}
+class TinyMLP(nnx.Module):
+  """A 64-30-10 ReLU MLP: the small student of the distillation rows."""
+
+  inputs = "flat"
+
+  def __init__(self, rngs: nnx.Rngs, in_features: int = 64, hidden: int = 30, classes: int = 10):
+    self.fc1 = nnx.Linear(in_features, hidden, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(nnx.relu(self.fc1(x)))
+
+  def flops(self) -> int:
+    """Analytic forward FLOPs per example (matmuls and biases)."""
+    return sum(accounting.dense_flops(1, fc.in_features, fc.out_features) for fc in (self.fc1, self.fc2))
+
+
+MODELS = {"lenet300100": LeNet300100, "lenet5": LeNet5, "mlp64": TinyMLP}
 
 
 @dataclasses.dataclass(frozen=True)

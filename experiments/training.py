@@ -90,6 +90,7 @@ class Trainer:
     lr: float,
     seed: int,
     desc: str = "",
+    loss: Any = None,
   ) -> Fit:
     """Trains ``compressor.apply(params)`` with adam for ``epochs`` epochs.
 
@@ -100,6 +101,8 @@ class Trainer:
       lr: adam's learning rate, cosine-decayed to 0 over the run.
       seed: seeds the batch order.
       desc: the progress bar's label.
+      loss: ``loss(apply) -> loss_fn(params, x, y)`` to train with instead of
+        :meth:`loss_of` (cross-entropy), e.g. a distillation loss.
     """
     steps = max(1, epochs * self.steps_per_epoch)
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps))
@@ -108,7 +111,8 @@ class Trainer:
       return Fit(state, 0.0, 0.0)
     x, y = self._inputs("train"), self.data.train_labels
     start = time.perf_counter()
-    step = jax.jit(jc.train.make_step(self.loss_of(self.model.apply), optimizer, compressor))
+    loss_fn = (loss or self.loss_of)(self.model.apply)
+    step = jax.jit(jc.train.make_step(loss_fn, optimizer, compressor))
     step = step.lower(state, x[: self.batch_size], y[: self.batch_size]).compile()
     compile_seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed)

@@ -23,6 +23,9 @@ class FineTune:
     flops: ``flops(apply, packed, x) -> int``: FLOPs of the packed model as served on
       the batch ``x`` (for example ``graph.flops`` of ``lowrank.factorized(apply)``);
       ``None``: ``graph.flops`` of the dense view.
+    loss: ``loss(apply) -> loss_fn(params, x, y)``: the fine-tuning loss built from the
+      model's apply (for example a ``jaxcompress.distill.loss`` with a teacher); ``None``
+      for the cross-entropy every other recipe trains with.
   """
 
   compressor: jc.Compressor
@@ -30,6 +33,7 @@ class FineTune:
   lr: float = 1e-4
   serve: Callable[[Callable[..., Any], Any, Any], Callable[..., Any]] | None = None
   flops: Callable[[Callable[..., Any], Any, Any], int] | None = None
+  loss: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,4 +9,6 @@ def build(params, trainer):
   return FineTune(jc.identity(), epochs=0)
 
 
-RECIPE = Recipe("dense", build, order=0, description="trained baseline, float32")
+RECIPE = Recipe(
+  "dense", build, models=("lenet300100", "lenet5", "mlp64"), order=0, description="trained baseline, float32"
+)
