@@ -81,20 +81,6 @@ def activation_codes(
   return codes, offset - z, (v >= qmin - 0.5) & (v <= qmax + 0.5)
 
 
-def _one_example(site: graph.Site) -> tuple[int, ...]:
-  """The activation's shape with its example axis (free, so the output broadcasts) set to 1."""
-  shape = list(site.activation_shape)
-  if site.op == "dot_general":
-    (lc, rc), (lb, rb) = site.params["dimension_numbers"]
-    taken = set(lc) | set(lb) if site.weight_operand == 1 else set(rc) | set(rb)
-    axis = next((a for a in range(len(shape)) if a not in taken), None)
-  else:
-    axis = site.params["dimension_numbers"].lhs_spec[0] if site.weight_operand == 1 else None
-  if axis is not None:
-    shape[axis] = 1
-  return tuple(shape)
-
-
 def integer_op(
   site: graph.Site,
   a_codes: jax.Array,
@@ -107,9 +93,9 @@ def integer_op(
 
   With an asymmetric activation the codes stand for ``a_codes + shift`` (``shift = 128 -
   zero_point``, :func:`activation_codes`), and the op is linear, so ``op(a_codes + shift,
-  w) = op(a_codes, w) + shift · op(1, w)``: the correction is the op on one example of
-  ones (exact in float32: a window's sum of weight codes stays below 2^24), zero-padded
-  like the activation, so convolution borders come out right.
+  w) = op(a_codes, w) + shift · op(1, w)``: the second term is one more example of ones
+  in the same int8 op, zero-padded like the activation, so convolution borders come out
+  right.
 
   Args:
     site: the matmul or convolution.
@@ -120,12 +106,43 @@ def integer_op(
     dtype: the output dtype.
     shift: the ``int32`` scalar the codes are offset by, or ``None`` (symmetric).
   """
-  acc = site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
-  if shift is not None:
-    ones = jnp.ones(_one_example(site), jnp.float32)
-    window = site.compute(ones, w_codes.astype(jnp.float32)).astype(jnp.int32)
-    acc = acc + shift * window
+  if shift is None:
+    acc = site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
+  else:
+    acc = _shifted_op(site, a_codes, w_codes, shift)
   return (acc.astype(jnp.float32) * scale).astype(dtype)
+
+
+def _example_axis(site: graph.Site) -> int | None:
+  """The activation's example axis (its first free axis), or ``None`` if it has none."""
+  n = len(site.activation_shape)
+  if site.op == "dot_general":
+    (lc, rc), (lb, rb) = site.params["dimension_numbers"]
+    taken = set(lc) | set(lb) if site.weight_operand == 1 else set(rc) | set(rb)
+    return next((a for a in range(n) if a not in taken), None)
+  return site.params["dimension_numbers"].lhs_spec[0] if site.weight_operand == 1 else None
+
+
+def _shifted_op(site: graph.Site, a_codes: jax.Array, w_codes: jax.Array, shift: jax.Array) -> jax.Array:
+  """``op(a_codes + shift, w_codes)`` in int32, from int8 operands.
+
+  ``op(a + shift, w) = op(a, w) + shift · op(1, w)``. The second term rides along in the
+  same int8 op as one more example of ones (zero-padded like the activation, so conv
+  borders are exact), which costs one example's work and no separate pass over the weight.
+  """
+  axis = _example_axis(site)
+  if axis is None:  # no example axis to extend: a second, float32 op (exact below 2^24)
+    ones = jnp.ones(site.activation_shape, jnp.float32)
+    sums = site.compute(ones, w_codes.astype(jnp.float32)).astype(jnp.int32)
+    return site.compute(a_codes, w_codes, preferred_element_type=jnp.int32) + shift * sums
+  one = list(a_codes.shape)
+  one[axis] = 1
+  extended = jnp.concatenate([a_codes, jnp.ones(one, a_codes.dtype)], axis=axis)
+  out = site.compute(extended, w_codes, preferred_element_type=jnp.int32)
+  n = a_codes.shape[axis]
+  out_axis = next(i for i, (d, e) in enumerate(zip(out.shape, site.output_shape)) if d != e)
+  acc = jax.lax.slice_in_dim(out, 0, n, axis=out_axis)
+  return acc + shift * jax.lax.slice_in_dim(out, n, n + 1, axis=out_axis)
 
 
 def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges: dict | None) -> graph.Rule:
