@@ -20,6 +20,14 @@ def _all_finite(tree: PyTree) -> jax.Array:
   return jnp.stack(checks).all() if checks else jnp.asarray(True)
 
 
+def _reads(fn: Callable[[Any], Any], tree: PyTree) -> bool:
+  """Whether ``fn(tree)`` reads ``tree`` at all (any of its leaves feeds an operation of
+  ``fn``'s jaxpr or its output), decided at trace time."""
+  jaxpr = jax.make_jaxpr(fn)(tree).jaxpr
+  used = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+  return any(id(v) in used for v in jaxpr.invars)
+
+
 class TrainState(NamedTuple):
   """What a compressed training step threads from one step to the next.
 
@@ -124,12 +132,15 @@ def make_step(
   ``NamedSharding`` mesh (shard the batch; XLA inserts the reductions).
 
   Every replica's compressor sees the same gradients: with ``reduce_gradients=False``
-  the optimizer reduces its own copy (a compressed all-reduce) and ``update`` gets the
-  ``pmean`` (one uncompressed all-reduce, which XLA removes when ``update`` does not read
-  the gradients), so RigL, movement and saliency masks never differ between replicas.
-  A step whose gradients are not all finite leaves the compressor's params and state as
-  they were (``update`` is skipped): pair it with ``optax.apply_if_finite`` to skip the
-  optimizer's part too.
+  the optimizer reduces its own copy (a compressed all-reduce) and a compressor whose
+  ``update`` reads the gradients gets their ``pmean`` (one uncompressed all-reduce), so
+  RigL, movement and saliency masks never differ between replicas. For such a compressor
+  a step whose gradients are not all finite leaves its params and state as they were
+  (``update`` is skipped; pair it with ``optax.apply_if_finite`` to skip the optimizer's
+  part too). Whether ``update`` reads the gradients is decided from its jaxpr when the
+  step is traced; one that does not (magnitude pruning, weight quantizers) runs as usual,
+  since its state cannot take NaN from them, and pays for neither the check nor the
+  all-reduce.
 
   Args:
     loss_fn: ``loss_fn(model_params, *batch) -> scalar loss`` (``(loss, aux)`` with
@@ -183,21 +194,23 @@ def make_step(
       updates = mask_tree(updates, masks)
     params = optax.apply_updates(state.params, updates)
     sync = axis_name is not None and not reduce_gradients
-    # A step with non-finite gradients (skipped by optax.apply_if_finite) must not reach
-    # the compressor's state either: scores and masks computed from NaN are lost for good.
-    finite = _all_finite(grads)
-    if sync:  # every replica takes the same branch
-      finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name).astype(bool)
 
     def update(p, s, g):
       if sync:
         # The optimizer reduced its own (compressed) copy; the compressor must see the same
-        # gradients on every replica, or masks drift apart. XLA drops this all-reduce when
-        # ``update`` does not read the gradients.
+        # gradients on every replica, or masks drift apart.
         g = jax.lax.pmean(g, axis_name)
       return compressor.update(p, s, grads=g)
 
-    params, cstate = jax.lax.cond(finite, update, lambda p, s, g: (p, s), params, state.cstate, grads)
+    if not _reads(lambda g: update(params, state.cstate, g), grads):
+      params, cstate = compressor.update(params, state.cstate, grads=grads)  # nothing to guard or sync
+    else:
+      # A step with non-finite gradients (skipped by optax.apply_if_finite) must not reach
+      # the compressor's state either: scores and masks computed from NaN are lost for good.
+      finite = _all_finite(grads)
+      if sync:  # every replica takes the same branch
+        finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name).astype(bool)
+      params, cstate = jax.lax.cond(finite, update, lambda p, s, g: (p, s), params, state.cstate, grads)
     restart = compressor.restart(cstate)
     if restart is not None:  # e.g. a lottery ticket rewound: retrain it with a fresh optimizer
       fresh = optimizer.init(params)
