@@ -1,6 +1,6 @@
 """The main job: compress LeNet-300-100 and LeNet-5 on the digits with every recipe.
 
-Run ``python -m experiments.digits [--quick] [--out DIR] [--seeds N]``. For each seed
+Run ``python -m experiments.digits [--quick | --full] [--out DIR] [--seeds N]``. For each seed
 (which sets the init and the batch order) it trains the dense baselines, applies every
 registered recipe, packs the result, measures its bytes with
 ``jaxcompress.accounting.report``, round-trips it through ``jaxcompress.export`` and
@@ -118,6 +118,7 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--quick", action="store_true", help=f"smoke test: 1 seed, few epochs, recipes {', '.join(QUICK_RECIPES)}"
   )
+  parser.add_argument("--full", action="store_true", help="also run the recipes marked full_only (slower rows)")
   parser.add_argument("--out", default="out", help="output folder (default: out/)")
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
   parser.add_argument(
@@ -140,6 +141,8 @@ def main(argv=None) -> int:
     if unknown:
       parser.error(f"unknown recipes {sorted(unknown)}; available: {sorted(registry)}")
     registry = {k: v for k, v in registry.items() if k in wanted}
+  elif not args.full:
+    registry = {k: v for k, v in registry.items() if not v.full_only}
   used = [name for name in models.MODELS if any(name in r.models for r in registry.values())]
   jobs = [(name, seed) for seed in range(seeds) for name in used]
   rows = []

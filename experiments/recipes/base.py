@@ -47,6 +47,8 @@ class Recipe:
     models: the model names it applies to.
     order: position in the table (lower first).
     description: one line for the report.
+    full_only: run only under ``--full`` (the default run must stay under 10 minutes on
+      2 cores; a row whose method is slow or whose claim needs the full budget goes here).
   """
 
   name: str
@@ -54,3 +56,4 @@ class Recipe:
   models: tuple[str, ...] = ("lenet300100", "lenet5")
   order: int = 50
   description: str = ""
+  full_only: bool = False
