@@ -16,7 +16,7 @@ from jaxcompress.quantization.granularity import from_args
 
 def weight_spec(
   bits: int, *, symmetric: bool = True, per_channel: bool = False, axis: int = -1, group_size: int | None = None,
-  group_axis: int = 0,
+  group_axis: int = 0, convention: str = "narrow",
 ) -> QuantSpec:  # fmt: skip
   """Builds and validates the :class:`QuantSpec` of a weight quantizer.
 
@@ -25,17 +25,21 @@ def weight_spec(
     symmetric: symmetric (no zero point) or affine.
     per_channel, axis, group_size, group_axis: which weights share a scale
       (:func:`~jaxcompress.quantization.granularity.from_args`).
+    convention: ``'narrow'`` or ``'pytorch'`` (:class:`QuantSpec`).
 
   Returns:
     The :class:`QuantSpec`.
 
   Raises:
-    ValueError: on bits outside 2..16 (symmetric) or 1..16 (affine), as
-      :func:`~jaxcompress.quantization.granularity.from_args`.
+    ValueError: on bits outside 2..16 (symmetric) or 1..16 (affine), an unknown
+      ``convention``, as :func:`~jaxcompress.quantization.granularity.from_args`.
   """
   granularity = from_args(per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
   return QuantSpec(
-    bits=validate.check_bits("bits", bits, low=2 if symmetric else 1), symmetric=symmetric, granularity=granularity
+    bits=validate.check_bits("bits", bits, low=2 if symmetric else 1),
+    symmetric=symmetric,
+    granularity=granularity,
+    convention=convention,
   )
 
 
@@ -47,6 +51,7 @@ def fake_quant(
   axis: int = -1,
   group_size: int | None = None,
   group_axis: int = 0,
+  convention: str = "narrow",
   where: select.Where = None,
 ) -> Compressor:
   """Uniform quantization of weights with a straight-through gradient.
@@ -74,6 +79,11 @@ def fake_quant(
     group_size: if given, one scale per ``group_size`` consecutive weights along
       ``group_axis`` and per channel along ``axis``; must divide that axis.
     group_axis: the axis cut into groups (0: a Dense kernel's contraction axis).
+    convention: ``'narrow'`` (default: the symmetric narrow range above) or
+      ``'pytorch'``: torch's ``MinMaxObserver`` qparams (symmetric ``scale = max|w| /
+      ((qmax - qmin) / 2)`` on the full signed range, so the largest weight is clipped by
+      half a step and gets no gradient, as in torch); see
+      :class:`~jaxcompress.quantization.QuantSpec`.
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -81,7 +91,7 @@ def fake_quant(
     :class:`~jaxcompress.core.leafwise.LeafwiseState`.
 
   Raises:
-    ValueError: on bad ``bits``; at ``init``, if ``where`` selects nothing, a selected
+    ValueError: on bad ``bits`` or ``convention``; at ``init``, if ``where`` selects nothing, a selected
       leaf is integer, empty or non-finite, ``axis``/``group_axis`` is out of range or
       ``group_size`` does not divide the axis (the message names the leaf).
 
@@ -97,8 +107,15 @@ def fake_quant(
     [[0.0, -1.0], [1.0, 1.0]]
   """
   spec = weight_spec(
-    bits, symmetric=symmetric, per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis
+    bits,
+    symmetric=symmetric,
+    per_channel=per_channel,
+    axis=axis,
+    group_size=group_size,
+    group_axis=group_axis,
+    convention=convention,
   )
+  clips = spec.convention == "pytorch"  # torch's symmetric scale clips the largest weight
 
   def init_leaf(path, p):
     spec.granularity.check(tuple(p.shape), f"leaf {path!r}")
@@ -113,6 +130,8 @@ def fake_quant(
     # the identity, and the backward pass need not recompute the in-range mask.
     x = uniform.upcast(p)  # half types: scales and ranges in float32, the result cast back
     scale, zero_point = jax.lax.stop_gradient(spec.params(x))
+    if clips:  # the clipped straight-through gradient
+      return uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype)
     return _ste.straight_through(p, uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype))
 
   def apply(params, state):

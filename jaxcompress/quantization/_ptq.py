@@ -44,6 +44,7 @@ def ptq(
   act_symmetric: bool = False,
   batches: Iterable[Any] | None = None,
   calibrator: Calibrator | None = None,
+  convention: str = "narrow",
   where: select.Where = None,
 ) -> QuantizedModel:
   """Quantizes a trained model's weights and, optionally, its activations, in one call.
@@ -68,6 +69,8 @@ def ptq(
       ones with a zero point (Jacob et al. 2018's default).
     batches: calibration batches (tuples of inputs), required with ``act_bits``.
     calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
+    convention: the weights' qparams, ``'narrow'`` or PyTorch's observer ``'pytorch'``
+      (:func:`~jaxcompress.quantization.fake_quant`).
     where: which weight leaves (default: floating leaves with ``ndim >= 2``); with
       ``act_bits``, the sites those weights feed.
 
@@ -85,7 +88,14 @@ def ptq(
     >>> [round(v, 3) for v in q.apply(q.packed, jnp.ones((1, 2)))[0].tolist()]  # 0.75, 1.0 on an 8-bit grid
     [0.752, 0.992]
   """
-  weights = fake_quant(weight_bits, symmetric=symmetric, per_channel=per_channel, group_size=group_size, where=where)
+  weights = fake_quant(
+    weight_bits,
+    symmetric=symmetric,
+    per_channel=per_channel,
+    group_size=group_size,
+    convention=convention,
+    where=where,
+  )
   if act_bits is None:
     compressor = weights
   else:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxcompress import export, graph
 from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
-from jaxcompress.quantization import calibration
+from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._spec import QuantSpec
 
@@ -71,14 +71,15 @@ def activation_codes(
   Returns:
     ``(codes, shift, inside)``: ``int8`` codes ``q - shift``, the ``int32`` scalar
     ``shift - zero_point`` that :func:`integer_op` corrects by, and the ``bool`` mask of
-    the elements inside the end codes' rounding bins (the straight-through gradient's).
+    the elements whose rounded code lies in the range (the straight-through gradient's,
+    as :func:`~jaxcompress.quantization.uniform.fake_quant`).
   """
   qmin, qmax = spec.qrange
   z = jnp.zeros((), jnp.int32) if zero_point is None else jnp.reshape(zero_point, ()).astype(jnp.int32)
-  v = activation * (1.0 / scale) + z.astype(activation.dtype)
+  v = jnp.round(uniform.times_reciprocal(activation, scale)) + z.astype(activation.dtype)
   offset = 128 if qmax > 127 else 0
-  codes = (jnp.clip(jnp.round(v), qmin, qmax) - offset).astype(jnp.int8)
-  return codes, offset - z, (v >= qmin - 0.5) & (v <= qmax + 0.5)
+  codes = (jnp.clip(v, qmin, qmax) - offset).astype(jnp.int8)
+  return codes, offset - z, (v >= qmin) & (v <= qmax)
 
 
 def integer_op(

@@ -13,6 +13,8 @@ from jaxcompress.core import validate
 from jaxcompress.quantization import uniform
 from jaxcompress.quantization.granularity import Granularity
 
+CONVENTIONS = ("narrow", "pytorch")
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
@@ -23,23 +25,43 @@ class QuantSpec:
       1..16 when affine (codes ``[0, 2^b - 1]`` with a zero point).
     symmetric: symmetric (zero point 0) or affine.
     granularity: which elements share a scale.
+    convention: how a range becomes ``(scale, zero_point)``:
+
+      - ``'narrow'`` (default; TensorFlow's ``narrow_range``, Jacob et al. 2018's weights):
+        symmetric codes on ``[-(2^(b-1)-1), 2^(b-1)-1]`` with ``scale = amax / qmax``, so
+        the grid is symmetric and the largest weight is a code; scales floored at the
+        dtype's smallest normal number.
+      - ``'pytorch'``: ``torch.ao.quantization``'s ``MinMaxObserver`` /
+        ``PerChannelMinMaxObserver``: symmetric codes on the full ``[-2^(b-1),
+        2^(b-1)-1]`` with ``scale = amax / ((qmax - qmin) / 2)`` (``amax / 127.5`` at 8
+        bits, so ``+amax`` rounds past 127 and is clipped), affine as ``'narrow'``; scales
+        floored at float32's machine epsilon as torch's observers do. Golden values from
+        torch are in the tests.
+
+      Both use PyTorch's fake-quantization rounding and straight-through rule
+      (:func:`~jaxcompress.quantization.uniform.fake_quant`).
   """
 
   bits: int
   symmetric: bool = True
   granularity: Granularity = dataclasses.field(default_factory=Granularity)
+  convention: str = "narrow"
 
   def __post_init__(self):
     validate.check_bits("bits", self.bits, low=2 if self.symmetric else 1)
+    validate.check_choice("convention", self.convention, CONVENTIONS)
 
   @property
   def qrange(self) -> tuple[int, int]:
     """``(qmin, qmax)``."""
-    return uniform.quant_range(self.bits, signed=self.symmetric, narrow=self.symmetric)
+    narrow = self.symmetric and self.convention == "narrow"
+    return uniform.quant_range(self.bits, signed=self.symmetric, narrow=narrow)
 
   def params_from_range(self, xmin: jax.Array, xmax: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """``(scale, zero_point)`` for a calibrated range (zero point ``None`` when symmetric)."""
     qmin, qmax = self.qrange
+    if self.convention == "pytorch":
+      return uniform.observer_params(xmin, xmax, qmin, qmax, symmetric=self.symmetric)
     if self.symmetric:
       return uniform.symmetric_params(jnp.maximum(jnp.abs(xmin), jnp.abs(xmax)), qmax), None
     return uniform.affine_params(xmin, xmax, qmin, qmax)

@@ -139,7 +139,47 @@ def affine_params(xmin: jax.Array, xmax: jax.Array, qmin: int, qmax: int) -> tup
   xmin, xmax = jnp.minimum(xmin, 0.0), jnp.maximum(xmax, 0.0)
   span = xmax - xmin  # overflows for ranges wider than the dtype's largest number: halve first
   span_scale = jnp.where(jnp.isfinite(span), span / (qmax - qmin), (xmax * 0.5 - xmin * 0.5) / ((qmax - qmin) * 0.5))
-  scale = jnp.maximum(span_scale, scale_floor(jnp.result_type(xmin)))
+  dtype = jnp.result_type(xmin)
+  # 1-bit codes over the whole finite range would need a scale above the largest number
+  scale = jnp.clip(span_scale, scale_floor(dtype), float(jnp.finfo(dtype).max))
+  zero_point = jnp.clip(qmin - jnp.round(divide(xmin, scale)), qmin, qmax).astype(jnp.int32)
+  return scale, zero_point
+
+
+def observer_params(
+  xmin: jax.Array, xmax: jax.Array, qmin: int, qmax: int, *, symmetric: bool
+) -> tuple[jax.Array, jax.Array | None]:
+  """``(scale, zero_point)`` as PyTorch's ``MinMaxObserver.calculate_qparams`` computes them.
+
+  The range is widened to include 0. Symmetric: ``scale = max(-xmin, xmax) / ((qmax -
+  qmin) / 2)`` and no zero point (torch's is 0 for signed codes); affine: ``scale = (xmax
+  - xmin) / (qmax - qmin)`` and ``zero_point = clip(qmin - round(xmin / scale), qmin,
+  qmax)``. Scales are floored at float32's machine epsilon (torch's observer ``eps``).
+
+  Args:
+    xmin, xmax: float arrays of one shape (per tensor: scalars; per channel: keepdims).
+    qmin, qmax: the code range (``[-128, 127]`` for torch's ``qint8``).
+    symmetric: ``per_*_symmetric`` or ``per_*_affine``.
+
+  Returns:
+    ``(scale, zero_point)``: float, and ``int32`` or ``None`` when symmetric.
+
+  References:
+    PyTorch, ``torch/ao/quantization/observer.py``, ``_calculate_qparams``.
+  """
+  xmin, xmax = jnp.minimum(xmin, 0.0), jnp.maximum(xmax, 0.0)
+  eps = float(jnp.finfo(jnp.float32).eps)
+  # XLA-CPU turns a division by a broadcast number into a product with its reciprocal (1 ulp
+  # off torch's quotient); the barrier keeps the divisor an array, so the division is exact.
+  over = lambda a, d: a / jax.lax.optimization_barrier(jnp.full_like(a, d))
+  if symmetric:
+    amax = jnp.maximum(-xmin, xmax)
+    return jnp.maximum(over(amax, (qmax - qmin) / 2), eps), None
+  span = xmax - xmin
+  span_scale = jnp.where(
+    jnp.isfinite(span), over(span, qmax - qmin), over(xmax * 0.5 - xmin * 0.5, (qmax - qmin) * 0.5)
+  )
+  scale = jnp.clip(span_scale, eps, float(jnp.finfo(jnp.result_type(xmin)).max))
   zero_point = jnp.clip(qmin - jnp.round(xmin / scale), qmin, qmax).astype(jnp.int32)
   return scale, zero_point
 
@@ -192,7 +232,7 @@ def quantize(
     qmin, qmax: the code range.
   """
   lo, hi = _bounds(bits, qmin, qmax)
-  q = jnp.round(x * (1.0 / scale))
+  q = jnp.round(times_reciprocal(x, scale))
   if zero_point is not None:
     q = q + zero_point
   return jnp.clip(q, lo, hi).astype(jnp.int32)
@@ -204,17 +244,37 @@ def dequantize(codes: jax.Array, scale: jax.Array, zero_point: jax.Array | None 
   return saturate(codes.astype(jnp.result_type(scale)) * scale)
 
 
+def times_reciprocal(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """``x · (1 / scale)``, PyTorch's ``x / scale`` in fake quantization, for any positive finite scale.
+
+  The reciprocal of a scale above ``2^126`` is subnormal, which XLA-CPU flushes to zero
+  (weights at ``±3e38`` give such scales at low bit-widths); there both factors are scaled
+  by ``2^64`` first, exactly. Elsewhere the bits equal ``x * (1 / scale)``.
+
+  Args:
+    x: float array.
+    scale: positive float array broadcastable to ``x``.
+
+  Returns:
+    The product, broadcast.
+  """
+  scale = jnp.asarray(scale)
+  big = scale > 2.0**100
+  shift = jnp.where(big, jnp.asarray(2.0**-64, scale.dtype), jnp.asarray(1.0, scale.dtype))
+  return (x * shift) * (1.0 / (scale * shift))
+
+
 def _grid(x, scale, zero_point, qmin, qmax_):
-  q = jnp.clip(jnp.round(x * (1.0 / scale)) + zero_point, qmin, qmax_)
-  return saturate((q - zero_point) * scale), q
+  v = jnp.round(times_reciprocal(x, scale)) + zero_point
+  q = jnp.clip(v, qmin, qmax_)
+  return saturate((q - zero_point) * scale), q, v
 
 
 def _fake_quant_rule(x, scale, zero_point, bounds):
-  y, _ = _grid(x, scale, zero_point, bounds[0], bounds[1])
-  # In range = inside the end codes' rounding bins; compared in code units so the
-  # largest weight (x / scale == qmax up to rounding) stays inside.
-  v = x * (1.0 / scale) + zero_point
-  inside = (v >= bounds[0] - 0.5) & (v <= bounds[1] + 0.5)
+  y, _, v = _grid(x, scale, zero_point, bounds[0], bounds[1])
+  # PyTorch's rule: the gradient passes where the rounded code lies in the range (a tie at
+  # qmax + 0.5 rounds to even, so outside when qmax is odd).
+  inside = (v >= bounds[0]) & (v <= bounds[1])
   return y, _ste.Local(mask=inside), (None, None, None)
 
 
@@ -230,9 +290,11 @@ def fake_quant(
   """Quantize then dequantize, with the clipped straight-through gradient.
 
   Forward: ``(clip(round(x · (1/scale)) + zero_point, qmin, qmax) - zero_point) · scale``.
-  Gradient: ``dL/dx = dL/dy`` where ``x`` lies inside the code range (within half a step
-  of its ends) and 0 outside; no gradient reaches ``scale`` or ``zero_point`` (they are
-  statistics here; see :func:`fake_quant_learnable` for learned ones).
+  Gradient: ``dL/dx = dL/dy`` where the unclipped code ``round(x · (1/scale)) +
+  zero_point`` lies in ``[qmin, qmax]`` and 0 elsewhere, PyTorch's rule for
+  ``fake_quantize_per_tensor_affine`` (golden values in the tests, ties at ``qmax + 0.5``
+  included); no gradient reaches ``scale`` or ``zero_point`` (they are statistics here;
+  see :func:`fake_quant_learnable` for learned ones).
 
   Args:
     x: float array.
@@ -256,10 +318,10 @@ def fake_quant(
 
 def _learnable_rule(x, scale, zero_point, bounds, q):
   y = saturate((q - zero_point) * scale)  # q: the codes, computed once in the forward pass
-  v = jnp.round(x * (1.0 / scale)) + zero_point
+  v = jnp.round(times_reciprocal(x, scale)) + zero_point
   inside = ~((v < bounds[0]) | (v > bounds[1]))
   # d x̂ / d scale: (q - z) - x / s inside (round passes straight through), (qmin|qmax - z) outside.
-  d_scale = jnp.where(inside, (q - zero_point) - x * (1.0 / scale), q - zero_point)
+  d_scale = jnp.where(inside, (q - zero_point) - times_reciprocal(x, scale), q - zero_point)
   d_zero = jnp.where(inside, 0.0, -scale)
   return y, _ste.Local(mask=inside), (_ste.Local(factor=d_scale), _ste.Local(factor=d_zero), None, None)
 

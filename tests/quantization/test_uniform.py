@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcompress.quantization import granularity, uniform
+from jaxcompress.quantization import fake_quant, granularity, uniform
 from jaxcompress.quantization._spec import QuantSpec
+from jaxcompress.quantization.granularity import Granularity
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "data" / "torch_fake_quant.json").read_text())
 X = np.asarray(GOLDEN["x"], np.float32)
@@ -52,6 +53,53 @@ def test_learnable_gradients_match_pytorch(case):
   np.testing.assert_array_equal(np.asarray(grads[0]), np.asarray(case["dx"], np.float32))
   np.testing.assert_allclose(float(grads[1]), case["dscale"], rtol=1e-5)
   np.testing.assert_allclose(float(grads[2]), case["dzero_point"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", cases("observer"), ids=lambda c: f"{c['qscheme']}-[{c['qmin']},{c['qmax']}]")
+def test_pytorch_convention_matches_torch_observers(case):
+  g = Granularity() if case["axis"] is None else Granularity(channel_axis=case["axis"])
+  qmin, qmax = case["qmin"], case["qmax"]
+  lo, hi = g.minmax(jnp.asarray(X))
+  scale, zero_point = uniform.observer_params(lo, hi, qmin, qmax, symmetric=case["symmetric"])
+  np.testing.assert_array_equal(np.ravel(scale), np.asarray(case["scale"], np.float32))
+  zp = np.zeros_like(case["zero_point"]) if zero_point is None else np.ravel(zero_point)
+  np.testing.assert_array_equal(zp, case["zero_point"])
+  fq = lambda b: uniform.fake_quant(b, scale, zero_point=zero_point, qmin=qmin, qmax=qmax)
+  np.testing.assert_array_equal(np.asarray(g.apply(fq, jnp.asarray(X))), case["y"])
+  if case["symmetric"] == (qmin < 0):  # the ranges QuantSpec offers: signed symmetric, unsigned affine
+    spec = QuantSpec(int(np.log2(qmax - qmin + 1)), symmetric=case["symmetric"], granularity=g, convention="pytorch")
+    assert spec.qrange == (qmin, qmax)
+    np.testing.assert_array_equal(np.ravel(spec.params(jnp.asarray(X))[0]), np.ravel(scale))
+
+
+def test_fake_quant_compressor_with_pytorch_convention_matches_torch():
+  (case,) = [c for c in cases("observer") if c["qscheme"] == "per_channel_symmetric"]
+  c = fake_quant(8, per_channel=True, axis=1, convention="pytorch")
+  params, state = c.init({"w": jnp.asarray(X)})
+  np.testing.assert_array_equal(np.asarray(c.apply(params, state)["w"]), case["y"])
+  narrow = fake_quant(8, per_channel=True, axis=1)
+  assert not np.array_equal(np.asarray(narrow.apply(*narrow.init({"w": jnp.asarray(X)}))["w"]), case["y"])
+  # torch's scale can clip a channel's largest weight (x / scale rounds to 128): no gradient reaches it
+  grad = jax.grad(lambda w: jnp.sum(c.apply({"w": w}, state)["w"]))(jnp.asarray(X))
+  v = np.round(X * (np.float32(1) / np.asarray(case["scale"], np.float32)))
+  expected = ((v >= -128) & (v <= 127)).astype(np.float32)
+  assert expected.min() == 0.0  # the case exercises a clipped weight
+  np.testing.assert_array_equal(np.asarray(grad), expected)
+
+
+@pytest.mark.parametrize("case", cases("gradient"), ids=lambda c: f"s{c['scale']}-z{c['zero_point']}")
+def test_straight_through_gradient_matches_torch_at_the_range_ends(case):
+  def f(x):
+    return jnp.sum(
+      uniform.fake_quant(x, case["scale"], zero_point=case["zero_point"], qmin=case["qmin"], qmax=case["qmax"])
+    )
+
+  np.testing.assert_array_equal(np.asarray(jax.grad(f)(jnp.asarray(case["x"], jnp.float32))), case["dx"])
+
+
+def test_pytorch_convention_rejects_unknown_names():
+  with pytest.raises(ValueError, match="convention"):
+    fake_quant(8, convention="tensorflow")
 
 
 def test_against_live_pytorch_when_installed():
