@@ -14,6 +14,15 @@ from jaxcompress.quantization._binary import (
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
+from jaxcompress.quantization._mixed import (
+  allocate_bits,
+  choose_bits,
+  hawq_sensitivity,
+  hessian_trace,
+  leaf_bytes,
+  loss_sensitivity,
+  quantization_perturbation,
+)
 from jaxcompress.quantization._pact import pact, pact_activations
 from jaxcompress.quantization._power_of_two import power_of_two
 from jaxcompress.quantization._ptq import QuantizedModel, ptq
@@ -25,6 +34,13 @@ from jaxcompress.quantization.granularity import Granularity, per_channel, per_g
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
 __all__ = [
+  "quantization_perturbation",
+  "loss_sensitivity",
+  "leaf_bytes",
+  "hessian_trace",
+  "hawq_sensitivity",
+  "choose_bits",
+  "allocate_bits",
   "Granularity",
   "QuantSpec",
   "QuantizedModel",
