@@ -69,8 +69,13 @@ RECIPES = (
     for b in (2.5, 3.5, 5)
   ),
   *(
-    Recipe(f"mixed_loss_{_label(b)}", mixed(b, "loss"), order=46, description="measured-loss mixed precision, QAT",
-           full_only=True)
+    Recipe(
+      f"mixed_loss_{_label(b)}",
+      mixed(b, "loss"),
+      order=46,
+      description="measured-loss mixed precision, QAT",
+      full_only=True,
+    )
     for b in (3, 4)
   ),
 )

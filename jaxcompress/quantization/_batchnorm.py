@@ -100,10 +100,10 @@ def find_batchnorms(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) 
         consumer.setdefault(v, eqn)
   # param-derived expressions: ('leaf', path) through shape ops; ('eps', path, eps);
   # ('inv', path, eps); ('mul', var_path, eps, scale_path)
-  expr: dict[Any, tuple] = {v: ("leaf", p) for v, p in leaf_of.items()}
+  expr: dict[Any, Any] = {v: ("leaf", p) for v, p in leaf_of.items()}
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    ins = [None if isinstance(v, jex.Literal) else expr.get(v) for v in eqn.invars]
+    ins: list[Any] = [None if isinstance(v, jex.Literal) else expr.get(v) for v in eqn.invars]
     out = eqn.outvars[0] if eqn.outvars else None
     if name in _SHAPE_OPS and ins and ins[0] is not None:
       expr[out] = ins[0]
@@ -153,15 +153,15 @@ def find_batchnorms(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) 
     v = eqn.outvars[0]
     conv_bias = None
     add, other = next_op(v, "add")
-    if add is not None and (b := leaf_vector(other, channels)) is not None:
-      conv_bias, v = b, add.outvars[0]
+    if add is not None and (found_bias := leaf_vector(other, channels)) is not None:
+      conv_bias, v = found_bias, add.outvars[0]
     sub, other = next_op(v, "sub")
     if sub is None or sub.invars[0] is not v or (mean := leaf_vector(other, channels)) is None:
       continue
     v = sub.outvars[0]
     mul, other = next_op(v, "mul")
     e = None if mul is None else vector(other, channels)
-    if e is None or e[0] not in ("inv", "mul"):
+    if mul is None or e is None or e[0] not in ("inv", "mul"):
       continue
     var, eps, scale = e[1], e[2], (e[3] if e[0] == "mul" else None)
     if np.shape(leaf_value[var]) != (channels,) or not eps > 0:
@@ -242,7 +242,7 @@ def _check(params: Mapping, folds: Mapping[str, BatchNormFold]) -> None:
 
 def _folded(params: Mapping, f: BatchNormFold, stop: bool) -> tuple[Any, Any]:
   """``(w · γ/σ, β + γ (b - μ)/σ)`` in the kernel's dtype (computed in float32 for half)."""
-  sg = jax.lax.stop_gradient if stop else (lambda x: x)
+  sg: Callable[[Any], Any] = jax.lax.stop_gradient if stop else (lambda x: x)
   w = _get(params, f.kernel)
   dt = jnp.promote_types(jnp.result_type(w), jnp.float32)
   get = lambda p, default: jnp.asarray(default, dt) if p is None else jnp.asarray(_get(params, p)).astype(dt)
@@ -258,6 +258,7 @@ def _fold_tree(params: Mapping, folds: Mapping[str, BatchNormFold], *, drop: boo
     w, bias = _folded(params, f, stop)
     _set(out, f.kernel, w)
     target = f.conv_bias if f.conv_bias is not None else f.bias
+    assert target is not None  # _check: one of the two exists
     _set(out, target, bias.astype(jnp.result_type(_get(params, target))))
     bn = [(f.scale, 1.0), (f.mean, 0.0), (f.var, None), (f.bias, 0.0)]
     for path, value in bn:
@@ -348,7 +349,7 @@ def batchnorm_statistics(
   for batch in batches:
     inputs = batch if isinstance(batch, tuple) else (batch,)
     _, records = captured(params, *inputs)
-    for key, f in folds.items():
+    for key in folds:
       z = np.asarray(records[key]["output"], np.float64)
       z = z.reshape(-1, z.shape[-1])
       acc = sums.setdefault(key, [0, 0.0, 0.0])

@@ -153,13 +153,18 @@ def fake_quant(
     specs = [make_spec(b) for _, b, _ in rules]  # validates every rule's bits at construction
     base = select.as_predicate(where)
 
-    def spec_of(path, leaf):
+    def rule_of(path, leaf) -> QuantSpec | None:
       for (pred, _, _), spec in zip(rules, specs):
         if pred(path, leaf):
           return spec
       return None
 
-    chosen = lambda path, leaf: base(path, leaf) and spec_of(path, leaf) is not None
+    def spec_of(path, leaf) -> QuantSpec:
+      spec = rule_of(path, leaf)
+      assert spec is not None  # only selected leaves are asked
+      return spec
+
+    chosen = lambda path, leaf: base(path, leaf) and rule_of(path, leaf) is not None
 
   def init_leaf(path, p):
     spec_of(path, p).granularity.check(tuple(p.shape), f"leaf {path!r}")

@@ -197,7 +197,9 @@ def hawq_sensitivity(traces: Mapping[str, float], perturbations: Mapping[str, Ma
   for path, t in traces.items():
     if not (np.isfinite(t) and t >= 0):
       raise ValueError(f"traces[{path!r}] must be finite and >= 0 (hessian_trace clamps), got {t}")
-  return {path: {b: float(traces[path]) * float(e) for b, e in per_bits.items()} for path, per_bits in perturbations.items()}
+  return {
+    path: {b: float(traces[path]) * float(e) for b, e in per_bits.items()} for path, per_bits in perturbations.items()
+  }
 
 
 def loss_sensitivity(
@@ -241,7 +243,8 @@ def loss_sensitivity(
     out[target] = {}
     for b, spec in specs.items():
       moved = map_with_path(
-        lambda path, w, spec=spec: _quantized(spec, w).astype(w.dtype) if path == target else w, params
+        lambda path, w, spec=spec, target=target: _quantized(spec, w).astype(w.dtype) if path == target else w,
+        params,
       )
       value = float(loss(moved)) - base
       if not np.isfinite(value):

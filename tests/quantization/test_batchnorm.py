@@ -62,7 +62,9 @@ def test_find_batchnorms_nnx_linen_and_residual():
   apply, params, x = _bn_model()
   folds = Q.find_batchnorms(apply, params, x)
   assert folds == {
-    "conv/kernel": Q.BatchNormFold("conv/kernel", "bn/mean", "bn/var", pytest.approx(1e-5), "bn/scale", "bn/bias", "conv/bias")
+    "conv/kernel": Q.BatchNormFold(
+      "conv/kernel", "bn/mean", "bn/var", pytest.approx(1e-5), "bn/scale", "bn/bias", "conv/bias"
+    )
   }
   apply_nb, params_nb, _ = _bn_model(bias=False)
   assert Q.find_batchnorms(apply_nb, params_nb, x)["conv/kernel"].conv_bias is None
