@@ -5,7 +5,8 @@ Run ``python -m experiments.digits [--quick | --full] [--out DIR] [--seeds N]``.
 registered recipe, packs the result, measures its bytes with
 ``jaxcompress.accounting.report``, round-trips it through ``jaxcompress.export`` and
 scores the *loaded* model. It prints a table and a targets check and writes
-``results.json`` and ``pareto.png`` into ``--out``.
+``results.json`` and ``pareto.png`` into ``--out`` (and ``mixed_precision.png`` when the
+mixed-precision rows ran: automatic bit allocations against uniform bit-widths by bytes).
 """
 
 from __future__ import annotations
@@ -190,6 +191,11 @@ def main(argv=None) -> int:
     )
   report.pareto_plot(summary, os.path.join(args.out, "pareto.png"))
   print(f"wrote {args.out}/results.json and {args.out}/pareto.png")
+  note = report.mixed_precision_note(summary)
+  if note:
+    print(note)
+  if report.mixed_precision_plot(summary, os.path.join(args.out, "mixed_precision.png")):
+    print(f"wrote {args.out}/mixed_precision.png")
   return 0
 
 
