@@ -4,7 +4,8 @@
 served net keeps a separate BatchNorm). ``folded``: ``batchnorm_fold`` gives the model
 ``w·γ/σ`` and the folded bias, and the folded weights are quantized (PTQ: the inference graph
 from the start, ``freeze_step=0``; QAT: the training graph with the batch-statistics
-correction for the first half of fine-tuning, then frozen). The served rows run integer
+correction for the first half of fine-tuning, then frozen, with the running statistics
+re-estimated on eight training batches at the freeze). The served rows run integer
 W8A8 convs and matmuls (``quantization.serve``); the folded one serves the plain LeNet-5
 graph, with no BatchNorm left.
 
@@ -36,7 +37,12 @@ def ptq(folded, per_channel):
 
 def qat_folded(params, trainer):
   epochs = trainer.epochs(10)
-  fold = quantization.batchnorm_fold(_folds(params, trainer), freeze_step=epochs * trainer.steps_per_epoch // 2)
+  fold = quantization.batchnorm_fold(
+    _folds(params, trainer),
+    freeze_step=epochs * trainer.steps_per_epoch // 2,
+    apply_fn=trainer.model.apply,  # at the freeze: running statistics of the current weights
+    batches=trainer.calibration_batches(8),
+  )
   return FineTune(jc.chain(fold, quantization.fake_quant(8, per_channel=True)), epochs=epochs, lr=1e-4)
 
 

@@ -375,7 +375,36 @@ class FoldState(NamedTuple):
   count: jax.Array
 
 
-def batchnorm_fold(folds: Mapping[str, BatchNormFold], *, freeze_step: int | None = None) -> Compressor:
+def _batch_moments(apply_fn, params, folds, batches):
+  """``{kernel: (mean, var)}`` of each folded BatchNorm's input over ``batches`` (jittable):
+  per-batch moments combined exactly (the pooled variance), in float32."""
+  paths = set(folds)
+  captured = _rewrite.capture(apply_fn, where=lambda path, site: path in paths)
+  parts: dict[str, list[tuple[Any, Any, int]]] = {k: [] for k in folds}
+  for batch in batches:
+    inputs = batch if isinstance(batch, tuple) else (batch,)
+    _, records = captured(params, *inputs)
+    for key in folds:
+      z = records[key]["output"].astype(jnp.float32)
+      z = z.reshape(-1, z.shape[-1])
+      parts[key].append((z.mean(0), jnp.square(z - z.mean(0)).mean(0), z.shape[0]))
+  out = {}
+  for key, f in folds.items():
+    total = sum(n for _, _, n in parts[key])
+    mean = sum(m * n for m, _, n in parts[key]) / total
+    var = sum((v + jnp.square(m - mean)) * n for m, v, n in parts[key]) / total
+    b = 0.0 if f.conv_bias is None else jnp.asarray(_get(params, f.conv_bias)).astype(jnp.float32)
+    out[key] = (mean + b, var)
+  return out
+
+
+def batchnorm_fold(
+  folds: Mapping[str, BatchNormFold],
+  *,
+  freeze_step: int | None = None,
+  apply_fn: Callable[..., Any] | None = None,
+  batches: Iterable[Any] | None = None,
+) -> Compressor:
   """Quantization-aware training of a conv net with its BatchNorms folded (Jacob et al. 2018,
   Appendix C, Figure C.8), as a compressor; put a weight quantizer after it,
   ``chain(batchnorm_fold(folds), fake_quant(8, per_channel=True))``, and the *folded*
@@ -396,10 +425,13 @@ def batchnorm_fold(folds: Mapping[str, BatchNormFold], *, freeze_step: int | Non
   gradient flows through ``μ_B, σ_B`` as in BatchNorm training; the running statistics
   get none (``stop_gradient``).
 
-  Deviation, documented: the running statistics are the ones in the params (they are not
-  updated by an exponential moving average during training: ``update`` never sees a
-  batch). Re-estimate them with :func:`batchnorm_statistics` before training and, for the
-  frozen phase, at the freeze point. ``pack`` stores the folded weights and bias and the
+  Deviation, documented: the running statistics are not updated by an exponential moving
+  average of the training batches (``update`` never sees a batch). They are the ones in
+  the params (re-estimate them with :func:`batchnorm_statistics` before training) until the
+  freeze; given ``apply_fn`` and ``batches``, the ``update`` that reaches ``freeze_step``
+  replaces them by the population moments of the float conv outputs over those batches
+  with the weights of that step (under a ``lax.cond``, so only that step pays), which is
+  what the paper's moving average tracks: statistics of the current weights. ``pack`` stores the folded weights and bias and the
   identity BatchNorm leaves; :func:`fold_batchnorm`-style dropping of those leaves is left
   to the caller (``serve`` a model without the BatchNorms).
 
@@ -407,16 +439,26 @@ def batchnorm_fold(folds: Mapping[str, BatchNormFold], *, freeze_step: int | Non
     folds: :func:`find_batchnorms`'s mapping.
     freeze_step: the step from which the running statistics are used (``None``: never, the
       correction stays on; 0: always, the inference graph).
+    apply_fn: ``apply_fn(params, *inputs)``, the model in inference mode, to re-estimate
+      the running statistics at the freeze (with ``batches``).
+    batches: the input batches of that re-estimate (kept as constants of the step).
 
   Returns:
     A :class:`~jaxcompress.Compressor` with a :class:`FoldState`.
 
   Raises:
-    ValueError: on a negative ``freeze_step``; at ``init``, as :func:`fold_batchnorm`.
+    ValueError: on a negative ``freeze_step``, ``apply_fn`` without ``batches`` (or the
+      reverse), or a re-estimate without a positive ``freeze_step``; at ``init``, as
+      :func:`fold_batchnorm`.
   """
   if freeze_step is not None:
     freeze_step = validate.check_int("freeze_step", freeze_step, low=0)
   folds = dict(folds)
+  batches = None if batches is None else [b if isinstance(b, tuple) else (b,) for b in batches]
+  if (apply_fn is None) != (batches is None):
+    raise ValueError("apply_fn and batches go together: pass both to re-estimate the statistics at the freeze")
+  if batches is not None and (not batches or not freeze_step):
+    raise ValueError(f"a re-estimate needs batches and a freeze_step >= 1, got {len(batches)} batches, {freeze_step=}")
 
   def init(params, *, masks=None):
     del masks
@@ -427,9 +469,21 @@ def batchnorm_fold(folds: Mapping[str, BatchNormFold], *, freeze_step: int | Non
     del state
     return _fold_tree(params, folds, drop=False, stop=True)
 
+  def reestimate(params):
+    moments = _batch_moments(apply_fn, params, folds, batches)
+    out = _copy(params)
+    for key, f in folds.items():
+      mean, var = moments[key]
+      _set(out, f.mean, mean.astype(jnp.result_type(_get(params, f.mean))))
+      _set(out, f.var, var.astype(jnp.result_type(_get(params, f.var))))
+    return out
+
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    return params, state._replace(count=state.count + 1)
+    count = state.count + 1
+    if batches is not None:
+      params = jax.lax.cond(count == freeze_step, reestimate, lambda p: _copy(p), params)
+    return params, state._replace(count=count)
 
   def pack(params, state):
     return jax.tree.map(np.asarray, apply(params, state))

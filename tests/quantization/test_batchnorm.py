@@ -192,6 +192,16 @@ def test_qat_correction_matches_numpy_and_freezes():
     out = c.rewrite(apply, trainable, state)(c.apply(trainable, state), x)
     want = x @ quant(w * gamma / sigma) + beta + gamma * (b - mu) / sigma
     np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
+  # With apply_fn and batches, the update that reaches the freeze re-estimates the statistics
+  # as the population moments of the float layer's outputs (here z + b over both halves).
+  c = Q.batchnorm_fold(folds, freeze_step=1, apply_fn=apply, batches=[x[:6], x[6:]])
+  trainable, state = c.init(params)
+  trainable, state = jax.jit(c.update)(trainable, state)
+  np.testing.assert_allclose(trainable["bn"]["mean"], (z + b).mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(trainable["bn"]["var"], z.var(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(trainable["fc"]["kernel"], w)
+  with pytest.raises(ValueError, match="go together"):
+    Q.batchnorm_fold(folds, freeze_step=1, apply_fn=apply)
 
 
 def test_qat_correction_equals_nnx_training_mode_batchnorm():
