@@ -474,8 +474,8 @@ def batchnorm_fold(
     out = _copy(params)
     for key, f in folds.items():
       mean, var = moments[key]
-      _set(out, f.mean, mean.astype(jnp.result_type(_get(params, f.mean))))
-      _set(out, f.var, var.astype(jnp.result_type(_get(params, f.var))))
+      _set(out, f.mean, jnp.asarray(mean).astype(jnp.result_type(_get(params, f.mean))))
+      _set(out, f.var, jnp.asarray(var).astype(jnp.result_type(_get(params, f.var))))
     return out
 
   def update(params, state, *, grads=None, **extra):
