@@ -148,7 +148,7 @@ def find_batchnorms(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) 
     kernel = leaf_value[site.path]
     if site.leaf_axes is None or np.ndim(kernel) < 1 or np.shape(kernel)[-1] != channels:
       continue
-    if site.leaf_axes[site.feature_axes[0]] != np.ndim(kernel) - 1 or len(site.feature_axes) != 1:
+    if len(site.feature_axes) != 1 or site.leaf_axes[site.feature_axes[0]] != np.ndim(kernel) - 1:
       continue
     v = eqn.outvars[0]
     conv_bias = None

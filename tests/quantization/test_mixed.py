@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import jaxcompress as jc
-from jaxcompress.quantization import _mixed
 
 Q = jc.quantization
 
@@ -169,12 +168,15 @@ def test_perturbation_and_loss_criterion_match_direct_computation():
 def test_choose_bits_spends_the_budget_where_it_matters():
   params, loss, batch = _mlp()
   sizes = Q.leaf_bytes(params, (2, 8))
-  everything = sum(s[8] for s in sizes.values())
-  assert _mixed.choose_bits(loss, params, batch, everything, candidates=(2, 8), samples=8) == {
-    "fc0/kernel": 8,
-    "fc1/kernel": 8,
-  }
+  budget = sizes["fc0/kernel"][2] + sizes["fc1/kernel"][8]  # room for one layer at 8 bits
   for criterion in ("hessian", "loss"):
-    budget = sizes["fc0/kernel"][2] + sizes["fc1/kernel"][8]
     got = Q.choose_bits(loss, params, batch, budget, candidates=(2, 8), criterion=criterion, samples=8)
-    assert sum(sizes[p][b] for p, b in got.items()) <= budget
+    if criterion == "loss":
+      cost = Q.loss_sensitivity(loss, params, batch, (2, 8))
+    else:
+      traces = Q.hessian_trace(loss, params, batch, jax.random.PRNGKey(0), 8)
+      cost = Q.hawq_sensitivity(traces, Q.quantization_perturbation(params, (2, 8)))
+    assert got == Q.allocate_bits(cost, sizes, budget)
+    # the layer kept at 8 bits is the one whose move to 2 bits costs more
+    gain = {p: cost[p][2] - cost[p][8] for p in cost}
+    assert got[max(gain, key=gain.get)] == 8 and got[min(gain, key=gain.get)] == 2
