@@ -5,12 +5,14 @@ Run ``python -m experiments.digits [--quick | --full] [--out DIR] [--seeds N]``.
 registered recipe, packs the result, measures its bytes with
 ``jaxcompress.accounting.report``, round-trips it through ``jaxcompress.export`` and
 scores the *loaded* model. It prints a table and a targets check and writes
-``results.json`` and ``pareto.png`` into ``--out``.
+``results.json`` and ``pareto.png`` into ``--out`` (and ``mixed_precision.png`` when the
+mixed-precision rows ran: automatic bit allocations against uniform bit-widths by bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,7 +26,12 @@ import jaxcompress as jc
 from experiments import data, models, recipes, report
 from experiments.training import Trainer
 
-BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3), "mlp64": (50, 3e-3)}  # (epochs, adam lr)
+BASELINE = {
+  "lenet300100": (50, 1e-3),
+  "lenet5": (60, 3e-3),
+  "mlp64": (50, 3e-3),
+  "lenet5bn": (60, 3e-3),
+}  # (epochs, adam lr)
 QUICK_RECIPES = (
   "dense",
   "magnitude_90",
@@ -89,10 +96,12 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
   model, fn, init_params = models.build(name, seed)
   trainer = Trainer(fn, digits, budget=budget, progress=progress)
   epochs, lr = BASELINE[name]
+  # identity, or batch-statistics BatchNorm training followed by re-estimated running statistics
+  compressor, finish = models.baseline_training(name, fn, init_params, trainer.example_inputs(1))
   base = trainer.fit(
-    init_params, jc.identity(), epochs=trainer.epochs(epochs), lr=lr, seed=seed, desc=f"{name} s{seed} baseline"
+    init_params, compressor, epochs=trainer.epochs(epochs), lr=lr, seed=seed, desc=f"{name} s{seed} baseline"
   )
-  params = base.state.params
+  params = finish(base.state.params, trainer.calibration_batches(len(digits.train_labels) // trainer.batch_size))
   rows = []
   for recipe in (r for r in registry.values() if name in r.models):
     plan = recipe.build(params, trainer)
@@ -105,8 +114,8 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
       desc=f"{name} s{seed} {recipe.name}",
       loss=plan.loss,
     )
-    if recipe.name == "dense":
-      fit = base  # the dense row reports the baseline's own training time
+    if recipe.name == "dense":  # the dense row reports the baseline's own training time
+      fit = dataclasses.replace(fit, seconds=base.seconds, compile_seconds=base.compile_seconds)
     path = os.path.join(out, "packed", f"{name}-{recipe.name}-s{seed}.safetensors")
     row = evaluate(trainer, recipe.name, fit, plan, path)
     rows.append({"model": name, "seed": seed, "model_flops": model.flops(), "epochs": plan.epochs, **row})
@@ -182,6 +191,11 @@ def main(argv=None) -> int:
     )
   report.pareto_plot(summary, os.path.join(args.out, "pareto.png"))
   print(f"wrote {args.out}/results.json and {args.out}/pareto.png")
+  note = report.mixed_precision_note(summary)
+  if note:
+    print(note)
+  if report.mixed_precision_plot(summary, os.path.join(args.out, "mixed_precision.png")):
+    print(f"wrote {args.out}/mixed_precision.png")
   return 0
 
 

@@ -74,6 +74,41 @@ class LeNet5(nnx.Module):
     return total
 
 
+class LeNet5BN(nnx.Module):
+  """:class:`LeNet5` with a BatchNorm after each conv (the conv keeps its bias, so the folded
+  model has exactly :class:`LeNet5`'s layout): the model of the BatchNorm-folding rows.
+
+  Its functional view runs the BatchNorms in inference mode (running statistics, which the
+  view holds as params ``bn1/mean``, ``bn1/var``, ...); the baseline trains them with batch
+  statistics through ``quantization.batchnorm_fold`` and then re-estimates the running
+  statistics on the training set (:func:`baseline_training`).
+  """
+
+  inputs = "image"
+
+  def __init__(self, rngs: nnx.Rngs, classes: int = 10):
+    self.conv1 = nnx.Conv(1, 6, (3, 3), padding="SAME", rngs=rngs)
+    self.bn1 = nnx.BatchNorm(6, use_running_average=True, rngs=rngs)
+    self.conv2 = nnx.Conv(6, 16, (3, 3), padding="SAME", rngs=rngs)
+    self.bn2 = nnx.BatchNorm(16, use_running_average=True, rngs=rngs)
+    self.fc1 = nnx.Linear(2 * 2 * 16, 120, rngs=rngs)
+    self.fc2 = nnx.Linear(120, 84, rngs=rngs)
+    self.fc3 = nnx.Linear(84, classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pool = lambda h: nnx.max_pool(h, (2, 2), strides=(2, 2))
+    x = pool(nnx.relu(self.bn1(self.conv1(x))))
+    x = pool(nnx.relu(self.bn2(self.conv2(x))))
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.fc1(x))
+    x = nnx.relu(self.fc2(x))
+    return self.fc3(x)
+
+  def flops(self) -> int:
+    """:class:`LeNet5`'s FLOPs (the BatchNorms fold away)."""
+    return LeNet5.flops(self)  # type: ignore[arg-type]
+
+
 class TinyMLP(nnx.Module):
   """A 64-30-10 ReLU MLP: the small student of the distillation rows."""
 
@@ -91,7 +126,7 @@ class TinyMLP(nnx.Module):
     return sum(accounting.dense_flops(1, fc.in_features, fc.out_features) for fc in (self.fc1, self.fc2))
 
 
-MODELS = {"lenet300100": LeNet300100, "lenet5": LeNet5, "mlp64": TinyMLP}
+MODELS = {"lenet300100": LeNet300100, "lenet5": LeNet5, "mlp64": TinyMLP, "lenet5bn": LeNet5BN}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +153,9 @@ class Functional:
 
 
 def functional(model: nnx.Module) -> tuple[Functional, dict]:
-  """Splits an NNX model into its functional view and its params as a pure dict."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  """Splits an NNX model into its functional view and its params as a pure dict (BatchNorm
+  running statistics included: they are leaves the inference-mode model reads)."""
+  graphdef, params, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
   return Functional(graphdef, params, rest, model.inputs), params.to_pure_dict()
 
 
@@ -128,3 +164,20 @@ def build(name: str, seed: int) -> tuple[nnx.Module, Functional, dict]:
   model = MODELS[name](nnx.Rngs(seed))
   fn, params = functional(model)
   return model, fn, params
+
+
+def baseline_training(name: str, fn: Functional, params: dict, example: Any) -> tuple[Any, Any]:
+  """How to train model ``name``'s baseline: ``(compressor, finish)``.
+
+  Plain models train under ``jc.identity()`` and ``finish`` returns the params. A model
+  with BatchNorm trains with batch statistics (``batchnorm_fold`` without a freeze step is
+  exactly training-mode BatchNorm), and ``finish(params, batches)`` re-estimates the
+  running statistics on ``batches`` (``batchnorm_statistics``).
+  """
+  import jaxcompress as jc
+
+  folds = jc.quantization.find_batchnorms(fn.apply, params, example)
+  if not folds:
+    return jc.identity(), lambda p, batches: p
+  finish = lambda p, batches: jc.quantization.batchnorm_statistics(fn.apply, p, folds, batches)
+  return jc.quantization.batchnorm_fold(folds), finish

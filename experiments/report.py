@@ -119,3 +119,67 @@ def _frontier(points: list[Row]) -> list[Row]:
       front.append(s)
       best = s["acc_mean"]
   return front
+
+
+def _mixed_series(summary: list[Row], model: str) -> dict[str, list[Row]]:
+  """The uniform ``int{b}`` rows and the ``mixed_hawq_*`` / ``mixed_loss_*`` rows of a model,
+  by bytes."""
+  import re
+
+  pts = [s for s in summary if s["model"] == model]
+  series = {
+    "uniform bits (QAT)": [s for s in pts if re.fullmatch(r"int[2-8]", s["technique"])],
+    "HAWQ-v2 mixed (QAT)": [s for s in pts if s["technique"].startswith("mixed_hawq_")],
+    "measured-loss mixed (QAT)": [s for s in pts if s["technique"].startswith("mixed_loss_")],
+  }
+  return {k: sorted(v, key=lambda s: s["bytes"]) for k, v in series.items() if v}
+
+
+def mixed_precision_note(summary: list[Row]) -> str:
+  """One line per model: each automatic allocation against the uniform row at its budget
+  (``mixed_hawq_3bit`` vs ``int3``), accuracy difference in points (seeds averaged) and bytes."""
+  acc = {(s["model"], s["technique"]): s for s in summary}
+  lines = []
+  for model in dict.fromkeys(s["model"] for s in summary):
+    parts = []
+    for kind in ("hawq", "loss"):
+      for b in (2, 3, 4):
+        mixed, uniform = acc.get((model, f"mixed_{kind}_{b}bit")), acc.get((model, f"int{b}"))
+        if mixed and uniform:
+          parts.append(
+            f"{kind} {b}-bit budget: {mixed['acc_mean']:.2f}% vs uniform {uniform['acc_mean']:.2f}% "
+            f"({mixed['acc_mean'] - uniform['acc_mean']:+.2f} points; {mixed['bytes']:,.0f} B vs {uniform['bytes']:,.0f} B)"
+          )
+    if parts:
+      lines.append(f"mixed precision ({model}): " + "; ".join(parts))
+  return "\n".join(lines)
+
+
+def mixed_precision_plot(summary: list[Row], path: str) -> bool:
+  """Accuracy versus packed bytes of the automatic bit allocations against uniform
+  bit-widths, one panel per model with such rows. Returns whether a plot was written
+  (False when no mixed-precision row ran)."""
+  models = [m for m in dict.fromkeys(s["model"] for s in summary) if len(_mixed_series(summary, m)) > 1]
+  if not models:
+    return False
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
+  for ax, model in zip(axes[0], models):
+    for (label, pts), marker in zip(_mixed_series(summary, model).items(), "osd"):
+      x, y, e = ([s[k] for s in pts] for k in ("bytes", "acc_mean", "acc_std"))
+      ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=label)
+      for s in pts:
+        ax.annotate(s["technique"], (s["bytes"], s["acc_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("packed bytes")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{model}: mixed precision vs uniform bits")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True

@@ -32,6 +32,7 @@ CASES = {
   "fake_quant8": lambda: jc.quantization.fake_quant(8),
   "fake_quant4_per_channel": lambda: jc.quantization.fake_quant(4, per_channel=True),
   "fake_quant3_where": lambda: jc.quantization.fake_quant(3, where=".*fc0/kernel"),
+  "fake_quant_mixed_bits": lambda: jc.quantization.fake_quant({"fc0/kernel": 3, ".*kernel": 8}, per_channel=True),
   "fake_quant4_affine": lambda: jc.quantization.fake_quant(4, symmetric=False, per_channel=True),
   "fake_quant8_group": lambda: jc.quantization.fake_quant(8, group_size=8),
   "magnitude_global": lambda: jc.pruning.magnitude(0.6, scope="global"),

@@ -10,5 +10,9 @@ def build(params, trainer):
 
 
 RECIPE = Recipe(
-  "dense", build, models=("lenet300100", "lenet5", "mlp64"), order=0, description="trained baseline, float32"
+  "dense",
+  build,
+  models=("lenet300100", "lenet5", "mlp64", "lenet5bn"),
+  order=0,
+  description="trained baseline, float32",
 )

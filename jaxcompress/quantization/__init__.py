@@ -4,6 +4,16 @@ from jaxcompress.quantization import calibration, gradient_compression, granular
 from jaxcompress.quantization._activation_quant import activation_rule
 from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
 from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize
+from jaxcompress.quantization._batchnorm import (
+  BatchNormFold,
+  FoldState,
+  batchnorm_fold,
+  batchnorm_statistics,
+  find_batchnorms,
+  fold_batchnorm,
+  identity_variance,
+  strip_batchnorm,
+)
 from jaxcompress.quantization._binary import (
   binary_activation,
   binary_activation_rule,
@@ -14,6 +24,15 @@ from jaxcompress.quantization._binary import (
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
+from jaxcompress.quantization._mixed import (
+  allocate_bits,
+  choose_bits,
+  hawq_sensitivity,
+  hessian_trace,
+  leaf_bytes,
+  loss_sensitivity,
+  quantization_perturbation,
+)
 from jaxcompress.quantization._pact import pact, pact_activations
 from jaxcompress.quantization._power_of_two import power_of_two
 from jaxcompress.quantization._ptq import QuantizedModel, ptq
@@ -25,21 +44,34 @@ from jaxcompress.quantization.granularity import Granularity, per_channel, per_g
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
 __all__ = [
+  "BatchNormFold",
+  "FoldState",
   "Granularity",
   "QuantSpec",
   "QuantizedModel",
   "SiteState",
   "activation_rule",
+  "allocate_bits",
+  "batchnorm_fold",
+  "batchnorm_statistics",
   "binary_activation",
   "binary_activation_rule",
   "binary_activations",
   "binary_connect",
   "calibration",
   "cast_float8",
+  "choose_bits",
   "fake_quant",
+  "find_batchnorms",
+  "fold_batchnorm",
   "gradient_compression",
   "granularity",
+  "hawq_sensitivity",
+  "hessian_trace",
+  "identity_variance",
   "kmeans",
+  "leaf_bytes",
+  "loss_sensitivity",
   "lsq",
   "lsq_activations",
   "pact",
@@ -51,6 +83,7 @@ __all__ = [
   "ptq",
   "qat",
   "qmax",
+  "quantization_perturbation",
   "quantize",
   "quantize_activations",
   "quantized_backward",
@@ -58,6 +91,7 @@ __all__ = [
   "site_compressor",
   "site_quantizer",
   "stochastic_quantize",
+  "strip_batchnorm",
   "symmetric_scale",
   "ttq",
   "twn",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
+from jaxcompress.core.tree import check_matching, is_packed_leaf, leaves_with_paths, path_str
 from jaxcompress.quantization import _ste, uniform
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import from_args
@@ -43,8 +47,39 @@ def weight_spec(
   )
 
 
+Bits = int | Mapping[str, int] | Sequence[tuple[select.Where, int]]
+"""One bit-width for every selected leaf, or per-leaf rules: ``{path_or_regex: bits}`` or
+``[(where, bits), ...]`` (first match wins)."""
+
+
+def _bit_rules(bits: Bits) -> list[tuple[Any, int, str]] | None:
+  """``[(predicate, bits, label), ...]`` of per-leaf bit rules, or ``None`` for one int."""
+  if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool):
+    return None
+  if isinstance(bits, Mapping):
+    items = list(bits.items())
+    for key, _ in items:
+      if not isinstance(key, str):
+        raise TypeError(f"bits: a mapping's keys must be leaf paths or regexes (str), got {key!r}")
+    rules = []
+    for key, b in items:
+      pattern = select.as_predicate(key)  # validates the regex
+      rules.append(((lambda k, pat: lambda path, leaf: path == k or pat(path, leaf))(key, pattern), b, repr(key)))
+  elif isinstance(bits, Sequence) and not isinstance(bits, str):
+    rules = []
+    for i, rule in enumerate(bits):
+      if not (isinstance(rule, tuple) and len(rule) == 2):
+        raise TypeError(f"bits[{i}] must be a (where, bits) pair, got {rule!r}")
+      rules.append((select.as_predicate(rule[0]), rule[1], f"bits[{i}] (where={rule[0]!r})"))
+  else:
+    raise TypeError(f"bits must be an int, a {{path: bits}} mapping or a [(where, bits), ...] list, got {bits!r}")
+  if not rules:
+    raise ValueError(f"bits={bits!r} holds no rule")
+  return rules
+
+
 def fake_quant(
-  bits: int = 8,
+  bits: Bits = 8,
   *,
   symmetric: bool = True,
   per_channel: bool = False,
@@ -70,8 +105,17 @@ def fake_quant(
   their scales and ranges in float32 (stored so in the ``QArray``) and the result cast
   back, saturated: weights at the dtype's largest finite value stay finite.
 
+  *Mixed precision.* ``bits`` may instead give each leaf its own bit-width, in one
+  compressor: a mapping ``{path_or_regex: bits}`` (a key matches a leaf whose path equals
+  it or fully matches it as a regular expression; :func:`allocate_bits` returns such a
+  mapping of exact paths) or a list ``[(where, bits), ...]`` of selections. A leaf takes
+  the bits of the first rule that matches it; a leaf selected by ``where`` that no rule
+  matches stays float, and a rule that matches no selected leaf is an error (a typo must
+  not leave a layer at the wrong width). Each leaf packs at its own bits, so the bytes are
+  exact per leaf.
+
   Args:
-    bits: bits per weight: 2..16 symmetric, 1..16 affine.
+    bits: bits per weight: 2..16 symmetric, 1..16 affine; or per-leaf rules as above.
     symmetric: symmetric (no zero point) or affine.
     per_channel: one scale per slice along ``axis``.
     axis: the channel axis; -1 is the output features of Flax Dense ``(in, out)`` and
@@ -91,7 +135,8 @@ def fake_quant(
     :class:`~jaxcompress.core.leafwise.LeafwiseState`.
 
   Raises:
-    ValueError: on bad ``bits`` or ``convention``; at ``init``, if ``where`` selects nothing, a selected
+    ValueError: on bad ``bits`` (any rule's) or ``convention``; at ``init``, if ``where``
+      selects nothing or a bit rule matches no selected leaf, a selected
       leaf is integer, empty or non-finite, ``axis``/``group_axis`` is out of range or
       ``group_size`` does not divide the axis (the message names the leaf).
 
@@ -106,8 +151,9 @@ def fake_quant(
     >>> c.apply(params, state)['w'].tolist()
     [[0.0, -1.0], [1.0, 1.0]]
   """
-  spec = weight_spec(
-    bits,
+  rules = _bit_rules(bits)
+  make_spec = lambda b: weight_spec(
+    b,
     symmetric=symmetric,
     per_channel=per_channel,
     axis=axis,
@@ -115,19 +161,47 @@ def fake_quant(
     group_axis=group_axis,
     convention=convention,
   )
-  clips = spec.convention == "pytorch"  # torch's symmetric scale clips the largest weight
+  clips = convention == "pytorch"  # torch's symmetric scale clips the largest weight
+  if rules is None:
+    spec = make_spec(bits)
+    spec_of = lambda path, leaf: spec
+    chosen = where
+  else:
+    specs = [make_spec(b) for _, b, _ in rules]  # validates every rule's bits at construction
+    base = select.as_predicate(where)
+
+    def rule_of(path, leaf) -> QuantSpec | None:
+      for (pred, _, _), spec in zip(rules, specs):
+        if pred(path, leaf):
+          return spec
+      return None
+
+    def spec_of(path, leaf) -> QuantSpec:
+      spec = rule_of(path, leaf)
+      assert spec is not None  # only selected leaves are asked
+      return spec
+
+    chosen = lambda path, leaf: base(path, leaf) and rule_of(path, leaf) is not None
 
   def init_leaf(path, p):
-    spec.granularity.check(tuple(p.shape), f"leaf {path!r}")
+    spec_of(path, p).granularity.check(tuple(p.shape), f"leaf {path!r}")
     return leafwise.Selected()
 
   def init(params, *, masks=None):
     del masks  # earlier stages' masks: zeros in the view are enough here
-    return params, leafwise.LeafwiseState.start(leafwise.init_selected(params, where, init_leaf))
+    if rules is not None:
+      candidates = [(path, leaf) for path, leaf in leaves_with_paths(params) if base(path, leaf)]
+      for pred, _, label in rules:
+        if not any(pred(path, leaf) for path, leaf in candidates):
+          names = [path for path, _ in candidates]
+          raise ValueError(f"fake_quant: the bit rule {label} matches no leaf selected by where; those are {names}")
+    leaves = leafwise.init_selected(params, chosen, init_leaf)
+    return params, leafwise.LeafwiseState.start(leaves)
 
-  def quantize_leaf(p, _):
+  def quantize_leaf(path, p, _):
     # The range is the weight's own, so nothing is clipped: the straight-through gradient is
     # the identity, and the backward pass need not recompute the in-range mask.
+    spec = spec_of(path, p)
     x = uniform.upcast(p)  # half types: scales and ranges in float32, the result cast back
     scale, zero_point = jax.lax.stop_gradient(spec.params(x))
     if clips:  # the clipped straight-through gradient
@@ -135,20 +209,29 @@ def fake_quant(
     return _ste.straight_through(p, uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype))
 
   def apply(params, state):
-    return leafwise.map_selected(quantize_leaf, params, state.leaves)
+    return _map_paths(quantize_leaf, params, state.leaves)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
     return params, state.advance()
 
-  def pack_leaf(p, _):
+  def pack_leaf(path, p, _):
     dense = jnp.asarray(p)
+    spec = spec_of(path, dense)
     x = uniform.upcast(dense)
     scale, zero_point = spec.params(x)
     # Weights that are exactly zero (a pruned model's) stay absent when that is smaller.
     return export.prune(spec.pack(x, scale, zero_point, dtype=dense.dtype), np.asarray(dense) != 0)
 
   def pack(params, state):
-    return leafwise.map_selected(pack_leaf, params, state.leaves)
+    return _map_paths(pack_leaf, params, state.leaves)
 
   return Compressor(init, apply, update, pack)
+
+
+def _map_paths(fn, params, leaf_states):
+  """``leafwise.map_selected`` whose function also receives the leaf's path first."""
+  check_matching(params, leaf_states, "compressor state")
+  return jax.tree_util.tree_map_with_path(
+    lambda kp, p, s: p if s is None else fn(path_str(kp), p, s), params, leaf_states, is_leaf=is_packed_leaf
+  )
