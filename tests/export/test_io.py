@@ -242,6 +242,32 @@ def rewrite(path, edit, *, redigest):
   path.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
+def rewrite3(path, edit, *, redigest):
+  """``rewrite`` for a format-3 file: ``edit(st_header, spec)`` changes the expanded tree
+  spec (as format 2 writes it, array keys being indices), which is compacted again."""
+  import json
+  import struct
+
+  from jaxcompress.export import _io
+
+  header, data = read_file(path)
+  meta = header["__metadata__"]
+  doc = json.loads(meta["jaxcompress"])
+  names = [[_io._DTYPE_NAMES.get(c, c), shape] for c, shape in doc["arrays"]]
+  spec = _io._expand(doc["tree"], "", names)
+  edit(header, spec)
+  arrays = []
+  doc["tree"] = _io._compact(spec, arrays, {})
+  doc["arrays"] = arrays
+  meta["jaxcompress"] = json.dumps(doc)
+  if redigest:
+    tensors = {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    meta[_io.DIGEST_KEY] = _io.file_digest(meta, tensors, data)
+  text = json.dumps(header).encode()
+  text += b" " * (-len(text) % 8)
+  path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
 def node(tree, *path):
   """The spec at ``path``: dict keys, then leaf field names."""
   for p in path:
@@ -323,7 +349,7 @@ EDITS = {
 @pytest.mark.parametrize("name", list(EDITS))
 def test_any_header_edit_fails_the_header_checksum(tmp_path, name):
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=2)
   rewrite(path, EDITS[name][0], redigest=False)
   with pytest.raises(export.CorruptFileError, match=r"header does not match its checksum"):
     export.load(path)
@@ -332,9 +358,41 @@ def test_any_header_edit_fails_the_header_checksum(tmp_path, name):
 @pytest.mark.parametrize("name", [k for k, (_, pattern) in EDITS.items() if pattern])
 def test_inconsistent_metadata_is_refused_even_with_a_valid_checksum(tmp_path, name):
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=2)
   edit, pattern = EDITS[name]
   rewrite(path, edit, redigest=True)
+  with pytest.raises(export.CorruptFileError, match=pattern) as info:
+    export.load(path)
+  assert str(path) in str(info.value)
+
+
+# format 3 has one data tensor: no per-array table or digest to edit; relabelling bf16 as f16 keeps
+# the byte count, so (as in format 2's relabel of both tables) it is a consistent edit
+V3_EDITS = [
+  k for k, (_, pattern) in EDITS.items() if pattern and not k.startswith(("tensor", "array digest", "array dtype bf16"))
+]
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_format3_any_edit_fails_the_checksum(tmp_path, name):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  rewrite3(path, EDITS[name][0] if name in V3_EDITS or name == "extra metadata entry" else add_metadata, redigest=False)
+  # a size or dtype that does not add up to the data is refused before the digest is computed
+  with pytest.raises(export.CorruptFileError, match=r"does not match its checksum|need one U8 tensor|dtype code"):
+    export.load(path)
+
+
+@pytest.mark.parametrize("name", V3_EDITS)
+def test_format3_inconsistent_metadata_is_refused_even_with_a_valid_checksum(tmp_path, name):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  edit, pattern = EDITS[name]
+  pattern = {  # format 3 has no tensor table per array: a relabelled array no longer adds up to the data
+    "array dtype unknown": r"field 'dtype': 'bfloat17' is not a known dtype code",
+    "array shape": r"arrays need one U8 tensor 'data' of \d+ bytes",
+  }.get(name, pattern)
+  rewrite3(path, edit, redigest=True)
   with pytest.raises(export.CorruptFileError, match=pattern) as info:
     export.load(path)
   assert str(path) in str(info.value)
@@ -344,7 +402,7 @@ def test_consistent_edits_with_a_recomputed_checksum_load(tmp_path):
   # the limit of any check: a well-formed file that just says something else (float32 bytes
   # relabelled int32 in both the tree and the tensor table) loads, since nothing contradicts it
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=2)
 
   def relabel(header, tree):
     set_tensor("dense/bias", dtype="I32")(header, tree)
@@ -360,7 +418,7 @@ def test_tampered_dense_shape_is_refused_before_any_large_allocation(tmp_path):
   w = np.where(np.arange(200).reshape(20, 10) % 7 == 0, 1.5, 0).astype(np.float32)
   path = tmp_path / "m.safetensors"
   export.save(path, {"kernel": export.from_dense(w)})
-  rewrite(path, set_meta("kernel", dense_shape=[4096, 8192]), redigest=True)  # 128 MiB of float32
+  rewrite3(path, set_meta("kernel", dense_shape=[4096, 8192]), redigest=True)  # 128 MiB of float32
   assert path.stat().st_size < 4096
   tracemalloc.start()
   try:
@@ -380,7 +438,7 @@ def test_oversized_code_shape_fails_at_load_naming_the_field(tmp_path):
     )
   }
   export.save(path, packed)
-  rewrite(path, set_meta("q", "codes", code_shape=[65536, 65536]), redigest=True)
+  rewrite3(path, set_meta("q", "codes", code_shape=[65536, 65536]), redigest=True)
   with pytest.raises(
     export.CorruptFileError, match=r"'q.codes' \(BitPacked\) field 'code_shape'.*needs 1073741824 bytes"
   ):
@@ -498,3 +556,58 @@ def test_file_then_rename_then_folder_are_synced(tmp_path, monkeypatch):
   monkeypatch.setattr(os, "replace", replace)
   export.save(tmp_path / "m.safetensors", {"a": np.ones(2, np.float32)})
   assert events == ["fsync file", "rename", "fsync folder"]
+
+
+# --- format 3: the compact header (issue 17) ---------------------------------------------
+
+
+def header_bytes(path):
+  import struct
+
+  return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+def test_format2_files_still_load_bit_exact(tmp_path):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree(), version=2)
+  assert_same(every_leaf_tree(), export.load(path))
+  with pytest.raises(ValueError, match="version must be one of"):
+    export.save(path, {}, version=1)
+
+
+def test_format3_header_is_a_fraction_of_format2s(tmp_path):
+  v2, v3 = tmp_path / "v2.safetensors", tmp_path / "v3.safetensors"
+  export.save(v2, every_leaf_tree(), version=2)
+  export.save(v3, every_leaf_tree())
+  # same payload; format 2 spends a SHA-256 and a tensor-table entry per array, and dict keys per node
+  assert v2.stat().st_size - header_bytes(v2) - 8 == v3.stat().st_size - header_bytes(v3) - 8
+  assert header_bytes(v3) * 4 < header_bytes(v2)
+
+
+def test_format3_refuses_unused_arrays_and_bad_bools(tmp_path):
+  import json
+  import struct
+
+  from jaxcompress.export import _io
+
+  def write(path, header, data):
+    meta = header["__metadata__"]
+    meta[_io.DIGEST_KEY] = _io.file_digest(meta, {"data": ("U8", [len(data)])}, data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+  path = tmp_path / "m.safetensors"
+  export.save(path, {"a": np.ones(3, np.float32), "b": np.array([True, False])})
+  header, data = read_file(path)
+  doc = json.loads(header["__metadata__"]["jaxcompress"])
+  doc["tree"] = {"a": 0}  # the bool array stays in 'data' but no node uses it
+  header["__metadata__"]["jaxcompress"] = json.dumps(doc)
+  write(path, header, data)
+  with pytest.raises(export.CorruptFileError, match=r"arrays the tree does not use: \['1'\]"):
+    export.load(path)
+  export.save(path, {"b": np.array([True, False])})
+  header, data = read_file(path)
+  write(path, header, data[:1] + b"\x02")
+  with pytest.raises(export.CorruptFileError, match="bool but holds a byte other than 0 or 1"):
+    export.load(path)
