@@ -39,9 +39,94 @@ def summarize(rows: Iterable[Row]) -> list[Row]:
         "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
         "roundtrip_ok": all(r["roundtrip_ok"] for r in rs),
         "packed_matches_apply": all(r["accuracy"] == r["accuracy_apply"] for r in rs),
+        **_file_fields(rs),
       }
     )
   return out
+
+
+def _file_fields(rs: list[Row]) -> Row:
+  """The ratio against the dense float32 file and, for staged rows, the per-stage means."""
+  if not all("dense_file_bytes" in r for r in rs):
+    return {}
+  dense = float(np.mean([r["dense_file_bytes"] for r in rs]))
+  out: Row = {"dense_file_bytes": dense, "file_ratio": dense / float(np.mean([r["file_bytes"] for r in rs]))}
+  if all("stages" in r for r in rs):
+    stages = []
+    for i, first in enumerate(rs[0]["stages"]):
+      acc = 100 * np.array([r["stages"][i]["accuracy"] for r in rs])
+      nbytes = float(np.mean([r["stages"][i]["file_bytes"] for r in rs]))
+      stages.append(
+        {
+          "stage": first["stage"],
+          "file_bytes": nbytes,
+          "ratio": dense / nbytes,
+          "acc_mean": float(acc.mean()),
+          "acc_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
+          "roundtrip_ok": all(r["stages"][i]["roundtrip_ok"] for r in rs),
+        }
+      )
+    out["stages"] = stages
+  if all("huffman_streams" in r for r in rs):
+    streams = []
+    for i, first in enumerate(rs[0]["huffman_streams"]):
+      mean = lambda key, i=i: float(np.mean([r["huffman_streams"][i][key] for r in rs]))
+      bound, coded, table = mean("entropy_bytes"), mean("coded_bytes"), mean("table_bytes")
+      streams.append(
+        {
+          "path": first["path"],
+          "raw_bytes": mean("raw_bytes"),
+          "coded_bytes": coded,
+          "table_bytes": table,
+          "entropy_bytes": bound,
+          "payload_over_bound": (coded - table - bound) / bound if bound else 0.0,
+          "used": all(r["huffman_streams"][i]["used"] for r in rs),
+        }
+      )
+    out["huffman_streams"] = streams
+  return out
+
+
+def stage_table(summary: list[Row]) -> str:
+  """The per-stage table of the staged rows (Deep Compression's Table 1 shape): after each
+  stage, the file's bytes on disk, its ratio against the dense float32 file, and the loaded
+  file's accuracy; the dense file first. Empty when no row has stages."""
+  staged = [s for s in summary if s.get("stages")]
+  if not staged:
+    return ""
+  dense_acc = {s["model"]: s["acc_mean"] for s in summary if s["technique"] == "dense"}
+  head = f"{'model':<12} {'technique':<17} {'stage':<10} {'file B':>9} {'ratio':>7} {'test acc %':>14} {'io':>3}"
+  lines = [head, "-" * len(head)]
+  for s in staged:
+    acc = dense_acc.get(s["model"])
+    dense = f"{acc:.2f}" if acc is not None else "-"
+    lines.append(
+      f"{s['model']:<12} {s['technique']:<17} {'dense f32':<10} {s['dense_file_bytes']:>9,.0f} {1:>6.1f}x {dense:>14}"
+    )
+    for st in s["stages"]:
+      a = f"{st['acc_mean']:.2f} ± {st['acc_std']:.2f}"
+      ok = "ok" if st["roundtrip_ok"] else "BAD"
+      lines.append(
+        f"{'':<12} {'':<17} {st['stage']:<10} {st['file_bytes']:>9,.0f} {st['ratio']:>6.1f}x {a:>14} {ok:>3}"
+      )
+  return "\n".join(lines)
+
+
+def stream_table(summary: list[Row]) -> str:
+  """Each Huffman-coded stream's bytes beside its Shannon bound (means over seeds)."""
+  rows = [(s, h) for s in summary for h in s.get("huffman_streams", ())]
+  if not rows:
+    return ""
+  head = (
+    f"{'model':<12} {'stream':<34} {'raw B':>7} {'coded B':>8} {'table B':>7} {'bound B':>8} {'payload/bound':>13} used"
+  )
+  lines = [head, "-" * len(head)]
+  for s, h in rows:
+    lines.append(
+      f"{s['model']:<12} {h['path']:<34} {h['raw_bytes']:>7,.0f} {h['coded_bytes']:>8,.0f} {h['table_bytes']:>7,.0f} "
+      f"{h['entropy_bytes']:>8,.1f} {100 * h['payload_over_bound']:>+12.2f}% {'yes' if h['used'] else 'no'}"
+    )
+  return "\n".join(lines)
 
 
 def table(summary: list[Row]) -> str:
@@ -119,3 +204,45 @@ def _frontier(points: list[Row]) -> list[Row]:
       front.append(s)
       best = s["acc_mean"]
   return front
+
+
+def reproduction(summary: list[Row], claims: dict[str, Any]) -> str:
+  """``reproduction.md``: for each row with a published claim (``experiments.claims``), the
+  paper's claim beside what the digits run shows and whether the direction agrees."""
+  by = {(s["model"], s["technique"]): s for s in summary}
+  lines = [
+    "# Reproduction: published claims beside the digits run",
+    "",
+    "The digits (8x8, 1,797 images) are not the papers' data and the models are smaller, so only the",
+    "*direction* of each claim is compared: a row agrees when it loses at most the claim's allowed points",
+    "against its reference row (the dense baseline, or the named control) and, where the claim is about",
+    "size, reaches the claim's compression (ratio against the dense float32 file on disk). Numbers are",
+    "the papers' own, with the table or section; a claim without a certain figure is stated in words.",
+    "",
+    "| technique | paper (where) | paper's model / data | paper's claim | digits model | digits: accuracy (ref) | size ratio | agrees |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for name, c in claims.items():
+    runs = [s for s in summary if s["technique"] == name]
+    claim = f"{c.claim}" + (f" ({c.number})" if c.number else "")
+    if not runs:
+      lines.append(
+        f"| {c.technique} (`{name}`) | {c.reference} ({c.where}) | {c.model} / {c.data} | {claim} | - | not run | - | - |"
+      )
+      continue
+    for s in runs:
+      ref = by.get((s["model"], c.versus))
+      ratio = s.get("file_ratio", s["ratio"])
+      if ref is None:
+        verdict, acc = "no reference row", f"{s['acc_mean']:.2f}"
+      else:
+        drop = ref["acc_mean"] - s["acc_mean"]
+        ok = drop <= c.max_drop and (c.min_ratio is None or ratio >= c.min_ratio)
+        verdict = "yes" if ok else "no"
+        acc = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f} ({c.versus} {ref['acc_mean']:.2f}; drop {drop:+.2f}, allowed {c.max_drop:g})"
+      need = f", needs {c.min_ratio:g}x" if c.min_ratio else ""
+      lines.append(
+        f"| {c.technique} (`{name}`) | {c.reference} ({c.where}) | {c.model} / {c.data} | {claim} | {s['model']} "
+        f"| {acc} | {ratio:.1f}x{need} | {verdict} |"
+      )
+  return "\n".join(lines) + "\n"

@@ -415,7 +415,10 @@ def _expand(node: Any, name: str, arrays: list[Any]) -> Any:
       "items": [_expand(v, f"{name}/{k}", arrays) for k, v in zip(keys, items)],
     }
   if code in ("l", "t"):
-    return {"kind": {"l": "list", "t": "tuple"}[code], "items": [_expand(v, f"{name}/{i}", arrays) for i, v in enumerate(rest)]}
+    return {
+      "kind": {"l": "list", "t": "tuple"}[code],
+      "items": [_expand(v, f"{name}/{i}", arrays) for i, v in enumerate(rest)],
+    }
   kind = _LEAF_KINDS.get(code)
   if kind is None:
     raise CorruptFileError(f"node {where!r} has unknown kind {code!r}")
