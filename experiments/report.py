@@ -169,31 +169,104 @@ def targets(summary: list[Row], model: str = "lenet300100", *, judge: bool = Tru
   return passed, f"targets ({model}): " + "; ".join(parts) + f" => {'PASS' if passed else 'FAIL'}"
 
 
+# technique name -> family, first match wins (a row may also carry its own "family")
+FAMILIES = (
+  ("dense", r"dense$"),
+  ("distillation", r"(kd|dkd|dist|ce)(_.*)?$"),
+  ("hybrid", r"(deep_compression|prune90_.*|.*_then_.*|svd25_int8|.*_kmeans.*|.*prune.*_.*)$"),
+  ("pruning", r"(magnitude|global|gradual|lottery|rigl|nm|channels|snip|movement|prune).*"),
+  ("low-bit", r"(binary|xnor|twn|ttq|pot|lsq|bnn|.*w2).*"),
+  ("quantization", r"(int\d|ptq|qat|served|mixed|hawq|w\da\d).*"),
+  ("sharing", r"(kmeans|hashed|circulant|toeplitz|cross_layer|tied).*"),
+  ("low-rank", r"(svd|spatial|tucker|cp|lora|lowrank).*"),
+)
+_STYLE = {  # family: (colour, marker)
+  "dense": ("black", "*"),
+  "pruning": ("tab:blue", "o"),
+  "quantization": ("tab:orange", "s"),
+  "low-bit": ("tab:red", "v"),
+  "sharing": ("tab:green", "D"),
+  "low-rank": ("tab:purple", "^"),
+  "distillation": ("tab:brown", "P"),
+  "hybrid": ("tab:pink", "X"),
+  "other": ("tab:gray", "."),
+}
+
+
+def family(technique: str) -> str:
+  """The family a technique's row belongs to, from its name (:data:`FAMILIES`)."""
+  import re
+
+  for name, pattern in FAMILIES:
+    if re.match(pattern, technique):
+      return name
+  return "other"
+
+
 def pareto_plot(summary: list[Row], path: str) -> None:
-  """Accuracy versus packed bytes (log x), one panel per model: every technique is a
-  labelled point with its spread over seeds, and the Pareto frontier a step line."""
+  """Accuracy versus packed bytes (log x), one panel per model: each family has its colour
+  and marker (legend), every row is a point with its spread over seeds, the Pareto frontier
+  is a step line, and only frontier points are labelled, where a label does not collide
+  with another (labels that would are left out). Rows far below the baseline are listed
+  under the panel instead of stretching its accuracy axis."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   models = list(dict.fromkeys(s["model"] for s in summary))
-  fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5), squeeze=False)
+  fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 6), squeeze=False)
   for ax, model in zip(axes[0], models):
     pts = [s for s in summary if s["model"] == model]
-    for s in pts:
-      ax.errorbar(s["bytes"], s["acc_mean"], yerr=s["acc_std"], marker="o", markersize=4, linestyle="none", capsize=2)
-      ax.annotate(s["technique"], (s["bytes"], s["acc_mean"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    front = _frontier(pts)
-    ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post", color="black", alpha=0.4)
+    dense = next((s["acc_mean"] for s in pts if s["technique"] == "dense"), max(s["acc_mean"] for s in pts))
+    floor = max(min(s["acc_mean"] - s["acc_std"] for s in pts) - 0.5, dense - 10.0)
+    shown = [s for s in pts if s["acc_mean"] >= floor]
+    hidden = [s for s in pts if s["acc_mean"] < floor]
+    seen = set()
+    for s in shown:
+      fam = s.get("family") or family(s["technique"])
+      colour, marker = _STYLE.get(fam, _STYLE["other"])
+      ax.errorbar(
+        s["bytes"], s["acc_mean"], yerr=s["acc_std"], marker=marker, color=colour, markersize=6, linestyle="none",
+        capsize=2, alpha=0.85, label=None if fam in seen else fam,
+      )  # fmt: skip
+      seen.add(fam)
+    front = _frontier(shown)
+    ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post", color="black", alpha=0.35)
     ax.set_xscale("log")
+    ax.set_ylim(floor, min(100.0, max(s["acc_mean"] + s["acc_std"] for s in shown) + 0.6))
     ax.set_xlabel("packed bytes (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{model}: accuracy vs. size (frontier in grey)")
+    ax.set_title(f"{model}: accuracy vs. size (frontier labelled)")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, title="family", title_fontsize=8)
+    _label_frontier(fig, ax, front)
+    if hidden:
+      names = ", ".join(f"{s['technique']} {s['acc_mean']:.1f}%" for s in hidden)
+      ax.text(0.0, -0.14, f"below {floor:.1f}%: {names}", transform=ax.transAxes, fontsize=7, va="top", wrap=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _label_frontier(fig: Any, ax: Any, front: list[Row]) -> None:
+  """Labels the frontier points, trying a few offsets each and skipping any that would overlap."""
+  renderer = fig.canvas.get_renderer()
+  taken = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
+  offsets = ((5, 4), (5, -11), (-8, 8), (-8, -14), (5, 14), (5, -20))
+  for s in front:
+    for dx, dy in offsets:
+      text = ax.annotate(
+        s["technique"], (s["bytes"], s["acc_mean"]), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+        ha="left" if dx > 0 else "right",
+      )  # fmt: skip
+      box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+      inside = ax.get_window_extent(renderer)
+      fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+      if fits and not any(box.overlaps(t) for t in taken):
+        taken.append(box)
+        break
+      text.remove()
 
 
 def _frontier(points: list[Row]) -> list[Row]:

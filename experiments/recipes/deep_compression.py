@@ -21,7 +21,6 @@ Han, Mao & Dally 2016, "Deep Compression", https://arxiv.org/abs/1510.00149 (Tab
 LeNet-300-100 40x, LeNet-5 39x on MNIST at no accuracy loss).
 """
 
-
 import jaxcompress as jc
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import pruning, quantization

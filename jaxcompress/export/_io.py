@@ -4,25 +4,26 @@ A file is one safetensors file. :func:`save` writes format version 3 (compact) b
 :func:`load` reads versions 2 and 3.
 
 *Format 3* (compact: a small model's file is mostly payload). One ``U8`` tensor ``'data'``
-holds every array's bytes end to end (row-major, little-endian, no padding), and two
-metadata entries describe and check it:
+holds the tree document, zlib-compressed, then every array's bytes end to end (row-major,
+little-endian, no padding). The metadata holds ``'jaxcompress'``, JSON ``{"version": 3,
+"header": n}`` (the compressed document's length), and ``'jaxcompress.sha256'``, the SHA-256 of
+the canonical header text (as :func:`header_digest`) followed by the data tensor's bytes: one
+digest over everything in the file.
 
-- ``'jaxcompress'``: compact JSON ``{"version": 3, "arrays": [[dtype, shape], ...], "tree": node}``.
-  ``dtype`` is a short code (``'f4'``, ``'i1'``, ``'u1'``, ``'b1'``, ...; any other dtype by its
-  name, ``'bfloat16'``); the arrays lie in ``'data'`` in this order, so their offsets follow
-  from their sizes. A ``node`` is ``null``, an integer (the index of an array; a shared array
-  is stored once and referenced twice), a JSON object (a dict with string keys), ``["d", keys,
-  items]`` (a dict with integer keys), ``["l", *items]`` / ``["t", *items]`` (list, tuple), or
-  ``[code, [static fields...], *array fields]`` for a compressed leaf, its static fields and
-  array fields in the leaf type's declared order; ``code`` is one capital letter per leaf type
-  (:data:`_LEAF_CODES`).
-- ``'jaxcompress.sha256'``: the SHA-256 of the canonical header text (as :func:`header_digest`)
-  followed by the data bytes: one digest over everything in the file.
+The document is compact JSON ``{"arrays": [[dtype, shape], ...], "tree": node}``. ``dtype`` is
+a short code (``'f4'``, ``'i1'``, ``'u1'``, ``'b1'``, ...; any other dtype by its name,
+``'bfloat16'``); the arrays follow the document in this order, so their offsets follow from
+their sizes. A ``node`` is ``null``, an integer (the index of an array; a shared array is
+stored once and referenced twice), a JSON object (a dict with string keys), ``["d", keys,
+items]`` (a dict with integer keys), ``["l", *items]`` / ``["t", *items]`` (list, tuple), or
+``[code, [static fields...], *array fields]`` for a compressed leaf, its static fields and
+array fields in the leaf type's declared order; ``code`` is one capital letter per leaf type
+(``_LEAF_CODES``).
 
-:func:`load` checks, in order and before materializing anything: that the arrays' sizes add up
-to the data tensor's length, the digest over header and data, that every node is well formed
-and every array is used, then each compressed leaf's fields against its arrays
-(``jaxcompress.export._checks``).
+:func:`load` checks, in order and before materializing anything: the digest over header and
+data, that the document inflates to at most 64 MiB, that the arrays' sizes add up to the data,
+that every node is well formed and every array is used, then each compressed leaf's fields
+against its arrays (``jaxcompress.export._checks``).
 
 *Format 2* (``save(..., version=2)``; one safetensors tensor per array, named by its path, for
 tools that read tensors by name). ``'jaxcompress'`` is JSON ``{"version": 2, "tree": ...}``
@@ -51,6 +52,7 @@ import math
 import os
 import secrets
 import stat
+import zlib
 from collections.abc import Generator, Mapping
 from typing import Any, cast
 
@@ -484,6 +486,30 @@ def file_digest(metadata: Mapping[str, str], tensors: Mapping[str, tuple[str, li
   return h.hexdigest()
 
 
+_MAX_HEADER = 1 << 26  # bytes a format-3 header may inflate to (a zlib bomb is refused)
+
+
+def _pack_v3(doc: Any, data: bytes) -> bytes:
+  """A format-3 file of the tree document ``doc`` (``arrays`` and ``tree``) and the arrays' bytes."""
+  header = zlib.compress(json.dumps(doc, separators=(",", ":")).encode("utf-8"), 9)
+  blob = header + data
+  metadata = {"jaxcompress": json.dumps({"version": 3, "header": len(header)}, separators=(",", ":"))}
+  payload = {_DATA_KEY: np.frombuffer(blob, np.uint8)}
+  metadata[DIGEST_KEY] = file_digest(metadata, {_DATA_KEY: ("U8", [len(blob)])}, blob)
+  return safetensors.numpy.save(payload, metadata=metadata)
+
+
+def _unpack_v3(header_len: Any, blob: np.ndarray) -> tuple[Any, np.ndarray]:
+  """(tree document, arrays' bytes) of a format-3 data tensor whose digest was checked."""
+  if type(header_len) is not int or not 0 < header_len <= blob.size:
+    raise CorruptFileError(f"its header length {header_len!r} does not fit its {blob.size} data bytes")
+  inflate = zlib.decompressobj()
+  text = inflate.decompress(blob[:header_len].tobytes(), _MAX_HEADER)
+  if inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
+    raise CorruptFileError(f"its header is not one zlib stream of {header_len} bytes inflating to at most 64 MiB")
+  return json.loads(text.decode("utf-8")), blob[header_len:]
+
+
 def _save_v3(packed: Any) -> bytes:
   named: dict[str, np.ndarray] = {}
   spec = _encode(packed, "", named, {})
@@ -492,26 +518,25 @@ def _save_v3(packed: Any) -> bytes:
   tree = _compact(spec, arrays, index)
   order = sorted(index, key=index.__getitem__)
   data = b"".join(np.ascontiguousarray(named[k]).reshape(-1).view(np.uint8).tobytes() for k in order)
-  doc = {"version": 3, "arrays": arrays, "tree": tree}
-  metadata = {"jaxcompress": json.dumps(doc, separators=(",", ":"))}
-  payload = {_DATA_KEY: np.frombuffer(data, np.uint8)} if data else {}
-  tensors = {k: ("U8", [v.size]) for k, v in payload.items()}
-  metadata[DIGEST_KEY] = file_digest(metadata, tensors, data)
-  return safetensors.numpy.save(payload, metadata=metadata)
+  return _pack_v3({"arrays": arrays, "tree": tree}, data)
 
 
 def _read_v3(header: Any, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
-  layout = _layout(header.get("arrays"))
-  total = sum(size for *_, size in layout)
-  expected = {_DATA_KEY: ("U8", [total])} if total else {}
-  if dict(table) != expected:
+  if set(table) != {_DATA_KEY} or table[_DATA_KEY][0] != "U8" or len(table[_DATA_KEY][1]) != 1:
     got = {k: [d, list(s)] for k, (d, s) in table.items()}
-    raise CorruptFileError(f"its arrays need one U8 tensor {_DATA_KEY!r} of {total} bytes, the file holds {got}")
-  data = np.asarray(read(_DATA_KEY)).reshape(-1) if total else np.zeros(0, np.uint8)
-  if file_digest(metadata, table, data.tobytes()) != metadata[DIGEST_KEY]:
+    raise CorruptFileError(f"format 3 holds one U8 tensor {_DATA_KEY!r}, the file holds {got}")
+  blob = np.asarray(read(_DATA_KEY)).reshape(-1)
+  if file_digest(metadata, table, blob.tobytes()) != metadata[DIGEST_KEY]:
     raise CorruptFileError("the file does not match its checksum: it is corrupted or was edited")
+  doc, data = _unpack_v3(header.get("header"), blob)
+  if not isinstance(doc, dict):
+    raise CorruptFileError("its header is not a JSON object")
+  layout = _layout(doc.get("arrays"))
+  total = sum(size for *_, size in layout)
+  if total != data.size:
+    raise CorruptFileError(f"its arrays need {total} bytes, its data holds {data.size}")
   arrays = [[dtype.name, shape] for dtype, shape, _, _ in layout]
-  spec = _expand(header.get("tree"), "", arrays)
+  spec = _expand(doc.get("tree"), "", arrays)
   synthetic = {}
   for i, (dtype, shape, _, size) in enumerate(layout):
     st = _SAFETENSORS_DTYPES.get(dtype.name)
