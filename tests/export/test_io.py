@@ -247,7 +247,6 @@ def rewrite3(path, edit, *, redigest):
   spec (as format 2 writes it, array keys being indices), which is compacted again. Without
   ``redigest`` the old digest stays."""
   import json
-  import struct
 
   from jaxcompress.export import _io
 
