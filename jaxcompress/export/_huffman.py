@@ -680,8 +680,9 @@ def huffman(tree: Any, *, with_report: bool = False, min_saving: int = 0) -> Any
     with_report: also return one :class:`StreamReport` per stream considered.
     min_saving: replace a stream only when it saves more than this many bytes. ``nbytes``
       (and so the default, 0) leaves out the file's header, where each coded stream costs
-      about 300 bytes more than its raw stream (its node, and its table's entry with a
-      SHA-256): on small models pass ~300-400 to make the *file* smaller too.
+      a few bytes more than its raw stream (its node and one more array entry in format 3's
+      compressed header; about 300 bytes in format 2, a tensor entry with a SHA-256): on small
+      models pass ~8 (format 3) or ~300-400 (format 2) to make the *file* smaller too.
 
   Returns:
     The tree with coded streams; with ``with_report``, ``(tree, reports)``.
