@@ -214,7 +214,10 @@ def pareto_plot(summary: list[Row], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  from matplotlib.ticker import NullFormatter
+
   models = list(dict.fromkeys(s["model"] for s in summary))
+  models = [m for m in models if any(s["model"] == m and s["technique"] != "dense" for s in summary)] or models
   fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 6), squeeze=False)
   for ax, model in zip(axes[0], models):
     pts = [s for s in summary if s["model"] == model]
@@ -234,6 +237,7 @@ def pareto_plot(summary: list[Row], path: str) -> None:
     front = _frontier(shown)
     ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post", color="black", alpha=0.35)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones collide
     ax.set_ylim(floor, min(100.0, max(s["acc_mean"] + s["acc_std"] for s in shown) + 0.6))
     ax.set_xlabel("packed bytes (log scale)")
     ax.set_ylabel("test accuracy (%)")
