@@ -213,7 +213,6 @@ def pareto_plot(summary: list[Row], path: str) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-
   from matplotlib.ticker import NullFormatter
 
   models = list(dict.fromkeys(s["model"] for s in summary))
