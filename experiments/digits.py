@@ -4,8 +4,10 @@ Run ``python -m experiments.digits [--quick | --full] [--out DIR] [--seeds N]``.
 (which sets the init and the batch order) it trains the dense baselines, applies every
 registered recipe, packs the result, measures its bytes with
 ``jaxcompress.accounting.report``, round-trips it through ``jaxcompress.export`` and
-scores the *loaded* model. It prints a table and a targets check and writes
-``results.json`` and ``pareto.png`` into ``--out`` (and ``mixed_precision.png`` when the
+scores the *loaded* model. It prints a table, the per-stage table of staged rows (Deep
+Compression), the Huffman streams against their entropy bound and a targets check, and writes
+``results.json``, ``pareto.png`` and ``reproduction.md`` (published claims beside the run,
+from ``experiments/claims.py``) into ``--out`` (and ``mixed_precision.png`` when the
 mixed-precision rows ran: automatic bit allocations against uniform bit-widths by bytes).
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jaxcompress as jc
-from experiments import data, models, recipes, report
+from experiments import claims, data, models, recipes, report
 from experiments.training import Trainer
 
 BASELINE = {
@@ -56,27 +58,76 @@ def same_tree(a, b) -> bool:
 _materialize = jax.jit(jc.export.materialize_tree)  # one compile instead of many eager ops
 
 
-def evaluate(trainer, technique, fit, plan, path) -> dict:
-  """Packs a trained state, saves and reloads it, and scores the loaded model."""
+def _score(trainer, compressor, params, cstate, packed, path, serve=None) -> tuple[int, object, float]:
+  """Saves ``packed``, loads it back and scores the loaded model: (file bytes, loaded tree, accuracy)."""
+  file_bytes = jc.export.save(path, packed)
+  loaded = jc.export.load(path)
+  if serve:  # the packed model through its deployment path (e.g. integer matmuls)
+    served = serve(trainer.model.apply, loaded, cstate)
+    return file_bytes, loaded, trainer.accuracy(None, lambda _, x: served(x))
+  # The model as the compressor sees it (quantized activations, integer matmuls, ...).
+  forward = jax.jit(compressor.rewrite(trainer.model.apply, params, cstate))
+  return file_bytes, loaded, trainer.accuracy(_materialize(loaded), forward)
+
+
+def _stage(name, file_bytes, accuracy, packed, loaded) -> dict:
+  return {
+    "stage": name,
+    "file_bytes": file_bytes,
+    "bytes": jc.accounting.report(packed).bytes,
+    "accuracy": accuracy,
+    "roundtrip_ok": same_tree(packed, loaded),
+  }
+
+
+def _streams(reports) -> list[dict]:
+  """Each Huffman stream: raw, coded (payload + table), table and Shannon-bound bytes."""
+  return [
+    {
+      "path": r.path,
+      "raw_bytes": r.raw_bytes,
+      "coded_bytes": r.coded_bytes,
+      "table_bytes": r.table_bytes,
+      "entropy_bytes": r.entropy_bytes,
+      "used": r.coded,
+    }
+    for r in reports
+  ]
+
+
+def evaluate(trainer, technique, fit, plan, path, first=None) -> dict:
+  """Packs a trained state, saves and reloads it, and scores the loaded model.
+
+  With a first phase (``first = (plan, fit)``) or Huffman coding, every stage's file is also
+  saved, loaded and scored: the row's ``stages`` (the per-stage table) and ``huffman_streams``.
+  """
   compressor = plan.compressor
   params, cstate = fit.state.params, fit.state.cstate
   packed = compressor.pack(params, cstate)
+  stages, streams = [], []
+  if first is not None:
+    fplan, ffit = first
+    fpacked = fplan.compressor.pack(ffit.state.params, ffit.state.cstate)
+    fpath = path.replace(".safetensors", f".{fplan.stage or 'first'}.safetensors")
+    fbytes, floaded, facc = _score(trainer, fplan.compressor, ffit.state.params, ffit.state.cstate, fpacked, fpath)
+    stages.append(_stage(fplan.stage or "first", fbytes, facc, fpacked, floaded))
+  if plan.huffman is not None:
+    qpath = path.replace(".safetensors", f".{plan.stage or 'packed'}.safetensors")
+    qbytes, qloaded, qacc = _score(trainer, compressor, params, cstate, packed, qpath, plan.serve)
+    stages.append(_stage(plan.stage or "packed", qbytes, qacc, packed, qloaded))
+    packed, reports = jc.export.huffman(packed, with_report=True, min_saving=plan.huffman)
+    streams = _streams(reports)
   rep = jc.accounting.report(packed)
-  file_bytes = jc.export.save(path, packed)
-  loaded = jc.export.load(path)
-  # The model as the compressor sees it (quantized activations, integer matmuls, ...).
+  file_bytes, loaded, accuracy = _score(trainer, compressor, params, cstate, packed, path, plan.serve)
+  if stages:
+    stages.append(_stage("huffman" if plan.huffman is not None else plan.stage, file_bytes, accuracy, packed, loaded))
   forward = jax.jit(compressor.rewrite(trainer.model.apply, params, cstate))
-  if plan.serve:  # the packed model through its deployment path (e.g. integer matmuls)
-    served = plan.serve(trainer.model.apply, loaded, cstate)
-    accuracy = trainer.accuracy(None, lambda _, x: served(x))
-  else:
-    accuracy = trainer.accuracy(_materialize(loaded), forward)
   x1 = trainer.example_inputs(1)
   if plan.flops:
     flops = plan.flops(trainer.model.apply, loaded, x1)
   else:
     flops = jc.graph.flops(trainer.model.apply, compressor.apply(params, cstate), x1)["flops"]
-  return {
+  row = {
     "technique": technique,
     "accuracy": accuracy,
     "accuracy_apply": trainer.accuracy(compressor.apply(params, cstate), forward),
@@ -86,9 +137,14 @@ def evaluate(trainer, technique, fit, plan, path) -> dict:
     "sparsity": 1 - rep.nonzeros / rep.size,
     "file_bytes": file_bytes,
     "roundtrip_ok": same_tree(packed, loaded),
-    "train_seconds": fit.seconds,
-    "compile_seconds": fit.compile_seconds,
+    "train_seconds": fit.seconds + (first[1].seconds if first else 0.0),
+    "compile_seconds": fit.compile_seconds + (first[1].compile_seconds if first else 0.0),
   }
+  if stages:
+    row["stages"] = stages
+  if streams:
+    row["huffman_streams"] = streams
+  return row
 
 
 def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]:
@@ -102,11 +158,26 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
     init_params, compressor, epochs=trainer.epochs(epochs), lr=lr, seed=seed, desc=f"{name} s{seed} baseline"
   )
   params = finish(base.state.params, trainer.calibration_batches(len(digits.train_labels) // trainer.batch_size))
+  # the reference every ratio of the per-stage table is taken against: the dense float32 file
+  dense_file = jc.export.save(os.path.join(out, "packed", f"{name}-dense-float32-s{seed}.safetensors"), params)
   rows = []
   for recipe in (r for r in registry.values() if name in r.models):
     plan = recipe.build(params, trainer)
+    start, first = params, None
+    if plan.first is not None:  # an earlier phase (Deep Compression's pruning), trained from the baseline
+      fp = plan.first
+      ffit = trainer.fit(
+        params,
+        fp.compressor,
+        epochs=fp.epochs,
+        lr=fp.lr,
+        seed=seed + 1000,
+        desc=f"{name} s{seed} {recipe.name} 1",
+        loss=fp.loss,
+      )
+      start, first = fp.compressor.apply(ffit.state.params, ffit.state.cstate), (fp, ffit)
     fit = trainer.fit(
-      params,
+      start,
       plan.compressor,
       epochs=plan.epochs,
       lr=plan.lr,
@@ -117,8 +188,17 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
     if recipe.name == "dense":  # the dense row reports the baseline's own training time
       fit = dataclasses.replace(fit, seconds=base.seconds, compile_seconds=base.compile_seconds)
     path = os.path.join(out, "packed", f"{name}-{recipe.name}-s{seed}.safetensors")
-    row = evaluate(trainer, recipe.name, fit, plan, path)
-    rows.append({"model": name, "seed": seed, "model_flops": model.flops(), "epochs": plan.epochs, **row})
+    row = evaluate(trainer, recipe.name, fit, plan, path, first)
+    rows.append(
+      {
+        "model": name,
+        "seed": seed,
+        "model_flops": model.flops(),
+        "epochs": plan.epochs + (plan.first.epochs if plan.first else 0),
+        "dense_file_bytes": dense_file,
+        **row,
+      }
+    )
   return rows
 
 
@@ -152,7 +232,10 @@ def main(argv=None) -> int:
     registry = {k: v for k, v in registry.items() if k in wanted}
   elif not args.full:
     registry = {k: v for k, v in registry.items() if not v.full_only}
-  used = [name for name in models.MODELS if any(name in r.models for r in registry.values())]
+  # a model's baseline trains only when a recipe other than the dense row needs it
+  needs = lambda name, rs: any(name in r.models for r in rs)
+  others = [r for r in registry.values() if r.name != "dense"]
+  used = [n for n in models.MODELS if needs(n, others)] or [n for n in models.MODELS if needs(n, registry.values())]
   jobs = [(name, seed) for seed in range(seeds) for name in used]
   rows = []
   for name, seed in tqdm(jobs, desc="models x seeds", disable=args.no_progress):
@@ -173,6 +256,15 @@ def main(argv=None) -> int:
     "io = save/load bit-exact and loaded accuracy == apply accuracy"
   )
   print(report.table(summary))
+  stages = report.stage_table(summary)
+  if stages:
+    print(
+      "\nper stage (Deep Compression's Table 1 shape): bytes of the file on disk, ratio vs the dense float32 file, "
+      "accuracy of the loaded file"
+    )
+    print(stages)
+    print("\nHuffman streams: coded = payload + table; payload/bound = (coded - table) / Shannon bound - 1")
+    print(report.stream_table(summary))
   print(check)
   print(f"wall time: {wall:.1f}s")
   with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -190,7 +282,9 @@ def main(argv=None) -> int:
       indent=1,
     )
   report.pareto_plot(summary, os.path.join(args.out, "pareto.png"))
-  print(f"wrote {args.out}/results.json and {args.out}/pareto.png")
+  with open(os.path.join(args.out, "reproduction.md"), "w") as f:
+    f.write(report.reproduction(summary, claims.CLAIMS))
+  print(f"wrote {args.out}/results.json, {args.out}/pareto.png and {args.out}/reproduction.md")
   note = report.mixed_precision_note(summary)
   if note:
     print(note)

@@ -39,9 +39,94 @@ def summarize(rows: Iterable[Row]) -> list[Row]:
         "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
         "roundtrip_ok": all(r["roundtrip_ok"] for r in rs),
         "packed_matches_apply": all(r["accuracy"] == r["accuracy_apply"] for r in rs),
+        **_file_fields(rs),
       }
     )
   return out
+
+
+def _file_fields(rs: list[Row]) -> Row:
+  """The ratio against the dense float32 file and, for staged rows, the per-stage means."""
+  if not all("dense_file_bytes" in r for r in rs):
+    return {}
+  dense = float(np.mean([r["dense_file_bytes"] for r in rs]))
+  out: Row = {"dense_file_bytes": dense, "file_ratio": dense / float(np.mean([r["file_bytes"] for r in rs]))}
+  if all("stages" in r for r in rs):
+    stages = []
+    for i, first in enumerate(rs[0]["stages"]):
+      acc = 100 * np.array([r["stages"][i]["accuracy"] for r in rs])
+      nbytes = float(np.mean([r["stages"][i]["file_bytes"] for r in rs]))
+      stages.append(
+        {
+          "stage": first["stage"],
+          "file_bytes": nbytes,
+          "ratio": dense / nbytes,
+          "acc_mean": float(acc.mean()),
+          "acc_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
+          "roundtrip_ok": all(r["stages"][i]["roundtrip_ok"] for r in rs),
+        }
+      )
+    out["stages"] = stages
+  if all("huffman_streams" in r for r in rs):
+    streams = []
+    for i, first in enumerate(rs[0]["huffman_streams"]):
+      mean = lambda key, i=i: float(np.mean([r["huffman_streams"][i][key] for r in rs]))
+      bound, coded, table = mean("entropy_bytes"), mean("coded_bytes"), mean("table_bytes")
+      streams.append(
+        {
+          "path": first["path"],
+          "raw_bytes": mean("raw_bytes"),
+          "coded_bytes": coded,
+          "table_bytes": table,
+          "entropy_bytes": bound,
+          "payload_over_bound": (coded - table - bound) / bound if bound else 0.0,
+          "used": all(r["huffman_streams"][i]["used"] for r in rs),
+        }
+      )
+    out["huffman_streams"] = streams
+  return out
+
+
+def stage_table(summary: list[Row]) -> str:
+  """The per-stage table of the staged rows (Deep Compression's Table 1 shape): after each
+  stage, the file's bytes on disk, its ratio against the dense float32 file, and the loaded
+  file's accuracy; the dense file first. Empty when no row has stages."""
+  staged = [s for s in summary if s.get("stages")]
+  if not staged:
+    return ""
+  dense_acc = {s["model"]: s["acc_mean"] for s in summary if s["technique"] == "dense"}
+  head = f"{'model':<12} {'technique':<17} {'stage':<10} {'file B':>9} {'ratio':>7} {'test acc %':>14} {'io':>3}"
+  lines = [head, "-" * len(head)]
+  for s in staged:
+    acc = dense_acc.get(s["model"])
+    dense = f"{acc:.2f}" if acc is not None else "-"
+    lines.append(
+      f"{s['model']:<12} {s['technique']:<17} {'dense f32':<10} {s['dense_file_bytes']:>9,.0f} {1:>6.1f}x {dense:>14}"
+    )
+    for st in s["stages"]:
+      a = f"{st['acc_mean']:.2f} ± {st['acc_std']:.2f}"
+      ok = "ok" if st["roundtrip_ok"] else "BAD"
+      lines.append(
+        f"{'':<12} {'':<17} {st['stage']:<10} {st['file_bytes']:>9,.0f} {st['ratio']:>6.1f}x {a:>14} {ok:>3}"
+      )
+  return "\n".join(lines)
+
+
+def stream_table(summary: list[Row]) -> str:
+  """Each Huffman-coded stream's bytes beside its Shannon bound (means over seeds)."""
+  rows = [(s, h) for s in summary for h in s.get("huffman_streams", ())]
+  if not rows:
+    return ""
+  head = (
+    f"{'model':<12} {'stream':<34} {'raw B':>7} {'coded B':>8} {'table B':>7} {'bound B':>8} {'payload/bound':>13} used"
+  )
+  lines = [head, "-" * len(head)]
+  for s, h in rows:
+    lines.append(
+      f"{s['model']:<12} {h['path']:<34} {h['raw_bytes']:>7,.0f} {h['coded_bytes']:>8,.0f} {h['table_bytes']:>7,.0f} "
+      f"{h['entropy_bytes']:>8,.1f} {100 * h['payload_over_bound']:>+12.2f}% {'yes' if h['used'] else 'no'}"
+    )
+  return "\n".join(lines)
 
 
 def table(summary: list[Row]) -> str:
@@ -84,31 +169,107 @@ def targets(summary: list[Row], model: str = "lenet300100", *, judge: bool = Tru
   return passed, f"targets ({model}): " + "; ".join(parts) + f" => {'PASS' if passed else 'FAIL'}"
 
 
+# technique name -> family, first match wins (a row may also carry its own "family")
+FAMILIES = (
+  ("dense", r"dense$"),
+  ("distillation", r"(kd|dkd|dist|ce)(_.*)?$"),
+  ("hybrid", r"(deep_compression|prune90_.*|.*_then_.*|svd25_int8|.*_kmeans.*|.*prune.*_.*)$"),
+  ("pruning", r"(magnitude|global|gradual|lottery|rigl|nm|channels|snip|movement|prune).*"),
+  ("low-bit", r"(binary|xnor|twn|ttq|pot|lsq|bnn|.*w2).*"),
+  ("quantization", r"(int\d|ptq|qat|served|mixed|hawq|w\da\d).*"),
+  ("sharing", r"(kmeans|hashed|circulant|toeplitz|cross_layer|tied).*"),
+  ("low-rank", r"(svd|spatial|tucker|cp|lora|lowrank).*"),
+)
+_STYLE = {  # family: (colour, marker)
+  "dense": ("black", "*"),
+  "pruning": ("tab:blue", "o"),
+  "quantization": ("tab:orange", "s"),
+  "low-bit": ("tab:red", "v"),
+  "sharing": ("tab:green", "D"),
+  "low-rank": ("tab:purple", "^"),
+  "distillation": ("tab:brown", "P"),
+  "hybrid": ("tab:pink", "X"),
+  "other": ("tab:gray", "."),
+}
+
+
+def family(technique: str) -> str:
+  """The family a technique's row belongs to, from its name (:data:`FAMILIES`)."""
+  import re
+
+  for name, pattern in FAMILIES:
+    if re.match(pattern, technique):
+      return name
+  return "other"
+
+
 def pareto_plot(summary: list[Row], path: str) -> None:
-  """Accuracy versus packed bytes (log x), one panel per model: every technique is a
-  labelled point with its spread over seeds, and the Pareto frontier a step line."""
+  """Accuracy versus packed bytes (log x), one panel per model: each family has its colour
+  and marker (legend), every row is a point with its spread over seeds, the Pareto frontier
+  is a step line, and only frontier points are labelled, where a label does not collide
+  with another (labels that would are left out). Rows far below the baseline are listed
+  under the panel instead of stretching its accuracy axis."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter
 
   models = list(dict.fromkeys(s["model"] for s in summary))
-  fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5), squeeze=False)
+  models = [m for m in models if any(s["model"] == m and s["technique"] != "dense" for s in summary)] or models
+  fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 6), squeeze=False)
   for ax, model in zip(axes[0], models):
     pts = [s for s in summary if s["model"] == model]
-    for s in pts:
-      ax.errorbar(s["bytes"], s["acc_mean"], yerr=s["acc_std"], marker="o", markersize=4, linestyle="none", capsize=2)
-      ax.annotate(s["technique"], (s["bytes"], s["acc_mean"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    front = _frontier(pts)
-    ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post", color="black", alpha=0.4)
+    dense = next((s["acc_mean"] for s in pts if s["technique"] == "dense"), max(s["acc_mean"] for s in pts))
+    floor = max(min(s["acc_mean"] - s["acc_std"] for s in pts) - 0.5, dense - 10.0)
+    shown = [s for s in pts if s["acc_mean"] >= floor]
+    hidden = [s for s in pts if s["acc_mean"] < floor]
+    seen = set()
+    for s in shown:
+      fam = s.get("family") or family(s["technique"])
+      colour, marker = _STYLE.get(fam, _STYLE["other"])
+      ax.errorbar(
+        s["bytes"], s["acc_mean"], yerr=s["acc_std"], marker=marker, color=colour, markersize=6, linestyle="none",
+        capsize=2, alpha=0.85, label=None if fam in seen else fam,
+      )  # fmt: skip
+      seen.add(fam)
+    front = _frontier(shown)
+    ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post", color="black", alpha=0.35)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones collide
+    ax.set_ylim(floor, min(100.0, max(s["acc_mean"] + s["acc_std"] for s in shown) + 0.6))
     ax.set_xlabel("packed bytes (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{model}: accuracy vs. size (frontier in grey)")
+    ax.set_title(f"{model}: accuracy vs. size (frontier labelled)")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, title="family", title_fontsize=8)
+    _label_frontier(fig, ax, front)
+    if hidden:
+      names = ", ".join(f"{s['technique']} {s['acc_mean']:.1f}%" for s in hidden)
+      ax.text(0.0, -0.14, f"below {floor:.1f}%: {names}", transform=ax.transAxes, fontsize=7, va="top", wrap=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _label_frontier(fig: Any, ax: Any, front: list[Row]) -> None:
+  """Labels the frontier points, trying a few offsets each and skipping any that would overlap."""
+  renderer = fig.canvas.get_renderer()
+  taken = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
+  offsets = ((5, 4), (5, -11), (-8, 8), (-8, -14), (5, 14), (5, -20))
+  for s in front:
+    for dx, dy in offsets:
+      text = ax.annotate(
+        s["technique"], (s["bytes"], s["acc_mean"]), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+        ha="left" if dx > 0 else "right",
+      )  # fmt: skip
+      box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+      inside = ax.get_window_extent(renderer)
+      fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+      if fits and not any(box.overlaps(t) for t in taken):
+        taken.append(box)
+        break
+      text.remove()
 
 
 def _frontier(points: list[Row]) -> list[Row]:
@@ -183,3 +344,45 @@ def mixed_precision_plot(summary: list[Row], path: str) -> bool:
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return True
+
+
+def reproduction(summary: list[Row], claims: dict[str, Any]) -> str:
+  """``reproduction.md``: for each row with a published claim (``experiments.claims``), the
+  paper's claim beside what the digits run shows and whether the direction agrees."""
+  by = {(s["model"], s["technique"]): s for s in summary}
+  lines = [
+    "# Reproduction: published claims beside the digits run",
+    "",
+    "The digits (8x8, 1,797 images) are not the papers' data and the models are smaller, so only the",
+    "*direction* of each claim is compared: a row agrees when it loses at most the claim's allowed points",
+    "against its reference row (the dense baseline, or the named control) and, where the claim is about",
+    "size, reaches the claim's compression (ratio against the dense float32 file on disk). Numbers are",
+    "the papers' own, with the table or section; a claim without a certain figure is stated in words.",
+    "",
+    "| technique | paper (where) | paper's model / data | paper's claim | digits model | digits: accuracy (ref) | size ratio | agrees |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for name, c in claims.items():
+    runs = [s for s in summary if s["technique"] == name]
+    claim = f"{c.claim}" + (f" ({c.number})" if c.number else "")
+    if not runs:
+      lines.append(
+        f"| {c.technique} (`{name}`) | {c.reference} ({c.where}) | {c.model} / {c.data} | {claim} | - | not run | - | - |"
+      )
+      continue
+    for s in runs:
+      ref = by.get((s["model"], c.versus))
+      ratio = s.get("file_ratio", s["ratio"])
+      if ref is None:
+        verdict, acc = "no reference row", f"{s['acc_mean']:.2f}"
+      else:
+        drop = ref["acc_mean"] - s["acc_mean"]
+        ok = drop <= c.max_drop and (c.min_ratio is None or ratio >= c.min_ratio)
+        verdict = "yes" if ok else "no"
+        acc = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f} ({c.versus} {ref['acc_mean']:.2f}; drop {drop:+.2f}, allowed {c.max_drop:g})"
+      need = f", needs {c.min_ratio:g}x" if c.min_ratio else ""
+      lines.append(
+        f"| {c.technique} (`{name}`) | {c.reference} ({c.where}) | {c.model} / {c.data} | {claim} | {s['model']} "
+        f"| {acc} | {ratio:.1f}x{need} | {verdict} |"
+      )
+  return "\n".join(lines) + "\n"

@@ -110,6 +110,12 @@ CHAINS = {
   "chain_hashed_int8": (lambda: jc.sharing.hashed(1 / 4), lambda: jc.quantization.fake_quant(8)),
   "chain_svd_fake_quant": (lambda: jc.lowrank.svd(4), lambda: jc.quantization.fake_quant(8, per_channel=True)),
   "chain_svd_prune": (lambda: jc.lowrank.svd(0.25), lambda: jc.pruning.magnitude(0.5)),
+  # collaborative optimization (TF-MOT): prune -> cluster -> QAT
+  "chain_prune_kmeans_qat": (
+    lambda: jc.pruning.magnitude(0.8),
+    lambda: jc.quantization.kmeans(8),
+    lambda: jc.quantization.fake_quant(8),
+  ),
 }
 CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for name, stages in CHAINS.items()})
 

@@ -26,6 +26,13 @@ class FineTune:
     loss: ``loss(apply) -> loss_fn(params, x, y)``: the fine-tuning loss built from the
       model's apply (for example a ``jaxcompress.distill.loss`` with a teacher); ``None``
       for the cross-entropy every other recipe trains with.
+    first: an earlier phase, trained first from the baseline; this phase then starts from
+      its model view (``first.compressor.apply``), as Deep Compression prunes, then
+      clusters the pruned model. Its packed file is reported as a stage of the row.
+    stage: this phase's name in the per-stage table (``'pruned'``, ``'quantized'``); the
+      table is reported for rows with a ``first`` phase or ``huffman``.
+    huffman: ``None``, or Huffman-code the packed tree (``export.huffman(packed,
+      min_saving=huffman)``) and report that file as the row's final stage (and as the row).
   """
 
   compressor: jc.Compressor
@@ -34,6 +41,9 @@ class FineTune:
   serve: Callable[[Callable[..., Any], Any, Any], Callable[..., Any]] | None = None
   flops: Callable[[Callable[..., Any], Any, Any], int] | None = None
   loss: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
+  first: FineTune | None = None
+  stage: str = ""
+  huffman: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,38 @@ class CodebookArray(CompressedLeaf):
       return block.prune(np.asarray(self.indices.present())[index])
     return block
 
+  def recompose(self, leaf: Any) -> Any:
+    """A later stage's leaf of this leaf's view kept as these indices with a new codebook, when
+    every weight of a cluster got the same value (an elementwise quantizer after k-means:
+    cluster-preserving QAT); weights that read exact zeros apart from their cluster (pruned
+    ones) are stored absent. Returns ``leaf`` itself when the clusters were not preserved or
+    it is smaller."""
+    dense = np.asarray(materialize(leaf))
+    if dense.shape != self.shape or not np.issubdtype(dense.dtype, np.floating):
+      return leaf
+    idx = np.asarray(materialize(self.indices), np.int64)
+    k = np.asarray(self.codebook).shape[-1]
+    if self.axis is None:
+      rows, key = 1, idx
+    else:
+      rows = self.shape[self.axis]
+      key = np.asarray(jax.lax.broadcasted_iota(np.int32, idx.shape, self.axis)) * k + idx
+    v, key = dense.reshape(-1), key.reshape(-1)
+    present = np.asarray(self.indices.present()).reshape(-1) if isinstance(self.indices, SparseArray) else True
+    has = ((v != 0) | np.signbit(v)) & present  # a weight that carries its cluster's value
+    book = np.zeros(rows * k, dense.dtype)
+    book[key[has]] = v[has]
+    rebuilt = book[key]
+    if not np.array_equal(rebuilt[has].view(np.uint8), v[has].view(np.uint8)):
+      return leaf  # a cluster's weights differ: the later stage did not preserve the clusters
+    keep = (has | ((rebuilt == 0) & ~np.signbit(rebuilt))) & present
+    out = from_assignments(book.reshape(np.asarray(self.codebook).shape), idx, axis=self.axis)
+    if not keep.all():
+      out = out.prune(keep.reshape(idx.shape))
+    if np.asarray(out.materialize()).tobytes() != dense.tobytes():
+      return leaf
+    return out if out.nbytes <= getattr(leaf, "nbytes", dense.nbytes) else leaf
+
   def _zero_indices(self) -> np.ndarray | None:
     """Per position, the index of an exact 0.0 in its codebook row, or ``None`` if a row has none."""
     codebook = np.asarray(self.codebook)

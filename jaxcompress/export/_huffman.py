@@ -610,6 +610,7 @@ class StreamReport(NamedTuple):
     coded_bytes: Huffman payload plus table bytes.
     entropy_bytes: the Shannon bound of the stream, in bytes (``entropy_bits / 8``).
     coded: whether the Huffman coding replaced the stream (it is smaller).
+    table_bytes: the table's share of ``coded_bytes`` (the payload is the rest).
   """
 
   path: str
@@ -617,6 +618,7 @@ class StreamReport(NamedTuple):
   coded_bytes: int
   entropy_bytes: float
   coded: bool
+  table_bytes: int = 0
 
 
 # the fields of each leaf type that hold integer streams, or leaves that may
@@ -640,7 +642,8 @@ def _code_stream(x: Any, path: str, report: list[StreamReport], min_saving: int)
     raw = np.asarray(x.data).nbytes if isinstance(x, BitPacked) else np.asarray(x).nbytes
     sym = np.asarray(unpack_codes(x) if isinstance(x, BitPacked) else x).astype(np.int64)
     smaller = coded.nbytes + min_saving < raw
-    report.append(StreamReport(path, raw, coded.nbytes, entropy_bits(sym) / 8, smaller))
+    table = int(np.asarray(coded.table).nbytes)
+    report.append(StreamReport(path, raw, coded.nbytes, entropy_bits(sym) / 8, smaller, table))
     return coded if smaller else x
   if isinstance(x, CompressedLeaf):
     return _code_leaf(x, path, report, min_saving)
@@ -677,8 +680,9 @@ def huffman(tree: Any, *, with_report: bool = False, min_saving: int = 0) -> Any
     with_report: also return one :class:`StreamReport` per stream considered.
     min_saving: replace a stream only when it saves more than this many bytes. ``nbytes``
       (and so the default, 0) leaves out the file's header, where each coded stream costs
-      about 300 bytes more than its raw stream (its node, and its table's entry with a
-      SHA-256): on small models pass ~300-400 to make the *file* smaller too.
+      a few bytes more than its raw stream (its node and one more array entry in format 3's
+      compressed header; about 300 bytes in format 2, a tensor entry with a SHA-256): on small
+      models pass ~8 (format 3) or ~300-400 (format 2) to make the *file* smaller too.
 
   Returns:
     The tree with coded streams; with ``with_report``, ``(tree, reports)``.

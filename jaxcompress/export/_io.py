@@ -1,22 +1,42 @@
 """Saving and loading packed trees: safetensors for the arrays, JSON for the structure.
 
-The file is one safetensors file (format version 2). Its tensors are the tree's arrays,
-named by path. Its metadata holds two entries:
+A file is one safetensors file. :func:`save` writes format version 3 (compact) by default;
+:func:`load` reads versions 2 and 3.
 
-- ``'jaxcompress'``: JSON ``{"version": 2, "tree": ...}`` describing the tree (dicts,
-  lists, tuples, ``None``, arrays and compressed leaves with every static field); each
-  array's entry has its ``key``, logical ``dtype`` and ``shape`` and the SHA-256 of its bytes.
-- ``'jaxcompress.sha256'``: the SHA-256 of a canonical serialization (sorted-key compact
-  JSON, see :func:`header_digest`) of every other metadata entry and of the safetensors
-  tensor table (each tensor's dtype and shape).
+*Format 3* (compact: a small model's file is mostly payload). One ``U8`` tensor ``'data'``
+holds the tree document, zlib-compressed, then every array's bytes end to end (row-major,
+little-endian, no padding). The metadata holds ``'jaxcompress'``, JSON ``{"version": 3,
+"header": n}`` (the compressed document's length), and ``'jaxcompress.sha256'``, the SHA-256 of
+the canonical header text (as :func:`header_digest`) followed by the data tensor's bytes: one
+digest over everything in the file.
 
-So the digest covers the whole header (safetensors' dtypes and shapes, every field of every
-leaf, the per-array digests) and, through those, the data. :func:`load` checks, in order:
-the header digest (before reading any array), each array's dtype and shape against the
-tensor table, each array's bytes against its digest, and then each compressed leaf's fields
-against its arrays (``jaxcompress.export._checks``), so a file whose checksum was recomputed
-after an edit still cannot describe a dense array its stored arrays do not account for;
-any failure is a :class:`CorruptFileError` naming the file, and for a leaf its path and field.
+The document is compact JSON ``{"arrays": [[dtype, shape], ...], "tree": node}``. ``dtype`` is
+a short code (``'f4'``, ``'i1'``, ``'u1'``, ``'b1'``, ...; any other dtype by its name,
+``'bfloat16'``); the arrays follow the document in this order, so their offsets follow from
+their sizes. A ``node`` is ``null``, an integer (the index of an array; a shared array is
+stored once and referenced twice), a JSON object (a dict with string keys), ``["d", keys,
+items]`` (a dict with integer keys), ``["l", *items]`` / ``["t", *items]`` (list, tuple), or
+``[code, [static fields...], *array fields]`` for a compressed leaf, its static fields and
+array fields in the leaf type's declared order; ``code`` is one capital letter per leaf type
+(``_LEAF_CODES``).
+
+:func:`load` checks, in order and before materializing anything: the digest over header and
+data, that the document inflates to at most 64 MiB, that the arrays' sizes add up to the data,
+that every node is well formed and every array is used, then each compressed leaf's fields
+against its arrays (``jaxcompress.export._checks``).
+
+*Format 2* (``save(..., version=2)``; one safetensors tensor per array, named by its path, for
+tools that read tensors by name). ``'jaxcompress'`` is JSON ``{"version": 2, "tree": ...}``
+with dicts per node; each array's entry has its ``key``, logical ``dtype`` and ``shape`` and
+the SHA-256 of its bytes, and ``'jaxcompress.sha256'`` is the SHA-256 of a canonical
+serialization (sorted-key compact JSON, see :func:`header_digest`) of every other metadata
+entry and of the safetensors tensor table. :func:`load` checks the header digest (before
+reading any array), each array's dtype and shape against the tensor table, each array's bytes
+against its digest, then each compressed leaf.
+
+In both, a file whose checksum was recomputed after an edit still cannot describe a dense
+array its stored arrays do not account for; any failure is a :class:`CorruptFileError` naming
+the file, and for a leaf its path and field.
 
 Writes are atomic and leave no litter; see :func:`save`.
 """
@@ -32,6 +52,7 @@ import math
 import os
 import secrets
 import stat
+import zlib
 from collections.abc import Generator, Mapping
 from typing import Any, cast
 
@@ -56,7 +77,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, so no sweeping of stale temporaries
   fcntl = None
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)
 DIGEST_KEY = "jaxcompress.sha256"
 TEMP_SUFFIX = ".jaxcompress-tmp"
 # NumPy dtype name -> safetensors dtype, for the dtypes safetensors' NumPy reader understands;
@@ -203,7 +225,9 @@ def _where(name: str) -> str:
   return name.lstrip("/") or "<root>"
 
 
-def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]]], seen: dict[str, Any]) -> None:
+def _check_arrays(
+  spec: Any, name: str, table: Mapping[str, tuple[str, list[int]]], seen: dict[str, Any], digests: bool = True
+) -> None:
   """Checks every array entry of the tree against the tensor table, before reading any data."""
   if not isinstance(spec, dict):
     raise CorruptFileError(f"node {_where(name)!r} is {type(spec).__name__}, not an object")
@@ -224,7 +248,7 @@ def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]
       raise CorruptFileError(f"{where} field 'dtype': {dtype_name!r} is not a known dtype name")
     if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
       raise CorruptFileError(f"{where} field 'shape': {shape!r} is not a list of non-negative integers")
-    if not isinstance(spec.get("sha256"), str):
+    if digests and not isinstance(spec.get("sha256"), str):
       raise CorruptFileError(f"{where} field 'sha256': {spec.get('sha256')!r} is not a digest")
     if dtype.name in _SAFETENSORS_DTYPES:
       expected = (_SAFETENSORS_DTYPES[dtype.name], shape)
@@ -243,14 +267,14 @@ def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]
     for pair, item in zip(keys, items):
       if not (isinstance(pair, list) and len(pair) == 2 and (pair[0], type(pair[1])) in (("str", str), ("int", int))):
         raise CorruptFileError(f"dict {_where(name)!r}: malformed key {pair!r}")
-      _check_arrays(item, f"{name}/{pair[1]}", table, seen)
+      _check_arrays(item, f"{name}/{pair[1]}", table, seen, digests)
     return
   if kind in ("list", "tuple"):
     items = spec.get("items")
     if not isinstance(items, list):
       raise CorruptFileError(f"{kind} {_where(name)!r}: malformed items")
     for i, item in enumerate(items):
-      _check_arrays(item, f"{name}/{i}", table, seen)
+      _check_arrays(item, f"{name}/{i}", table, seen, digests)
     return
   if kind in _LEAF_TYPES:
     meta, fields = spec.get("meta"), spec.get("fields")
@@ -263,7 +287,7 @@ def _check_arrays(spec: Any, name: str, table: Mapping[str, tuple[str, list[int]
       got = sorted(fields) if isinstance(fields, dict) else fields
       raise CorruptFileError(f"leaf {_where(name)!r} ({kind}): array fields {got!r}, expected {sorted(data_names)}")
     for f, item in fields.items():
-      _check_arrays(item, f"{name}.{f}", table, seen)
+      _check_arrays(item, f"{name}.{f}", table, seen, digests)
     return
   if kind != "none":
     raise CorruptFileError(f"node {_where(name)!r} has unknown kind {kind!r}")
@@ -277,7 +301,7 @@ def _decode(spec: Any, name: str, read: Any) -> Any:
     array = read(spec["key"])
     if spec["dtype"] not in _SAFETENSORS_DTYPES:
       array = array.view(known_dtype(spec["dtype"])).reshape(spec["shape"])
-    if _digest(array) != spec["sha256"]:
+    if spec.get("sha256") is not None and _digest(array) != spec["sha256"]:
       raise CorruptFileError(f"array {spec['key']!r} does not match its checksum: the file is corrupted")
     return array
   if kind == "dict":
@@ -294,6 +318,242 @@ def _decode(spec: Any, name: str, read: Any) -> Any:
   except InconsistentLeafError as e:
     raise CorruptFileError(str(e)) from None
   return leaf
+
+
+# --- format 3: the compact header ------------------------------------------------------
+
+# one capital letter per leaf type (containers are the lowercase "d", "l", "t")
+_LEAF_CODES = {
+  "BitPacked": "B",
+  "QArray": "Q",
+  "SparseArray": "S",
+  "CodebookArray": "C",
+  "Factorized": "F",
+  "ConvFactorized": "V",
+  "SlicedArray": "L",
+  "MaskedArray": "M",
+  "HashedArray": "H",
+  "CirculantArray": "R",
+  "ToeplitzArray": "T",
+  "TiedArray": "I",
+  "HuffmanArray": "U",
+}
+_LEAF_KINDS = {code: kind for kind, code in _LEAF_CODES.items()}
+# NumPy dtype name -> its short code in format 3 (other dtypes go by their name)
+_DTYPE_CODES = {
+  "bool": "b1",
+  "uint8": "u1",
+  "int8": "i1",
+  "uint16": "u2",
+  "int16": "i2",
+  "uint32": "u4",
+  "int32": "i4",
+  "uint64": "u8",
+  "int64": "i8",
+  "float16": "f2",
+  "float32": "f4",
+  "float64": "f8",
+}
+_DTYPE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
+_DATA_KEY = "data"
+
+
+def _array_fields(kind: str) -> list[str]:
+  meta = _META_FIELDS[kind]
+  return [f.name for f in dataclasses.fields(cast(Any, _LEAF_TYPES[kind])) if f.name not in meta]
+
+
+def _compact(spec: Any, arrays: list[Any], index: dict[str, int]) -> Any:
+  """The format-3 node of a format-2 style ``spec``; array entries go to ``arrays`` in first use."""
+  kind = spec["kind"]
+  if kind == "none":
+    return None
+  if kind == "array":
+    key = spec["key"]
+    if key not in index:
+      index[key] = len(arrays)
+      arrays.append([_DTYPE_CODES.get(spec["dtype"], spec["dtype"]), list(spec["shape"])])
+    return index[key]
+  if kind == "dict":
+    keys = [k for _, k in spec["keys"]]
+    items = [_compact(v, arrays, index) for v in spec["items"]]
+    if all(isinstance(k, str) for k in keys):
+      return dict(zip(keys, items))
+    return ["d", keys, items]
+  if kind in ("list", "tuple"):
+    return [kind[0], *(_compact(v, arrays, index) for v in spec["items"])]
+  meta = [spec["meta"][f] for f in _META_FIELDS[kind]]
+  return [_LEAF_CODES[kind], meta, *(_compact(spec["fields"][f], arrays, index) for f in _array_fields(kind))]
+
+
+def _expand(node: Any, name: str, arrays: list[Any]) -> Any:
+  """The format-2 style spec of a format-3 ``node`` (array keys are their indices), checked for form."""
+  where = _where(name)
+  if node is None:
+    return {"kind": "none"}
+  if type(node) is int:
+    if not 0 <= node < len(arrays):
+      raise CorruptFileError(f"array {where!r}: index {node} is not one of the file's {len(arrays)} arrays")
+    dtype, shape = arrays[node]
+    return {"kind": "array", "key": str(node), "dtype": dtype, "shape": shape}
+  if isinstance(node, dict):
+    return {
+      "kind": "dict",
+      "keys": [["str", k] for k in node],
+      "items": [_expand(v, f"{name}/{k}", arrays) for k, v in node.items()],
+    }
+  if not isinstance(node, list) or not node or not isinstance(node[0], str):
+    raise CorruptFileError(f"node {where!r} is malformed: {json.dumps(node)[:80]}")
+  code, rest = node[0], node[1:]
+  if code == "d":
+    if len(rest) != 2 or not all(isinstance(r, list) for r in rest) or len(rest[0]) != len(rest[1]):
+      raise CorruptFileError(f"dict {where!r}: malformed keys/items")
+    keys, items = rest
+    if any(type(k) not in (int, str) for k in keys) or len(set(map(repr, keys))) != len(keys):
+      raise CorruptFileError(f"dict {where!r}: malformed keys {keys!r}")
+    return {
+      "kind": "dict",
+      "keys": [[type(k).__name__, k] for k in keys],
+      "items": [_expand(v, f"{name}/{k}", arrays) for k, v in zip(keys, items)],
+    }
+  if code in ("l", "t"):
+    return {
+      "kind": {"l": "list", "t": "tuple"}[code],
+      "items": [_expand(v, f"{name}/{i}", arrays) for i, v in enumerate(rest)],
+    }
+  kind = _LEAF_KINDS.get(code)
+  if kind is None:
+    raise CorruptFileError(f"node {where!r} has unknown kind {code!r}")
+  fields = _array_fields(kind)
+  meta_names = _META_FIELDS[kind]
+  if len(rest) != 1 + len(fields) or not isinstance(rest[0], list) or len(rest[0]) != len(meta_names):
+    raise CorruptFileError(
+      f"leaf {where!r} ({kind}): expected static fields {list(meta_names)} and array fields {fields}"
+    )
+  return {
+    "kind": kind,
+    "meta": dict(zip(meta_names, rest[0])),
+    "fields": {f: _expand(v, f"{name}.{f}", arrays) for f, v in zip(fields, rest[1:])},
+  }
+
+
+def _array_dtype(code: Any, i: int) -> np.dtype:
+  name = None
+  if isinstance(code, str):
+    name = _DTYPE_NAMES.get(code, None if code in _DTYPE_CODES else code)  # the 12 short-coded ones go by code
+  dtype = known_dtype(name)
+  if dtype is None:
+    raise CorruptFileError(f"array {i} field 'dtype': {code!r} is not a known dtype code")
+  return dtype
+
+
+def _layout(arrays: Any) -> list[tuple[np.dtype, list[int], int, int]]:
+  """(dtype, shape, offset, bytes) of each format-3 array entry, checked for form."""
+  if not isinstance(arrays, list):
+    raise CorruptFileError("'arrays' is not a list")
+  out, at = [], 0
+  for i, entry in enumerate(arrays):
+    if not (isinstance(entry, list) and len(entry) == 2):
+      raise CorruptFileError(f"array {i}: malformed entry {entry!r}")
+    code, shape = entry
+    dtype = _array_dtype(code, i)
+    if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
+      raise CorruptFileError(f"array {i} field 'shape': {shape!r} is not a list of non-negative integers")
+    size = math.prod(shape) * dtype.itemsize
+    out.append((dtype, shape, at, size))
+    at += size
+  return out
+
+
+def file_digest(metadata: Mapping[str, str], tensors: Mapping[str, tuple[str, list[int]]], data: bytes) -> str:
+  """The digest of a format-3 file, as stored under ``'jaxcompress.sha256'``.
+
+  Args:
+    metadata: the safetensors metadata entries (the digest's own entry is left out).
+    tensors: the file's tensor table (dtype and shape per tensor).
+    data: the bytes of the data tensor.
+
+  Returns:
+    The hex SHA-256 of :func:`header_digest`'s canonical text followed by ``data``.
+  """
+  body = {
+    "metadata": {k: v for k, v in metadata.items() if k != DIGEST_KEY},
+    "tensors": {k: [d, list(s)] for k, (d, s) in tensors.items()},
+  }
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+  h = hashlib.sha256(text.encode("ascii"))
+  h.update(data)
+  return h.hexdigest()
+
+
+_MAX_HEADER = 1 << 26  # bytes a format-3 header may inflate to (a zlib bomb is refused)
+
+
+def _pack_v3(doc: Any, data: bytes) -> bytes:
+  """A format-3 file of the tree document ``doc`` (``arrays`` and ``tree``) and the arrays' bytes."""
+  header = zlib.compress(json.dumps(doc, separators=(",", ":")).encode("utf-8"), 9)
+  blob = header + data
+  metadata = {"jaxcompress": json.dumps({"version": 3, "header": len(header)}, separators=(",", ":"))}
+  payload = {_DATA_KEY: np.frombuffer(blob, np.uint8)}
+  metadata[DIGEST_KEY] = file_digest(metadata, {_DATA_KEY: ("U8", [len(blob)])}, blob)
+  return safetensors.numpy.save(payload, metadata=metadata)
+
+
+def _unpack_v3(header_len: Any, blob: np.ndarray) -> tuple[Any, np.ndarray]:
+  """(tree document, arrays' bytes) of a format-3 data tensor whose digest was checked."""
+  if type(header_len) is not int or not 0 < header_len <= blob.size:
+    raise CorruptFileError(f"its header length {header_len!r} does not fit its {blob.size} data bytes")
+  inflate = zlib.decompressobj()
+  text = inflate.decompress(blob[:header_len].tobytes(), _MAX_HEADER)
+  if inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
+    raise CorruptFileError(f"its header is not one zlib stream of {header_len} bytes inflating to at most 64 MiB")
+  return json.loads(text.decode("utf-8")), blob[header_len:]
+
+
+def _save_v3(packed: Any) -> bytes:
+  named: dict[str, np.ndarray] = {}
+  spec = _encode(packed, "", named, {})
+  arrays: list[Any] = []
+  index: dict[str, int] = {}
+  tree = _compact(spec, arrays, index)
+  order = sorted(index, key=index.__getitem__)
+  data = b"".join(np.ascontiguousarray(named[k]).reshape(-1).view(np.uint8).tobytes() for k in order)
+  return _pack_v3({"arrays": arrays, "tree": tree}, data)
+
+
+def _read_v3(header: Any, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
+  if set(table) != {_DATA_KEY} or table[_DATA_KEY][0] != "U8" or len(table[_DATA_KEY][1]) != 1:
+    got = {k: [d, list(s)] for k, (d, s) in table.items()}
+    raise CorruptFileError(f"format 3 holds one U8 tensor {_DATA_KEY!r}, the file holds {got}")
+  blob = np.asarray(read(_DATA_KEY)).reshape(-1)
+  if file_digest(metadata, table, blob.tobytes()) != metadata[DIGEST_KEY]:
+    raise CorruptFileError("the file does not match its checksum: it is corrupted or was edited")
+  doc, data = _unpack_v3(header.get("header"), blob)
+  if not isinstance(doc, dict):
+    raise CorruptFileError("its header is not a JSON object")
+  layout = _layout(doc.get("arrays"))
+  total = sum(size for *_, size in layout)
+  if total != data.size:
+    raise CorruptFileError(f"its arrays need {total} bytes, its data holds {data.size}")
+  arrays = [[dtype.name, shape] for dtype, shape, _, _ in layout]
+  spec = _expand(doc.get("tree"), "", arrays)
+  synthetic = {}
+  for i, (dtype, shape, _, size) in enumerate(layout):
+    st = _SAFETENSORS_DTYPES.get(dtype.name)
+    synthetic[str(i)] = (st, shape) if st else ("U8", [size])
+  seen: dict[str, Any] = {}
+  _check_arrays(spec, "", synthetic, seen, digests=False)
+  if set(synthetic) != set(seen):
+    raise CorruptFileError(f"holds arrays the tree does not use: {sorted(set(synthetic) - set(seen), key=int)}")
+
+  def array(key: str) -> np.ndarray:
+    dtype, shape, at, size = layout[int(key)]
+    raw = data[at : at + size]
+    if dtype == np.bool_ and raw.size and raw.max() > 1:
+      raise CorruptFileError(f"array {key} is bool but holds a byte other than 0 or 1")
+    return raw.copy().view(dtype).reshape(shape) if dtype.name in _SAFETENSORS_DTYPES else raw.copy()
+
+  return _decode(spec, "", array)
 
 
 # --- atomic, litter-free writes -------------------------------------------------------
@@ -428,8 +688,8 @@ def _write_atomic(path: str, blob: bytes) -> None:
     _fsync_folder(folder)
 
 
-def save(path: str | os.PathLike[str], packed: Any) -> int:
-  """Writes a packed tree to ``path`` atomically (format version 2).
+def save(path: str | os.PathLike[str], packed: Any, *, version: int = FORMAT_VERSION) -> int:
+  """Writes a packed tree to ``path`` atomically (format version 3 by default).
 
   The file is written to ``.<name>.<random>.jaxcompress-tmp`` in the same folder, under an
   exclusive ``flock``, flushed to disk (``fsync``), renamed over ``path`` and the folder is
@@ -443,6 +703,8 @@ def save(path: str | os.PathLike[str], packed: Any) -> int:
     path: the destination file (conventionally ``*.safetensors``).
     packed: a tree of dicts, lists, tuples, ``None``, arrays and compressed leaves
       (the output of ``Compressor.pack``).
+    version: 3 (compact: one data tensor and a short header; see the module's docstring)
+      or 2 (one safetensors tensor per array, named by its path, with a SHA-256 each).
 
   Returns:
     The size of the written file in bytes.
@@ -451,15 +713,20 @@ def save(path: str | os.PathLike[str], packed: Any) -> int:
     TypeError: if the tree holds something that cannot be saved (the message names
       its path).
     ValueError: if a compressed leaf's static fields do not match its arrays (the
-      message names its path and the field).
+      message names its path and the field), or ``version`` is not 2 or 3.
     FileNotFoundError: if the folder of ``path`` does not exist.
   """
-  arrays: dict[str, np.ndarray] = {}
-  spec = _encode(packed, "", arrays, {})
-  metadata = {"jaxcompress": json.dumps({"version": FORMAT_VERSION, "tree": spec}, separators=(",", ":"))}
-  tensors = {k: (_SAFETENSORS_DTYPES[a.dtype.name], list(a.shape)) for k, a in arrays.items()}
-  metadata[DIGEST_KEY] = header_digest(metadata, tensors)
-  blob = safetensors.numpy.save(arrays, metadata=metadata)
+  if version not in READ_VERSIONS:
+    raise ValueError(f"version must be one of {READ_VERSIONS}, got {version!r}")
+  if version == 3:
+    blob = _save_v3(packed)
+  else:
+    arrays: dict[str, np.ndarray] = {}
+    spec = _encode(packed, "", arrays, {})
+    metadata = {"jaxcompress": json.dumps({"version": 2, "tree": spec}, separators=(",", ":"))}
+    tensors = {k: (_SAFETENSORS_DTYPES[a.dtype.name], list(a.shape)) for k, a in arrays.items()}
+    metadata[DIGEST_KEY] = header_digest(metadata, tensors)
+    blob = safetensors.numpy.save(arrays, metadata=metadata)
   _write_atomic(os.fspath(path), blob)
   return len(blob)
 
@@ -472,12 +739,13 @@ def _version(metadata: Mapping[str, str]) -> Any:
 
 
 def load(path: str | os.PathLike[str]) -> Any:
-  """Reads a tree written by :func:`save`; the round trip is bit-exact.
+  """Reads a tree written by :func:`save` (format 3 or 2); the round trip is bit-exact.
 
-  Everything is checked before anything is materialized: the header digest first (before
-  any array is read), then each array's dtype and shape against the file's tensor table,
-  each array's bytes against its digest, and every field of every compressed leaf against
-  the arrays it holds. A loaded leaf's ``materialize()`` therefore allocates what its
+  Everything is checked before anything is materialized. Format 3: the arrays' sizes against
+  the data tensor, one digest over the header and the data, the form of every node, then
+  every field of every compressed leaf against the arrays it holds. Format 2: the header
+  digest first (before any array is read), then each array's dtype and shape against the
+  file's tensor table, each array's bytes against its digest, and every compressed leaf. A loaded leaf's ``materialize()`` therefore allocates what its
   stored arrays describe (a tampered ``dense_shape`` or ``code_shape`` is refused here).
 
   Args:
@@ -510,6 +778,8 @@ def load(path: str | os.PathLike[str]) -> Any:
           f"{path} has format version {version!r} without a header checksum, expected {FORMAT_VERSION}: "
           "load it with the jaxcompress release that wrote it and save it again"
         )
+      if _version(metadata) == 3:
+        return _read_tree(path, metadata, table, f.get_tensor)
       if header_digest(metadata, table) != metadata[DIGEST_KEY]:
         raise CorruptFileError(f"{path}: the header does not match its checksum: the file is corrupted or was edited")
       return _read_tree(path, metadata, table, f.get_tensor)
@@ -522,9 +792,11 @@ def load(path: str | os.PathLike[str]) -> Any:
 def _read_tree(path: str, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
   try:
     header = json.loads(metadata["jaxcompress"])
-    if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
+    if not isinstance(header, dict) or header.get("version") not in READ_VERSIONS:
       version = header.get("version") if isinstance(header, dict) else None
-      raise CorruptFileError(f"has format version {version!r}, expected {FORMAT_VERSION}")
+      raise CorruptFileError(f"has format version {version!r}, expected one of {READ_VERSIONS}")
+    if header["version"] == 3:
+      return _read_v3(header, metadata, table, read)
     seen: dict[str, Any] = {}
     _check_arrays(header.get("tree"), "", table, seen)
     if set(table) != set(seen):

@@ -245,3 +245,35 @@ def test_prune_w4_a8_is_one_compressor_on_a_linen_model():
   packed = c.pack(state.params, state.cstate)
   assert isinstance(packed["params"]["Dense_0"]["kernel"], jc.export.QArray)
   jax.tree.map(np.testing.assert_array_equal, jc.export.materialize_tree(packed), view)
+
+
+def test_collaborative_chains_keep_zeros_and_clusters_through_fine_tuning():
+  # TF-MOT's collaborative optimization as one chain, prune -> cluster -> QAT (sparsity-preserving
+  # clustering and cluster-preserving QAT at once): zeros and clusters counted after training
+  from jaxcompress import export
+
+  params = helpers.mlp_params(sizes=(16, 64, 8))
+  x, y = helpers.batch(sizes=(16, 64, 8))
+  c = jc.chain(jc.pruning.magnitude(0.8), jc.quantization.kmeans(8), jc.quantization.fake_quant(8))
+  opt = optax.adam(1e-2)
+  state = jc.train.init(params, opt, c)
+  step = jax.jit(jc.train.make_step(helpers.mse_loss, opt, c))
+  before = c.apply(state.params, state.cstate)
+  for _ in range(2):
+    state, _ = step(state, x, y)
+  after = c.apply(state.params, state.cstate)
+  packed = c.pack(state.params, state.cstate)
+  for layer in before:
+    w0, w1 = np.asarray(before[layer]["kernel"]), np.asarray(after[layer]["kernel"])
+    assert not np.array_equal(w0, w1)  # it trained
+    zeros = w0 == 0
+    assert zeros.sum() == round(0.8 * w0.size)
+    np.testing.assert_array_equal(w1 == 0, zeros)  # no zero revived, none added
+    groups = {}  # weights that shared a centroid before still share one value: at most 8 values
+    for a, b in zip(w0[~zeros], w1[~zeros]):
+      groups.setdefault(float(a), set()).add(float(b))
+    assert len(groups) <= 8 and all(len(g) == 1 for g in groups.values())
+    np.testing.assert_array_equal(np.asarray(export.materialize(packed[layer]["kernel"])), w1)
+  # cluster-preserving QAT packs a codebook (3-bit indices) where that is smaller than 8-bit codes
+  kq = jc.chain(jc.quantization.kmeans(8), jc.quantization.fake_quant(8))
+  assert isinstance(kq.pack(*kq.init(params))["fc1"]["kernel"], export.CodebookArray)

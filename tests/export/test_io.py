@@ -242,6 +242,47 @@ def rewrite(path, edit, *, redigest):
   path.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
+def rewrite3(path, edit, *, redigest):
+  """``rewrite`` for a format-3 file: ``edit(st_header, spec)`` changes the expanded tree
+  spec (as format 2 writes it, array keys being indices), which is compacted again. Without
+  ``redigest`` the old digest stays."""
+  import json
+
+  from jaxcompress.export import _io
+
+  header, blob = read_file(path)
+  meta = header["__metadata__"]
+  doc, data = _io._unpack_v3(json.loads(meta["jaxcompress"])["header"], np.frombuffer(blob, np.uint8))
+  names = [[_io._DTYPE_NAMES.get(c, c), shape] for c, shape in doc["arrays"]]
+  spec = _io._expand(doc["tree"], "", names)
+  edit(header, spec)
+  arrays = []
+  doc["tree"] = _io._compact(spec, arrays, {})
+  doc["arrays"] = arrays
+  write3(path, doc, data.tobytes(), extra=header["__metadata__"], digest=None if redigest else meta[_io.DIGEST_KEY])
+
+
+def write3(path, doc, data, *, extra=None, digest=None):
+  """Writes a format-3 file of ``doc`` and ``data``, with extra metadata entries and a given digest."""
+  import json
+
+  from jaxcompress.export import _io
+
+  blob = _io._pack_v3(doc, data)
+  (n,) = __import__("struct").unpack("<Q", blob[:8])
+  header = json.loads(blob[8 : 8 + n])
+  meta = header["__metadata__"]
+  for k, v in (extra or {}).items():
+    if k not in ("jaxcompress", _io.DIGEST_KEY):
+      meta[k] = v
+  tensors = {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"}
+  body = blob[8 + n :]
+  meta[_io.DIGEST_KEY] = digest or _io.file_digest(meta, tensors, body)
+  text = json.dumps(header).encode()
+  text += b" " * (-len(text) % 8)
+  path.write_bytes(__import__("struct").pack("<Q", len(text)) + text + body)
+
+
 def node(tree, *path):
   """The spec at ``path``: dict keys, then leaf field names."""
   for p in path:
@@ -323,7 +364,7 @@ EDITS = {
 @pytest.mark.parametrize("name", list(EDITS))
 def test_any_header_edit_fails_the_header_checksum(tmp_path, name):
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=2)
   rewrite(path, EDITS[name][0], redigest=False)
   with pytest.raises(export.CorruptFileError, match=r"header does not match its checksum"):
     export.load(path)
@@ -332,9 +373,40 @@ def test_any_header_edit_fails_the_header_checksum(tmp_path, name):
 @pytest.mark.parametrize("name", [k for k, (_, pattern) in EDITS.items() if pattern])
 def test_inconsistent_metadata_is_refused_even_with_a_valid_checksum(tmp_path, name):
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=2)
   edit, pattern = EDITS[name]
   rewrite(path, edit, redigest=True)
+  with pytest.raises(export.CorruptFileError, match=pattern) as info:
+    export.load(path)
+  assert str(path) in str(info.value)
+
+
+# format 3 has one data tensor: no per-array table or digest to edit; relabelling bf16 as f16 keeps
+# the byte count, so (as in format 2's relabel of both tables) it is a consistent edit
+V3_EDITS = [
+  k for k, (_, pattern) in EDITS.items() if pattern and not k.startswith(("tensor", "array digest", "array dtype bf16"))
+]
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_format3_any_edit_fails_the_checksum(tmp_path, name):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  rewrite3(path, EDITS[name][0] if name in V3_EDITS or name == "extra metadata entry" else add_metadata, redigest=False)
+  with pytest.raises(export.CorruptFileError, match=r"does not match its checksum"):
+    export.load(path)
+
+
+@pytest.mark.parametrize("name", V3_EDITS)
+def test_format3_inconsistent_metadata_is_refused_even_with_a_valid_checksum(tmp_path, name):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  edit, pattern = EDITS[name]
+  pattern = {  # format 3 has no tensor table per array: a relabelled array no longer adds up to the data
+    "array dtype unknown": r"field 'dtype': 'bfloat17' is not a known dtype code",
+    "array shape": r"its arrays need \d+ bytes, its data holds \d+",
+  }.get(name, pattern)
+  rewrite3(path, edit, redigest=True)
   with pytest.raises(export.CorruptFileError, match=pattern) as info:
     export.load(path)
   assert str(path) in str(info.value)
@@ -344,7 +416,7 @@ def test_consistent_edits_with_a_recomputed_checksum_load(tmp_path):
   # the limit of any check: a well-formed file that just says something else (float32 bytes
   # relabelled int32 in both the tree and the tensor table) loads, since nothing contradicts it
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=2)
 
   def relabel(header, tree):
     set_tensor("dense/bias", dtype="I32")(header, tree)
@@ -360,7 +432,7 @@ def test_tampered_dense_shape_is_refused_before_any_large_allocation(tmp_path):
   w = np.where(np.arange(200).reshape(20, 10) % 7 == 0, 1.5, 0).astype(np.float32)
   path = tmp_path / "m.safetensors"
   export.save(path, {"kernel": export.from_dense(w)})
-  rewrite(path, set_meta("kernel", dense_shape=[4096, 8192]), redigest=True)  # 128 MiB of float32
+  rewrite3(path, set_meta("kernel", dense_shape=[4096, 8192]), redigest=True)  # 128 MiB of float32
   assert path.stat().st_size < 4096
   tracemalloc.start()
   try:
@@ -380,7 +452,7 @@ def test_oversized_code_shape_fails_at_load_naming_the_field(tmp_path):
     )
   }
   export.save(path, packed)
-  rewrite(path, set_meta("q", "codes", code_shape=[65536, 65536]), redigest=True)
+  rewrite3(path, set_meta("q", "codes", code_shape=[65536, 65536]), redigest=True)
   with pytest.raises(
     export.CorruptFileError, match=r"'q.codes' \(BitPacked\) field 'code_shape'.*needs 1073741824 bytes"
   ):
@@ -498,3 +570,51 @@ def test_file_then_rename_then_folder_are_synced(tmp_path, monkeypatch):
   monkeypatch.setattr(os, "replace", replace)
   export.save(tmp_path / "m.safetensors", {"a": np.ones(2, np.float32)})
   assert events == ["fsync file", "rename", "fsync folder"]
+
+
+# --- format 3: the compact header (issue 17) ---------------------------------------------
+
+
+def header_bytes(path):
+  import struct
+
+  return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+def test_format2_files_still_load_bit_exact(tmp_path):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree(), version=2)
+  assert_same(every_leaf_tree(), export.load(path))
+  with pytest.raises(ValueError, match="version must be one of"):
+    export.save(path, {}, version=1)
+
+
+def test_format3_header_is_a_fraction_of_format2s(tmp_path):
+  v2, v3 = tmp_path / "v2.safetensors", tmp_path / "v3.safetensors"
+  export.save(v2, every_leaf_tree(), version=2)
+  export.save(v3, every_leaf_tree())
+  # format 2 spends a SHA-256 and a tensor-table entry per array, and dict keys per node;
+  # format 3's overhead beyond the same payload (its zlib'd document and one digest) is a fraction
+  payload = v2.stat().st_size - header_bytes(v2) - 8
+  assert (v3.stat().st_size - payload) * 10 < v2.stat().st_size - payload
+
+
+def test_format3_refuses_unused_arrays_bad_bools_and_a_zlib_bomb(tmp_path):
+  import zlib
+
+  path = tmp_path / "m.safetensors"
+  data = np.ones(3, np.float32).tobytes() + b"\x01\x00"
+  write3(path, {"arrays": [["f4", [3]], ["b1", [2]]], "tree": {"a": 0}}, data)  # the bool array is unused
+  with pytest.raises(export.CorruptFileError, match=r"arrays the tree does not use: \['1'\]"):
+    export.load(path)
+  write3(path, {"arrays": [["b1", [2]]], "tree": {"b": 0}}, b"\x01\x02")
+  with pytest.raises(export.CorruptFileError, match="bool but holds a byte other than 0 or 1"):
+    export.load(path)
+  write3(path, {"arrays": [["f4", [3]]], "tree": {"a": 0}}, data)
+  with pytest.raises(export.CorruptFileError, match="its arrays need 12 bytes, its data holds 14"):
+    export.load(path)
+  from jaxcompress.export import _io
+
+  bomb = zlib.compress(b" " * (_io._MAX_HEADER + 1), 9)
+  with pytest.raises(export.CorruptFileError, match="inflating to at most 64 MiB"):
+    _io._unpack_v3(len(bomb), np.frombuffer(bomb, np.uint8))
