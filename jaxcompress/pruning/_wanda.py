@@ -136,20 +136,27 @@ def wanda(
   if not callable(apply_fn):
     raise TypeError(f"apply_fn must be callable, got {apply_fn!r}")
   batches = list(batches)
+  if not batches:
+    raise ValueError("wanda needs calibration batches: `batches` was empty")
   explicit = where is not None
   who = "wanda" if n is None else f"wanda {n}:{m}"
 
   def masks_for(params):
     pred = select.as_predicate(where)
     chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+    first = batches[0]
+    fed = {s.path for s in graph.trace(apply_fn, params, *(first if isinstance(first, tuple) else (first,)))}
+    if explicit and (missing := sorted(chosen - fed)):
+      raise ValueError(f"where={where!r} selects {missing[:5]}, which feed no Dense site: Wanda needs their inputs")
+    chosen &= fed
+    if not chosen:
+      raise ValueError(f"where={where!r} selects no kernel that feeds a Dense site of this model")
     stats = graph.dense_inputs(
       apply_fn, params, batches, where=lambda path, site: path in chosen, token_mask=token_mask
     )
     sq: dict[str, np.ndarray] = {}
     for s in stats.values():
       sq[s.site.path] = sq.get(s.site.path, 0.0) + s.sqnorm
-    if explicit and (missing := sorted(chosen - set(sq))):
-      raise ValueError(f"where={where!r} selects {missing[:5]}, which feed no Dense site: Wanda needs their inputs")
     return sq, {s.site.path: s.site for s in stats.values()}
 
   def init(params, *, masks=None):

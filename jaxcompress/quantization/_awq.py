@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress import graph
+from jaxcompress import export, graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, leaves_with_paths, map_with_path
 from jaxcompress.graph._inputs import TokenMask
@@ -42,6 +42,13 @@ def awq_scales(x_absmean: Any, alpha: float) -> jax.Array:
 def _fake(spec: QuantSpec, w: jax.Array) -> jax.Array:
   scale, zero_point = spec.params(w)
   return spec.fake_quant(w, scale, zero_point)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _codes(spec: QuantSpec, w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """``(codes, scale, zero_point)`` of ``w`` from its own ranges, as :meth:`QuantSpec.pack` stores them."""
+  scale, zero_point = spec.params(w)
+  return spec.quantize(w, scale, zero_point), scale, zero_point
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -185,7 +192,7 @@ def awq(
     losses = np.asarray(_scale_losses(spec, x, ws, absmean, alphas))
     losses = np.where(np.isfinite(losses), losses, np.inf)
     best = float(alphas[int(np.argmin(losses))])
-    scales[g.consumers[0]] = np.asarray(awq_scales(absmean, best), np.float32)
+    scales[g.consumers[0]] = np.asarray(jax.jit(awq_scales)(absmean, best), np.float32)
     for c in g.consumers:
       chosen_alpha[c] = best
   smoothed, input_scales = smoothing.fold(params, groups, scales, info)
@@ -203,8 +210,16 @@ def awq(
       stride = max(1, tokens.shape[0] // 512)  # the authors' code samples 512 tokens
       x = jnp.asarray(tokens[::stride][:512]) / jnp.asarray(per_consumer[path])
       w = _clip(spec, x, w, 10)
-    scale, zero_point = spec.params(w)
-    return spec.pack(w, scale, zero_point, dtype=jnp.asarray(leaf).dtype)
+    codes, scale, zero_point = _codes(spec, w)
+    return export.QArray(
+      codes=export.store_codes(np.asarray(codes), spec.bits, signed=spec.symmetric),
+      scale=np.asarray(scale),
+      zero_point=None if zero_point is None else np.asarray(zero_point),
+      bits=spec.bits,
+      dtype=str(jnp.asarray(leaf).dtype),
+      group_axis=spec.granularity.group_axis,
+      group_size=spec.granularity.group_size,
+    )
 
   packed = map_with_path(quantize, smoothed)
   return SmoothedModel(

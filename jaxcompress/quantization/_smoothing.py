@@ -264,8 +264,8 @@ def verify(
   fails this.
   """
   inputs = batch if isinstance(batch, tuple) else (batch,)
-  ref = jax.tree.leaves(apply_fn(params, *inputs))
-  new = jax.tree.leaves(scaled_apply(apply_fn, input_scales)(smoothed, *inputs))
+  ref = jax.tree.leaves(jax.jit(apply_fn)(params, *inputs))
+  new = jax.tree.leaves(jax.jit(scaled_apply(apply_fn, input_scales))(smoothed, *inputs))
   num = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)) for a, b in zip(ref, new))
   den = sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in ref)
   err = np.sqrt(num / den) if den > 0 else np.sqrt(num)
