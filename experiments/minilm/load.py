@@ -126,10 +126,14 @@ def load(path: str | os.PathLike | None = None, cfg: Config | None = None):
   names = _names(cfg)
   missing = sorted(set(names) - set(tensors))
   if missing:
-    raise CheckpointError(f"{path}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" * (len(missing) > 1)))
+    raise CheckpointError(
+      f"{path}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" * (len(missing) > 1))
+    )
   extra = sorted(set(tensors) - set(names) - set(IGNORED))
   if extra:
-    raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" * (len(extra) > 1)))
+    raise CheckpointError(
+      f"{path}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" * (len(extra) > 1))
+    )
   params = jax.tree.map(lambda x: x, shapes)
   for name, (ours, transpose) in names.items():
     value = tensors[name]

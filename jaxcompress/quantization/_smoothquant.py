@@ -90,6 +90,7 @@ def smoothquant(
   alpha: float = 0.5,
   producers: Producers | None = None,
   where: select.Where = None,
+  smooth_where: select.Where = None,
   token_mask: TokenMask = None,
   weight_bits: int = 8,
   act_bits: int = 8,
@@ -123,8 +124,11 @@ def smoothquant(
       tuple of paths whose trailing axes index the consumer's input (a pre-LN
       LayerNorm's ``('ln/scale', 'ln/bias')``; a Dense layer's ``('v/kernel',
       'v/bias')``, its output columns). Unlisted consumers get an explicit input scale.
-    where: which Dense kernels to smooth and quantize (default: floating leaves with
-      ``ndim >= 2`` that feed a Dense site).
+    where: which Dense kernels to quantize (default: floating leaves with ``ndim >= 2``
+      that feed a Dense site).
+    smooth_where: which of them to smooth first (default: all). The paper smooths the
+      layers fed by a LayerNorm (q, k, v and the first MLP layer), whose inputs hold the
+      outlier channels; smoothing the input of a layer after GELU can hurt.
     token_mask: which calibration tokens count for ``max|X_j|``
       (:func:`~jaxcompress.graph.dense_inputs`; the activation ranges are taken over
       every token the model computes).
@@ -161,17 +165,27 @@ def smoothquant(
   """
   alpha = validate.check_float("alpha", alpha, low=0.0, high=1.0)
   batches = list(batches)
+  if not batches:
+    raise ValueError("smoothquant needs calibration batches: `batches` was empty")
+  first = batches[0] if isinstance(batches[0], tuple) else (batches[0],)
+  fed = {s.path for s in graph.trace(apply_fn, params, *first)}
+  pred, smooth_pred = select.as_predicate(where), select.as_predicate(smooth_where)
+  consumers = {p for p, leaf in leaves_with_paths(params) if p in fed and pred(p, leaf)}
+  if not consumers:
+    raise ValueError(f"where={where!r} selects no kernel that feeds a Dense site of this model")
+  smoothed_set = {p for p, leaf in leaves_with_paths(params) if p in consumers and smooth_pred(p, leaf)}
+  if not smoothed_set:
+    raise ValueError(f"smooth_where={smooth_where!r} selects none of the quantized kernels {sorted(consumers)[:5]}")
   smoothed, input_scales, scales = smooth(
     apply_fn,
     params,
     batches=batches,
     alpha=alpha,
     producers=producers,
-    where=where,
+    where=lambda path, leaf: path in smoothed_set,
     token_mask=token_mask,
     verify=verify,
   )
-  consumers = set(scales)
   fn = smoothing.scaled_apply(apply_fn, input_scales)
   q = ptq(
     fn,

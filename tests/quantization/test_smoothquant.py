@@ -54,7 +54,6 @@ def test_beats_plain_per_tensor_w8a8_and_serves_in_int8(setup):
   err = lambda out: float(np.mean((np.asarray(out) - ref) ** 2))
   e_sq, e_plain = err(jax.jit(m.apply)(m.packed, held_out)), err(jax.jit(plain.apply)(plain.packed, held_out))
   assert e_sq < 0.5 * e_plain, (e_sq, e_plain)
-  print(e_sq, e_plain)
   served = jc.quantization.serve(
     jc.quantization.scaled_apply(sm.apply, m.input_scales), m.packed, act_ranges=m.act_ranges, act_symmetric=True
   )(held_out)
@@ -68,6 +67,8 @@ def test_bad_inputs_name_the_value(setup):
   params, batches, _ = setup
   with pytest.raises(ValueError, match=r"alpha must be in \[0.0, 1.0\], got 1.5"):
     smoothquant(sm.apply, params, batches=batches, alpha=1.5)
+  with pytest.raises(ValueError, match="smooth_where='nothing'"):
+    smoothquant(sm.apply, params, batches=batches, smooth_where="nothing")
   with pytest.raises(ValueError, match="'ln/gain'"):
     smooth(sm.apply, params, batches=batches, producers={"q/kernel": ("ln/gain", "ln/bias")})
   with pytest.raises(ValueError, match=r"'fc/bias' of shape \(24,\).*32 features.*'o/kernel'"):
