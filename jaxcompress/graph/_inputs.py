@@ -10,6 +10,7 @@ marks as padding, and keeps per-channel statistics (and optionally the tokens).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -75,6 +76,31 @@ def dense_layout(site: Site, leaf_shape: tuple[int, ...]) -> int:
   )
 
 
+class PathSet(frozenset):
+  """A hashable ``where=`` selecting the sites of the kernels whose paths it holds.
+
+  Hashable by value, so :func:`dense_inputs` reuses one compiled capture for repeated
+  calls on the same model and selection (a compressor's ``init`` run again).
+  """
+
+  def __call__(self, path: str, site: Any = None) -> bool:
+    return path in self
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_capture(apply_fn: Callable[..., Any], where: PathSet) -> Callable[..., Any]:
+  return jax.jit(capture(apply_fn, where=where))
+
+
+def _capture_fn(apply_fn: Callable[..., Any], where: select.Where) -> Callable[..., Any]:
+  if isinstance(where, PathSet):
+    try:
+      return _cached_capture(apply_fn, where)
+    except TypeError:  # an unhashable apply_fn
+      pass
+  return jax.jit(capture(apply_fn, where=where))
+
+
 def _batch_mask(token_mask: TokenMask, inputs: tuple[Any, ...]) -> np.ndarray | None:
   if token_mask is None:
     return None
@@ -125,7 +151,7 @@ def dense_inputs(
       does not lead a site's input, or no token is valid (a calibration set of padding
       only) — each naming the value.
   """
-  run = jax.jit(capture(apply_fn, where=where))
+  run = _capture_fn(apply_fn, where)
   leaf_shapes = {path: tuple(np.shape(leaf)) for path, leaf in leaves_with_paths(params)}
   acc: dict[str, dict[str, Any]] = {}
   sites: dict[str, Site] = {}

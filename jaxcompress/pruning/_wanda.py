@@ -13,7 +13,7 @@ from jaxcompress import export, graph
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.core.tree import leaves_with_paths
-from jaxcompress.graph._inputs import TokenMask, dense_layout
+from jaxcompress.graph._inputs import PathSet, TokenMask, dense_layout
 from jaxcompress.pruning import _criteria as criteria
 from jaxcompress.pruning._masking import PruningState, check_state, zero_pruned
 
@@ -151,9 +151,7 @@ def wanda(
     chosen &= fed
     if not chosen:
       raise ValueError(f"where={where!r} selects no kernel that feeds a Dense site of this model")
-    stats = graph.dense_inputs(
-      apply_fn, params, batches, where=lambda path, site: path in chosen, token_mask=token_mask
-    )
+    stats = graph.dense_inputs(apply_fn, params, batches, where=PathSet(chosen), token_mask=token_mask)
     sq: dict[str, np.ndarray] = {}
     for s in stats.values():
       sq[s.site.path] = sq.get(s.site.path, 0.0) + s.sqnorm
@@ -169,8 +167,8 @@ def wanda(
       k = dense_layout(sites[path], tuple(p.shape))
       norms = jnp.asarray(np.sqrt(sq[path]), jnp.float32)
       scores = wanda_score(p, norms)
-      if n is None:
-        return per_output_mask(scores, float(sparsity), in_axes=k)
+      if n is None or m is None:
+        return per_output_mask(scores, float(sparsity or 0.0), in_axes=k)
       lead = int(np.prod(p.shape[:k]))
       if lead % m:
         raise ValueError(f"{who}: leaf {path!r} has {lead} inputs (shape {tuple(p.shape)}), not divisible by m={m}")

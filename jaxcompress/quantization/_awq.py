@@ -13,7 +13,7 @@ import numpy as np
 from jaxcompress import export, graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, leaves_with_paths, map_with_path
-from jaxcompress.graph._inputs import TokenMask
+from jaxcompress.graph._inputs import PathSet, TokenMask
 from jaxcompress.quantization import _smoothing as smoothing
 from jaxcompress.quantization._fake_quant import weight_spec
 from jaxcompress.quantization._smoothing import Producers, SmoothedModel
@@ -176,7 +176,7 @@ def awq(
     if np.ndim(leaves[p]) == 2:
       spec.granularity.check(tuple(np.shape(leaves[p])), f"kernel {p!r}")
   stats = graph.dense_inputs(
-    apply_fn, params, batches, where=lambda path, site: path in chosen, token_mask=token_mask, max_tokens=max_tokens
+    apply_fn, params, batches, where=PathSet(chosen), token_mask=token_mask, max_tokens=max_tokens
   )
   groups, info = smoothing.plan(params, stats, producers)
   for path in info:

@@ -68,7 +68,7 @@ class SmoothedModel(NamedTuple):
     """Bytes as stored: the packed params plus the explicit input scales."""
     from jaxcompress.core import accounting
 
-    return accounting.report(self.packed).bytes + sum(int(np.asarray(v).nbytes) for v in self.input_scales.values())
+    return accounting.report(self.packed).bytes + sum(np.asarray(v).nbytes for v in self.input_scales.values())
 
 
 @dataclasses.dataclass(frozen=True)

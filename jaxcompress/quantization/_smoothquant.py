@@ -10,7 +10,7 @@ import numpy as np
 from jaxcompress import graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, leaves_with_paths
-from jaxcompress.graph._inputs import TokenMask
+from jaxcompress.graph._inputs import PathSet, TokenMask
 from jaxcompress.quantization import _smoothing as smoothing
 from jaxcompress.quantization._ptq import ptq
 from jaxcompress.quantization._smoothing import Producers, SmoothedModel
@@ -67,7 +67,7 @@ def smooth(
   batches = list(batches)
   pred = select.as_predicate(where)
   chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
-  stats = graph.dense_inputs(apply_fn, params, batches, where=lambda path, site: path in chosen, token_mask=token_mask)
+  stats = graph.dense_inputs(apply_fn, params, batches, where=PathSet(chosen), token_mask=token_mask)
   groups, info = smoothing.plan(params, stats, producers)
   leaves = dict(leaves_with_paths(params))
   scales = {}

@@ -25,7 +25,7 @@ def test_scales_formula():
 
 def test_fold_is_the_same_function_with_shared_joint_scales(setup):
   params, batches, held_out = setup
-  smoothed, input_scales, scales = smooth(sm.apply, params, batches=batches, producers=sm.PRODUCERS)
+  smoothed, input_scales, scales = smooth(sm.apply, params, batches=batches, producers=sm.PRODUCERS, verify=False)
   # NumPy reference of q/k/v's shared s: joint max over the LayerNorm output and the three kernels' rows
   cap = jc.graph.capture(sm.apply)(params, batches[0][0])[1]
   x_max = np.abs(np.asarray(cap["q/kernel"]["input"])).reshape(-1, 32).max(0)
@@ -46,7 +46,7 @@ def test_fold_is_the_same_function_with_shared_joint_scales(setup):
 def test_beats_plain_per_tensor_w8a8_and_serves_in_int8(setup):
   params, batches, held_out = setup
   ref = np.asarray(sm.apply(params, held_out))
-  m = smoothquant(sm.apply, params, batches=batches, producers=sm.PRODUCERS, alpha=0.5)
+  m = smoothquant(sm.apply, params, batches=batches, producers=sm.PRODUCERS, alpha=0.5, verify=False)
   plain = jc.quantization.ptq(
     sm.apply, params, weight_bits=8, per_channel=False, act_bits=8, act_symmetric=True, batches=batches,
     where=lambda path, leaf: path in m.scales,
