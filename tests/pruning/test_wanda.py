@@ -1,9 +1,7 @@
 """Wanda (Sun et al. 2023): |W|·‖X‖ per output, against a NumPy reference and magnitude."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import jaxcompress as jc
@@ -80,23 +78,6 @@ def test_beats_magnitude_in_output_error(layer, nm):
     return float(jnp.mean((dense(c.apply(p, s), held_out) - ref) ** 2))
 
   assert err(w_c) < 0.5 * err(m_c)
-
-
-def test_composes_with_quantizer_and_fine_tuning(layer):
-  x = _outlier_inputs(4)
-  y = dense(layer, x)
-  c = jc.chain(jc.pruning.wanda(0.5, apply_fn=dense, batches=[(x,)]), jc.quantization.fake_quant(8))
-  loss = lambda p, x, y: jnp.mean((dense(p, x) - y) ** 2)
-  opt = optax.sgd(1e-2)
-  state = jc.train.init(layer, opt, c)
-  step = jax.jit(jc.train.make_step(loss, opt, c))
-  for _ in range(2):
-    state, _ = step(state, x, y)
-  mask = np.asarray(c.masks(state.cstate)["dense"]["kernel"])
-  view = np.asarray(c.apply(state.params, state.cstate)["dense"]["kernel"])
-  assert mask.mean() == 0.5 and np.all(view[~mask] == 0)
-  packed = c.pack(state.params, state.cstate)
-  np.testing.assert_array_equal(np.asarray(jc.export.materialize(packed["dense"]["kernel"])), view)
 
 
 def test_bad_inputs_name_the_value(layer):
