@@ -44,6 +44,7 @@ CASES = {
   ),
   "movement": lambda: jc.pruning.movement(jc.pruning.polynomial_sparsity(0.8, begin_step=0, end_step=3)),
   "n_m_2_4": lambda: jc.pruning.n_m(2, 4),
+  "wanda_2_4": lambda: jc.pruning.wanda(apply_fn=helpers.mlp_apply, batches=[helpers.batch()[:1]], n=2, m=4),
   "lottery_ticket": lambda: jc.pruning.lottery_ticket(0.5, rounds=2, frequency=2, rewind_step=1),
   # RigL regrows by the largest |g|: a near tie can resolve differently when pmap sums the
   # gradient in another order, so this case regrows once (step 2), away from such a tie.

@@ -32,6 +32,7 @@ from jaxcompress.pruning._schedules import (
   one_shot_sparsity,
   polynomial_sparsity,
 )
+from jaxcompress.pruning._wanda import per_output_mask, wanda, wanda_score
 
 __all__ = [
   "Allocation",
@@ -56,6 +57,7 @@ __all__ = [
   "nm_mask",
   "num_pruned",
   "one_shot_sparsity",
+  "per_output_mask",
   "polynomial_sparsity",
   "random",
   "rigl",
@@ -66,4 +68,6 @@ __all__ = [
   "snip",
   "sparse_evolutionary",
   "topk_mask",
+  "wanda",
+  "wanda_score",
 ]

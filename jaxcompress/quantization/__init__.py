@@ -3,6 +3,7 @@
 from jaxcompress.quantization import calibration, gradient_compression, granularity, uniform
 from jaxcompress.quantization._activation_quant import activation_rule
 from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
+from jaxcompress.quantization._awq import awq, awq_scales
 from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize
 from jaxcompress.quantization._batchnorm import (
   BatchNormFold,
@@ -38,6 +39,8 @@ from jaxcompress.quantization._power_of_two import power_of_two
 from jaxcompress.quantization._ptq import QuantizedModel, ptq
 from jaxcompress.quantization._qat import qat, quantize_activations
 from jaxcompress.quantization._serve import serve
+from jaxcompress.quantization._smoothing import SmoothedModel, scaled_apply
+from jaxcompress.quantization._smoothquant import smooth, smoothquant, smoothquant_scales
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization._ternary import ttq, twn
 from jaxcompress.quantization.granularity import Granularity, per_channel, per_group, per_tensor
@@ -50,8 +53,11 @@ __all__ = [
   "QuantSpec",
   "QuantizedModel",
   "SiteState",
+  "SmoothedModel",
   "activation_rule",
   "allocate_bits",
+  "awq",
+  "awq_scales",
   "batchnorm_fold",
   "batchnorm_statistics",
   "binary_activation",
@@ -87,9 +93,13 @@ __all__ = [
   "quantize",
   "quantize_activations",
   "quantized_backward",
+  "scaled_apply",
   "serve",
   "site_compressor",
   "site_quantizer",
+  "smooth",
+  "smoothquant",
+  "smoothquant_scales",
   "stochastic_quantize",
   "strip_batchnorm",
   "symmetric_scale",
