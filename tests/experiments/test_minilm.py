@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 import jaxcompress as jc
 from experiments.minilm import load
 from experiments.minilm.__main__ import fidelity
-from experiments.minilm.methods import DENSE, MLP, flatten_tokens
+from experiments.minilm.methods import DENSE, MLP, flatten_tokens, get_leaf, replace_leaves
 from experiments.minilm.model import Config, mean_pool
 
 TINY = Config(vocab_size=11, hidden=8, layers=2, heads=2, mlp=16, max_positions=6)
@@ -197,3 +197,13 @@ def test_fidelity_metrics():
   np.fill_diagonal(sr, -9)
   assert got["nn_agreement"] == pytest.approx(np.mean(se.argmax(1) == sr.argmax(1)))
   assert got["nn_agreement"] < 1.0
+
+
+def test_replace_leaves_copies_and_names_bad_paths():
+  tree = {"layers": {0: {"output": {"kernel": np.ones(2)}}}, "b": np.zeros(1)}
+  new = replace_leaves(tree, {"layers/0/output/kernel": np.zeros(3)})
+  assert get_leaf(new, "layers/0/output/kernel").shape == (3,)
+  assert get_leaf(tree, "layers/0/output/kernel").shape == (2,)  # the original is untouched
+  assert get_leaf(new, "b") is tree["b"]
+  with pytest.raises(KeyError, match="layers/1/output/kernel"):
+    replace_leaves(tree, {"layers/1/output/kernel": np.zeros(2)})
