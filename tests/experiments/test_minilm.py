@@ -9,7 +9,7 @@ from safetensors.numpy import save_file
 
 import jaxcompress as jc
 from experiments.minilm import load
-from experiments.minilm.__main__ import fidelity
+from experiments.minilm.__main__ import embed_all, fidelity
 from experiments.minilm.methods import DENSE, MLP, flatten_tokens, get_leaf, replace_leaves
 from experiments.minilm.model import Config, mean_pool
 
@@ -207,3 +207,12 @@ def test_replace_leaves_copies_and_names_bad_paths():
   assert get_leaf(new, "b") is tree["b"]
   with pytest.raises(KeyError, match="layers/1/output/kernel"):
     replace_leaves(tree, {"layers/1/output/kernel": np.zeros(2)})
+
+
+def test_embed_all_puts_rows_back_in_sentence_order():
+  buckets = [
+    (np.array([2, 0]), np.array([[5, 6], [7, 8]]), np.ones((2, 2))),
+    (np.array([1]), np.array([[9, 9, 9]]), np.ones((1, 3))),
+  ]
+  out = embed_all(lambda ids, mask: ids[:, :1] * 1.0, buckets)
+  np.testing.assert_array_equal(out, [[7.0], [9.0], [5.0]])

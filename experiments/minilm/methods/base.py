@@ -135,6 +135,15 @@ class Context:
       )
     return out
 
+  def act_ranges(self, params: Any = None, where: Any = None) -> dict[str, tuple[float, float]]:
+    """Min-max ranges ``{site.key: (xmin, xmax)}`` of each selected site's input over the real tokens.
+
+    The format of ``quantization.serve``'s ``act_ranges``. Unlike ``quantization.ptq(batches=...)``,
+    which calibrates on whole batches, padding positions are left out (in layer 0 they
+    widen some ranges by half).
+    """
+    return {k: (float(x.min()), float(x.max())) for k, x in self.site_inputs(params, where).items()}
+
   def embed(self, packed: Any, apply: Callable[..., Any] | None = None) -> Callable[[Any, Any], jax.Array]:
     """``embed(input_ids, attention_mask)``: jitted ``apply(packed, ...)`` with ``packed`` as an argument.
 
