@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 import jaxcompress as jc
 from experiments.minilm import load
 from experiments.minilm.__main__ import embed_all, fidelity
-from experiments.minilm.methods import DENSE, MLP, flatten_tokens, get_leaf, replace_leaves
+from experiments.minilm.methods import DENSE, MLP, Context, flatten_tokens, get_leaf, replace_leaves
 from experiments.minilm.model import Config, mean_pool
 
 TINY = Config(vocab_size=11, hidden=8, layers=2, heads=2, mlp=16, max_positions=6)
@@ -216,3 +216,20 @@ def test_embed_all_puts_rows_back_in_sentence_order():
   ]
   out = embed_all(lambda ids, mask: ids[:, :1] * 1.0, buckets)
   np.testing.assert_array_equal(out, [[7.0], [9.0], [5.0]])
+
+
+def test_context_site_inputs_are_the_real_tokens(tmp_path):
+  graphdef, params, apply = load.load(_write(tmp_path, _tensors(TINY)), TINY)
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.int32)
+  ids = np.array([[1, 5, 2, 0], [1, 3, 0, 0]], np.int32)
+  ctx = Context(graphdef, params, apply, ((ids, mask), (ids[::-1], mask[::-1])))  # one shape: one compilation
+  assert [s.path for s in ctx.sites][:2] == ["layers/0/attention/query/kernel", "layers/0/attention/key/kernel"]
+  assert len(ctx.sites) == 12
+  x = ctx.site_inputs()["layers/1/output/kernel"]
+  assert x.shape == (5 + 5, 16)  # 5 real tokens per batch
+  raw = [np.asarray(b["layers/1/output/kernel"]["input"]) for b in ctx.capture()]
+  assert raw[0].shape == (2, 4, 16)
+  np.testing.assert_array_equal(x, np.concatenate([raw[0][mask.astype(bool)], raw[1][mask[::-1].astype(bool)]]))
+  assert not np.array_equal(raw[0][0, 3], raw[0][0, 2])  # the padding row exists and differs from the real ones
+  lo, hi = ctx.act_ranges()["layers/1/output/kernel"]
+  assert (lo, hi) == (float(x.min()), float(x.max()))
