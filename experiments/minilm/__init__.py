@@ -34,6 +34,10 @@ Add one module ``experiments/minilm/methods/<name>.py`` defining
   with ``packed`` passed as an argument (default ``apply``: the float model on
   ``export.materialize_tree(packed)``); ``ctx.compress(compressor)``: init + pack + that.
 
+- ``get_leaf(tree, path)`` / ``replace_leaves(tree, {path: leaf})`` (in ``methods``): read a
+  kernel, and build a new params or packed tree with some leaves replaced (arrays or
+  compressed leaves such as ``export.QArray``), without touching ``ctx.params``.
+
 ``run`` returns :class:`~experiments.minilm.methods.Result` ``(packed, embed, notes='')``:
 ``packed`` is the tree whose bytes are counted (``accounting.report``) and saved
 (``export.save``): normally the whole model with the compressed leaves in place;

@@ -80,6 +80,10 @@ def _names(cfg: Config) -> dict[str, tuple[tuple[str, ...], bool]]:
   return names
 
 
+def _more(names: list[str]) -> str:
+  return f" (and {len(names) - 1} more: {', '.join(names[1:4])}{', ...' * (len(names) > 4)})" if len(names) > 1 else ""
+
+
 def _get(tree, path):
   for k in path:
     tree = tree[k]
@@ -101,8 +105,7 @@ def load(path: str | os.PathLike | None = None, cfg: Config | None = None):
 
   Returns:
     ``(graphdef, params, apply)`` as :func:`experiments.minilm.model.functional` gives them,
-    with ``params`` holding the checkpoint's float32 values (``nnx.merge(graphdef,
-    nnx.State(params))`` rebuilds the module).
+    with ``params`` holding the checkpoint's float32 values.
 
   Raises:
     FileNotFoundError: if ``path`` is ``None`` and the package is not installed, or the file is absent.
@@ -122,18 +125,14 @@ def load(path: str | os.PathLike | None = None, cfg: Config | None = None):
     raise FileNotFoundError(f"no checkpoint at {path}")
   tensors = load_file(str(path))
   abstract = nnx.eval_shape(lambda: MiniLM(cfg, rngs=nnx.Rngs(0)))
-  graphdef, shapes, _ = functional(abstract)
+  graphdef, shapes, apply = functional(abstract)  # apply fills a copy of the abstract state with the params
   names = _names(cfg)
   missing = sorted(set(names) - set(tensors))
   if missing:
-    raise CheckpointError(
-      f"{path}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" * (len(missing) > 1))
-    )
+    raise CheckpointError(f"{path}: missing tensor {missing[0]!r}{_more(missing)}")
   extra = sorted(set(tensors) - set(names) - set(IGNORED))
   if extra:
-    raise CheckpointError(
-      f"{path}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" * (len(extra) > 1))
-    )
+    raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r}{_more(extra)}")
   params = jax.tree.map(lambda x: x, shapes)
   for name, (ours, transpose) in names.items():
     value = tensors[name]
@@ -144,7 +143,6 @@ def load(path: str | os.PathLike | None = None, cfg: Config | None = None):
       need = want[::-1] if transpose else want
       raise CheckpointError(f"{path}: tensor {name!r} has shape {got}, the model needs {need}")
     _set(params, ours, jnp.asarray(value, jnp.float32))
-  _, _, apply = functional(nnx.merge(graphdef, nnx.State(params)))
   return graphdef, params, apply
 
 
@@ -178,6 +176,8 @@ def tokenize(sentences: Sequence[str], *, length: int | None = None, tok=None) -
     ValueError: if ``length`` is shorter than an encoding.
   """
   tok = tok or tokenizer()
+  if not sentences:
+    raise ValueError("no sentences to tokenize")
   encodings = tok.encode_batch(list(sentences))
   longest = max(len(e.ids) for e in encodings)
   length = longest if length is None else length
@@ -189,6 +189,45 @@ def tokenize(sentences: Sequence[str], *, length: int | None = None, tok=None) -
     ids[i, : len(e.ids)] = e.ids
     mask[i, : len(e.ids)] = 1
   return ids, mask
+
+
+def buckets(
+  sentences: Sequence[str], edges: Sequence[int] = (16, 32), *, tok=None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """The sentences tokenized in batches of similar length, to spend little compute on padding.
+
+  A sentence of ``n`` tokens goes to the first bucket with ``n <= edge``, padded to that
+  edge; longer ones go to a last bucket padded to their longest. Empty buckets are dropped.
+  Each distinct shape costs one compilation of a jitted model, so keep ``edges`` few.
+
+  Args:
+    sentences: the texts.
+    edges: increasing padded lengths.
+    tok: a tokenizer (default: :func:`tokenizer`).
+
+  Returns:
+    ``[(index, input_ids, attention_mask), ...]``: ``index: int[n_b]`` the positions in
+    ``sentences`` of the bucket's rows, ``input_ids`` and ``attention_mask`` ``int32[n_b, length_b]``.
+
+  Raises:
+    ValueError: if ``edges`` is not increasing positive integers.
+  """
+  edges = [int(e) for e in edges]
+  if any(e <= 0 for e in edges) or sorted(set(edges)) != edges:
+    raise ValueError(f"edges must be increasing positive integers, got {edges}")
+  ids, mask = tokenize(sentences, tok=tok)
+  if ids.shape[1] < edges[-1]:  # every bucket padded to its edge, even above the longest sentence
+    pad = ((0, 0), (0, edges[-1] - ids.shape[1]))
+    ids, mask = np.pad(ids, pad), np.pad(mask, pad)
+  lengths = mask.sum(axis=1)
+  bucket = np.searchsorted(np.asarray(edges), lengths, side="left")  # first edge >= length
+  out = []
+  for b in range(len(edges) + 1):
+    index = np.flatnonzero(bucket == b)
+    if index.size:
+      length = edges[b] if b < len(edges) else int(lengths[index].max())
+      out.append((index, ids[index, :length], mask[index, :length]))
+  return out
 
 
 def reference() -> tuple[list[str], np.ndarray]:

@@ -138,9 +138,9 @@ def functional(model: MiniLM) -> tuple[Any, dict, Callable[..., jax.Array]]:
 
   def apply(params: Any, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     if isinstance(params, nnx.State):
-      params = params.to_pure_dict()
+      params = nnx.to_pure_dict(params)
     fresh = jax.tree.map(lambda v: v, template)
     nnx.replace_by_pure_dict(fresh, params)
     return nnx.merge(graphdef, fresh)(input_ids, attention_mask)
 
-  return graphdef, state.to_pure_dict(), apply
+  return graphdef, nnx.to_pure_dict(state), apply

@@ -19,9 +19,23 @@ from experiments.minilm.methods.base import (
   Result,
   Unavailable,
   flatten_tokens,
+  get_leaf,
+  replace_leaves,
 )
 
-__all__ = ["ATTENTION", "DENSE", "MLP", "Context", "Method", "Result", "Unavailable", "discover", "flatten_tokens"]
+__all__ = [
+  "ATTENTION",
+  "DENSE",
+  "MLP",
+  "Context",
+  "Method",
+  "Result",
+  "Unavailable",
+  "discover",
+  "flatten_tokens",
+  "get_leaf",
+  "replace_leaves",
+]
 
 
 def discover() -> dict[str, Method]:

@@ -43,6 +43,48 @@ def flatten_tokens(x: Any, attention_mask: Any) -> np.ndarray:
   return x[m].reshape(-1, x.shape[-1])
 
 
+def _child_key(node: Any, k: str, path: str) -> Any:
+  if isinstance(node, dict):
+    if k in node:
+      return k
+    if k.isdigit() and int(k) in node:  # NNX lists flatten to dicts with int keys
+      return int(k)
+  elif isinstance(node, list) and k.isdigit() and int(k) < len(node):
+    return int(k)
+  raise KeyError(f"no leaf at {path!r}: {k!r} is not in the tree there")
+
+
+def get_leaf(tree: Any, path: str) -> Any:
+  """The leaf of the nested dict ``tree`` at ``path`` (``'layers/0/output/kernel'``).
+
+  Raises:
+    KeyError: naming the path, if it is not in ``tree``.
+  """
+  node = tree
+  for k in path.split("/"):
+    node = node[_child_key(node, k, path)]
+  return node
+
+
+def replace_leaves(tree: Any, updates: dict[str, Any]) -> Any:
+  """A copy of the nested dict ``tree`` with the leaves at ``updates``' paths (``'layers/0/output/kernel'``) replaced.
+
+  Leaves may be arrays or compressed leaves (build a packed tree from per-kernel results);
+  ``tree`` itself is not changed.
+
+  Raises:
+    KeyError: naming the path, if one is not in ``tree``.
+  """
+  out = jax.tree.map(lambda x: x, tree, is_leaf=jc.core.tree.is_packed_leaf)  # new containers, same leaves
+  for path, value in updates.items():
+    *parents, last = path.split("/")
+    node = out
+    for k in parents:
+      node = node[_child_key(node, k, path)]
+    node[_child_key(node, last, path)] = value
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
   """Everything a method gets.
@@ -92,6 +134,15 @@ class Context:
         [flatten_tokens(b[key]["input"], mask) for b, (_, mask) in zip(per_batch, self.calibration)]
       )
     return out
+
+  def act_ranges(self, params: Any = None, where: Any = None) -> dict[str, tuple[float, float]]:
+    """Min-max ranges ``{site.key: (xmin, xmax)}`` of each selected site's input over the real tokens.
+
+    The format of ``quantization.serve``'s ``act_ranges``. Unlike ``quantization.ptq(batches=...)``,
+    which calibrates on whole batches, padding positions are left out (in layer 0 they
+    widen some ranges by half).
+    """
+    return {k: (float(x.min()), float(x.max())) for k, x in self.site_inputs(params, where).items()}
 
   def embed(self, packed: Any, apply: Callable[..., Any] | None = None) -> Callable[[Any, Any], jax.Array]:
     """``embed(input_ids, attention_mask)``: jitted ``apply(packed, ...)`` with ``packed`` as an argument.

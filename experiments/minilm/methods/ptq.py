@@ -1,30 +1,39 @@
-"""Post-training quantization with what ``jaxcompress.quantization`` has, no calibration of weights.
+"""Post-training quantization with what ``jaxcompress.quantization`` has; round to nearest, no weight calibration.
 
-- ``w8a8``: int8 symmetric per-channel weights, int8 asymmetric per-tensor activations at
-  min-max ranges calibrated on the calibration batches (``quantization.ptq(act_bits=8)``),
-  evaluated as fake-quant (dequantized weights, fake-quantized activations).
-- ``w8a8_served``: the same packed model through ``quantization.serve``'s int8 × int8 → int32
-  matmuls (Jacob et al. 2018, https://arxiv.org/abs/1712.05877).
-- ``int8``: weight-only int8 per channel (round to nearest).
+- ``w8a8``: int8 symmetric per-channel weights (``quantization.ptq``), int8 asymmetric
+  per-tensor activations at min-max ranges over the calibration sentences' real tokens
+  (``Context.act_ranges``, with the quantized weights in place), evaluated as fake-quant
+  (dequantized weights, ``activation_rule`` at every Dense input).
+- ``w8a8_served``: the same packed model and ranges through ``quantization.serve``'s
+  int8 × int8 → int32 matmuls (Jacob et al. 2018, https://arxiv.org/abs/1712.05877).
+- ``w8a8_ptq``: ``quantization.ptq(act_bits=8, batches=...)`` as the library does it alone:
+  its calibration sees the padding positions too.
+- ``int8``: weight-only int8 per channel.
 - ``int4_g128`` / ``int4_g64``: weight-only int4, symmetric, one scale per group of 128 / 64
-  input rows of each output column (round to nearest: the baseline GPTQ and AWQ improve on).
+  input rows of each output column: the round-to-nearest baseline of GPTQ and AWQ.
 """
 
 import functools
 
+import jax
+
 from experiments.minilm.methods.base import Context, Method, Result
-from jaxcompress import quantization
-
-
-def _batches(ctx: Context):
-  return [(ids, mask) for ids, mask in ctx.calibration]
+from jaxcompress import export, graph, quantization
 
 
 def w8a8(ctx: Context, served: bool) -> Result:
-  q = quantization.ptq(ctx.apply, ctx.params, weight_bits=8, act_bits=8, batches=_batches(ctx), where=ctx.where)
+  packed = quantization.ptq(ctx.apply, ctx.params, weight_bits=8, where=ctx.where).packed
+  ranges = ctx.act_ranges(jax.jit(export.materialize_tree)(packed))
   if served:
-    fn = quantization.serve(ctx.apply, q.packed, act_ranges=q.act_ranges)
-    return Result(q.packed, fn)
+    return Result(packed, quantization.serve(ctx.apply, packed, act_ranges=ranges))
+  rule = quantization.activation_rule(quantization.QuantSpec(8, symmetric=False), ranges)
+  fake = graph.rewrite(ctx.apply, rule, where=ctx.where)
+  return Result(packed, ctx.embed(packed, lambda p, ids, mask: fake(export.materialize_tree(p), ids, mask)))
+
+
+def w8a8_ptq(ctx: Context) -> Result:
+  batches = list(ctx.calibration)
+  q = quantization.ptq(ctx.apply, ctx.params, weight_bits=8, act_bits=8, batches=batches, where=ctx.where)
   return Result(q.packed, ctx.embed(q.packed, q.apply))
 
 
@@ -36,9 +45,10 @@ def weight_only(ctx: Context, bits: int, group_size: int | None) -> Result:
 
 
 METHODS = (
-  Method("w8a8", functools.partial(w8a8, served=False), order=10, description="PTQ W8A8 (fake-quant)", quick=True),
-  Method("w8a8_served", functools.partial(w8a8, served=True), order=11, description="PTQ W8A8, int8 matmuls"),
-  Method("int8", functools.partial(weight_only, bits=8, group_size=None), order=12, description="int8 weight-only"),
+  Method("w8a8", functools.partial(w8a8, served=False), order=10, description="W8A8, real-token ranges", quick=True),
+  Method("w8a8_served", functools.partial(w8a8, served=True), order=11, description="W8A8 served, int8 matmuls"),
+  Method("w8a8_ptq", w8a8_ptq, order=12, description="quantization.ptq W8A8 (padding calibrated)"),
+  Method("int8", functools.partial(weight_only, bits=8, group_size=None), order=13, description="int8 weight-only"),
   Method("int4_g128", functools.partial(weight_only, bits=4, group_size=128), order=20, description="int4 g128 RTN"),
   Method(
     "int4_g64", functools.partial(weight_only, bits=4, group_size=64), order=21, description="int4 g64 RTN", quick=True
