@@ -86,7 +86,9 @@ def dense_sites(
         f"where={where!r} selects leaves that feed no plain Dense site (x @ kernel outside loops): {missing[:10]}"
       )
   if not out:
-    raise ValueError(f"no plain Dense site (x @ kernel) found among the selected leaves; the leaves are {list(leaves)[:20]}")
+    raise ValueError(
+      f"no plain Dense site (x @ kernel) found among the selected leaves; the leaves are {list(leaves)[:20]}"
+    )
   return out
 
 
@@ -287,7 +289,9 @@ def damped_inverse_cholesky(
           stacklevel=3,
         )
       return u, dead, lam
-  raise ValueError(f"{name}: the damped Hessian could not be factorized even with damp={damp * 10.0 ** (attempts - 1):g}")
+  raise ValueError(
+    f"{name}: the damped Hessian could not be factorized even with damp={damp * 10.0 ** (attempts - 1):g}"
+  )
 
 
 @jax.jit
@@ -303,6 +307,30 @@ def _inverse_cholesky(h: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Arra
   hinv = 0.5 * (hinv + hinv.T)
   u = jnp.linalg.cholesky(hinv).T  # lower factor of H⁻¹, transposed: H⁻¹ = Uᵀ U
   return u, dead
+
+
+class LayerReport(NamedTuple):
+  """What a one-shot method did to one kernel.
+
+  Attributes:
+    damp: the relative damping ``λ`` that factorized the Hessian (above the requested
+      one when the factorization failed and it was raised).
+    tokens: calibration rows the Hessian averages.
+    error: ``mean_x ‖x (W - Ŵ)‖²`` over the calibration rows, ``tr(ΔWᵀ H ΔW) / 2``.
+    dead: inputs that were always zero (their weights are set to 0).
+  """
+
+  damp: float
+  tokens: int
+  error: float
+  dead: int
+
+
+def output_error(kernel: Any, compressed: Any, hessian: Any) -> float:
+  """``tr(ΔWᵀ H ΔW) / 2`` for ``ΔW = kernel - compressed`` (``(in, out)``) and ``H = 2XᵀX/n``:
+  the mean over calibration rows of ``‖x ΔW‖²``."""
+  d = np.asarray(kernel, np.float64) - np.asarray(compressed, np.float64)
+  return float(np.einsum("io,ij,jo->", d, np.asarray(hessian, np.float64), d) / 2)
 
 
 class LayerResult(NamedTuple):

@@ -12,6 +12,7 @@ from jaxcompress.quantization._binary import (
   xnor_net,
 )
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
+from jaxcompress.quantization._gptq import GPTQResult, gptq, gptq_layer
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
 from jaxcompress.quantization._pact import pact, pact_activations
@@ -25,6 +26,7 @@ from jaxcompress.quantization.granularity import Granularity, per_channel, per_g
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
 __all__ = [
+  "GPTQResult",
   "Granularity",
   "QuantSpec",
   "QuantizedModel",
@@ -37,6 +39,8 @@ __all__ = [
   "calibration",
   "cast_float8",
   "fake_quant",
+  "gptq",
+  "gptq_layer",
   "gradient_compression",
   "granularity",
   "kmeans",

@@ -13,28 +13,18 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree
-from jaxcompress.graph._hessian import InputHessian, LayerResult, damped_inverse_cholesky, layerwise
+from jaxcompress.graph._hessian import (
+  InputHessian,
+  LayerReport,
+  LayerResult,
+  damped_inverse_cholesky,
+  layerwise,
+  output_error,
+)
 from jaxcompress.quantization import uniform
 from jaxcompress.quantization._spec import QuantSpec
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-class LayerReport(NamedTuple):
-  """What a one-shot method did to one kernel.
-
-  Attributes:
-    damp: the relative damping ``λ`` that factorized the Hessian (above the requested
-      one when the factorization failed and it was raised).
-    tokens: calibration rows the Hessian averages.
-    error: ``mean_x ‖x (W - Ŵ)‖²`` over the calibration rows, ``tr(ΔWᵀ H ΔW) / 2``.
-    dead: inputs that were always zero (their weights are set to 0).
-  """
-
-  damp: float
-  tokens: int
-  error: float
-  dead: int
 
 
 class GPTQResult(NamedTuple):
@@ -65,13 +55,6 @@ def _check_options(bits, group_size, block_size, damp, act_order, symmetric) -> 
   for name, v in (("act_order", act_order), ("symmetric", symmetric)):
     if not isinstance(v, bool):
       raise ValueError(f"{name} must be a bool, got {v!r}")
-
-
-def output_error(kernel: Any, compressed: Any, hessian: Any) -> float:
-  """``tr(ΔWᵀ H ΔW) / 2`` for ``ΔW = kernel - compressed`` (``(in, out)``) and ``H = 2XᵀX/n``:
-  the mean over calibration rows of ``‖x ΔW‖²``."""
-  d = np.asarray(kernel, np.float64) - np.asarray(compressed, np.float64)
-  return float(np.einsum("io,ij,jo->", d, np.asarray(hessian, np.float64), d) / 2)
 
 
 def _row_params(spec: QuantSpec, w: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -198,9 +181,13 @@ def gptq_layer(
   n_in, n_out = kernel_in.shape
   h = np.asarray(hessian, np.float32)
   if h.shape != (n_in, n_in):
-    raise ValueError(f"{name}: the Hessian has shape {h.shape}, expected ({n_in}, {n_in}) for a kernel {kernel_in.shape}")
+    raise ValueError(
+      f"{name}: the Hessian has shape {h.shape}, expected ({n_in}, {n_in}) for a kernel {kernel_in.shape}"
+    )
   if group_size is not None and n_in % group_size:
-    raise ValueError(f"{name}: group_size={group_size} does not divide the input dimension {n_in} of kernel {(n_in, n_out)}")
+    raise ValueError(
+      f"{name}: group_size={group_size} does not divide the input dimension {n_in} of kernel {(n_in, n_out)}"
+    )
   if not (np.all(np.isfinite(h)) and bool(jnp.all(jnp.isfinite(kernel_in)))):
     raise ValueError(f"{name}: the kernel or its Hessian is not finite")
   spec = QuantSpec(bits, symmetric=symmetric)
