@@ -128,10 +128,15 @@ def _masks_for(batches: list[Any], token_mask: Any) -> list[Any]:
   if token_mask is None:
     return [None] * len(batches)
   if callable(token_mask):
-    return [jnp.asarray(token_mask(b)) for b in batches]
-  masks = [jnp.asarray(m) for m in token_mask]
+    masks = [jnp.asarray(token_mask(b)) for b in batches]
+  else:
+    masks = [jnp.asarray(m) for m in token_mask]
   if len(masks) != len(batches):
     raise ValueError(f"token_mask has {len(masks)} masks for {len(batches)} batches")
+  if not any(bool(jnp.any(m)) for m in masks):
+    raise ValueError(
+      "calibration has no valid token: token_mask masks out every token of every batch (a calibration set of padding only)"
+    )
   return masks
 
 
@@ -307,6 +312,18 @@ def _inverse_cholesky(h: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Arra
   hinv = 0.5 * (hinv + hinv.T)
   u = jnp.linalg.cholesky(hinv).T  # lower factor of H⁻¹, transposed: H⁻¹ = Uᵀ U
   return u, dead
+
+
+def for_each_block(cols: int, block_size: int, step: Callable[[Any, int, Any], Any], carry: Any) -> Any:
+  """Runs ``carry = step(i1, size, carry)`` over the blocks ``[i1, i1 + size)`` of
+  ``range(cols)``: the full blocks under one ``fori_loop`` (``i1`` traced, so the compiled
+  size does not grow with their number), then the shorter last block, if any."""
+  full, tail = divmod(cols, block_size)
+  if full:
+    carry = jax.lax.fori_loop(0, full, lambda b, c: step(b * block_size, block_size, c), carry)
+  if tail:
+    carry = step(full * block_size, tail, carry)
+  return carry
 
 
 class LayerReport(NamedTuple):

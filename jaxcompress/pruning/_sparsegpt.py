@@ -17,6 +17,7 @@ from jaxcompress.graph._hessian import (
   LayerReport,
   LayerResult,
   damped_inverse_cholesky,
+  for_each_block,
   layerwise,
   output_error,
 )
@@ -58,22 +59,22 @@ def _sparsegpt_rows(w, u, *, block_size, sparsity, n_m):
   """SparseGPT (Algorithm 1) on ``w`` ``(rows, cols)``: the pruned, updated weights and
   the pruned positions."""
   rows, cols = w.shape
-  outs, pruned_blocks = [], []
-  for i1 in range(0, cols, block_size):
-    i2 = min(i1 + block_size, cols)
-    count = i2 - i1
-    hinv = u[i1:i2, i1:i2]
-    d = jnp.diagonal(hinv)
-    if n_m is None:  # adaptive mask selection: the block's lowest w² / [H⁻¹]_jj² go
-      score = (w[:, i1:i2] / d[None, :]) ** 2
-      k = round(sparsity * rows * count)
-      order = jnp.argsort(-score.reshape(-1), stable=True)  # ties: the earlier weight is kept
-      pruned = jnp.ones(rows * count, bool).at[order[: rows * count - k]].set(False).reshape(rows, count)
-    else:
-      pruned = jnp.zeros((rows, count), bool)
 
-    def column(i, carry, hinv=hinv, d=d):
-      w1, pruned, out, err1 = carry
+  def block(i1, size, carry):
+    w, out, pruned_all = carry
+    hinv = jax.lax.dynamic_slice(u, (i1, i1), (size, size))
+    d = jnp.diagonal(hinv)
+    w1 = jax.lax.dynamic_slice_in_dim(w, i1, size, axis=1)
+    if n_m is None:  # adaptive mask selection: the block's lowest w² / [H⁻¹]_jj² go
+      score = (w1 / d[None, :]) ** 2
+      k = round(sparsity * rows * size)
+      order = jnp.argsort(-score.reshape(-1), stable=True)  # ties: the earlier weight is kept
+      pruned = jnp.ones(rows * size, bool).at[order[: rows * size - k]].set(False).reshape(rows, size)
+    else:
+      pruned = jnp.zeros((rows, size), bool)
+
+    def column(i, carry):
+      w1, pruned, block_out, err1 = carry
       if n_m is not None:  # every m-th column: the m - n lowest scores of the next m go
         n, m = n_m
         window = (jax.lax.dynamic_slice_in_dim(w1, i, m, axis=1) / jax.lax.dynamic_slice_in_dim(d, i, m)[None]) ** 2
@@ -85,14 +86,17 @@ def _sparsegpt_rows(w, u, *, block_size, sparsity, n_m):
       q = jnp.where(pruned[:, i], 0.0, col)
       err = (col - q) / hinv[i, i]
       w1 = w1 - err[:, None] * hinv[i][None, :]  # OBS update of the later columns (U upper triangular)
-      return w1, pruned, out.at[:, i].set(q), err1.at[:, i].set(err)
+      return w1, pruned, block_out.at[:, i].set(q), err1.at[:, i].set(err)
 
-    zeros = jnp.zeros((rows, count), w.dtype)
-    _, pruned, out, err1 = jax.lax.fori_loop(0, count, column, (w[:, i1:i2], pruned, zeros, zeros))
-    w = w.at[:, i2:].add(-jnp.matmul(err1, u[i1:i2, i2:], precision=jax.lax.Precision.HIGHEST))
-    outs.append(out)
-    pruned_blocks.append(pruned)
-  return jnp.concatenate(outs, axis=1), jnp.concatenate(pruned_blocks, axis=1)
+    zeros = jnp.zeros((rows, size), w.dtype)
+    _, pruned, block_out, err1 = jax.lax.fori_loop(0, size, column, (w1, pruned, zeros, zeros))
+    w = w - jnp.matmul(err1, jax.lax.dynamic_slice_in_dim(u, i1, size, axis=0), precision=jax.lax.Precision.HIGHEST)
+    out = jax.lax.dynamic_update_slice_in_dim(out, block_out, i1, axis=1)
+    return w, out, jax.lax.dynamic_update_slice_in_dim(pruned_all, pruned, i1, axis=1)
+
+  carry = (w, jnp.zeros_like(w), jnp.zeros(w.shape, bool))
+  _, out, pruned = for_each_block(cols, block_size, block, carry)
+  return out, pruned
 
 
 def sparsegpt_layer(

@@ -18,6 +18,7 @@ from jaxcompress.graph._hessian import (
   LayerReport,
   LayerResult,
   damped_inverse_cholesky,
+  for_each_block,
   layerwise,
   output_error,
 )
@@ -57,21 +58,25 @@ def _check_options(bits, group_size, block_size, damp, act_order, symmetric) -> 
       raise ValueError(f"{name} must be a bool, got {v!r}")
 
 
-def _row_params(spec: QuantSpec, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-row ``(scale, zero_point)`` of ``w`` ``(rows, k)`` from its own range (widened to 0)."""
-  scale, zero = spec.params_from_range(jnp.min(w, axis=1), jnp.max(w, axis=1))
-  return scale, jnp.zeros_like(scale, jnp.int32) if zero is None else zero
+def _row_params(symmetric: bool, qrange: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-row ``(scale, zero_point)`` of ``w`` ``(rows, k)`` from its own range (widened to 0),
+  as :meth:`QuantSpec.params_from_range` computes them; ``qrange = (qmin, qmax)`` may be
+  traced, so one compiled program serves every bit-width."""
+  lo, hi = jnp.min(w, axis=1), jnp.max(w, axis=1)
+  if symmetric:
+    scale = uniform.symmetric_params(jnp.maximum(jnp.abs(lo), jnp.abs(hi)), qrange[1])
+    return scale, jnp.zeros(scale.shape, jnp.int32)
+  return uniform.affine_params(lo, hi, qrange[0], qrange[1])
 
 
-def _quantize(spec: QuantSpec, w: jax.Array, scale: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _quantize(qrange: jax.Array, w: jax.Array, scale: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Codes and dequantized values of ``w`` on the grid ``(scale, zero)``."""
-  qmin, qmax = spec.qrange
-  q = jnp.clip(jnp.round(w * (1.0 / scale)) + zero, qmin, qmax)
+  q = jnp.clip(jnp.round(w * (1.0 / scale)) + zero, qrange[0], qrange[1])
   return q.astype(jnp.int32), (q - zero) * scale
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "group_size", "block_size", "static_groups"))
-def _gptq_rows(w, u, scales, zeros, group_of, *, spec, group_size, block_size, static_groups):
+@functools.partial(jax.jit, static_argnames=("symmetric", "group_size", "block_size", "static_groups"))
+def _gptq_rows(w, u, scales, zeros, group_of, qrange, *, symmetric, group_size, block_size, static_groups):
   """Algorithm 1 of GPTQ on ``w`` ``(rows, cols)`` (columns already in processing order).
 
   ``u`` is the upper Cholesky factor of the damped ``H⁻¹`` in the same order. With
@@ -80,36 +85,41 @@ def _gptq_rows(w, u, scales, zeros, group_of, *, spec, group_size, block_size, s
   ``scales[group_of[j]]`` given. Returns the codes ``(rows, cols)`` and the grids used.
   """
   rows, cols = w.shape
-  blocks = []
   dynamic = group_size is not None and not static_groups
-  for i1 in range(0, cols, block_size):
-    i2 = min(i1 + block_size, cols)
-    hinv = u[i1:i2, i1:i2]
 
-    def column(i, carry, i1=i1, hinv=hinv):
-      w1, codes, err1, scales, zeros = carry
+  def block(i1, size, carry):
+    w, codes, scales, zeros = carry
+    hinv = jax.lax.dynamic_slice(u, (i1, i1), (size, size))
+
+    def column(i, carry):
+      w1, block_codes, err1, scales, zeros = carry
       j = i1 + i
       if dynamic:
         g = j // group_size
         window = jax.lax.dynamic_slice_in_dim(w1, i, group_size, axis=1)
-        s_new, z_new = _row_params(spec, window)
+        s_new, z_new = _row_params(symmetric, qrange, window)
         first = j % group_size == 0
         scales = scales.at[g].set(jnp.where(first, s_new, scales[g]))
         zeros = zeros.at[g].set(jnp.where(first, z_new, zeros[g]))
       else:
         g = group_of[j]
       col = w1[:, i]
-      q, dq = _quantize(spec, col, scales[g], zeros[g])
+      q, dq = _quantize(qrange, col, scales[g], zeros[g])
       err = (col - dq) / hinv[i, i]
       w1 = w1 - err[:, None] * hinv[i][None, :]  # hinv is upper triangular: columns < i untouched
-      return w1, codes.at[:, i].set(q), err1.at[:, i].set(err), scales, zeros
+      return w1, block_codes.at[:, i].set(q), err1.at[:, i].set(err), scales, zeros
 
-    start = (w[:, i1:i2], jnp.zeros((rows, i2 - i1), jnp.int32), jnp.zeros((rows, i2 - i1), w.dtype), scales, zeros)
-    _, block_codes, err1, scales, zeros = jax.lax.fori_loop(0, i2 - i1, column, start)
-    w = w.at[:, i1:i2].set(0.0)  # done: only the codes matter from here
-    w = w.at[:, i2:].add(-jnp.matmul(err1, u[i1:i2, i2:], precision=_HI))  # the lazy batch update
-    blocks.append(block_codes)
-  return jnp.concatenate(blocks, axis=1), scales, zeros
+    w1 = jax.lax.dynamic_slice_in_dim(w, i1, size, axis=1)
+    start = (w1, jnp.zeros((rows, size), jnp.int32), jnp.zeros((rows, size), w.dtype), scales, zeros)
+    _, block_codes, err1, scales, zeros = jax.lax.fori_loop(0, size, column, start)
+    # The lazy batch update of the later columns (U is upper triangular, so the rows of U
+    # in this block are zero before it; the block's own columns are done and not read again).
+    w = w - jnp.matmul(err1, jax.lax.dynamic_slice_in_dim(u, i1, size, axis=0), precision=_HI)
+    return w, jax.lax.dynamic_update_slice_in_dim(codes, block_codes, i1, axis=1), scales, zeros
+
+  carry = (w, jnp.zeros((rows, cols), jnp.int32), scales, zeros)
+  _, codes, scales, zeros = for_each_block(cols, block_size, block, carry)
+  return codes, scales, zeros
 
 
 def gptq_layer(
@@ -190,7 +200,7 @@ def gptq_layer(
     )
   if not (np.all(np.isfinite(h)) and bool(jnp.all(jnp.isfinite(kernel_in)))):
     raise ValueError(f"{name}: the kernel or its Hessian is not finite")
-  spec = QuantSpec(bits, symmetric=symmetric)
+  qrange = jnp.asarray(QuantSpec(bits, symmetric=symmetric).qrange, jnp.int32)
   dead = np.diagonal(h) == 0
   h = h.copy()
   h[dead, dead] = 1.0
@@ -199,11 +209,11 @@ def gptq_layer(
   u, _, lam = damped_inverse_cholesky(jnp.asarray(h[np.ix_(perm, perm)]), damp, name=name)
   gs = group_size
   if gs is None:  # one grid per output feature, from the original weights
-    s, z = _row_params(spec, w)
+    s, z = _row_params(symmetric, qrange, w)
     scales, zeros, group_of, static = s[None], z[None], jnp.zeros((n_in,), jnp.int32), True
   elif act_order:  # static groups over the original feature order
     blocks = w.reshape(n_out, n_in // gs, gs).transpose(1, 0, 2)
-    scales, zeros = jax.vmap(lambda b: _row_params(spec, b))(blocks)
+    scales, zeros = jax.vmap(lambda b: _row_params(symmetric, qrange, b))(blocks)
     group_of, static = jnp.asarray(perm // gs, jnp.int32), True
   else:
     scales = jnp.ones((n_in // gs, n_out), jnp.float32)
@@ -211,7 +221,16 @@ def gptq_layer(
     group_of, static = jnp.zeros((n_in,), jnp.int32), False
   block = block_size if gs is None or static or block_size % gs == 0 else -(-block_size // gs) * gs
   codes, scales, zeros = _gptq_rows(
-    w[:, perm], u, scales, zeros, group_of, spec=spec, group_size=gs, block_size=block, static_groups=static
+    w[:, perm],
+    u,
+    scales,
+    zeros,
+    group_of,
+    qrange,
+    symmetric=symmetric,
+    group_size=gs,
+    block_size=block,
+    static_groups=static,
   )
   codes = np.asarray(codes)[:, np.argsort(perm)].T  # (in, out), the permutation undone
   shape = (1, n_out) if gs is None else (n_in // gs, 1, n_out)
