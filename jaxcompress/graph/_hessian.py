@@ -195,7 +195,8 @@ def _accumulate_group(
   return group, sums
 
 
-def _finish(path: str, total: Any, tokens: float, site: Site) -> InputHessian:
+def _finish(path: str, sums: list[Any], site: Site) -> InputHessian:
+  total, tokens = sums
   if tokens == 0:
     raise ValueError(
       f"calibration gave site {path!r} no valid token: every token of every batch is masked out by token_mask "
@@ -254,7 +255,7 @@ def input_hessians(
   sites = dense_sites(apply_fn, params, batches[0], where)
   masks = _masks_for(batches, token_mask)
   sums = _accumulate(_inputs_fn(apply_fn, sites), params, batches, masks, sites, list(sites))
-  return {path: _finish(path, *sums[path], sites[path][0]) for path in sites}
+  return {path: _finish(path, sums[path], sites[path][0]) for path in sites}
 
 
 def damped_inverse_cholesky(
@@ -415,12 +416,12 @@ def layerwise(
   if not sequential:
     sums = _accumulate(inputs_fn, params, batches, masks, sites, list(sites))
     for path in sites:
-      results[path] = solve(path, jnp.asarray(leaves[path]), _finish(path, *sums[path], sites[path][0]))
+      results[path] = solve(path, jnp.asarray(leaves[path]), _finish(path, sums[path], sites[path][0]))
   current, remaining = params, list(sites)  # execution order of each leaf's first site
   while sequential and remaining:
     group, sums = _accumulate_group(inputs_fn, current, batches, masks, sites, remaining)
     for path in group:
-      results[path] = solve(path, jnp.asarray(leaves[path]), _finish(path, *sums[path], sites[path][0]))
+      results[path] = solve(path, jnp.asarray(leaves[path]), _finish(path, sums[path], sites[path][0]))
     remaining = [p for p in remaining if p not in group]
     current = _replace(current, {p: results[p].dense for p in group})
   packed = _replace(params, {p: r.leaf for p, r in results.items()})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -58,11 +58,12 @@ def _check_options(bits, group_size, block_size, damp, act_order, symmetric) -> 
       raise ValueError(f"{name} must be a bool, got {v!r}")
 
 
-def _row_params(symmetric: bool, qrange: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _row_params(symmetric: bool, qrange: Any, w: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per-row ``(scale, zero_point)`` of ``w`` ``(rows, k)`` from its own range (widened to 0),
   as :meth:`QuantSpec.params_from_range` computes them; ``qrange = (qmin, qmax)`` may be
   traced, so one compiled program serves every bit-width."""
   lo, hi = jnp.min(w, axis=1), jnp.max(w, axis=1)
+  qrange = cast(Any, qrange)  # traced ints where uniform's signatures say int: the arithmetic is the same
   if symmetric:
     scale = uniform.symmetric_params(jnp.maximum(jnp.abs(lo), jnp.abs(hi)), qrange[1])
     return scale, jnp.zeros(scale.shape, jnp.int32)

@@ -1,6 +1,5 @@
 """GPTQ against a NumPy transcription of the paper's update rule, and its claims."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
