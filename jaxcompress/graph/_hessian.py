@@ -133,7 +133,7 @@ def _masks_for(batches: list[Any], token_mask: Any) -> list[Any]:
     masks = [jnp.asarray(m) for m in token_mask]
   if len(masks) != len(batches):
     raise ValueError(f"token_mask has {len(masks)} masks for {len(batches)} batches")
-  if not any(bool(jnp.any(m)) for m in masks):
+  if not any(np.any(np.asarray(m)) for m in masks):
     raise ValueError(
       "calibration has no valid token: token_mask masks out every token of every batch (a calibration set of padding only)"
     )
@@ -188,7 +188,7 @@ def _accumulate_group(
     group = [head] + [
       p
       for p in group[1:]
-      if captured[sites[p][0].key].shape == x0.shape and bool(jnp.array_equal(captured[sites[p][0].key], x0))
+      if captured[sites[p][0].key].shape == x0.shape and np.array_equal(captured[sites[p][0].key], x0)
     ]
     for path in group:
       _add(sums, path, [captured[s.key] for s in sites[path]], mask, sites[path])
@@ -286,8 +286,8 @@ def damped_inverse_cholesky(
   h = jnp.asarray(hessian, jnp.float32)
   for attempt in range(attempts):
     lam = damp * 10.0**attempt
-    u, dead = _inverse_cholesky(h, jnp.float32(lam))
-    if bool(jnp.all(jnp.isfinite(u))):
+    u, dead, ok = _inverse_cholesky(h, jnp.float32(lam))
+    if bool(ok):
       if attempt:
         warnings.warn(
           f"{name}: the Cholesky factorization of the damped Hessian failed at damp={damp}; "
@@ -301,7 +301,7 @@ def damped_inverse_cholesky(
 
 
 @jax.jit
-def _inverse_cholesky(h: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _inverse_cholesky(h: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   d = jnp.diagonal(h)
   dead = d == 0
   h = h + jnp.diag(jnp.where(dead, 1.0, 0.0))
@@ -313,7 +313,7 @@ def _inverse_cholesky(h: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Arra
   chol = jnp.linalg.cholesky(h[::-1, ::-1])
   eye = jnp.eye(h.shape[0], dtype=h.dtype)
   u = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)[::-1, ::-1]
-  return u, dead
+  return u, dead, jnp.all(jnp.isfinite(u))
 
 
 def for_each_block(cols: int, block_size: int, step: Callable[[Any, int, Any], Any], carry: Any) -> Any:

@@ -99,6 +99,15 @@ def _sparsegpt_rows(w, u, *, block_size, sparsity, n_m):
   return out, pruned
 
 
+@functools.partial(jax.jit, static_argnames=("block_size", "sparsity", "n_m"))
+def _sparsegpt_kernel(kernel, u, dead, *, block_size, sparsity, n_m):
+  """One kernel under one ``jit``: the pruned kernel (its dtype) and the keep-mask, ``(in, out)``."""
+  w = jnp.where(dead[:, None], 0.0, kernel.astype(jnp.float32)).T
+  out, pruned = _sparsegpt_rows(w, u, block_size=block_size, sparsity=sparsity, n_m=n_m)
+  mask = ~pruned.T
+  return jnp.where(mask, out.T, 0.0).astype(kernel.dtype), mask
+
+
 def sparsegpt_layer(
   kernel: Any,
   hessian: Any,
@@ -151,7 +160,7 @@ def sparsegpt_layer(
     in One-Shot", https://arxiv.org/abs/2301.00774.
   """
   sparsity, nm = _check_options(sparsity, n_m, block_size, damp)
-  k = jnp.asarray(kernel)
+  k = kernel if isinstance(kernel, jax.Array) else np.asarray(kernel)
   if k.ndim != 2:
     raise ValueError(f"{name}: SparseGPT prunes 2-D (in, out) kernels, got shape {tuple(k.shape)}")
   n_in, n_out = k.shape
@@ -162,15 +171,12 @@ def sparsegpt_layer(
     raise ValueError(
       f"{name}: n_m={n_m} needs the input dimension {n_in} of kernel {(n_in, n_out)} divisible by {nm[1]}"
     )
-  if not (np.all(np.isfinite(h)) and bool(jnp.all(jnp.isfinite(k)))):
+  if not (np.all(np.isfinite(h)) and np.all(np.isfinite(np.asarray(k, np.float32)))):
     raise ValueError(f"{name}: the kernel or its Hessian is not finite")
   dead = np.diagonal(h) == 0
-  u, _, lam = damped_inverse_cholesky(jnp.asarray(h), damp, name=name)
-  w = jnp.where(jnp.asarray(dead)[:, None], 0.0, k.astype(jnp.float32)).T
+  u, _, lam = damped_inverse_cholesky(h, damp, name=name)
   block = block_size if nm is None or block_size % nm[1] == 0 else -(-block_size // nm[1]) * nm[1]
-  out, pruned = _sparsegpt_rows(w, u, block_size=block, sparsity=sparsity, n_m=nm)
-  mask = ~pruned.T
-  dense = jnp.where(mask, out.T, 0.0).astype(k.dtype)
+  dense, mask = _sparsegpt_kernel(k, u, dead, block_size=block, sparsity=sparsity, n_m=nm)
   report = LayerReport(damp=lam, tokens=0, error=output_error(k, dense, hessian), dead=int(dead.sum()))
   return dense, mask, report
 

@@ -134,7 +134,7 @@ def gptq_layer(
   block_size: int = 128,
   symmetric: bool = False,
   name: str = "kernel",
-) -> tuple[export.QArray, LayerReport]:
+) -> tuple[export.QArray, jax.Array, LayerReport]:
   """Quantizes one Dense kernel with GPTQ (Frantar et al. 2022, Algorithm 1).
 
   The columns of ``W = kernelᵀ`` (one per input feature) are quantized one at a time, in
@@ -174,7 +174,8 @@ def gptq_layer(
     name: the kernel's name in messages.
 
   Returns:
-    ``(QArray of the kernel's shape and dtype, LayerReport)``.
+    ``(qarray, dense, report)``: the :class:`~jaxcompress.export.QArray` (the kernel's
+    shape and dtype), what its ``materialize()`` returns, and a :class:`LayerReport`.
 
   Raises:
     ValueError: on ``bits`` outside 2..8, ``group_size`` not dividing ``in``,
@@ -186,68 +187,73 @@ def gptq_layer(
     Quantization for Generative Pre-trained Transformers", https://arxiv.org/abs/2210.17323.
   """
   _check_options(bits, group_size, block_size, damp, act_order, symmetric)
-  kernel_in = jnp.asarray(kernel)
-  if kernel_in.ndim != 2:
-    raise ValueError(f"{name}: GPTQ quantizes 2-D (in, out) kernels, got shape {tuple(kernel_in.shape)}")
-  n_in, n_out = kernel_in.shape
+  k = np.asarray(kernel) if not isinstance(kernel, jax.Array) else kernel
+  if k.ndim != 2:
+    raise ValueError(f"{name}: GPTQ quantizes 2-D (in, out) kernels, got shape {tuple(k.shape)}")
+  n_in, n_out = k.shape
   h = np.asarray(hessian, np.float32)
   if h.shape != (n_in, n_in):
-    raise ValueError(
-      f"{name}: the Hessian has shape {h.shape}, expected ({n_in}, {n_in}) for a kernel {kernel_in.shape}"
-    )
+    raise ValueError(f"{name}: the Hessian has shape {h.shape}, expected ({n_in}, {n_in}) for a kernel {k.shape}")
   if group_size is not None and n_in % group_size:
     raise ValueError(
       f"{name}: group_size={group_size} does not divide the input dimension {n_in} of kernel {(n_in, n_out)}"
     )
-  if not (np.all(np.isfinite(h)) and bool(jnp.all(jnp.isfinite(kernel_in)))):
+  if not (np.all(np.isfinite(h)) and np.all(np.isfinite(np.asarray(k, np.float32)))):
     raise ValueError(f"{name}: the kernel or its Hessian is not finite")
-  qrange = jnp.asarray(QuantSpec(bits, symmetric=symmetric).qrange, jnp.int32)
+  qrange = np.asarray(QuantSpec(bits, symmetric=symmetric).qrange, np.int32)
   dead = np.diagonal(h) == 0
   h = h.copy()
   h[dead, dead] = 1.0
-  w = jnp.where(jnp.asarray(dead)[:, None], 0.0, uniform.upcast(kernel_in).astype(jnp.float32)).T  # (out, in)
   perm = np.argsort(-np.diagonal(h), kind="stable") if act_order else np.arange(n_in)
-  u, _, lam = damped_inverse_cholesky(jnp.asarray(h[np.ix_(perm, perm)]), damp, name=name)
+  u, _, lam = damped_inverse_cholesky(h[np.ix_(perm, perm)], damp, name=name)
   gs = group_size
-  if gs is None:  # one grid per output feature, from the original weights
-    s, z = _row_params(symmetric, qrange, w)
-    scales, zeros, group_of, static = s[None], z[None], jnp.zeros((n_in,), jnp.int32), True
-  elif act_order:  # static groups over the original feature order
-    blocks = w.reshape(n_out, n_in // gs, gs).transpose(1, 0, 2)
-    scales, zeros = jax.vmap(lambda b: _row_params(symmetric, qrange, b))(blocks)
-    group_of, static = jnp.asarray(perm // gs, jnp.int32), True
-  else:
-    scales = jnp.ones((n_in // gs, n_out), jnp.float32)
-    zeros = jnp.zeros((n_in // gs, n_out), jnp.int32)
-    group_of, static = jnp.zeros((n_in,), jnp.int32), False
-  block = block_size if gs is None or static or block_size % gs == 0 else -(-block_size // gs) * gs
-  codes, scales, zeros = _gptq_rows(
-    w[:, perm],
-    u,
-    scales,
-    zeros,
-    group_of,
-    qrange,
-    symmetric=symmetric,
-    group_size=gs,
-    block_size=block,
-    static_groups=static,
+  mode = "channel" if gs is None else "static" if act_order else "dynamic"
+  block = block_size if mode != "dynamic" or block_size % gs == 0 else -(-block_size // gs) * gs
+  codes, scale, zero, dense = _gptq_kernel(
+    k, u, dead, perm.astype(np.int32), qrange, symmetric=symmetric, group_size=gs, block_size=block, mode=mode
   )
-  codes = np.asarray(codes)[:, np.argsort(perm)].T  # (in, out), the permutation undone
-  shape = (1, n_out) if gs is None else (n_in // gs, 1, n_out)
-  scale = np.asarray(scales, np.float32).reshape(shape)
-  zero = None if symmetric else np.asarray(zeros, np.int32).reshape(shape)
   qarray = export.QArray(
-    codes=export.store_codes(codes, bits, signed=symmetric),
-    scale=scale,
-    zero_point=zero,
+    codes=export.store_codes(np.asarray(codes), bits, signed=symmetric),
+    scale=np.asarray(scale, np.float32),
+    zero_point=None if symmetric else np.asarray(zero, np.int32),
     bits=bits,
-    dtype=str(kernel_in.dtype),
+    dtype=str(k.dtype),
     group_axis=None if gs is None else 0,
     group_size=gs,
   )
-  error = output_error(kernel_in, qarray.materialize(), hessian)
-  return qarray, LayerReport(damp=lam, tokens=0, error=error, dead=int(dead.sum()))
+  report = LayerReport(damp=lam, tokens=0, error=output_error(k, dense, hessian), dead=int(dead.sum()))
+  return qarray, dense, report
+
+
+@functools.partial(jax.jit, static_argnames=("symmetric", "group_size", "block_size", "mode"))
+def _gptq_kernel(kernel, u, dead, perm, qrange, *, symmetric, group_size, block_size, mode):
+  """The whole of one kernel under one ``jit``: ``(codes[in, out], scale, zero_point, dense)``
+  with ``scale``/``zero_point`` laid out as :class:`~jaxcompress.export.QArray` stores them
+  and ``dense`` what its ``materialize`` returns."""
+  n_in, n_out = kernel.shape
+  w = jnp.where(dead[:, None], 0.0, kernel.astype(jnp.float32)).T  # (out, in)
+  gs = group_size
+  if mode == "channel":  # one grid per output feature, from the original weights
+    s, z = _row_params(symmetric, qrange, w)
+    scales, zeros, group_of = s[None], z[None], jnp.zeros((n_in,), jnp.int32)
+  elif mode == "static":  # static groups over the original feature order
+    blocks = w.reshape(n_out, n_in // gs, gs).transpose(1, 0, 2)
+    scales, zeros = jax.vmap(lambda b: _row_params(symmetric, qrange, b))(blocks)
+    group_of = perm // gs
+  else:
+    scales, zeros = jnp.ones((n_in // gs, n_out), jnp.float32), jnp.zeros((n_in // gs, n_out), jnp.int32)
+    group_of = jnp.zeros((n_in,), jnp.int32)
+  codes, scales, zeros = _gptq_rows(
+    w[:, perm], u, scales, zeros, group_of, qrange, symmetric=symmetric, group_size=gs, block_size=block_size,
+    static_groups=mode != "dynamic",
+  )  # fmt: skip
+  codes = codes[:, jnp.argsort(perm)].T  # (in, out), the permutation undone
+  shape = (1, n_out) if gs is None else (n_in // gs, 1, n_out)
+  scale, zero = scales.reshape(shape), zeros.reshape(shape)
+  blocked = codes if gs is None else codes.reshape(n_in // gs, gs, n_out)
+  dense = ((blocked - (0 if symmetric else zero)).astype(jnp.float32) * scale).reshape(n_in, n_out)
+  limit = float(jnp.finfo(kernel.dtype).max)  # as QArray.materialize: saturate, cast
+  return codes, scale, zero, jnp.clip(dense, -limit, limit).astype(kernel.dtype)
 
 
 def gptq(
@@ -314,7 +320,7 @@ def gptq(
   _check_options(bits, group_size, block_size, damp, act_order, symmetric)
 
   def solve(path: str, kernel: jax.Array, stats: InputHessian) -> LayerResult:
-    qarray, report = gptq_layer(
+    qarray, dense, report = gptq_layer(
       kernel,
       stats.hessian,
       bits=bits,
@@ -325,7 +331,7 @@ def gptq(
       symmetric=symmetric,
       name=f"kernel {path!r}",
     )
-    return LayerResult(qarray.materialize(), qarray, report._replace(tokens=stats.tokens))
+    return LayerResult(dense, qarray, report._replace(tokens=stats.tokens))
 
   packed, _, layers = layerwise(
     apply_fn, params, batches, solve, where=where, token_mask=token_mask, sequential=sequential
