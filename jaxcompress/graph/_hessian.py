@@ -259,7 +259,7 @@ def input_hessians(
 
 
 def damped_inverse_cholesky(
-  hessian: jax.Array, damp: float, *, attempts: int = 5, name: str = "layer"
+  hessian: Any, damp: float, *, attempts: int = 5, name: str = "layer"
 ) -> tuple[jax.Array, jax.Array, float]:
   """The upper Cholesky factor of the damped inverse Hessian, as GPTQ and SparseGPT use it.
 

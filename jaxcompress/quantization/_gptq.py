@@ -208,7 +208,7 @@ def gptq_layer(
   u, _, lam = damped_inverse_cholesky(h[np.ix_(perm, perm)], damp, name=name)
   gs = group_size
   mode = "channel" if gs is None else "static" if act_order else "dynamic"
-  block = block_size if mode != "dynamic" or block_size % gs == 0 else -(-block_size // gs) * gs
+  block = block_size if gs is None or mode != "dynamic" or block_size % gs == 0 else -(-block_size // gs) * gs
   codes, scale, zero, dense = _gptq_kernel(
     k, u, dead, perm.astype(np.int32), qrange, symmetric=symmetric, group_size=gs, block_size=block, mode=mode
   )
