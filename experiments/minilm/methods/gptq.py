@@ -30,7 +30,7 @@ def rtn(ctx: Context, bits: int) -> Result:
 
 
 METHODS = (
-  Method("int4_g128_affine", functools.partial(rtn, bits=4), order=22, description="int4 g128 affine RTN"),
+  Method("int4_g128_affine", functools.partial(rtn, bits=4), order=22, description="int4 g128 affine RTN", quick=True),
   Method("gptq4_g128", functools.partial(gptq, bits=4), order=23, description="GPTQ int4 g128 affine", quick=True),
   Method("int3_g128_affine", functools.partial(rtn, bits=3), order=24, description="int3 g128 affine RTN"),
   Method("gptq3_g128", functools.partial(gptq, bits=3), order=25, description="GPTQ int3 g128 affine"),
