@@ -84,6 +84,8 @@ CASES = {
   "circulant_8": lambda: jc.sharing.circulant(8),
   "svd_rank4": lambda: jc.lowrank.svd(4),
   "svd_int8_factors": lambda: jc.lowrank.svd(0.25, factors=jc.quantization.fake_quant(8, per_channel=True)),
+  # Given masks (SparseGPT's, in use): a fixed pattern on one kernel.
+  "fixed_masks": lambda: jc.pruning.fixed({"fc0/kernel": np.arange(16 * 32).reshape(16, 32) % 3 != 0}),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.

@@ -19,6 +19,7 @@ from jaxcompress.pruning._criteria import (
   topk_mask,
 )
 from jaxcompress.pruning._dst import DSTState, rigl, sparse_evolutionary
+from jaxcompress.pruning._fixed import FixedMaskState, fixed
 from jaxcompress.pruning._lottery import LotteryState, lottery_ticket
 from jaxcompress.pruning._magnitude import MagnitudeState, magnitude
 from jaxcompress.pruning._masking import PruningState
@@ -32,20 +33,24 @@ from jaxcompress.pruning._schedules import (
   one_shot_sparsity,
   polynomial_sparsity,
 )
+from jaxcompress.pruning._sparsegpt import SparseGPTResult, sparsegpt, sparsegpt_layer
 from jaxcompress.pruning._wanda import per_output_mask, wanda, wanda_score
 
 __all__ = [
   "Allocation",
   "ChannelState",
   "DSTState",
+  "FixedMaskState",
   "LotteryState",
   "MagnitudeState",
   "PruningState",
+  "SparseGPTResult",
   "block_mask",
   "channel_prune",
   "check_reaches",
   "constant_sparsity",
   "erk_sparsities",
+  "fixed",
   "global_topk_masks",
   "keep_top",
   "lottery_ticket",
@@ -67,6 +72,8 @@ __all__ = [
   "slimming_penalty",
   "snip",
   "sparse_evolutionary",
+  "sparsegpt",
+  "sparsegpt_layer",
   "topk_mask",
   "wanda",
   "wanda_score",

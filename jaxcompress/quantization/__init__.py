@@ -23,6 +23,7 @@ from jaxcompress.quantization._binary import (
   xnor_net,
 )
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
+from jaxcompress.quantization._gptq import GPTQResult, gptq, gptq_layer
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
 from jaxcompress.quantization._mixed import (
@@ -49,6 +50,7 @@ from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmet
 __all__ = [
   "BatchNormFold",
   "FoldState",
+  "GPTQResult",
   "Granularity",
   "QuantSpec",
   "QuantizedModel",
@@ -70,6 +72,8 @@ __all__ = [
   "fake_quant",
   "find_batchnorms",
   "fold_batchnorm",
+  "gptq",
+  "gptq_layer",
   "gradient_compression",
   "granularity",
   "hawq_sensitivity",

@@ -3,7 +3,7 @@
 - ``awq_int4_g128`` (Lin et al. 2023, https://arxiv.org/abs/2306.00978): int4, one scale and
   zero point per 128 inputs, per-input-channel scales ``s_X^α`` (α searched on 20 points);
   ``awq_int4_g128_clip`` adds the authors' weight clipping search (not on q and k, as their
-  code). ``int4_g128_asym`` is round-to-nearest on the same grid (asymmetric), the fair baseline.
+  code). ``int4_g128_affine`` (in ``gptq.py``) is round-to-nearest on the same grid, the fair baseline.
 - ``smoothquant_w8a8`` (Xiao et al. 2022, https://arxiv.org/abs/2211.10438): α = 0.5 on the
   inputs of q, k, v and the intermediate dense (the layers after a LayerNorm, as the paper),
   then W8A8 of all 36 kernels with per-tensor weights and static per-tensor symmetric
@@ -88,11 +88,6 @@ def awq_int4(ctx: Context, clip: bool) -> Result:
   return Result(tree, ctx.embed(tree, run), notes=f"alpha {alphas[0]:.2f}..{alphas[-1]:.2f}; +{scale_bytes} B scales")
 
 
-def int4_asym(ctx: Context) -> Result:
-  q = quantization.ptq(ctx.apply, ctx.params, weight_bits=4, symmetric=False, group_size=128, where=ctx.where)
-  return Result(q.packed, ctx.embed(q.packed, q.apply))
-
-
 SMOOTHED = r"layers/\d+/(attention/(query|key|value)|intermediate)/kernel"
 """The layers after a LayerNorm, the ones the paper smooths (their inputs hold the outliers)."""
 
@@ -134,7 +129,6 @@ def wanda(ctx: Context, nm: bool) -> Result:
 
 
 METHODS = (
-  Method("int4_g128_asym", int4_asym, order=22, description="int4 g128 asymmetric RTN (AWQ's grid)"),
   Method("awq_int4_g128", functools.partial(awq_int4, clip=False), order=23, description="AWQ int4 g128", quick=True),
   Method("awq_int4_g128_clip", functools.partial(awq_int4, clip=True), order=24, description="AWQ int4 g128 + clip"),
   Method(
