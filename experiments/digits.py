@@ -24,7 +24,9 @@ import jaxcompress as jc
 from experiments import data, models, recipes, report
 from experiments.training import Trainer
 
-BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3), "mlp64": (50, 3e-3)}  # (epochs, adam lr)
+BASELINE = {"lenet300100": (50, 1e-3), "lenet5": (60, 3e-3), "mlp64": (50, 3e-3)} | dict.fromkeys(
+  models.COMPACT, (40, 3e-3)
+)  # (epochs, adam lr)
 QUICK_RECIPES = (
   "dense",
   "magnitude_90",

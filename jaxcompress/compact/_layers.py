@@ -428,7 +428,14 @@ class GhostBottleneck(nnx.Module):
     else:
       self.shortcut = nnx.Sequential(
         ConvNorm(
-          in_features, in_features, kernel_size, strides=strides, groups=in_features, activation=None, norm=norm, rngs=rngs
+          in_features,
+          in_features,
+          kernel_size,
+          strides=strides,
+          groups=in_features,
+          activation=None,
+          norm=norm,
+          rngs=rngs,
         ),
         ConvNorm(in_features, out_features, 1, activation=None, norm=norm, rngs=rngs),
       )

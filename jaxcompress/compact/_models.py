@@ -27,9 +27,13 @@ from jaxcompress.compact._layers import (
   relu6,
 )
 
-MOBILENET_V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 + (
-  (1024, 2),
-  (1024, 1),
+MOBILENET_V1_BLOCKS = (
+  ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2))
+  + ((512, 1),) * 5
+  + (
+    (1024, 2),
+    (1024, 1),
+  )
 )  # (out channels, stride) of the 13 depthwise-separable blocks, Howard et al. 2017 Table 1
 MOBILENET_V2_BLOCKS = (
   (1, 16, 1, 1),

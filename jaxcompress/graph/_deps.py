@@ -219,8 +219,11 @@ def _reshape_labels(an: _Analysis, labels: Labels, old: tuple[int, ...], new: tu
     if not arrays and not joints:
       continue
     shape = tuple(old[a] for a in a_big)
-    if joints and not arrays and len(joints) == len(labs) == joints[0].ids.ndim and all(
-      lab.ids is joints[0].ids for lab in joints
+    if (
+      joints
+      and not arrays
+      and len(joints) == len(labs) == joints[0].ids.ndim
+      and all(lab.ids is joints[0].ids for lab in joints)
     ):  # the axes of one split channel axis, merged back
       ids = np.transpose(joints[0].ids, [lab.dim for lab in joints])
     elif len(arrays) == 1 and not joints:  # one channel axis, the others data (a flatten, a split)

@@ -24,7 +24,13 @@ def _mobilenet_v2(norm=True):
 
 def _shufflenet_v2():
   return compact.ShuffleNetV2(
-    classes=10, in_channels=1, channels=(8, 16, 32, 64), repeats=(2, 2), stem_stride=1, stem_pool=False, rngs=nnx.Rngs(0)
+    classes=10,
+    in_channels=1,
+    channels=(8, 16, 32, 64),
+    repeats=(2, 2),
+    stem_stride=1,
+    stem_pool=False,
+    rngs=nnx.Rngs(0),
   )
 
 
@@ -56,7 +62,9 @@ def _functional(model):
   return apply, variables
 
 
-@pytest.mark.parametrize("build", [_mobilenet_v2, _shufflenet_v2, _Grouped], ids=["mobilenet_v2", "shufflenet_v2", "grouped"])
+@pytest.mark.parametrize(
+  "build", [_mobilenet_v2, _shufflenet_v2, _Grouped], ids=["mobilenet_v2", "shufflenet_v2", "grouped"]
+)
 def test_pruned_model_runs_and_equals_the_masked_original(build):
   model = build(nnx.Rngs(0)) if build is _Grouped else build()
   apply, variables = _functional(model)

@@ -66,7 +66,11 @@ def test_inverted_residual_with_se_is_linear_bottleneck_plus_input():
   h = np.clip(_conv(block.depthwise, h, groups=12), 0, 6)
   se = block.se
   pooled = h.mean((1, 2), keepdims=True)
-  gate = np_conv(relu(np_conv(pooled, se.reduce.kernel.get_value(), se.reduce.bias.get_value())), se.expand.kernel.get_value(), se.expand.bias.get_value())
+  gate = np_conv(
+    relu(np_conv(pooled, se.reduce.kernel.get_value(), se.reduce.bias.get_value())),
+    se.expand.kernel.get_value(),
+    se.expand.bias.get_value(),
+  )
   h = h * np.clip(gate + 3, 0, 6) / 6  # hard sigmoid
   ref = X + _conv(block.project, h)  # linear projection: no activation
   np.testing.assert_allclose(block(jnp.asarray(X)), ref, rtol=1e-5, atol=1e-5)
