@@ -4,7 +4,8 @@ Removing output channel ``c`` of a conv also removes entry ``c`` of its bias, of
 following BatchNorm's scale, bias and statistics, and input channel ``c`` of the next
 layer; a residual addition ties the channels of both branches; a concatenation shifts
 them by an offset; a flatten into a Dense maps each channel to its block of inputs; a
-depthwise conv passes them through. This module finds those couplings by abstract
+depthwise conv passes them through; grouped convs, equal channel splits and channel
+shuffles tie the channels at one offset of every group or piece. This module finds those couplings by abstract
 interpretation of the jaxpr.
 
 Every value's axes carry channel labels: integer ids per position, minted where a site
@@ -514,9 +515,15 @@ def dependency_groups(apply_fn: Callable[..., Any], variables: PyTree, *inputs: 
   Raises:
     ValueError: if ``apply_fn`` cannot be traced or a leaf of ``variables`` is unused.
 
+  A grouped convolution ties each channel offset across its groups (every group keeps
+  the same channels); a slice taking one of several equal pieces of a channel axis is a
+  split by fraction (the same offset in every piece goes together); a channel shuffle
+  (reshape to ``(groups, c / groups)``, transpose, flatten) keeps the group count and
+  ties the channels at one offset of every group.
+
   Limits: layers inside ``scan``, ``while`` and ``cond`` are not analysed (channels
-  entering them are marked not prunable), and grouped convolutions other than
-  depthwise pin their channels.
+  entering them are marked not prunable), and depthwise convolutions with a channel
+  multiplier pin their channels.
 
   Example:
     >>> import jax, jax.numpy as jnp
