@@ -33,7 +33,7 @@ def main() -> None:
   for name in names:
     _, fn, params = models.build(name, 0)
     forward = jax.jit(fn.apply)
-    runners[name] = ((lambda x, f=forward, p=params: (f(p, x), x)[1]), x)
+    runners[name] = ((lambda s, f=forward, p=params: (s[0], f(p, s[0]))), (x, forward(params, x)))
     n = sum(math.prod(np.shape(v)) for v in jax.tree.leaves(params))
     rows[name] = (n, jc.graph.flops(fn.apply, params, x[:1])["macs"], 4 * n)
   times = timing.interleaved(runners, reps, inner)
