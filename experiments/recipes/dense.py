@@ -1,7 +1,6 @@
 """The dense float32 baseline itself: nothing removed, nothing quantized."""
 
 import jaxcompress as jc
-from experiments.models import COMPACT
 from experiments.recipes.base import FineTune, Recipe
 
 
@@ -11,5 +10,5 @@ def build(params, trainer):
 
 
 RECIPE = Recipe(
-  "dense", build, models=("lenet300100", "lenet5", "mlp64", *COMPACT), order=0, description="trained baseline, float32"
+  "dense", build, models=("lenet300100", "lenet5", "mlp64"), order=0, description="trained baseline, float32"
 )
