@@ -33,7 +33,7 @@ BASELINE = {
   "lenet5": (60, 3e-3),
   "mlp64": (50, 3e-3),
   "lenet5bn": (60, 3e-3),
-}  # (epochs, adam lr)
+} | dict.fromkeys(models.COMPACT, (40, 3e-3))  # (epochs, adam lr)
 QUICK_RECIPES = (
   "dense",
   "magnitude_90",

@@ -7,12 +7,13 @@ The compressors work on plain nested dicts whose paths read ``'fc1/kernel'``;
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, ClassVar
 
 import jax
 from flax import nnx
 
-from jaxcompress import accounting
+from jaxcompress import accounting, compact, graph
 
 
 class LeNet300100(nnx.Module):
@@ -126,7 +127,73 @@ class TinyMLP(nnx.Module):
     return sum(accounting.dense_flops(1, fc.in_features, fc.out_features) for fc in (self.fc1, self.fc2))
 
 
-MODELS = {"lenet300100": LeNet300100, "lenet5": LeNet5, "mlp64": TinyMLP, "lenet5bn": LeNet5BN}
+class CompactDigits(nnx.Module):
+  """A compact network of ``jaxcompress.compact`` sized for 8x8x1 digits (10 classes).
+
+  The configurations keep the papers' blocks with tiny widths and no stem stride. They
+  are norm-free (``norm=False``: convs with biases instead of BatchNorm): the trainer's
+  functional view keeps non-param state as constants, so batch statistics could not be
+  trained or updated; with residual adds and adam these depths train without it.
+  """
+
+  inputs = "image"
+  configs: ClassVar[dict[str, Any]] = {
+    "mobilenet_v1_small": lambda rngs: compact.MobileNetV1(
+      classes=10, in_channels=1, stem=(8, 1), blocks=((16, 1), (32, 2), (32, 1), (64, 2)), norm=False, rngs=rngs
+    ),
+    "mobilenet_v2_small": lambda rngs: compact.MobileNetV2(
+      classes=10,
+      in_channels=1,
+      stem=(8, 1),
+      blocks=((1, 8, 1, 1), (4, 16, 2, 2), (4, 24, 2, 2)),
+      last=64,
+      norm=False,
+      dropout=0.0,
+      rngs=rngs,
+    ),
+    "shufflenet_v2_small": lambda rngs: compact.ShuffleNetV2(
+      classes=10,
+      in_channels=1,
+      channels=(8, 16, 32, 64),
+      repeats=(2, 2),
+      stem_stride=1,
+      stem_pool=False,
+      norm=False,
+      rngs=rngs,
+    ),
+    "squeezenet_small": lambda rngs: compact.SqueezeNet(
+      classes=10, in_channels=1, stem=(16, 3, 1), layers=((8, 16), "pool", (8, 24), (12, 32)), dropout=0.0, rngs=rngs
+    ),
+    "ghostnet_small": lambda rngs: compact.GhostNet(
+      classes=10,
+      in_channels=1,
+      stem=(8, 1),
+      blocks=((3, 16, 8, None, 1), (3, 32, 16, 0.25, 2), (3, 48, 16, None, 1), (3, 64, 24, 0.25, 2)),
+      last=64,
+      head=64,
+      norm=False,
+      dropout=0.0,
+      rngs=rngs,
+    ),
+  }
+
+  def __init__(self, rngs: nnx.Rngs, name: str):
+    self.net = self.configs[name](rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.net(x)
+
+  def flops(self) -> int:
+    """Forward FLOPs per example of the convs and dense layers (``jc.graph.flops``)."""
+    graphdef, params, rest = nnx.split(self, nnx.Param, ...)
+    apply = lambda p, x: nnx.merge(graphdef, p, rest)(x)
+    return int(graph.flops(apply, params, jax.ShapeDtypeStruct((1, 8, 8, 1), jax.numpy.float32))["flops"])
+
+
+MODELS = {"lenet300100": LeNet300100, "lenet5": LeNet5, "mlp64": TinyMLP, "lenet5bn": LeNet5BN} | {
+  name: functools.partial(CompactDigits, name=name) for name in CompactDigits.configs
+}
+COMPACT = tuple(CompactDigits.configs)
 
 
 @dataclasses.dataclass(frozen=True)

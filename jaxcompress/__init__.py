@@ -5,7 +5,7 @@ Every technique is a :class:`Compressor` built by a factory; ``chain`` composes 
 trained params into compressed leaves whose bytes are real.
 """
 
-from jaxcompress import distill, export, graph, lowrank, pruning, quantization, sharing, train
+from jaxcompress import compact, distill, export, graph, lowrank, pruning, quantization, sharing, train
 from jaxcompress.core import accounting, select
 from jaxcompress.core._base import Compressor, EmptyState, Joint, identity
 from jaxcompress.core._chain import ChainState, chain
@@ -17,6 +17,7 @@ __all__ = [
   "Joint",
   "accounting",
   "chain",
+  "compact",
   "distill",
   "export",
   "graph",

@@ -4,7 +4,8 @@ Removing output channel ``c`` of a conv also removes entry ``c`` of its bias, of
 following BatchNorm's scale, bias and statistics, and input channel ``c`` of the next
 layer; a residual addition ties the channels of both branches; a concatenation shifts
 them by an offset; a flatten into a Dense maps each channel to its block of inputs; a
-depthwise conv passes them through. This module finds those couplings by abstract
+depthwise conv passes them through; grouped convs, equal channel splits and channel
+shuffles tie the channels at one offset of every group or piece. This module finds those couplings by abstract
 interpretation of the jaxpr.
 
 Every value's axes carry channel labels: integer ids per position, minted where a site
@@ -86,6 +87,17 @@ class _Param:
   sources: tuple[tuple[str, tuple[int | None, ...]], ...]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Joint:
+  """The label of one axis of several that together index channels (a channel axis split by a
+  reshape, as in a channel shuffle): ``ids`` has one dimension per such axis, and this axis
+  is dimension ``dim`` of it. A reshape that merges them back recovers per-position ids;
+  any other operation pins them."""
+
+  ids: np.ndarray
+  dim: int
+
+
 class _Analysis:
   def __init__(self) -> None:
     self.parent: list[int] = []
@@ -113,6 +125,8 @@ class _Analysis:
 
   def pin(self, labels: Labels, reason: str) -> None:
     for lab in labels or ():
+      if isinstance(lab, _Joint):
+        lab = lab.ids.reshape(-1)
       if isinstance(lab, np.ndarray):
         for i in lab.tolist():
           if i >= 0:
@@ -163,22 +177,100 @@ def _broadcast_labels(labels: Labels, shape: tuple[int, ...], dims: tuple[int, .
   return out
 
 
-def _reshape_labels(labels: Labels, old: tuple[int, ...], new: tuple[int, ...]) -> Labels:
+def _reshape_blocks(old: tuple[int, ...], new: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+  """Pairs ``(old axes, new axes)`` that a row-major reshape maps onto each other, each pair
+  as small as the sizes allow (size-1 axes join a neighbouring pair)."""
+  blocks: list[tuple[list[int], list[int]]] = []
+  i = j = 0
+  while i < len(old) or j < len(new):
+    a: list[int] = []
+    b: list[int] = []
+    po = pn = 1
+    while True:  # at least one axis of each side, until both sides cover the same size
+      if i < len(old) and po <= pn and (po < pn or not a):
+        po, i = po * old[i], i + 1
+        a.append(i - 1)
+      elif j < len(new) and (pn < po or not b):
+        pn, j = pn * new[j], j + 1
+        b.append(j - 1)
+      else:
+        break
+    while i < len(old) and old[i] == 1:
+      a.append(i)
+      i += 1
+    while j < len(new) and new[j] == 1:
+      b.append(j)
+      j += 1
+    blocks.append((a, b))
+  return blocks
+
+
+def _reshape_labels(an: _Analysis, labels: Labels, old: tuple[int, ...], new: tuple[int, ...]) -> Labels:
   out: list[Any] = [None] * len(new)
   if labels is None:
     return out
-  for axis, lab in enumerate(labels):
-    if not isinstance(lab, np.ndarray):
+  for a_axes, b_axes in _reshape_blocks(old, new):
+    a_big = [a for a in a_axes if old[a] != 1]
+    b_big = [b for b in b_axes if new[b] != 1]
+    for b in b_axes:
+      out[b] = WILD if new[b] == 1 else None
+    labs = [labels[a] for a in a_big]
+    arrays = [k for k, lab in enumerate(labs) if isinstance(lab, np.ndarray)]
+    joints = [lab for lab in labs if isinstance(lab, _Joint)]
+    if not arrays and not joints:
       continue
-    full = np.broadcast_to(lab.reshape([-1 if a == axis else 1 for a in range(len(old))]), old).reshape(new)
-    for b in range(len(new)):
-      moved = np.moveaxis(full, b, 0).reshape(new[b], -1)
-      if new[b] > 1 and (moved == moved[:, :1]).all():
-        out[b] = moved[:, 0].copy()
-  for b, size in enumerate(new):
-    if out[b] is None and size == 1:
-      out[b] = WILD
+    shape = tuple(old[a] for a in a_big)
+    if (
+      joints
+      and not arrays
+      and len(joints) == len(labs) == joints[0].ids.ndim
+      and all(lab.ids is joints[0].ids for lab in joints)
+    ):  # the axes of one split channel axis, merged back
+      ids = np.transpose(joints[0].ids, [lab.dim for lab in joints])
+    elif len(arrays) == 1 and not joints:  # one channel axis, the others data (a flatten, a split)
+      k = arrays[0]
+      ids = np.broadcast_to(labs[k].reshape([-1 if q == k else 1 for q in range(len(shape))]), shape)
+    else:  # channels of different axes mixed, or part of a split axis: not modelled
+      an.pin(labs, "a reshape mixes channel axes in a way this analysis does not model")
+      continue
+    full = ids.reshape(tuple(new[b] for b in b_big))
+    constant = []
+    for q in range(len(b_big)):
+      moved = np.moveaxis(full, q, 0).reshape(full.shape[q], -1)
+      constant.append(moved[:, 0].copy() if (moved == moved[:, :1]).all() else None)
+    if all(c is not None for c in constant) or len(b_big) == 1:
+      for b, c in zip(b_big, constant):
+        out[b] = c
+    else:  # a channel axis split over several axes (a channel shuffle's first reshape)
+      token = np.ascontiguousarray(full)
+      rows = token.reshape(-1, token.shape[-1])
+      for row in rows[1:]:  # only the minor axis may shrink: the major sizes (the groups) stay
+        an.union(rows[0], row)
+      for q, b in enumerate(b_big):
+        out[b] = _Joint(token, q)
   return out
+
+
+def _slice_piece(an: _Analysis, lab: Any, lo: int, hi: int, stride: int) -> Any:
+  """The labels of ``[lo:hi:stride]`` of one axis.
+
+  A slice that takes one of ``P`` equal contiguous pieces of a channel axis is read as a
+  split by fraction (``jnp.split``, ``x[..., : c // 2]``): the channels at the same offset in
+  every piece are removed together, so the narrowed model's split, at the same fraction,
+  takes the same channels. Any other partial slice of channels pins them (a slice at a
+  fixed count would not follow the narrowing).
+  """
+  if not isinstance(lab, np.ndarray):
+    return lab
+  size, piece = lab.shape[0], hi - lo
+  if piece == size:
+    return lab
+  if stride == 1 and piece > 0 and size % piece == 0 and lo % piece == 0:
+    for k in range(1, size // piece):
+      an.union(lab[:piece], lab[k * piece : (k + 1) * piece])
+  else:
+    an.pin([lab], f"a slice [{lo}:{hi}:{stride}] of {size} channels that is not an equal piece")
+  return lab[lo:hi:stride]
 
 
 def _param_after(prim: str, param: _Param, eqn: jex.JaxprEqn) -> _Param | None:
@@ -231,6 +323,12 @@ def _run(
     out_pars: list[_Param | None] = [None] * len(eqn.outvars)
     out_shape = tuple(aval_shape(eqn.outvars[0])) if eqn.outvars else ()
 
+    if prim not in ("reshape", "squeeze", "expand_dims", "transpose") and any(
+      isinstance(lab, _Joint) for labs in ins for lab in labs
+    ):
+      for k, labs in enumerate(ins):
+        an.pin(labs, f"channels split over several axes pass through {prim}, which this analysis does not model")
+        ins[k] = [None if isinstance(lab, _Joint) else lab for lab in labs]
     if prim in SITE_PRIMITIVES and (pars[0] is not None or pars[1] is not None):
       outs[0] = _site(an, eqn, ins, pars)
     elif prim in _ELEMENTWISE:
@@ -241,7 +339,17 @@ def _run(
     elif prim == "broadcast_in_dim":
       outs[0] = _broadcast_labels(ins[0], out_shape, eqn.params["broadcast_dimensions"])
     elif prim in ("reshape", "squeeze", "expand_dims"):
-      outs[0] = _reshape_labels(ins[0], tuple(aval_shape(eqn.invars[0])), out_shape)
+      outs[0] = _reshape_labels(an, ins[0], tuple(aval_shape(eqn.invars[0])), out_shape)
+    elif prim == "slice" and pars[0] is None:
+      strides = eqn.params["strides"] or (1,) * len(out_shape)
+      bounds = zip(eqn.params["start_indices"], eqn.params["limit_indices"], strides)
+      outs[0] = [_slice_piece(an, lab, lo, hi, st) for lab, (lo, hi, st) in zip(ins[0], bounds)]
+    elif prim == "split" and all(p is None for p in pars):
+      axis, start = eqn.params["axis"], 0
+      for k, size in enumerate(eqn.params["sizes"]):
+        outs[k] = list(ins[0])
+        outs[k][axis] = _slice_piece(an, ins[0][axis], start, start + int(size), 1)
+        start += int(size)
     elif prim == "transpose":
       outs[0] = [ins[0][p] for p in eqn.params["permutation"]]
     elif prim in _REDUCTIONS or prim == "reduce_window_sum" or prim.startswith("reduce_window"):
@@ -322,11 +430,17 @@ def _site(an: _Analysis, eqn: jex.JaxprEqn, ins: list[Labels], pars: list[_Param
     if cout != cin:
       an.pin([ids], "a depthwise convolution with a channel multiplier")
     an.member(weight, k_out, ids)
-  else:
+  else:  # grouped: every group keeps the same channels, so one channel is an offset in every group
     ids = an.mint(cout)
-    an.pin([ids], f"a grouped convolution ({groups} groups) couples channels within each group")
-    an.pin([act[a_feat]], f"a grouped convolution ({groups} groups) couples channels within each group")
+    per_out, per_in = cout // groups, cin // groups
+    for g in range(1, groups):
+      an.union(ids[:per_out], ids[g * per_out : (g + 1) * per_out])
     an.member(weight, k_out, ids)
+    if isinstance(act[a_feat], np.ndarray):
+      src = act[a_feat]
+      for g in range(1, groups):
+        an.union(src[:per_in], src[g * per_in : (g + 1) * per_in])
+      an.member(weight, k_in, src[:per_in])
   out[o_feat] = ids
   return out
 
@@ -401,9 +515,15 @@ def dependency_groups(apply_fn: Callable[..., Any], variables: PyTree, *inputs: 
   Raises:
     ValueError: if ``apply_fn`` cannot be traced or a leaf of ``variables`` is unused.
 
+  A grouped convolution ties each channel offset across its groups (every group keeps
+  the same channels); a slice taking one of several equal pieces of a channel axis is a
+  split by fraction (the same offset in every piece goes together); a channel shuffle
+  (reshape to ``(groups, c / groups)``, transpose, flatten) keeps the group count and
+  ties the channels at one offset of every group.
+
   Limits: layers inside ``scan``, ``while`` and ``cond`` are not analysed (channels
-  entering them are marked not prunable), and grouped convolutions other than
-  depthwise pin their channels.
+  entering them are marked not prunable), and depthwise convolutions with a channel
+  multiplier pin their channels.
 
   Example:
     >>> import jax, jax.numpy as jnp
