@@ -12,6 +12,7 @@ from jaxcompress.quantization._binary import (
   xnor_net,
 )
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
+from jaxcompress.quantization._inq import inq
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
 from jaxcompress.quantization._pact import pact, pact_activations
@@ -39,6 +40,7 @@ __all__ = [
   "fake_quant",
   "gradient_compression",
   "granularity",
+  "inq",
   "kmeans",
   "lsq",
   "lsq_activations",
