@@ -2,6 +2,7 @@
 
 from jaxcompress.quantization import calibration, gradient_compression, granularity, uniform
 from jaxcompress.quantization._activation_quant import activation_rule
+from jaxcompress.quantization._admm import admm
 from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
 from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize
 from jaxcompress.quantization._binary import (
@@ -31,6 +32,7 @@ __all__ = [
   "QuantizedModel",
   "SiteState",
   "activation_rule",
+  "admm",
   "binary_activation",
   "binary_activation_rule",
   "binary_activations",
