@@ -23,6 +23,7 @@ from jaxcompress.quantization._qat import qat, quantize_activations
 from jaxcompress.quantization._serve import serve
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization._ternary import ttq, twn
+from jaxcompress.quantization._value_aware import value_aware
 from jaxcompress.quantization.granularity import Granularity, per_channel, per_group, per_tensor
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
@@ -66,6 +67,7 @@ __all__ = [
   "ttq",
   "twn",
   "uniform",
+  "value_aware",
   "weight_spec",
   "xnor_net",
 ]
