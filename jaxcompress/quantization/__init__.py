@@ -12,6 +12,7 @@ from jaxcompress.quantization._binary import (
   binary_connect,
   xnor_net,
 )
+from jaxcompress.quantization._elq import elq
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization._inq import inq
 from jaxcompress.quantization._kmeans import kmeans
@@ -40,6 +41,7 @@ __all__ = [
   "binary_connect",
   "calibration",
   "cast_float8",
+  "elq",
   "fake_quant",
   "gradient_compression",
   "granularity",
