@@ -4,7 +4,7 @@ from jaxcompress.quantization import calibration, gradient_compression, granular
 from jaxcompress.quantization._activation_quant import activation_rule
 from jaxcompress.quantization._admm import admm
 from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
-from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize
+from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize, value_aware_backward
 from jaxcompress.quantization._binary import (
   binary_activation,
   binary_activation_rule,
@@ -70,6 +70,7 @@ __all__ = [
   "twn",
   "uniform",
   "value_aware",
+  "value_aware_backward",
   "weight_spec",
   "xnor_net",
 ]
