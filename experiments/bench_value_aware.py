@@ -78,7 +78,9 @@ def main() -> None:
   args = parser.parse_args()
   rule = quantization.value_aware_backward(lambda site, a, w: site.compute(a, w), bits=4, outlier_fraction=0.01)
   mib = 2**20
-  print(f"{'model':28s} {'saved dense':>12s} {'saved VAQ':>10s} {'ratio':>6s} {'temp dense':>11s} {'temp VAQ':>9s} {'ratio':>6s}")
+  print(
+    f"{'model':28s} {'saved dense':>12s} {'saved VAQ':>10s} {'ratio':>6s} {'temp dense':>11s} {'temp VAQ':>9s} {'ratio':>6s}"
+  )
   for name, sizes in list(MODELS.items())[: 1 if args.quick else None]:
     params = init_mlp(sizes)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(args.batch, sizes[0])), jnp.float32)
@@ -92,7 +94,9 @@ def main() -> None:
 
     sd, sv = saved_bytes(loss, params, x, y), saved_bytes(vaq, params, x, y)
     td, tv = temp_bytes(jax.grad(loss), params, x, y), temp_bytes(jax.grad(vaq), params, x, y)
-    print(f"{name:28s} {sd / mib:10.2f}Mi {sv / mib:8.2f}Mi {sv / sd:6.2f} {td / mib:9.2f}Mi {tv / mib:7.2f}Mi {tv / td:6.2f}")
+    print(
+      f"{name:28s} {sd / mib:10.2f}Mi {sv / mib:8.2f}Mi {sv / sd:6.2f} {td / mib:9.2f}Mi {tv / mib:7.2f}Mi {tv / td:6.2f}"
+    )
 
 
 if __name__ == "__main__":

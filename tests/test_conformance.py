@@ -82,6 +82,11 @@ CASES = {
   "circulant_8": lambda: jc.sharing.circulant(8),
   "svd_rank4": lambda: jc.lowrank.svd(4),
   "svd_int8_factors": lambda: jc.lowrank.svd(0.25, factors=jc.quantization.fake_quant(8, per_channel=True)),
+  # issue 14: every kernel frozen by step 3, so pack stores the CodebookArray; ADMM's view is G
+  "inq5": lambda: jc.quantization.inq(5, steps=(0, 1, 2, 3)),
+  "elq_ternary": lambda: jc.quantization.elq("ternary", steps=(0, 1, 2, 3)),
+  "admm_ternary_projection": lambda: jc.quantization.admm("ternary", frequency=2, view="projection"),
+  "value_aware4": lambda: jc.quantization.value_aware(4, 0.03),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
@@ -135,6 +140,7 @@ QUANTIZERS = {
   "kmeans4_channel": lambda: jc.quantization.kmeans(4, per_channel=True),
   "lsq2": lambda: jc.quantization.lsq(2),
   "pact4": lambda: jc.quantization.pact(4),
+  "value_aware4": lambda: jc.quantization.value_aware(4, 0.03),
 }
 
 # Dynamic activation ranges are each pmap device's own shard's (like BatchNorm without

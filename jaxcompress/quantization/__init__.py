@@ -2,8 +2,8 @@
 
 from jaxcompress.quantization import calibration, gradient_compression, granularity, uniform
 from jaxcompress.quantization._activation_quant import activation_rule
-from jaxcompress.quantization._admm import admm
 from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
+from jaxcompress.quantization._admm import admm
 from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize, value_aware_backward
 from jaxcompress.quantization._binary import (
   binary_activation,

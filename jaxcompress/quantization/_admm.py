@@ -65,7 +65,10 @@ def _assign(a: jax.Array, alpha: jax.Array, pos: tuple[float, ...]) -> jax.Array
   """The index ``j`` (0 for zero, ``j`` for ``pos[j-1]``) of the level nearest ``a / α``."""
   lv = np.asarray((0.0, *pos), np.float32)
   t = (lv[:-1] + lv[1:]) / 2
-  return sum((a >= alpha * float(tj)).astype(jnp.int32) for tj in t)
+  j = jnp.zeros(a.shape, jnp.int32)
+  for tj in t:
+    j = j + (a >= alpha * float(tj)).astype(jnp.int32)
+  return j
 
 
 def project(w: jax.Array, kind: str, levels: int = 1) -> tuple[jax.Array, jax.Array]:
@@ -222,12 +225,13 @@ def admm(
     return params, state._replace(leaves=leaves)
 
   def penalty(params, state):
-    terms = []
-    leafwise.map_selected(
-      lambda w, leaf: terms.append(jnp.sum(jnp.square(w - jax.lax.stop_gradient(g_of(w, leaf) - leaf.dual)))) or w,
-      params,
-      state.leaves,
-    )
+    terms: list[jax.Array] = []
+
+    def one(w, leaf):
+      terms.append(jnp.sum(jnp.square(w - jax.lax.stop_gradient(g_of(w, leaf) - leaf.dual))))
+      return w
+
+    leafwise.map_selected(one, params, state.leaves)
     return (rho / 2) * sum(terms[1:], terms[0])
 
   def pack_leaf(p, leaf):

@@ -134,7 +134,7 @@ def value_aware_backward(rule: graph.Rule, *, bits: int = 4, outlier_fraction: f
 
   def new_rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
     shape, dtype = activation.shape, activation.dtype
-    k = int(round(fraction * activation.size))
+    k = round(fraction * activation.size)
 
     @jax.custom_vjp
     def f(a, w):

@@ -46,16 +46,17 @@ def test_projection_is_optimal_against_a_grid_search(kind, levels):
 
 def test_projection_of_zeros_and_extremes_is_finite():
   alpha, idx = _admm.project(jnp.zeros((3, 3)), "ternary")
-  assert float(alpha) == 0.0
+  assert float(alpha) == 0.0 and np.all(np.asarray(idx) == 1)  # every code at 0
   alpha, idx = _admm.project(jnp.asarray([3e38, -3e38, 1.0]), "power_of_two", 3)
-  assert np.isfinite(float(alpha)) and float(alpha) > 0
+  g = float(alpha) * _admm.codebook_values("power_of_two", 3)[np.asarray(idx)]
+  np.testing.assert_allclose(g, [3e38, -3e38, 0.0], rtol=1e-6)  # finite, and optimal
 
 
 def test_g_and_u_updates_every_k_steps_and_the_penalty():
   rng = np.random.default_rng(0)
   w0 = rng.standard_normal((5, 4)).astype(np.float32)
   c = jc.quantization.admm("power_of_two", levels=2, rho=0.3, frequency=2)
-  params, state = c.init({"w": jnp.asarray(w0)})
+  _params, state = c.init({"w": jnp.asarray(w0)})
 
   def proj(v):
     a, i = _admm.project(jnp.asarray(v), "power_of_two", 2)
@@ -64,7 +65,9 @@ def test_g_and_u_updates_every_k_steps_and_the_penalty():
   g, u = proj(w0), np.zeros_like(w0)
   for step in range(1, 5):
     w = rng.standard_normal(w0.shape).astype(np.float32)  # as if the optimizer moved W
-    np.testing.assert_allclose(float(c.penalty({"w": jnp.asarray(w)}, state)), 0.15 * ((w - g + u) ** 2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+      float(c.penalty({"w": jnp.asarray(w)}, state)), 0.15 * ((w - g + u) ** 2).sum(), rtol=1e-5
+    )
     _, state = c.update({"w": jnp.asarray(w)}, state)
     if step % 2 == 0:
       g = proj(w + u)

@@ -27,7 +27,7 @@ def ref_value_aware(w, bits, fraction):
 
 @pytest.fixture(scope="module")
 def packed():
-  w = np.asarray(jax.random.normal(jax.random.key(0), (50, 40)) * 0.1)
+  w = np.array(jax.random.normal(jax.random.key(0), (50, 40)) * 0.1)
   w[3, 7], w[10, 2] = 5.0, -4.0
   c = jc.quantization.value_aware(4, 0.01, outlier_dtype="float16")
   params, state = c.init({"w": jnp.asarray(w)})
@@ -62,7 +62,9 @@ def test_outliers_are_exact_after_save_and_load(packed, tmp_path):
   present = np.asarray(back.outliers.present())
   top = np.argsort(-np.abs(w).ravel(), kind="stable")[:20]
   np.testing.assert_array_equal(np.flatnonzero(present), np.sort(top))
-  np.testing.assert_array_equal(np.asarray(back.materialize())[present], w[present].astype(np.float16).astype(np.float32))
+  np.testing.assert_array_equal(
+    np.asarray(back.materialize())[present], w[present].astype(np.float16).astype(np.float32)
+  )
   np.testing.assert_array_equal(np.asarray(back.materialize()), np.asarray(view))
   mask = np.asarray(jax.random.bernoulli(jax.random.key(2), 0.5, w.shape))
   pruned = jc.export.prune(leaf, mask)
@@ -79,7 +81,7 @@ def test_inconsistent_leaf_is_refused(tmp_path, packed):
 
 
 def test_value_aware_backward_weight_gradient_uses_the_quantized_activation():
-  x = np.asarray(jax.random.normal(jax.random.key(3), (8, 25)))
+  x = np.array(jax.random.normal(jax.random.key(3), (8, 25)))
   x[0, 0] = 30.0  # an outlier kept exactly
   w = jnp.asarray(jax.random.normal(jax.random.key(4), (25, 6)))
   g = jax.random.normal(jax.random.key(5), (8, 6))
