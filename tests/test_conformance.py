@@ -140,7 +140,6 @@ QUANTIZERS = {
   "kmeans4_channel": lambda: jc.quantization.kmeans(4, per_channel=True),
   "lsq2": lambda: jc.quantization.lsq(2),
   "pact4": lambda: jc.quantization.pact(4),
-  "value_aware4": lambda: jc.quantization.value_aware(4, 0.03),
 }
 
 # Dynamic activation ranges are each pmap device's own shard's (like BatchNorm without
