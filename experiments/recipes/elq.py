@@ -17,4 +17,4 @@ def build(params, trainer):
   return FineTune(quantization.elq("ternary", steps=steps), epochs=epochs, lr=3e-4)
 
 
-RECIPE = Recipe("elq_ternary", build, order=63, description="ELQ ternary kernels, 4 loss-aware stages")
+RECIPE = Recipe("elq_ternary", build, order=63, description="ELQ ternary kernels, 4 loss-aware stages", full_only=True)

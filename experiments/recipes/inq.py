@@ -22,6 +22,6 @@ def _build(bits):
 
 
 RECIPES = [
-  Recipe(f"inq{b}", _build(b), order=64, description=f"INQ {b}-bit power-of-two kernels, 4 stages")
+  Recipe(f"inq{b}", _build(b), order=64, description=f"INQ {b}-bit power-of-two kernels, 4 stages", full_only=b == 3)
   for i, b in enumerate((5, 3))
 ]

@@ -139,6 +139,7 @@ def admm(
   rho: float = 1e-2,
   frequency: int = 10,
   view: str = "weights",
+  project_from: int | None = None,
   where: select.Where = None,
 ) -> Compressor:
   """ADMM low-bit training: ``min f(W)`` subject to ``W = G``, ``G`` in a scaled set.
@@ -156,7 +157,10 @@ def admm(
   ``view='weights'`` (the paper's W-step) lets the model see ``W``; ``'projection'``
   lets it see ``G`` (for evaluating the deployed network, or for training the loss at
   ``G`` with a straight-through gradient into ``W``, a variant); only under
-  ``'projection'`` does ``apply`` equal what ``pack`` stores.
+  ``'projection'`` does ``apply`` equal what ``pack`` stores. ``project_from=n`` keeps
+  the ``'weights'`` view before step ``n`` and shows ``G`` from step ``n`` on: give it
+  the run's step count to train the paper's way and evaluate the deployed ``G`` at the
+  end (``apply`` then equals ``pack``).
 
   Args:
     kind: ``'binary'``, ``'ternary'`` or ``'power_of_two'``.
@@ -165,6 +169,8 @@ def admm(
     rho: the penalty parameter ``ρ > 0``.
     frequency: steps between G/U updates, ``>= 1``.
     view: ``'weights'`` or ``'projection'`` (above).
+    project_from: with ``view='weights'``, the step (``update`` count) from which
+      ``apply`` shows ``G``, ``>= 0``; ``None``: never.
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -173,7 +179,7 @@ def admm(
 
   Raises:
     ValueError: on an unknown ``kind`` or ``view``, ``levels`` outside 1..16,
-      ``rho <= 0`` or ``frequency < 1``; at ``init``, as
+      ``rho <= 0``, ``frequency < 1`` or ``project_from < 0``; at ``init``, as
       :func:`jaxcompress.core.leafwise.init_selected`.
 
   References:
@@ -192,6 +198,8 @@ def admm(
   levels = validate.check_int("levels", levels, low=1, high=16) if kind == "power_of_two" else 1
   rho = validate.check_float("rho", rho, low=0.0, low_open=True)
   frequency = validate.check_int("frequency", frequency, low=1)
+  if project_from is not None:
+    project_from = validate.check_int("project_from", project_from, low=0)
 
   def g_of(w, leaf):
     return _codebook(leaf.alpha, kind, levels, w.dtype)[leaf.indices]
@@ -206,9 +214,14 @@ def admm(
     return params, leafwise.LeafwiseState.start(leafwise.init_selected(params, where, init_leaf))
 
   def apply(params, state):
-    if view == "weights":
+    if view == "weights" and project_from is None:
       return params
-    return leafwise.map_selected(lambda w, leaf: _ste.straight_through(w, g_of(w, leaf)), params, state.leaves)
+
+    def one(w, leaf):
+      g = _ste.straight_through(w, g_of(w, leaf))
+      return g if view == "projection" else jnp.where(state.count >= project_from, g, w)
+
+    return leafwise.map_selected(one, params, state.leaves)
 
   def step_leaf(w, leaf):
     alpha, indices = project(w + leaf.dual, kind, levels)
