@@ -83,9 +83,24 @@ def test_g_and_u_updates_every_k_steps_and_the_penalty():
   np.testing.assert_array_equal(np.asarray(view["w"]), np.asarray(packed.materialize()))
 
 
+def test_project_from_switches_the_view_to_g():
+  w = {"w": jnp.asarray([[1.0, -3.0], [0.5, 3.2]])}
+  c = jc.quantization.admm("ternary", project_from=1)
+  params, state = c.init(w)
+  np.testing.assert_array_equal(np.asarray(c.apply(params, state)["w"]), np.asarray(w["w"]))  # the W-step
+  _, state = c.update(params, state)
+  np.testing.assert_allclose(np.asarray(c.apply(params, state)["w"]), [[0.0, -3.1], [0.0, 3.1]], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
   ("kwargs", "match"),
-  [({"kind": "quaternary"}, "kind"), ({"rho": 0.0}, "rho"), ({"frequency": 0}, "frequency"), ({"view": "g"}, "view")],
+  [
+    ({"kind": "quaternary"}, "kind"),
+    ({"rho": 0.0}, "rho"),
+    ({"frequency": 0}, "frequency"),
+    ({"view": "g"}, "view"),
+    ({"project_from": -1}, "project_from"),
+  ],
 )
 def test_bad_arguments_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
