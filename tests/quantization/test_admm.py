@@ -1,5 +1,6 @@
 """ADMM quantization (Leng et al. 2018): projection optimality, G/U updates, penalty."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,17 +59,18 @@ def test_g_and_u_updates_every_k_steps_and_the_penalty():
   c = jc.quantization.admm("power_of_two", levels=2, rho=0.3, frequency=2)
   _params, state = c.init({"w": jnp.asarray(w0)})
 
+  project = jax.jit(lambda v: _admm.project(v, "power_of_two", 2))
+  update, penalty = jax.jit(c.update), jax.jit(c.penalty)
+
   def proj(v):
-    a, i = _admm.project(jnp.asarray(v), "power_of_two", 2)
+    a, i = project(jnp.asarray(v))
     return float(a) * _admm.codebook_values("power_of_two", 2)[np.asarray(i)]
 
   g, u = proj(w0), np.zeros_like(w0)
   for step in range(1, 5):
     w = rng.standard_normal(w0.shape).astype(np.float32)  # as if the optimizer moved W
-    np.testing.assert_allclose(
-      float(c.penalty({"w": jnp.asarray(w)}, state)), 0.15 * ((w - g + u) ** 2).sum(), rtol=1e-5
-    )
-    _, state = c.update({"w": jnp.asarray(w)}, state)
+    np.testing.assert_allclose(float(penalty({"w": jnp.asarray(w)}, state)), 0.15 * ((w - g + u) ** 2).sum(), rtol=1e-5)
+    _, state = update({"w": jnp.asarray(w)}, state)
     if step % 2 == 0:
       g = proj(w + u)
       u = u + w - g

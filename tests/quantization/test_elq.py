@@ -1,5 +1,6 @@
 """ELQ as implemented: the loss-error-aware selection rule on the incremental schedule."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ def test_selection_takes_the_smallest_loss_plus_error_cost():
   assert not np.asarray(state.leaves["w"].frozen).any()  # nothing before steps[0]
   alpha = float(state.leaves["w"].alpha)
   g = rng.standard_normal(w.shape).astype(np.float32)
-  params, state = c.update(params, state, grads={"w": jnp.asarray(g)})
+  update = jax.jit(c.update)
+  params, state = update(params, state, grads={"w": jnp.asarray(g)})
   q = np.where(np.abs(w) >= alpha / 2, np.sign(w) * alpha, 0.0)
   cost = np.abs(g * (q - w)) + 0.5 * (q - w) ** 2
   expect = cost <= np.sort(cost.ravel())[11]  # the 12 cheapest of 24
@@ -24,7 +26,7 @@ def test_selection_takes_the_smallest_loss_plus_error_cost():
   np.testing.assert_allclose(np.asarray(params["w"])[frozen], q[frozen], rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(params["w"])[~frozen], w[~frozen])
   np.testing.assert_array_equal(np.asarray(c.frozen(state)["w"]), frozen)
-  params, state = c.update(params, state, grads={"w": jnp.asarray(g)})
+  params, state = update(params, state, grads={"w": jnp.asarray(g)})
   packed = c.pack(params, state)["w"]
   assert isinstance(packed, jc.export.CodebookArray) and packed.indices.bits == 2
   np.testing.assert_array_equal(np.asarray(packed.materialize()), np.asarray(c.apply(params, state)["w"]))
