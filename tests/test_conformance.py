@@ -86,6 +86,11 @@ CASES = {
   "svd_int8_factors": lambda: jc.lowrank.svd(0.25, factors=jc.quantization.fake_quant(8, per_channel=True)),
   # Given masks (SparseGPT's, in use): a fixed pattern on one kernel.
   "fixed_masks": lambda: jc.pruning.fixed({"fc0/kernel": np.arange(16 * 32).reshape(16, 32) % 3 != 0}),
+  # issue 14: every kernel frozen by step 3, so pack stores the CodebookArray; ADMM's view is G
+  "inq5": lambda: jc.quantization.inq(5, steps=(0, 1, 2, 3)),
+  "elq_ternary": lambda: jc.quantization.elq("ternary", steps=(0, 1, 2, 3)),
+  "admm_ternary_projection": lambda: jc.quantization.admm("ternary", frequency=2, view="projection"),
+  "value_aware4": lambda: jc.quantization.value_aware(4, 0.03),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.

@@ -34,7 +34,13 @@ without knowing each other:
   after the ``update`` that produced ``state`` (lottery-ticket rewinding retrains each
   round's ticket with a fresh optimizer); ``None`` (the default) when it never does.
   ``chain`` ORs them; ``train.make_step`` replaces the optimizer state by
-  ``optimizer.init(params)`` where it is True.
+  ``optimizer.init(params)`` where it is True;
+- ``frozen(state) -> tree | None``: coordinates held at their current (nonzero) values,
+  ``bool`` (True = frozen) mirroring the model's tree with ``None`` at leaves with none
+  (INQ's quantized portion); ``None`` (the default) when nothing is frozen. ``chain``
+  ORs them; ``train.make_step`` treats them like pruned coordinates for the optimizer
+  (no gradient, no update, no moments, so weight decay cannot move them), but, unlike
+  ``masks``, nothing sets them to zero and ``pack`` prunes nothing with them.
 
 A compressor whose model-side technique learns parameters (LSQ's activation steps)
 returns its trainable tree as :class:`Joint` ``(params, extra)``.
@@ -96,6 +102,15 @@ def no_restart(state: Any) -> None:
   del state
 
 
+FrozenFn = Callable[[Any], Any]
+"""``frozen(state) -> tree of bool | None`` (True = held), mirroring the model's params."""
+
+
+def no_frozen(state: Any) -> None:
+  """The default ``frozen``: every coordinate trains."""
+  del state
+
+
 def no_masks(state: Any) -> None:
   """The default ``masks``: this compressor prunes nothing."""
   del state
@@ -124,6 +139,7 @@ class Compressor(NamedTuple):
     penalty: ``(params, state) -> loss term | None``; default: none.
     rewrite: ``(fn, params, state) -> fn'``, model-side; default: identity.
     restart: ``(state) -> bool scalar | None``, restart the optimizer; default: never.
+    frozen: ``(state) -> frozen coordinates | None``, kept off the optimizer; default: none.
   """
 
   init: InitFn
@@ -134,6 +150,7 @@ class Compressor(NamedTuple):
   penalty: PenaltyFn = no_penalty
   rewrite: RewriteFn = no_rewrite
   restart: RestartFn = no_restart
+  frozen: FrozenFn = no_frozen
 
 
 class Joint(NamedTuple):

@@ -23,8 +23,8 @@ the owner's trainable arrays of the mask's shape itself). ``pack`` packs each le
 stage that stores it as a compressed leaf (a ``QArray``, ``CodebookArray``, ...), then
 prunes that leaf with the chain's keep-masks through :func:`jaxcompress.export.prune`,
 so a pruned and quantized weight keeps its codes, scales or codebook and stores only the
-survivors. ``masks``, ``penalty``, ``rewrite`` and ``restart`` combine the stages' (AND,
-sum, composition in order, and OR).
+survivors. ``masks``, ``penalty``, ``rewrite``, ``restart`` and ``frozen`` combine the
+stages' (AND, sum, composition in order, OR, and OR).
 """
 
 from __future__ import annotations
@@ -380,4 +380,13 @@ def chain(*compressors: Compressor) -> Compressor:
     flags = [f for c, s in zip(stages, state.stages) if (f := c.restart(s)) is not None]
     return functools.reduce(jnp.logical_or, flags) if flags else None
 
-  return Compressor(init, apply, update, pack, masks, penalty, rewrite, restart)
+  def frozen(state):
+    state = check_state(state)
+    plan = state.plan
+    comb: list[Any] = [None] * len(plan.paths)
+    for c, s in zip(stages, state.stages):
+      for k, f in enumerate(_flat(plan.model_def, c.frozen(s), len(plan.paths))):
+        comb[k] = f if comb[k] is None else (comb[k] if f is None else jnp.logical_or(comb[k], f))
+    return None if all(f is None for f in comb) else plan.model_def.unflatten(comb)
+
+  return Compressor(init, apply, update, pack, masks, penalty, rewrite, restart, frozen)

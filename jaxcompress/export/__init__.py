@@ -17,6 +17,7 @@ from jaxcompress.export._huffman import (
 )
 from jaxcompress.export._io import CorruptFileError, load, save
 from jaxcompress.export._masked import MaskedArray, prune
+from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray, store_codes
 from jaxcompress.export._sliced import SlicedArray, sliced_from_parts
 from jaxcompress.export._sparse import SparseArray, from_dense, from_mask
@@ -44,6 +45,7 @@ __all__ = [
   "HashedArray",
   "HuffmanArray",
   "MaskedArray",
+  "OutlierArray",
   "QArray",
   "SlicedArray",
   "SparseArray",

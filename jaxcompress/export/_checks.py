@@ -25,6 +25,7 @@ from jaxcompress.export._codebook import CodebookArray, index_bits
 from jaxcompress.export._factorized import ConvFactorized, Factorized, factorize_conv
 from jaxcompress.export._huffman import MAX_CONSTANT_CODES, HuffmanArray
 from jaxcompress.export._masked import MaskedArray
+from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
@@ -346,6 +347,15 @@ def _check_masked(c: _Leaf) -> None:
     raise c.fail("keep", f"the mask has {keep.size} elements, the inner leaf's shape {list(inner.shape)}")
 
 
+def _check_outlier(c: _Leaf) -> None:
+  outliers = c.child("outliers", array=False, leaf=(SparseArray,))
+  base = c.child("base", leaf=(CompressedLeaf,))
+  if tuple(base.shape) != tuple(outliers.shape):
+    raise c.fail("base", f"of shape {list(base.shape)} differs from the outliers' {list(outliers.shape)}")
+  if not _is_array(outliers.values) or kind(outliers.values.dtype) != "f":
+    raise c.fail("outliers", f"holds {type(outliers.values).__name__} values, expected a float array")
+
+
 def _check_factorized(c: _Leaf) -> None:
   shape = c.dims("dense_shape")
   u = tuple(c.child("u", leaf=(CompressedLeaf,)).shape)
@@ -421,6 +431,7 @@ _CHECKS: dict[type, Callable[[_Leaf], None]] = {
   CodebookArray: _check_codebook,
   SlicedArray: _check_sliced,
   MaskedArray: _check_masked,
+  OutlierArray: _check_outlier,
   Factorized: _check_factorized,
   HuffmanArray: _check_huffman,
 }

@@ -67,6 +67,7 @@ from jaxcompress.export._codebook import CodebookArray
 from jaxcompress.export._factorized import ConvFactorized, Factorized
 from jaxcompress.export._huffman import HuffmanArray
 from jaxcompress.export._masked import MaskedArray
+from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
@@ -113,6 +114,7 @@ _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
     ToeplitzArray,
     TiedArray,
     HuffmanArray,
+    OutlierArray,
   )
 }
 # every leaf type's static fields (its pytree meta fields); the other dataclass fields hold arrays or leaves
@@ -130,6 +132,7 @@ _META_FIELDS = {
   "ToeplitzArray": ("dense_shape",),
   "TiedArray": ("source", "primary"),
   "HuffmanArray": ("bits", "code_shape", "signed", "dtype"),
+  "OutlierArray": (),
 }
 _WRITE_CHUNK = 1 << 24
 

@@ -3,8 +3,9 @@
 from jaxcompress.quantization import calibration, gradient_compression, granularity, uniform
 from jaxcompress.quantization._activation_quant import activation_rule
 from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
+from jaxcompress.quantization._admm import admm
 from jaxcompress.quantization._awq import awq, awq_scales
-from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize
+from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize, value_aware_backward
 from jaxcompress.quantization._batchnorm import (
   BatchNormFold,
   FoldState,
@@ -22,8 +23,10 @@ from jaxcompress.quantization._binary import (
   binary_connect,
   xnor_net,
 )
+from jaxcompress.quantization._elq import elq
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization._gptq import GPTQResult, gptq, gptq_layer
+from jaxcompress.quantization._inq import inq
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
 from jaxcompress.quantization._mixed import (
@@ -44,6 +47,7 @@ from jaxcompress.quantization._smoothing import SmoothedModel, scaled_apply
 from jaxcompress.quantization._smoothquant import smooth, smoothquant, smoothquant_scales
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization._ternary import ttq, twn
+from jaxcompress.quantization._value_aware import value_aware
 from jaxcompress.quantization.granularity import Granularity, per_channel, per_group, per_tensor
 from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmetric_scale
 
@@ -57,6 +61,7 @@ __all__ = [
   "SiteState",
   "SmoothedModel",
   "activation_rule",
+  "admm",
   "allocate_bits",
   "awq",
   "awq_scales",
@@ -69,6 +74,7 @@ __all__ = [
   "calibration",
   "cast_float8",
   "choose_bits",
+  "elq",
   "fake_quant",
   "find_batchnorms",
   "fold_batchnorm",
@@ -79,6 +85,7 @@ __all__ = [
   "hawq_sensitivity",
   "hessian_trace",
   "identity_variance",
+  "inq",
   "kmeans",
   "leaf_bytes",
   "loss_sensitivity",
@@ -110,6 +117,8 @@ __all__ = [
   "ttq",
   "twn",
   "uniform",
+  "value_aware",
+  "value_aware_backward",
   "weight_spec",
   "xnor_net",
 ]

@@ -96,3 +96,71 @@ def quantized_backward(
     return f(activation, weight)
 
   return new_rule
+
+
+def value_aware_backward(rule: graph.Rule, *, bits: int = 4, outlier_fraction: float = 0.01) -> graph.Rule:
+  """Wraps a rewrite rule so each site keeps its activation value-aware-quantized for
+  the backward pass only (Park, Yoo & Vajda 2018, "quantized back-propagation").
+
+  The forward pass is ``rule``'s, on the full-precision activation. What the site saves
+  for its backward pass is the activation compressed: the ``round(outlier_fraction *
+  size)`` largest magnitudes as values and flat positions (``lax.top_k``), the rest as
+  symmetric ``bits``-bit codes in ``int8`` with one ``float32`` scale (``max|rest| /
+  (2^(b-1) - 1)``). The backward pass rebuilds the activation from these and pulls the
+  gradient back through ``rule`` at it (recomputing the site's forward there), so the
+  weight gradient is a product with the quantized activation while the activation
+  gradient is exact. Codes are stored one per byte (not bit-packed), so a 4-bit
+  activation saves 4x against float32, not 8x: ``experiments/bench_value_aware.py``
+  measures the compiled step's temporary memory.
+
+  Args:
+    rule: the forward rule (``lambda site, a, w: site.compute(a, w)`` for the plain op).
+    bits: bits of the small activations, 2..8.
+    outlier_fraction: the fraction of each activation kept at full precision, ``[0, 1)``.
+
+  Returns:
+    A rule for :func:`jaxcompress.graph.rewrite`.
+
+  Raises:
+    ValueError: on ``bits`` outside 2..8 or ``outlier_fraction`` outside ``[0, 1)``.
+
+  References:
+    Park, Yoo & Vajda 2018, "Value-aware Quantization for Training and Inference of
+    Neural Networks", ECCV, https://arxiv.org/abs/1804.07802.
+  """
+  validate.check_bits("bits", bits, low=2, high=8)
+  fraction = validate.check_float("outlier_fraction", outlier_fraction, low=0.0, high=1.0, high_open=True)
+  q = uniform.qmax(bits)
+
+  def new_rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
+    shape, dtype = activation.shape, activation.dtype
+    k = round(fraction * activation.size)
+
+    @jax.custom_vjp
+    def f(a, w):
+      return rule(site, a, w)
+
+    def fwd(a, w):
+      flat = uniform.upcast(a).astype(jnp.float32).reshape(-1)
+      if k:
+        # the k largest magnitudes by radix select (linear, no sort's temporaries)
+        _, index = jax.lax.top_k(jnp.abs(flat), k)
+        big = flat[index]
+        flat = flat.at[index].set(0.0)
+      else:
+        index, big = jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.float32)
+      scale = uniform.symmetric_params(jnp.max(jnp.abs(flat)), q)
+      codes = uniform.quantize(flat, scale, bits).astype(jnp.int8)
+      return rule(site, a, w), (codes, scale, index, big.astype(dtype), w)
+
+    def bwd(saved, g):
+      codes, scale, index, big, w = saved
+      a = (codes.astype(jnp.float32) * scale).at[index].set(big.astype(jnp.float32))
+      a = uniform.saturate(a, dtype).astype(dtype).reshape(shape)
+      _, pullback = jax.vjp(lambda a, w: rule(site, a, w), a, w)
+      return pullback(g)
+
+    f.defvjp(fwd, bwd)
+    return f(activation, weight)
+
+  return new_rule

@@ -48,6 +48,33 @@ def trainable_masks(params: PyTree, masks: PyTree) -> PyTree:
   return carried if extra is None else Joint(carried, jax.tree.map(lambda _: None, extra))
 
 
+def hold_masks(masks: PyTree | None, frozen: PyTree | None) -> PyTree | None:
+  """The coordinates the optimizer may move: ``masks`` (kept) and not ``frozen``.
+
+  Args:
+    masks: keep-masks over the model's tree (``Compressor.masks``), or ``None``.
+    frozen: frozen coordinates over the model's tree (``Compressor.frozen``, True =
+      held), or ``None``.
+
+  Returns:
+    ``bool`` masks over the model's tree (``None`` where neither has one), or ``None``
+    when both are ``None``.
+  """
+  if frozen is None:
+    return masks
+  model_def = jax.tree.structure(frozen, is_leaf=lambda x: x is None)
+  flat_f = model_def.flatten_up_to(frozen)
+  flat_m = [None] * len(flat_f) if masks is None else model_def.flatten_up_to(masks)
+  out = []
+  for m, f in zip(flat_m, flat_f):
+    if f is None:
+      out.append(m)
+    else:
+      free = jnp.logical_not(f)
+      out.append(free if m is None else jnp.logical_and(m, free))
+  return model_def.unflatten(out)
+
+
 def mask_tree(tree: PyTree, masks: PyTree) -> PyTree:
   """Zeroes ``tree``'s leaves where ``masks`` is False (``None`` masks pass through).
 

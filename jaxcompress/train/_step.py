@@ -11,7 +11,7 @@ import optax
 
 from jaxcompress.core._base import Compressor
 from jaxcompress.core.tree import PyTree
-from jaxcompress.train._masks import mask_tree, reset_pruned, trainable_masks
+from jaxcompress.train._masks import hold_masks, mask_tree, reset_pruned, trainable_masks
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -124,6 +124,8 @@ def make_step(
   regrows by them). Without masks it is the plain step. Where ``compressor.restart(cstate)``
   is True after an ``update`` (a lottery ticket's rewind), the optimizer state is
   replaced by ``optimizer.init(params)``: moments and step count start afresh.
+  Coordinates in ``compressor.frozen(cstate)`` get the same treatment from the optimizer
+  as pruned ones (zeroed gradients, updates and moments) but keep their values.
 
   The step is a pure function ``step(state, *batch) -> (state, loss)`` (or
   ``(state, (loss, aux))`` with ``has_aux``); jitting is the caller's choice. It works
@@ -178,7 +180,8 @@ def make_step(
         grads = jax.lax.pmean(grads, axis_name)
       # the loss is averaged; aux (predictions, counts) is each device's own
       out = (jax.lax.pmean(out[0], axis_name), out[1]) if has_aux else jax.lax.pmean(out, axis_name)
-    model_masks = compressor.masks(state.cstate)
+    # frozen coordinates (INQ's quantized portion) are kept off the optimizer like pruned ones
+    model_masks = hold_masks(compressor.masks(state.cstate), compressor.frozen(state.cstate))
     opt_state = state.opt_state
     masks = None if model_masks is None else trainable_masks(state.params, model_masks)
     if masks is not None:
