@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress import export, graph
+from jaxcompress import graph
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.graph._dense import PathSet, TokenMask, as_inputs, dense_layout, selected
 from jaxcompress.pruning import _criteria as criteria
-from jaxcompress.pruning._masking import PruningState, check_state, zero_pruned
+from jaxcompress.pruning._masking import PruningState, held
 
 
 def wanda_score(w: jax.Array, norms: jax.Array) -> jax.Array:
@@ -182,21 +182,4 @@ def wanda(
     )
     return params, state
 
-  def apply(params, state):
-    check_state(state, PruningState, who)
-    return leafwise.map_selected(zero_pruned, params, state.masks)
-
-  def update(params, state, *, grads=None, **extra):
-    del grads, extra
-    check_state(state, PruningState, who)
-    return leafwise.map_selected(zero_pruned, params, state.masks), state._replace(count=state.count + 1)
-
-  def pack(params, state):
-    check_state(state, PruningState, who)
-    return leafwise.map_selected(export.prune, params, state.masks)
-
-  def masks(state):
-    check_state(state, PruningState, who)
-    return state.masks
-
-  return Compressor(init, apply, update, pack, masks=masks)
+  return held(init, PruningState, who)
