@@ -1,5 +1,6 @@
 """See the model's computation: sites, rewriting, capture, FLOPs and channel dependencies."""
 
+from jaxcompress.graph._dense import is_dense_site
 from jaxcompress.graph._deps import Group, Member, dependency_groups
 from jaxcompress.graph._hessian import (
   InputHessian,
@@ -8,7 +9,6 @@ from jaxcompress.graph._hessian import (
   damped_inverse_cholesky,
   dense_sites,
   input_hessians,
-  is_dense_site,
   layerwise,
   output_error,
 )

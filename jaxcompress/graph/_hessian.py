@@ -22,8 +22,16 @@ import numpy as np
 
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, leaves_with_paths, map_with_path
-from jaxcompress.graph._rewrite import capture
-from jaxcompress.graph._trace import CONTROL_FLOW, Site, find_sites, make_jaxpr
+from jaxcompress.graph._dense import (
+  as_inputs,
+  as_mask,
+  capture_inputs,
+  check_mask,
+  is_dense_site,
+  no_valid_token,
+  selected,
+)
+from jaxcompress.graph._trace import Site, find_sites, make_jaxpr
 
 
 class InputHessian(NamedTuple):
@@ -40,27 +48,6 @@ class InputHessian(NamedTuple):
   site: Site
 
 
-def is_dense_site(site: Site) -> bool:
-  """Whether a site is a plain Dense matmul ``x @ kernel``: the leaf itself is the 2-D
-  right operand, its axis 0 contracted with the activation's last axis, no batch axes
-  (Flax ``nn.Dense`` / ``nnx.Linear``). Only these sites get input Hessians."""
-  if site.op != "dot_general" or site.weight_operand != 1 or len(site.weight_shape) != 2:
-    return False
-  (lc, rc), (lb, rb) = site.params["dimension_numbers"]
-  return (
-    site.leaf_axes == (0, 1)
-    and tuple(rc) == (0,)
-    and not lb
-    and not rb
-    and tuple(lc) == (len(site.activation_shape) - 1,)
-    and not CONTROL_FLOW & set(site.scopes)
-  )
-
-
-def _as_inputs(batch: Any) -> tuple[Any, ...]:
-  return batch if isinstance(batch, tuple) else (batch,)
-
-
 def dense_sites(
   apply_fn: Callable[..., Any], params: PyTree, batch: Any, where: select.Where = None
 ) -> dict[str, list[Site]]:
@@ -71,10 +58,9 @@ def dense_sites(
       (a conv kernel, a transposed use, an embedding read by a gather), naming it, or if
       nothing is selected.
   """
-  closed, paths, _ = make_jaxpr(apply_fn, params, *_as_inputs(batch))
-  pred = select.as_predicate(where)
+  closed, paths, _ = make_jaxpr(apply_fn, params, *as_inputs(batch))
   leaves = dict(leaves_with_paths(params))
-  chosen = {p for p, leaf in leaves.items() if pred(p, leaf)}
+  chosen = selected(params, where)
   out: dict[str, list[Site]] = {}
   for site in find_sites(closed, paths):
     if site.path in chosen and is_dense_site(site):
@@ -92,14 +78,6 @@ def dense_sites(
   return out
 
 
-def _check_mask(site: Site, shape: tuple[int, ...], mask: Any) -> None:
-  if mask is not None and tuple(mask.shape) != tuple(shape[:-1]):
-    raise ValueError(
-      f"token_mask of shape {tuple(mask.shape)} does not match the leading axes {tuple(shape[:-1])} of the input "
-      f"of site {site.key!r} (input {tuple(shape)}); restrict `where` to the sites that read every token"
-    )
-
-
 @jax.jit
 def _gram(x: jax.Array, mask: Any) -> tuple[jax.Array, jax.Array]:
   """``(Σ xᵀx, rows)`` over the rows of ``x`` (flattened to ``(rows, in)``) that ``mask`` keeps."""
@@ -113,36 +91,28 @@ def _gram(x: jax.Array, mask: Any) -> tuple[jax.Array, jax.Array]:
 
 
 def _inputs_fn(apply_fn: Callable[..., Any], sites: dict[str, list[Site]]) -> Callable[..., Any]:
-  """A jitted ``(params, inputs) -> {site.key: input}`` over the given sites."""
+  """A jitted ``(params, *inputs) -> {site.key: input}`` over the given sites."""
   keys = {s.key for ss in sites.values() for s in ss}
-  run = capture(apply_fn, where=lambda path, site: site.key in keys and is_dense_site(site))
-
-  def inputs(params, batch_inputs):
-    _, captured = run(params, *batch_inputs)
-    return {k: r["input"] for k, r in captured.items() if k in keys}
-
-  return jax.jit(inputs)
+  return capture_inputs(apply_fn, lambda path, site: site.key in keys and is_dense_site(site))
 
 
 def _masks_for(batches: list[Any], token_mask: Any) -> list[Any]:
   if token_mask is None:
     return [None] * len(batches)
   if callable(token_mask):
-    masks = [jnp.asarray(token_mask(b)) for b in batches]
+    masks = [as_mask(token_mask(b)) for b in batches]
   else:
-    masks = [jnp.asarray(m) for m in token_mask]
+    masks = [as_mask(m) for m in token_mask]
   if len(masks) != len(batches):
     raise ValueError(f"token_mask has {len(masks)} masks for {len(batches)} batches")
-  if not any(np.any(np.asarray(m)) for m in masks):
-    raise ValueError(
-      "calibration has no valid token: token_mask masks out every token of every batch (a calibration set of padding only)"
-    )
+  if not any(np.any(m) for m in masks):
+    raise no_valid_token()
   return masks
 
 
 def _add(sums: dict[str, list[Any]], path: str, xs: list[Any], mask: Any, sites: list[Site]) -> None:
   for site, x in zip(sites, xs):
-    _check_mask(site, tuple(x.shape), mask)
+    check_mask(site.key, mask, tuple(x.shape[:-1]), tuple(x.shape))
     xtx, n = _gram(x, mask)
     # Each batch's Gram matrix is float32; their sum over batches is kept in float64 on the
     # host, so that many batches do not lose the small ones to rounding.
@@ -162,7 +132,7 @@ def _accumulate(
   """Sums of ``xᵀx`` and row counts over the batches for ``paths``."""
   sums: dict[str, list[Any]] = {}
   for batch, mask in zip(batches, masks):
-    captured = inputs_fn(params, _as_inputs(batch))
+    captured = inputs_fn(params, *as_inputs(batch))
     for path in paths:
       _add(sums, path, [captured[s.key] for s in sites[path]], mask, sites[path])
   return sums
@@ -183,7 +153,7 @@ def _accumulate_group(
   group = [head] + [p for p in remaining[1:] if single(head) and single(p)]
   sums: dict[str, list[Any]] = {}
   for batch, mask in zip(batches, masks):
-    captured = inputs_fn(params, _as_inputs(batch))
+    captured = inputs_fn(params, *as_inputs(batch))
     x0 = captured[sites[head][0].key]
     group = [head] + [
       p
@@ -198,10 +168,7 @@ def _accumulate_group(
 def _finish(path: str, sums: list[Any], site: Site) -> InputHessian:
   total, tokens = sums
   if tokens == 0:
-    raise ValueError(
-      f"calibration gave site {path!r} no valid token: every token of every batch is masked out by token_mask "
-      "(a calibration set of padding only)"
-    )
+    raise no_valid_token(path)
   h = (2.0 * total / tokens).astype(np.float32)
   if not np.all(np.isfinite(h)):
     raise ValueError(f"the input Hessian of site {path!r} is not finite (NaN or inf in its calibration inputs)")

@@ -10,19 +10,23 @@ marks as padding, and keeps per-channel statistics (and optionally the tokens).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxcompress.core import select
 from jaxcompress.core.tree import PyTree, leaves_with_paths
-from jaxcompress.graph._rewrite import capture
+from jaxcompress.graph._dense import (
+  TokenMask,
+  as_inputs,
+  batch_mask,
+  capture_inputs,
+  dense_layout,
+  flat_tokens,
+  no_valid_token,
+)
 from jaxcompress.graph._trace import Site, trace
-
-TokenMask = int | Callable[[tuple[Any, ...]], Any] | None
 
 
 @dataclasses.dataclass
@@ -44,75 +48,6 @@ class DenseInputs:
   sqnorm: np.ndarray
   count: int
   tokens: np.ndarray | None
-
-
-def dense_layout(site: Site, leaf_shape: tuple[int, ...]) -> int:
-  """How many leading axes of the kernel (and trailing axes of the input) a Dense site contracts.
-
-  Raises:
-    ValueError: naming the site, unless it is ``x @ W`` with ``W`` the leaf as stored,
-      contracting ``W``'s leading axes with ``x``'s trailing ones (Flax ``(in, out)``).
-  """
-  why = None
-  if site.op != "dot_general":
-    why = f"it is a {site.op}, not a Dense matmul"
-  else:
-    (lc, rc), (lb, rb) = site.params["dimension_numbers"]
-    a_c, w_c = (lc, rc) if site.weight_operand == 1 else (rc, lc)
-    k = len(w_c)
-    na = len(site.activation_shape)
-    if lb or rb:
-      why = "it has batch dimensions"
-    elif tuple(site.weight_shape) != tuple(leaf_shape) or site.leaf_axes not in (None, tuple(range(len(leaf_shape)))):
-      why = f"the kernel is reshaped or transposed there (used as {site.weight_shape}, stored as {leaf_shape})"
-    elif tuple(w_c) != tuple(range(k)) or tuple(a_c) != tuple(range(na - k, na)):
-      why = "it does not contract the kernel's leading axes with the input's trailing axes"
-    elif na <= k:
-      why = "its input has no token axis"
-    if why is None:
-      return k
-  raise ValueError(
-    f"site {site.key!r} is not a Dense layer x @ W with W (in, out) as Flax stores it: {why}; exclude it with where="
-  )
-
-
-class PathSet(frozenset):
-  """A hashable ``where=`` selecting the sites of the kernels whose paths it holds.
-
-  Hashable by value, so :func:`dense_inputs` reuses one compiled capture for repeated
-  calls on the same model and selection (a compressor's ``init`` run again).
-  """
-
-  def __call__(self, path: str, site: Any = None) -> bool:
-    return path in self
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_capture(apply_fn: Callable[..., Any], where: PathSet) -> Callable[..., Any]:
-  return jax.jit(capture(apply_fn, where=where))
-
-
-def _capture_fn(apply_fn: Callable[..., Any], where: select.Where) -> Callable[..., Any]:
-  if isinstance(where, PathSet):
-    try:
-      return _cached_capture(apply_fn, where)
-    except TypeError:  # an unhashable apply_fn
-      pass
-  return jax.jit(capture(apply_fn, where=where))
-
-
-def _batch_mask(token_mask: TokenMask, inputs: tuple[Any, ...]) -> np.ndarray | None:
-  if token_mask is None:
-    return None
-  if isinstance(token_mask, int) and not isinstance(token_mask, bool):
-    if not -len(inputs) <= token_mask < len(inputs):
-      raise ValueError(f"token_mask={token_mask} is not the index of one of the batch's {len(inputs)} inputs")
-    m = inputs[token_mask]
-  elif callable(token_mask):
-    m = token_mask(inputs)
-  else:
-    raise TypeError(f"token_mask must be None, an input index or a callable batch -> mask, got {token_mask!r}")
-  return np.asarray(m).astype(bool)
 
 
 def dense_inputs(
@@ -151,31 +86,22 @@ def dense_inputs(
       does not lead a site's input, or no token is valid (a calibration set of padding
       only) — each naming the value.
   """
-  run = _capture_fn(apply_fn, where)
+  run = capture_inputs(apply_fn, where)
   leaf_shapes = {path: tuple(np.shape(leaf)) for path, leaf in leaves_with_paths(params)}
   acc: dict[str, dict[str, Any]] = {}
   sites: dict[str, Site] = {}
   seen = 0
   for batch in batches:
-    inputs = batch if isinstance(batch, tuple) else (batch,)
+    inputs = as_inputs(batch)
     seen += 1
-    mask = _batch_mask(token_mask, inputs)
-    _, captured = run(params, *inputs)
+    mask = batch_mask(token_mask, inputs)
+    captured = run(params, *inputs)
     if not sites:
       every = {s.key: s for s in trace(apply_fn, params, *inputs)}
       sites.update({k: every[k] for k in captured})
-    for key, record in captured.items():
+    for key, x in captured.items():
       site = sites[key]
-      k = dense_layout(site, leaf_shapes.get(site.path, ()))
-      x = np.asarray(record["input"], np.float32)
-      lead = x.shape[: x.ndim - k]
-      x = x.reshape(int(np.prod(lead)), -1)
-      if mask is not None:
-        if tuple(mask.shape) != tuple(lead):
-          raise ValueError(
-            f"token_mask of shape {mask.shape} does not match the leading shape {lead} of site {key!r}'s input"
-          )
-        x = x[mask.reshape(-1)]
+      x = flat_tokens(x, dense_layout(site, leaf_shapes.get(site.path, ())), mask, key)
       a = acc.setdefault(key, {"absmax": None, "abssum": 0.0, "sqnorm": 0.0, "count": 0, "tokens": []})
       if x.shape[0]:
         ax = np.abs(x)
@@ -192,10 +118,7 @@ def dense_inputs(
   out = {}
   for key, a in acc.items():
     if a["count"] == 0:
-      raise ValueError(
-        f"the calibration batches hold no valid token for site {key!r} (token_mask={token_mask!r} marks every "
-        "token as padding): pass batches with real tokens"
-      )
+      raise no_valid_token(key, token_mask)
     out[key] = DenseInputs(
       site=sites[key],
       absmax=a["absmax"].astype(np.float32),

@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress import export
 from jaxcompress.core import leafwise
 from jaxcompress.core._base import Compressor
 from jaxcompress.core.tree import PyTree, leaves_with_paths, map_with_path
-from jaxcompress.pruning._masking import check_state, zero_pruned
+from jaxcompress.pruning._masking import held, zero_pruned
 
 
 class FixedMaskState(NamedTuple):
@@ -76,19 +75,4 @@ def fixed(masks: PyTree) -> Compressor:
     state = FixedMaskState(count=jnp.asarray(0, jnp.int32), masks=tree)
     return leafwise.map_selected(zero_pruned, params, tree), state
 
-  def apply(params, state):
-    check_state(state, FixedMaskState, "fixed")
-    return leafwise.map_selected(zero_pruned, params, state.masks)
-
-  def update(params, state, *, grads=None, **extra):
-    del grads, extra
-    check_state(state, FixedMaskState, "fixed")
-    return leafwise.map_selected(zero_pruned, params, state.masks), state._replace(count=state.count + 1)
-
-  def pack(params, state):
-    return leafwise.map_selected(export.prune, params, state.masks)
-
-  def masks_of(state):
-    return state.masks
-
-  return Compressor(init, apply, update, pack, masks=masks_of)
+  return held(init, FixedMaskState, "fixed")

@@ -82,6 +82,33 @@ def check_state(state: Any, expected: type, who: str) -> None:
     )
 
 
+def held(init: Callable[..., Any], state_type: type, who: str) -> Compressor:
+  """A :class:`~jaxcompress.Compressor` holding the keep-masks its ``init`` puts in
+  ``state.masks`` (a ``state_type`` with ``count`` and ``masks``): ``apply`` and ``update``
+  zero the pruned weights (``update`` also counts the step), ``pack`` stores each masked
+  leaf with :func:`~jaxcompress.export.prune`, and ``masks`` reports them; each checks
+  that it got ``who``'s own state."""
+
+  def apply(params, state):
+    check_state(state, state_type, who)
+    return leafwise.map_selected(zero_pruned, params, state.masks)
+
+  def update(params, state, *, grads=None, **extra):
+    del grads, extra
+    check_state(state, state_type, who)
+    return leafwise.map_selected(zero_pruned, params, state.masks), state._replace(count=state.count + 1)
+
+  def pack(params, state):
+    check_state(state, state_type, who)
+    return leafwise.map_selected(export.prune, params, state.masks)
+
+  def masks(state):
+    check_state(state, state_type, who)
+    return state.masks
+
+  return Compressor(init, apply, update, pack, masks=masks)
+
+
 def check_scope(scope: str) -> str:
   """Validates ``scope``: ``'layer'`` (per-leaf targets) or ``'global'`` (one ranking)."""
   return validate.check_choice("scope", scope, ("layer", "global"))

@@ -9,13 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress import export, graph
+from jaxcompress import graph
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
-from jaxcompress.core.tree import leaves_with_paths
-from jaxcompress.graph._inputs import PathSet, TokenMask, dense_layout
+from jaxcompress.graph._dense import PathSet, TokenMask, as_inputs, dense_layout, selected
 from jaxcompress.pruning import _criteria as criteria
-from jaxcompress.pruning._masking import PruningState, check_state, zero_pruned
+from jaxcompress.pruning._masking import PruningState, held
 
 
 def wanda_score(w: jax.Array, norms: jax.Array) -> jax.Array:
@@ -142,10 +141,9 @@ def wanda(
   who = "wanda" if n is None else f"wanda {n}:{m}"
 
   def masks_for(params):
-    pred = select.as_predicate(where)
-    chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+    chosen = selected(params, where)
     first = batches[0]
-    fed = {s.path for s in graph.trace(apply_fn, params, *(first if isinstance(first, tuple) else (first,)))}
+    fed = {s.path for s in graph.trace(apply_fn, params, *as_inputs(first))}
     if explicit and (missing := sorted(chosen - fed)):
       raise ValueError(f"where={where!r} selects {missing[:5]}, which feed no Dense site: Wanda needs their inputs")
     chosen &= fed
@@ -184,21 +182,4 @@ def wanda(
     )
     return params, state
 
-  def apply(params, state):
-    check_state(state, PruningState, who)
-    return leafwise.map_selected(zero_pruned, params, state.masks)
-
-  def update(params, state, *, grads=None, **extra):
-    del grads, extra
-    check_state(state, PruningState, who)
-    return leafwise.map_selected(zero_pruned, params, state.masks), state._replace(count=state.count + 1)
-
-  def pack(params, state):
-    check_state(state, PruningState, who)
-    return leafwise.map_selected(export.prune, params, state.masks)
-
-  def masks(state):
-    check_state(state, PruningState, who)
-    return state.masks
-
-  return Compressor(init, apply, update, pack, masks=masks)
+  return held(init, PruningState, who)

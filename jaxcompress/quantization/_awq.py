@@ -13,7 +13,7 @@ import numpy as np
 from jaxcompress import export, graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, leaves_with_paths, map_with_path
-from jaxcompress.graph._inputs import PathSet, TokenMask
+from jaxcompress.graph._dense import PathSet, TokenMask, selected
 from jaxcompress.quantization import _smoothing as smoothing
 from jaxcompress.quantization._fake_quant import weight_spec
 from jaxcompress.quantization._smoothing import Producers, SmoothedModel
@@ -169,8 +169,7 @@ def awq(
   grid = validate.check_int("grid", grid, low=1)
   max_tokens = validate.check_int("max_tokens", max_tokens, low=1)
   batches = list(batches)
-  pred = select.as_predicate(where)
-  chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+  chosen = selected(params, where)
   leaves = dict(leaves_with_paths(params))
   for p in sorted(chosen):
     if np.ndim(leaves[p]) == 2:

@@ -122,8 +122,13 @@ def hessian_trace(
   return out
 
 
-def _spec_args(per_channel, symmetric, axis, group_size, group_axis):
-  return dict(symmetric=symmetric, per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
+def _specs(candidates, per_channel, symmetric, axis, group_size, group_axis):
+  """``{bits: QuantSpec}`` of each candidate bit-width, as ``fake_quant`` would build it."""
+  kw = dict(symmetric=symmetric, per_channel=per_channel, axis=axis, group_size=group_size, group_axis=group_axis)
+  specs = {b: weight_spec(b, **kw) for b in candidates}
+  if not specs:
+    raise ValueError("candidates must hold at least one bit-width, got an empty sequence")
+  return specs
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -168,9 +173,7 @@ def quantization_perturbation(
   Raises:
     ValueError: on bad bits or granularity, or a ``where`` that selects nothing.
   """
-  specs = {b: weight_spec(b, **_spec_args(per_channel, symmetric, axis, group_size, group_axis)) for b in candidates}
-  if not specs:
-    raise ValueError("candidates must hold at least one bit-width, got an empty sequence")
+  specs = _specs(candidates, per_channel, symmetric, axis, group_size, group_axis)
   paths = set(_selected_paths(params, where))
   out = {}
   for path, w in leaves_with_paths(params):
@@ -230,9 +233,7 @@ def loss_sensitivity(
     ValueError: on bad bits or granularity, a ``where`` that selects nothing, or a loss that
       is not finite.
   """
-  specs = {b: weight_spec(b, **_spec_args(per_channel, symmetric, axis, group_size, group_axis)) for b in candidates}
-  if not specs:
-    raise ValueError("candidates must hold at least one bit-width, got an empty sequence")
+  specs = _specs(candidates, per_channel, symmetric, axis, group_size, group_axis)
   paths = _selected_paths(params, where)
   loss = jax.jit(lambda p: loss_fn(p, *batch))
   base = float(loss(params))
@@ -271,9 +272,7 @@ def leaf_bytes(
   Returns:
     ``{path: {bits: bytes}}``.
   """
-  specs = {b: weight_spec(b, **_spec_args(per_channel, symmetric, axis, group_size, group_axis)) for b in candidates}
-  if not specs:
-    raise ValueError("candidates must hold at least one bit-width, got an empty sequence")
+  specs = _specs(candidates, per_channel, symmetric, axis, group_size, group_axis)
   paths = set(_selected_paths(params, where))
   out = {}
   for path, w in leaves_with_paths(params):

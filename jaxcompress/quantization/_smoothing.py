@@ -30,7 +30,8 @@ import numpy as np
 
 from jaxcompress import export, graph
 from jaxcompress.core.tree import PyTree, leaves_with_paths, map_with_path
-from jaxcompress.graph._inputs import DenseInputs, dense_layout
+from jaxcompress.graph._dense import dense_layout
+from jaxcompress.graph._inputs import DenseInputs
 from jaxcompress.quantization._spec import QuantSpec
 
 Producers = Mapping[str, "str | tuple[str, ...] | None"]

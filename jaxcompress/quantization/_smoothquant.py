@@ -10,7 +10,7 @@ import numpy as np
 from jaxcompress import graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, leaves_with_paths
-from jaxcompress.graph._inputs import PathSet, TokenMask
+from jaxcompress.graph._dense import PathSet, TokenMask, selected
 from jaxcompress.quantization import _smoothing as smoothing
 from jaxcompress.quantization._ptq import ptq
 from jaxcompress.quantization._smoothing import Producers, SmoothedModel
@@ -65,8 +65,7 @@ def smooth(
   """
   alpha = validate.check_float("alpha", alpha, low=0.0, high=1.0)
   batches = list(batches)
-  pred = select.as_predicate(where)
-  chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+  chosen = selected(params, where)
   stats = graph.dense_inputs(apply_fn, params, batches, where=PathSet(chosen), token_mask=token_mask)
   groups, info = smoothing.plan(params, stats, producers)
   leaves = dict(leaves_with_paths(params))
