@@ -179,8 +179,9 @@ def gptq_layer(
 
   Raises:
     ValueError: on ``bits`` outside 2..8, ``group_size`` not dividing ``in``,
-      ``damp <= 0``, a kernel that is not 2-D, a Hessian of the wrong shape, or
-      non-finite inputs; each message names the value.
+      ``damp <= 0``, a kernel that is not 2-D or is empty, a Hessian of the wrong shape,
+      or non-finite inputs; each message names the value.
+    TypeError: on a kernel that is not floating point.
 
   References:
     Frantar, Ashkboos, Hoefler & Alistarh 2022, "GPTQ: Accurate Post-Training
@@ -188,8 +189,10 @@ def gptq_layer(
   """
   _check_options(bits, group_size, block_size, damp, act_order, symmetric)
   k = np.asarray(kernel) if not isinstance(kernel, jax.Array) else kernel
-  if k.ndim != 2:
-    raise ValueError(f"{name}: GPTQ quantizes 2-D (in, out) kernels, got shape {tuple(k.shape)}")
+  if not jnp.issubdtype(k.dtype, jnp.floating):
+    raise TypeError(f"{name}: GPTQ quantizes floating-point kernels, got dtype {k.dtype}")
+  if k.ndim != 2 or 0 in k.shape:
+    raise ValueError(f"{name}: GPTQ quantizes non-empty 2-D (in, out) kernels, got shape {tuple(k.shape)}")
   n_in, n_out = k.shape
   h = np.asarray(hessian, np.float32)
   if h.shape != (n_in, n_in):

@@ -152,3 +152,14 @@ def test_bad_inputs(problem, kwargs, match):
   _, w, h = problem
   with pytest.raises(ValueError, match=match):
     gptq_layer(w, h, **{"group_size": GROUP, **kwargs})
+
+
+@pytest.mark.parametrize("kernel", [np.ones((8, 4), np.int32), np.ones((8, 4), bool)])
+def test_integer_kernel_is_refused(kernel):
+  with pytest.raises(TypeError, match=r"kernel.*int32|kernel.*bool"):
+    gptq_layer(kernel, np.eye(8, dtype=np.float32), group_size=None)
+
+
+def test_empty_kernel_is_refused():
+  with pytest.raises(ValueError, match=r"kernel.*\(0, 4\)"):
+    gptq_layer(np.zeros((0, 4), np.float32), np.zeros((0, 0), np.float32), group_size=None)
