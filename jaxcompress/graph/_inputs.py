@@ -169,7 +169,7 @@ def dense_inputs(
       k = dense_layout(site, leaf_shapes.get(site.path, ()))
       x = np.asarray(record["input"], np.float32)
       lead = x.shape[: x.ndim - k]
-      x = x.reshape(int(np.prod(lead)), -1)
+      x = x.reshape(int(np.prod(lead)), int(np.prod(x.shape[x.ndim - k :])))  # -1 fails on 0 tokens
       if mask is not None:
         if tuple(mask.shape) != tuple(lead):
           raise ValueError(
@@ -192,9 +192,9 @@ def dense_inputs(
   out = {}
   for key, a in acc.items():
     if a["count"] == 0:
+      why = "every batch is empty" if token_mask is None else f"token_mask={token_mask!r} marks every token as padding"
       raise ValueError(
-        f"the calibration batches hold no valid token for site {key!r} (token_mask={token_mask!r} marks every "
-        "token as padding): pass batches with real tokens"
+        f"the calibration batches hold no valid token for site {key!r} ({why}): pass batches with real tokens"
       )
     out[key] = DenseInputs(
       site=sites[key],

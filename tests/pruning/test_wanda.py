@@ -94,3 +94,15 @@ def test_bad_inputs_name_the_value(layer):
     jc.pruning.wanda(0.5, apply_fn=lambda p, x, m: dense(p, x), batches=[pad_only], token_mask=1).init(layer)
   with pytest.raises(ValueError, match="feed no Dense site"):
     jc.pruning.wanda(0.5, apply_fn=dense, batches=[(x,)], where="dense/bias").init(layer)
+
+
+def test_zero_token_batches(layer):
+  x = _outlier_inputs(6)
+  empty = (jnp.zeros((0, IN)),)
+  with pytest.raises(ValueError, match=r"no valid token.*every batch is empty"):
+    jc.graph.dense_inputs(dense, layer, [empty])
+  # An empty batch among real ones adds nothing.
+  got = jc.graph.dense_inputs(dense, layer, [empty, (x,), empty])
+  (site,) = got.values()
+  assert site.count == TOKENS
+  np.testing.assert_allclose(site.sqnorm, np.sum(x.astype(np.float64) ** 2, axis=0), rtol=1e-6)
