@@ -101,15 +101,15 @@ def _check_mask(site: Site, shape: tuple[int, ...], mask: Any) -> None:
 
 
 @jax.jit
-def _gram(x: jax.Array, mask: Any) -> tuple[jax.Array, jax.Array]:
-  """``(Σ xᵀx, rows)`` over the rows of ``x`` (flattened to ``(rows, in)``) that ``mask`` keeps."""
+def _gram(x: jax.Array, mask: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(Σ xᵀx, rows, max |x|)`` over the rows of ``x`` (flattened to ``(rows, in)``) that ``mask`` keeps."""
   rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
   if mask is None:
     n = jnp.asarray(rows.shape[0], jnp.float32)
   else:
     keep = mask.reshape(-1).astype(bool)
     rows, n = jnp.where(keep[:, None], rows, 0.0), jnp.sum(keep).astype(jnp.float32)
-  return jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST), n
+  return jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST), n, jnp.max(jnp.abs(rows), initial=0.0)
 
 
 def _inputs_fn(apply_fn: Callable[..., Any], sites: dict[str, list[Site]]) -> Callable[..., Any]:
@@ -143,12 +143,13 @@ def _masks_for(batches: list[Any], token_mask: Any) -> list[Any]:
 def _add(sums: dict[str, list[Any]], path: str, xs: list[Any], mask: Any, sites: list[Site]) -> None:
   for site, x in zip(sites, xs):
     _check_mask(site, tuple(x.shape), mask)
-    xtx, n = _gram(x, mask)
+    xtx, n, absmax = _gram(x, mask)
     # Each batch's Gram matrix is float32; their sum over batches is kept in float64 on the
     # host, so that many batches do not lose the small ones to rounding.
-    s = sums.setdefault(path, [0.0, 0.0])
+    s = sums.setdefault(path, [0.0, 0.0, 0.0])
     s[0] = s[0] + np.asarray(xtx, np.float64)
     s[1] += float(n)
+    s[2] = max(s[2], float(absmax)) if np.isfinite(float(absmax)) else float("inf")  # inf: a NaN or inf input
 
 
 def _accumulate(
@@ -196,7 +197,7 @@ def _accumulate_group(
 
 
 def _finish(path: str, sums: list[Any], site: Site) -> InputHessian:
-  total, tokens = sums
+  total, tokens, absmax = sums
   if tokens == 0:
     raise ValueError(
       f"calibration gave site {path!r} no valid token: every token of every batch is masked out by token_mask "
@@ -204,6 +205,11 @@ def _finish(path: str, sums: list[Any], site: Site) -> InputHessian:
     )
   h = (2.0 * total / tokens).astype(np.float32)
   if not np.all(np.isfinite(h)):
+    if np.isfinite(absmax):
+      raise ValueError(
+        f"the input Hessian of site {path!r} overflows float32: its calibration inputs are finite but too large "
+        f"(max|x|={absmax:.3g}; XᵀX needs max|x| below about 1.8e19): rescale the inputs"
+      )
     raise ValueError(f"the input Hessian of site {path!r} is not finite (NaN or inf in its calibration inputs)")
   return InputHessian(h, int(tokens), site)
 

@@ -163,3 +163,12 @@ def test_integer_kernel_is_refused(kernel):
 def test_empty_kernel_is_refused():
   with pytest.raises(ValueError, match=r"kernel.*\(0, 4\)"):
     gptq_layer(np.zeros((0, 4), np.float32), np.zeros((0, 0), np.float32), group_size=None)
+
+
+def test_hessian_overflow_from_finite_inputs_is_named():
+  # 1e20² overflows float32 in XᵀX: the inputs are finite, and the message must not say otherwise.
+  f = lambda p, x: x @ p["w"]
+  with pytest.raises(ValueError, match=r"'w'.*overflows float32.*max\|x\|=1e\+20"):
+    jc.graph.input_hessians(f, {"w": jnp.ones((2, 3))}, [jnp.full((4, 2), 1e20)])
+  with pytest.raises(ValueError, match=r"'w'.*NaN or inf in its calibration inputs"):
+    jc.graph.input_hessians(f, {"w": jnp.ones((2, 3))}, [jnp.full((4, 2), jnp.inf)])
