@@ -8,6 +8,7 @@ https://arxiv.org/abs/1911.03852.
 from __future__ import annotations
 
 import functools
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -317,11 +318,13 @@ def allocate_bits(
     ``{path: bits}``, ready for ``fake_quant(bits=...)``.
 
   Raises:
-    ValueError: if the two mappings name different layers or bits, a cost is not finite, a
-      size is negative, ``granularity < 1``, or ``budget_bytes`` is below the smallest
-      possible total (the message gives both).
+    ValueError: if the two mappings name different layers or bits, a bit-width is not an
+      integer, a cost is not finite, a size is negative, ``granularity < 1``,
+      ``budget_bytes`` is not an integer, or it is below the smallest possible total (the
+      message gives both). A budget above the largest total costs no more than that total.
   """
   granularity = validate.check_int("granularity", granularity, low=1)
+  budget_bytes = validate.check_int("budget_bytes", budget_bytes)
   if set(sensitivity) != set(sizes):
     raise ValueError(f"sensitivity names {sorted(sensitivity)} but sizes names {sorted(sizes)}")
   if not sensitivity:
@@ -332,6 +335,8 @@ def allocate_bits(
     bits = list(sensitivity[path])
     if set(bits) != set(sizes[path]) or not bits:
       raise ValueError(f"layer {path!r}: sensitivity has bits {bits} but sizes has {list(sizes[path])}")
+    if not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in bits):
+      raise ValueError(f"layer {path!r}: the bit-widths must be integers, got {bits}")
     costs = np.array([float(sensitivity[path][b]) for b in bits])
     if not np.all(np.isfinite(costs)):
       raise ValueError(f"layer {path!r}: the sensitivities {costs.tolist()} are not all finite")
@@ -345,8 +350,10 @@ def allocate_bits(
       f"budget_bytes={budget_bytes} is below the smallest possible total, {smallest} bytes (every layer at its "
       "smallest candidate)"
     )
-  capacity = int(budget_bytes) // granularity
+  # A budget past the largest total allows every allocation: cap it there, so the table is
+  # no larger than the layers can fill (a budget of 10**12 bytes would not fit in memory).
   units = [-(-n // granularity) for _, _, n in options]
+  capacity = min(budget_bytes // granularity, sum(int(u.max()) for u in units))
   # best[c] = the least total cost of the layers so far using exactly c units (inf: unreachable)
   best = np.full(capacity + 1, np.inf)
   best[0] = 0.0
