@@ -28,6 +28,25 @@ def _selected_paths(params: PyTree, where: select.Where) -> list[str]:
   return [path for path, _, chosen in rows if chosen]
 
 
+def _check_batch(who: str, batch: Any) -> tuple[Any, ...]:
+  """``batch`` as the tuple of arguments after ``params``; an array is refused (it would be
+  unpacked row by row)."""
+  if not isinstance(batch, (tuple, list)):
+    shape = getattr(batch, "shape", None)
+    raise TypeError(
+      f"{who}: batch must be a tuple (or list) of the arguments after params, such as (x, labels), got "
+      f"{type(batch).__name__}" + (f" of shape {tuple(shape)}: pass (x,)" if shape is not None else "")
+    )
+  return tuple(batch)
+
+
+def _scalar_loss(who: str, value: Any) -> float:
+  shape = tuple(np.shape(value))
+  if shape not in ((), (1,)):
+    raise ValueError(f"{who}: loss_fn must return a scalar, got an array of shape {shape}")
+  return float(np.reshape(np.asarray(value), ()))
+
+
 def hessian_trace(
   loss_fn: Callable[..., jax.Array],
   params: PyTree,
@@ -69,9 +88,11 @@ def hessian_trace(
 
   Raises:
     ValueError: on ``samples < 1``, a ``where`` that selects nothing, or a loss that is
-      not finite at ``params``.
+      not a finite scalar at ``params``.
+    TypeError: if ``batch`` is not a tuple or list (an array would be unpacked by rows).
   """
   samples = validate.check_int("samples", samples, low=1)
+  batch = _check_batch("hessian_trace", batch)
   paths = set(_selected_paths(params, where))
 
   def mask_of(path, leaf):
@@ -99,7 +120,7 @@ def hessian_trace(
     total, _ = jax.lax.scan(one, [jnp.zeros((), jnp.float32)] * n, jax.random.split(key, samples))
     return total
 
-  loss = float(loss_fn(params, *batch))
+  loss = _scalar_loss("hessian_trace", loss_fn(params, *batch))
   if not np.isfinite(loss):
     raise ValueError(f"hessian_trace: the loss at params is {loss}, not finite")
   totals = [float(t) for t in estimate(params, key)]
@@ -229,14 +250,16 @@ def loss_sensitivity(
 
   Raises:
     ValueError: on bad bits or granularity, a ``where`` that selects nothing, or a loss that
-      is not finite.
+      is not a finite scalar.
+    TypeError: if ``batch`` is not a tuple or list.
   """
   specs = {b: weight_spec(b, **_spec_args(per_channel, symmetric, axis, group_size, group_axis)) for b in candidates}
   if not specs:
     raise ValueError("candidates must hold at least one bit-width, got an empty sequence")
   paths = _selected_paths(params, where)
+  batch = _check_batch("loss_sensitivity", batch)
   loss = jax.jit(lambda p: loss_fn(p, *batch))
-  base = float(loss(params))
+  base = _scalar_loss("loss_sensitivity", loss(params))
   if not np.isfinite(base):
     raise ValueError(f"loss_sensitivity: the loss at params is {base}, not finite")
   out: dict[str, dict[int, float]] = {}

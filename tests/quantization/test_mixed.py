@@ -195,3 +195,15 @@ def test_budget_above_every_total_and_bad_budget_types():
     Q.allocate_bits({"a": {"2": 1.0}}, {"a": {"2": 1}}, 3)
   # The cap is in units: a = 25 bytes rounds up to 4 units of 8, past 25 // 8.
   assert Q.allocate_bits({"a": {2: 1.0, 4: 0.0}}, {"a": {2: 13, 4: 25}}, 10**12, granularity=8) == {"a": 4}
+
+
+def test_array_batch_and_vector_loss_are_named():
+  params = {"w": jnp.ones((3, 2))}
+  x = jnp.ones((4, 3))
+  scalar = lambda p, x: jnp.sum((x @ p["w"]) ** 2)
+  with pytest.raises(TypeError, match=r"hessian_trace: batch must be a tuple.*shape \(4, 3\)"):
+    Q.hessian_trace(scalar, params, x, jax.random.PRNGKey(0), 2)
+  with pytest.raises(TypeError, match="loss_sensitivity: batch must be a tuple"):
+    Q.loss_sensitivity(scalar, params, x, (2, 4))
+  with pytest.raises(ValueError, match=r"loss_fn must return a scalar.*\(4, 2\)"):
+    Q.hessian_trace(lambda p, x: x @ p["w"], params, (x,), jax.random.PRNGKey(0), 2)
