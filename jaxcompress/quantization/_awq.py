@@ -171,6 +171,11 @@ def awq(
   batches = list(batches)
   pred = select.as_predicate(where)
   chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+  if not chosen:
+    raise ValueError(
+      f"where={where!r} selects no leaf (the default takes floating leaves with ndim >= 2); the leaves are "
+      f"{[path for path, _ in leaves_with_paths(params)][:20]}"
+    )
   leaves = dict(leaves_with_paths(params))
   for p in sorted(chosen):
     if np.ndim(leaves[p]) == 2:

@@ -67,6 +67,11 @@ def smooth(
   batches = list(batches)
   pred = select.as_predicate(where)
   chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+  if not chosen:
+    raise ValueError(
+      f"where={where!r} selects no leaf (the default takes floating leaves with ndim >= 2); the leaves are "
+      f"{[path for path, _ in leaves_with_paths(params)][:20]}"
+    )
   stats = graph.dense_inputs(apply_fn, params, batches, where=PathSet(chosen), token_mask=token_mask)
   groups, info = smoothing.plan(params, stats, producers)
   leaves = dict(leaves_with_paths(params))

@@ -106,3 +106,12 @@ def test_original_model_not_finite_on_calibration_is_named():
   w = np.full((8, 4), 3e38, np.float32)
   with pytest.raises(ValueError, match=r"original model's output .* not finite"):
     smooth(_ln_dense, _ln_params(w), batches=[jnp.ones((4, 8))], producers=_LN_PRODUCERS)
+
+
+def test_where_selecting_nothing_names_the_users_where():
+  for where in ("nothing", lambda path, leaf: False):
+    with pytest.raises(ValueError, match=r"where=.*selects no leaf.*'a/kernel'"):
+      smooth(_ln_dense, _ln_params(np.ones((8, 4), np.float32)), batches=[jnp.ones((4, 8))], where=where)
+  integer = _ln_params(np.ones((8, 4), np.int32))  # not floating: the default takes no leaf
+  with pytest.raises(ValueError, match=r"where=None selects no leaf"):
+    jc.quantization.awq(_ln_dense, integer, batches=[jnp.ones((4, 8))], group_size=4)
