@@ -148,8 +148,8 @@ def dense_inputs(
 
   Raises:
     ValueError: if ``batches`` is empty, a site is not a Dense layer, the mask's shape
-      does not lead a site's input, or no token is valid (a calibration set of padding
-      only) — each naming the value.
+      does not lead a site's input, no token is valid (a calibration set of padding
+      only), or a site's valid inputs hold NaN or inf — each naming the value.
   """
   run = _capture_fn(apply_fn, where)
   leaf_shapes = {path: tuple(np.shape(leaf)) for path, leaf in leaves_with_paths(params)}
@@ -195,6 +195,12 @@ def dense_inputs(
       why = "every batch is empty" if token_mask is None else f"token_mask={token_mask!r} marks every token as padding"
       raise ValueError(
         f"the calibration batches hold no valid token for site {key!r} ({why}): pass batches with real tokens"
+      )
+    if not np.all(np.isfinite(a["absmax"])):
+      bad = np.flatnonzero(~np.isfinite(a["absmax"]))
+      raise ValueError(
+        f"the calibration inputs of site {key!r} are not finite (NaN or inf in input features "
+        f"{bad[:10].tolist()}): the statistics would be meaningless; check the batches and the layers before it"
       )
     out[key] = DenseInputs(
       site=sites[key],

@@ -106,3 +106,15 @@ def test_zero_token_batches(layer):
   (site,) = got.values()
   assert site.count == TOKENS
   np.testing.assert_allclose(site.sqnorm, np.sum(x.astype(np.float64) ** 2, axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_calibration_is_named(layer, bad):
+  # Scores of NaN would rank arbitrarily; the padding row (masked out) may hold anything.
+  x = _outlier_inputs(7)
+  x[3, 5] = bad
+  with pytest.raises(ValueError, match=r"site 'dense/kernel'.*not finite.*features \[5\]"):
+    jc.pruning.wanda(0.5, apply_fn=dense, batches=[(x,)]).init(layer)
+  keep = np.ones(TOKENS, bool)
+  keep[3] = False
+  jc.pruning.wanda(0.5, apply_fn=lambda p, x, m: dense(p, x), batches=[(x, keep)], token_mask=1).init(layer)
