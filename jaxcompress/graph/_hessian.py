@@ -75,6 +75,8 @@ def dense_sites(
   pred = select.as_predicate(where)
   leaves = dict(leaves_with_paths(params))
   chosen = {p for p, leaf in leaves.items() if pred(p, leaf)}
+  if where is not None and not chosen:
+    raise ValueError(f"where={where!r} selects no leaf; the leaves are {list(leaves)[:20]}")
   out: dict[str, list[Site]] = {}
   for site in find_sites(closed, paths):
     if site.path in chosen and is_dense_site(site):

@@ -172,3 +172,9 @@ def test_hessian_overflow_from_finite_inputs_is_named():
     jc.graph.input_hessians(f, {"w": jnp.ones((2, 3))}, [jnp.full((4, 2), 1e20)])
   with pytest.raises(ValueError, match=r"'w'.*NaN or inf in its calibration inputs"):
     jc.graph.input_hessians(f, {"w": jnp.ones((2, 3))}, [jnp.full((4, 2), jnp.inf)])
+
+
+def test_where_selecting_nothing_names_the_where():
+  f = lambda p, x: x @ p["w"]
+  with pytest.raises(ValueError, match=r"where='nothing' selects no leaf.*'w'"):
+    gptq(f, {"w": jnp.ones((2, 3))}, [jnp.ones((4, 2))], group_size=None, where="nothing")
