@@ -259,6 +259,8 @@ def _check_folded(out: Mapping, folds: Mapping[str, BatchNormFold]) -> None:
   """Every folded kernel and bias fits its dtype (``γ/σ`` can take a weight past it)."""
   for key, f in folds.items():
     for path in (f.kernel, f.conv_bias if f.conv_bias is not None else f.bias):
+      if path is None:  # _check: one of the two biases exists
+        continue
       value = np.asarray(_get(out, path))
       if not np.all(np.isfinite(value)):
         raise ValueError(
