@@ -266,6 +266,19 @@ def input_hessians(
   return {path: _finish(path, sums[path], sites[path][0]) for path in sites}
 
 
+def unit_scale(hessian: np.ndarray) -> np.ndarray:
+  """``H / mean(diag H)`` in float32 (``H`` itself when its diagonal is all zero).
+
+  GPTQ's and SparseGPT's updates (``err / U_jj · U_{j,:}``) and saliency rankings do not
+  change when ``H`` is multiplied by a constant ``c > 0`` (``U`` scales by ``c^(-1/2)``)
+  and their damping is relative, so the solvers factorize this well-scaled copy: a finite
+  Hessian near float32's range (or among its denormals) then factorizes without overflow
+  or underflow."""
+  h = np.asarray(hessian, np.float64)
+  c = float(np.mean(np.diagonal(h))) if h.size else 0.0
+  return (h / c).astype(np.float32) if c > 0 and np.isfinite(c) else np.asarray(hessian, np.float32)
+
+
 def damped_inverse_cholesky(
   hessian: Any, damp: float, *, attempts: int = 5, name: str = "layer"
 ) -> tuple[jax.Array, jax.Array, float]:

@@ -20,6 +20,7 @@ from jaxcompress.graph._hessian import (
   for_each_block,
   layerwise,
   output_error,
+  unit_scale,
 )
 
 
@@ -181,7 +182,7 @@ def sparsegpt_layer(
   if not (np.all(np.isfinite(h)) and np.all(np.isfinite(np.asarray(k, np.float32)))):
     raise ValueError(f"{name}: the kernel or its Hessian is not finite")
   dead = np.diagonal(h) == 0
-  u, _, lam = damped_inverse_cholesky(h, damp, name=name)
+  u, _, lam = damped_inverse_cholesky(unit_scale(h), damp, name=name)
   block = block_size if nm is None or block_size % nm[1] == 0 else -(-block_size // nm[1]) * nm[1]
   dense, mask = _sparsegpt_kernel(k, u, dead, block_size=block, sparsity=sparsity, n_m=nm)
   report = LayerReport(damp=lam, tokens=0, error=output_error(k, dense, hessian), dead=int(dead.sum()))

@@ -21,6 +21,7 @@ from jaxcompress.graph._hessian import (
   for_each_block,
   layerwise,
   output_error,
+  unit_scale,
 )
 from jaxcompress.quantization import uniform
 from jaxcompress.quantization._spec import QuantSpec
@@ -208,7 +209,7 @@ def gptq_layer(
   h = h.copy()
   h[dead, dead] = 1.0
   perm = np.argsort(-np.diagonal(h), kind="stable") if act_order else np.arange(n_in)
-  u, _, lam = damped_inverse_cholesky(h[np.ix_(perm, perm)], damp, name=name)
+  u, _, lam = damped_inverse_cholesky(unit_scale(h[np.ix_(perm, perm)]), damp, name=name)
   gs = group_size
   mode = "channel" if gs is None else "static" if act_order else "dynamic"
   block = block_size if gs is None or mode != "dynamic" or block_size % gs == 0 else -(-block_size // gs) * gs

@@ -187,3 +187,21 @@ def test_integer_kernel_is_refused(kernel):
 def test_empty_kernel_is_refused():
   with pytest.raises(ValueError, match=r"kernel.*\(0, 4\)"):
     sparsegpt_layer(np.zeros((0, 4), np.float32), np.zeros((0, 0), np.float32))
+
+
+def test_hessian_scale_invariance_at_extremes():
+  # The OBS update (err / U_jj · U_j,:) and the saliency ranking do not change when H is
+  # multiplied by c > 0; finite Hessians near float32's range or its denormals must give
+  # the well-scaled problem's answer, not NaN.
+  x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+  h = 2 * x.T @ x / 32
+  w = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+  ref, ref_mask, _ = sparsegpt_layer(w, h)
+  skewed = np.diag([8.0] + [1.0] * 7).astype(np.float32)
+  skew_ref, _, _ = sparsegpt_layer(w, skewed)
+  for c in (1e-40, 1e30):
+    out, mask, _ = sparsegpt_layer(w, (h * c).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(ref_mask))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-5)
+  out, _, _ = sparsegpt_layer(w, (skewed * np.float32(3e38 / 8)).astype(np.float32))
+  np.testing.assert_allclose(np.asarray(out), np.asarray(skew_ref), rtol=1e-4, atol=1e-5)

@@ -178,3 +178,19 @@ def test_where_selecting_nothing_names_the_where():
   f = lambda p, x: x @ p["w"]
   with pytest.raises(ValueError, match=r"where='nothing' selects no leaf.*'w'"):
     gptq(f, {"w": jnp.ones((2, 3))}, [jnp.ones((4, 2))], group_size=None, where="nothing")
+
+
+def test_hessian_scale_invariance_at_extremes():
+  # GPTQ's update err / U_jj · U_j,: is invariant to H -> c·H (c > 0): a finite Hessian
+  # near float32's range or among its denormals gives the well-scaled answer.
+  x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+  h = 2 * x.T @ x / 32
+  w = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+  _, ref, _ = gptq_layer(w, h, group_size=None)
+  for c in (1e-40, 1e30):
+    _, out, _ = gptq_layer(w, (h * c).astype(np.float32), group_size=None)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-5)
+  skewed = np.diag([8.0] + [1.0] * 7).astype(np.float32)
+  _, skew_ref, _ = gptq_layer(w, skewed, group_size=None)
+  _, out, _ = gptq_layer(w, (skewed * np.float32(3e38 / 8)).astype(np.float32), group_size=None)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(skew_ref), rtol=1e-4, atol=1e-5)
