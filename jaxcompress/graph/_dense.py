@@ -29,9 +29,15 @@ def as_inputs(batch: Any) -> tuple[Any, ...]:
 
 
 def selected(params: PyTree, where: select.Where) -> set[str]:
-  """The paths of the leaves ``where`` selects."""
+  """The paths of the leaves ``where`` selects; raises ``ValueError`` naming ``where`` if none."""
   pred = select.as_predicate(where)
-  return {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+  chosen = {p for p, leaf in leaves_with_paths(params) if pred(p, leaf)}
+  if not chosen:
+    raise ValueError(
+      f"where={where!r} selects no leaf (the default takes floating leaves with ndim >= 2); the leaves are "
+      f"{[path for path, _ in leaves_with_paths(params)][:20]}"
+    )
+  return chosen
 
 
 def _layout(site: Site, leaf_shape: tuple[int, ...]) -> tuple[int, str | None]:
@@ -145,14 +151,20 @@ def check_mask(key: str, mask: np.ndarray | None, lead: tuple[int, ...], shape: 
     )
 
 
-def no_valid_token(key: str | None = None, token_mask: Any = None) -> ValueError:
-  """The error for a calibration set of padding only (for site ``key``, or for every site)."""
+_UNSAID = object()
+
+
+def no_valid_token(key: str | None = None, token_mask: Any = _UNSAID) -> ValueError:
+  """The error for a calibration set of padding only (for site ``key``, or for every site);
+  ``token_mask`` is the user's, when the caller knows it (``None``: no mask, so empty batches)."""
   where = "" if key is None else f" for site {key!r}"
-  which = "token_mask" if token_mask is None else f"token_mask={token_mask!r}"
-  return ValueError(
-    f"the calibration batches hold no valid token{where}: {which} marks every token of every batch as padding "
-    "(a calibration set of padding only); pass batches with real tokens"
-  )
+  if token_mask is _UNSAID:
+    why = "every batch is empty, or token_mask marks every token as padding (a calibration set of padding only)"
+  elif token_mask is None:
+    why = "every batch is empty"
+  else:
+    why = f"token_mask={token_mask!r} marks every token of every batch as padding (a calibration set of padding only)"
+  return ValueError(f"the calibration batches hold no valid token{where}: {why}; pass batches with real tokens")
 
 
 def flat_tokens(x: Any, k: int, mask: np.ndarray | None, key: str) -> np.ndarray:
@@ -161,5 +173,5 @@ def flat_tokens(x: Any, k: int, mask: np.ndarray | None, key: str) -> np.ndarray
   x = np.asarray(x, np.float32)
   lead = x.shape[: x.ndim - k]
   check_mask(key, mask, lead, x.shape)
-  x = x.reshape(int(np.prod(lead)), -1)
+  x = x.reshape(int(np.prod(lead)), int(np.prod(x.shape[x.ndim - k :])))  # -1 fails on 0 tokens
   return x if mask is None else x[mask.reshape(-1)]

@@ -79,15 +79,15 @@ def dense_sites(
 
 
 @jax.jit
-def _gram(x: jax.Array, mask: Any) -> tuple[jax.Array, jax.Array]:
-  """``(Σ xᵀx, rows)`` over the rows of ``x`` (flattened to ``(rows, in)``) that ``mask`` keeps."""
+def _gram(x: jax.Array, mask: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(Σ xᵀx, rows, max |x|)`` over the rows of ``x`` (flattened to ``(rows, in)``) that ``mask`` keeps."""
   rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
   if mask is None:
     n = jnp.asarray(rows.shape[0], jnp.float32)
   else:
     keep = mask.reshape(-1).astype(bool)
     rows, n = jnp.where(keep[:, None], rows, 0.0), jnp.sum(keep).astype(jnp.float32)
-  return jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST), n
+  return jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST), n, jnp.max(jnp.abs(rows), initial=0.0)
 
 
 def _inputs_fn(apply_fn: Callable[..., Any], sites: dict[str, list[Site]]) -> Callable[..., Any]:
@@ -113,12 +113,13 @@ def _masks_for(batches: list[Any], token_mask: Any) -> list[Any]:
 def _add(sums: dict[str, list[Any]], path: str, xs: list[Any], mask: Any, sites: list[Site]) -> None:
   for site, x in zip(sites, xs):
     check_mask(site.key, mask, tuple(x.shape[:-1]), tuple(x.shape))
-    xtx, n = _gram(x, mask)
+    xtx, n, absmax = _gram(x, mask)
     # Each batch's Gram matrix is float32; their sum over batches is kept in float64 on the
     # host, so that many batches do not lose the small ones to rounding.
-    s = sums.setdefault(path, [0.0, 0.0])
+    s = sums.setdefault(path, [0.0, 0.0, 0.0])
     s[0] = s[0] + np.asarray(xtx, np.float64)
     s[1] += float(n)
+    s[2] = max(s[2], float(absmax)) if np.isfinite(float(absmax)) else float("inf")  # inf: a NaN or inf input
 
 
 def _accumulate(
@@ -166,11 +167,16 @@ def _accumulate_group(
 
 
 def _finish(path: str, sums: list[Any], site: Site) -> InputHessian:
-  total, tokens = sums
+  total, tokens, absmax = sums
   if tokens == 0:
     raise no_valid_token(path)
   h = (2.0 * total / tokens).astype(np.float32)
   if not np.all(np.isfinite(h)):
+    if np.isfinite(absmax):
+      raise ValueError(
+        f"the input Hessian of site {path!r} overflows float32: its calibration inputs are finite but too large "
+        f"(max|x|={absmax:.3g}; XᵀX needs max|x| below about 1.8e19): rescale the inputs"
+      )
     raise ValueError(f"the input Hessian of site {path!r} is not finite (NaN or inf in its calibration inputs)")
   return InputHessian(h, int(tokens), site)
 
@@ -223,6 +229,19 @@ def input_hessians(
   masks = _masks_for(batches, token_mask)
   sums = _accumulate(_inputs_fn(apply_fn, sites), params, batches, masks, sites, list(sites))
   return {path: _finish(path, sums[path], sites[path][0]) for path in sites}
+
+
+def unit_scale(hessian: np.ndarray) -> np.ndarray:
+  """``H / mean(diag H)`` in float32 (``H`` itself when its diagonal is all zero).
+
+  GPTQ's and SparseGPT's updates (``err / U_jj · U_{j,:}``) and saliency rankings do not
+  change when ``H`` is multiplied by a constant ``c > 0`` (``U`` scales by ``c^(-1/2)``)
+  and their damping is relative, so the solvers factorize this well-scaled copy: a finite
+  Hessian near float32's range (or among its denormals) then factorizes without overflow
+  or underflow."""
+  h = np.asarray(hessian, np.float64)
+  c = float(np.mean(np.diagonal(h))) if h.size else 0.0
+  return (h / c).astype(np.float32) if c > 0 and np.isfinite(c) else np.asarray(hessian, np.float32)
 
 
 def damped_inverse_cholesky(

@@ -83,8 +83,8 @@ def dense_inputs(
 
   Raises:
     ValueError: if ``batches`` is empty, a site is not a Dense layer, the mask's shape
-      does not lead a site's input, or no token is valid (a calibration set of padding
-      only) — each naming the value.
+      does not lead a site's input, no token is valid (a calibration set of padding
+      only), or a site's valid inputs hold NaN or inf — each naming the value.
   """
   run = capture_inputs(apply_fn, where)
   leaf_shapes = {path: tuple(np.shape(leaf)) for path, leaf in leaves_with_paths(params)}
@@ -119,6 +119,12 @@ def dense_inputs(
   for key, a in acc.items():
     if a["count"] == 0:
       raise no_valid_token(key, token_mask)
+    if not np.all(np.isfinite(a["absmax"])):
+      bad = np.flatnonzero(~np.isfinite(a["absmax"]))
+      raise ValueError(
+        f"the calibration inputs of site {key!r} are not finite (NaN or inf in input features "
+        f"{bad[:10].tolist()}): the statistics would be meaningless; check the batches and the layers before it"
+      )
     out[key] = DenseInputs(
       site=sites[key],
       absmax=a["absmax"].astype(np.float32),

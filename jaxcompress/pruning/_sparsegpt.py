@@ -20,6 +20,7 @@ from jaxcompress.graph._hessian import (
   for_each_block,
   layerwise,
   output_error,
+  unit_scale,
 )
 
 
@@ -105,7 +106,8 @@ def _sparsegpt_kernel(kernel, u, dead, *, block_size, sparsity, n_m):
   w = jnp.where(dead[:, None], 0.0, kernel.astype(jnp.float32)).T
   out, pruned = _sparsegpt_rows(w, u, block_size=block_size, sparsity=sparsity, n_m=n_m)
   mask = ~pruned.T
-  return jnp.where(mask, out.T, 0.0).astype(kernel.dtype), mask
+  limit = float(jnp.finfo(kernel.dtype).max)  # the update may push a weight past the dtype's range: saturate
+  return jnp.clip(jnp.where(mask, out.T, 0.0), -limit, limit).astype(kernel.dtype), mask
 
 
 def sparsegpt_layer(
@@ -152,8 +154,12 @@ def sparsegpt_layer(
 
   Raises:
     ValueError: on a sparsity outside [0, 1), a bad ``n_m``, ``m`` not dividing ``in``,
-      ``damp <= 0``, a kernel that is not 2-D, a Hessian of the wrong shape, or
-      non-finite inputs; each message names the value.
+      ``damp <= 0``, a kernel that is not 2-D or is empty, a Hessian of the wrong shape,
+      or non-finite inputs; each message names the value.
+    TypeError: on a kernel that is not floating point.
+
+  A weight the update pushes past the kernel dtype's range saturates at its largest
+  finite value (float16's ±65504), as :meth:`~jaxcompress.export.QArray.materialize` does.
 
   References:
     Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned
@@ -161,8 +167,10 @@ def sparsegpt_layer(
   """
   sparsity, nm = _check_options(sparsity, n_m, block_size, damp)
   k = kernel if isinstance(kernel, jax.Array) else np.asarray(kernel)
-  if k.ndim != 2:
-    raise ValueError(f"{name}: SparseGPT prunes 2-D (in, out) kernels, got shape {tuple(k.shape)}")
+  if not jnp.issubdtype(k.dtype, jnp.floating):
+    raise TypeError(f"{name}: SparseGPT prunes floating-point kernels, got dtype {k.dtype}")
+  if k.ndim != 2 or 0 in k.shape:
+    raise ValueError(f"{name}: SparseGPT prunes non-empty 2-D (in, out) kernels, got shape {tuple(k.shape)}")
   n_in, n_out = k.shape
   h = np.asarray(hessian, np.float32)
   if h.shape != (n_in, n_in):
@@ -174,7 +182,7 @@ def sparsegpt_layer(
   if not (np.all(np.isfinite(h)) and np.all(np.isfinite(np.asarray(k, np.float32)))):
     raise ValueError(f"{name}: the kernel or its Hessian is not finite")
   dead = np.diagonal(h) == 0
-  u, _, lam = damped_inverse_cholesky(h, damp, name=name)
+  u, _, lam = damped_inverse_cholesky(unit_scale(h), damp, name=name)
   block = block_size if nm is None or block_size % nm[1] == 0 else -(-block_size // nm[1]) * nm[1]
   dense, mask = _sparsegpt_kernel(k, u, dead, block_size=block, sparsity=sparsity, n_m=nm)
   report = LayerReport(damp=lam, tokens=0, error=output_error(k, dense, hessian), dead=int(dead.sum()))

@@ -17,6 +17,7 @@ by hand for a model the matcher does not recognize).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -227,8 +228,8 @@ def _check(params: Mapping, folds: Mapping[str, BatchNormFold]) -> None:
   for key, f in folds.items():
     if not isinstance(f, BatchNormFold) or f.kernel != key:
       raise ValueError(f"folds[{key!r}] must be a BatchNormFold whose kernel is {key!r}, got {f!r}")
-    if not (np.isfinite(f.epsilon) and f.epsilon > 0):
-      raise ValueError(f"folds[{key!r}].epsilon must be finite and > 0, got {f.epsilon}")
+    if not (isinstance(f.epsilon, numbers.Real) and np.isfinite(f.epsilon) and f.epsilon > 0):
+      raise ValueError(f"folds[{key!r}].epsilon must be finite and > 0, got {f.epsilon!r}")
     try:
       channels = np.shape(_get(params, f.kernel))[-1]
       for path in (f.mean, f.var, f.scale, f.bias, f.conv_bias):
@@ -238,6 +239,34 @@ def _check(params: Mapping, folds: Mapping[str, BatchNormFold]) -> None:
       raise ValueError(f"folds[{key!r}] names a path that params does not have: {e}") from None
     if f.bias is None and f.conv_bias is None:
       raise ValueError(f"folds[{key!r}]: neither the conv nor the BatchNorm has a bias leaf to hold the folded bias")
+
+
+def _check_values(params: Mapping, folds: Mapping[str, BatchNormFold]) -> None:
+  """The leaves a post-training fold reads: a floating kernel, finite values, ``var >= 0``."""
+  for key, f in folds.items():
+    dtype = jnp.result_type(_get(params, f.kernel))
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f"folds[{key!r}]: the kernel {f.kernel!r} is {dtype}; BatchNorm folds into floating kernels")
+    for path in (f.kernel, f.mean, f.var, f.scale, f.bias, f.conv_bias):
+      if path is not None and not np.all(np.isfinite(np.asarray(_get(params, path), np.float64))):
+        raise ValueError(f"folds[{key!r}]: {path!r} is not finite (NaN or inf)")
+    low = float(np.min(np.asarray(_get(params, f.var), np.float64)))
+    if low < 0:
+      raise ValueError(f"folds[{key!r}]: the running variance {f.var!r} is negative (min {low:g})")
+
+
+def _check_folded(out: Mapping, folds: Mapping[str, BatchNormFold]) -> None:
+  """Every folded kernel and bias fits its dtype (``γ/σ`` can take a weight past it)."""
+  for key, f in folds.items():
+    for path in (f.kernel, f.conv_bias if f.conv_bias is not None else f.bias):
+      if path is None:  # _check: one of the two biases exists
+        continue
+      value = np.asarray(_get(out, path))
+      if not np.all(np.isfinite(value)):
+        raise ValueError(
+          f"folds[{key!r}]: folding overflows {value.dtype} at {path!r} (γ/σ or the folded bias exceeds the "
+          "dtype's range; a near-zero running variance?): fold in a wider dtype"
+        )
 
 
 def _folded(params: Mapping, f: BatchNormFold, stop: bool) -> tuple[Any, Any]:
@@ -303,10 +332,11 @@ def fold_batchnorm(params: Mapping, folds: Mapping[str, BatchNormFold], *, drop:
     A new nested dict (``params`` is not modified).
 
   Raises:
-    TypeError: if ``params`` is not a nested dict.
+    TypeError: if ``params`` is not a nested dict, or a kernel is not floating point.
     ValueError: on an empty ``folds``, a path ``params`` does not have, a leaf of the
-      wrong shape, ``ε <= 0``, no bias leaf to hold the folded bias, or ``drop=True``
-      without a conv bias.
+      wrong shape, ``ε <= 0``, no bias leaf to hold the folded bias, ``drop=True``
+      without a conv bias, a leaf that is not finite, a negative running variance, or a
+      folded kernel or bias that overflows its dtype (each naming the leaf).
 
   References:
     Jacob et al. 2018, https://arxiv.org/abs/1712.05877.
@@ -316,7 +346,10 @@ def fold_batchnorm(params: Mapping, folds: Mapping[str, BatchNormFold], *, drop:
     missing = [k for k, f in folds.items() if f.conv_bias is None]
     if missing:
       raise ValueError(f"drop=True needs a conv bias to hold the folded bias; these kernels have none: {missing}")
-  return _fold_tree(params, folds, drop=drop, stop=False)
+  _check_values(params, folds)
+  out = _fold_tree(params, folds, drop=drop, stop=False)
+  _check_folded(out, folds)
+  return out
 
 
 def batchnorm_statistics(

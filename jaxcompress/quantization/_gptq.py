@@ -21,6 +21,7 @@ from jaxcompress.graph._hessian import (
   for_each_block,
   layerwise,
   output_error,
+  unit_scale,
 )
 from jaxcompress.quantization import uniform
 from jaxcompress.quantization._spec import QuantSpec
@@ -179,8 +180,9 @@ def gptq_layer(
 
   Raises:
     ValueError: on ``bits`` outside 2..8, ``group_size`` not dividing ``in``,
-      ``damp <= 0``, a kernel that is not 2-D, a Hessian of the wrong shape, or
-      non-finite inputs; each message names the value.
+      ``damp <= 0``, a kernel that is not 2-D or is empty, a Hessian of the wrong shape,
+      or non-finite inputs; each message names the value.
+    TypeError: on a kernel that is not floating point.
 
   References:
     Frantar, Ashkboos, Hoefler & Alistarh 2022, "GPTQ: Accurate Post-Training
@@ -188,8 +190,10 @@ def gptq_layer(
   """
   _check_options(bits, group_size, block_size, damp, act_order, symmetric)
   k = np.asarray(kernel) if not isinstance(kernel, jax.Array) else kernel
-  if k.ndim != 2:
-    raise ValueError(f"{name}: GPTQ quantizes 2-D (in, out) kernels, got shape {tuple(k.shape)}")
+  if not jnp.issubdtype(k.dtype, jnp.floating):
+    raise TypeError(f"{name}: GPTQ quantizes floating-point kernels, got dtype {k.dtype}")
+  if k.ndim != 2 or 0 in k.shape:
+    raise ValueError(f"{name}: GPTQ quantizes non-empty 2-D (in, out) kernels, got shape {tuple(k.shape)}")
   n_in, n_out = k.shape
   h = np.asarray(hessian, np.float32)
   if h.shape != (n_in, n_in):
@@ -205,7 +209,7 @@ def gptq_layer(
   h = h.copy()
   h[dead, dead] = 1.0
   perm = np.argsort(-np.diagonal(h), kind="stable") if act_order else np.arange(n_in)
-  u, _, lam = damped_inverse_cholesky(h[np.ix_(perm, perm)], damp, name=name)
+  u, _, lam = damped_inverse_cholesky(unit_scale(h[np.ix_(perm, perm)]), damp, name=name)
   gs = group_size
   mode = "channel" if gs is None else "static" if act_order else "dynamic"
   block = block_size if gs is None or mode != "dynamic" or block_size % gs == 0 else -(-block_size // gs) * gs

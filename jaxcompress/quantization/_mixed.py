@@ -8,6 +8,7 @@ https://arxiv.org/abs/1911.03852.
 from __future__ import annotations
 
 import functools
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,6 +26,25 @@ from jaxcompress.quantization._fake_quant import weight_spec
 def _selected_paths(params: PyTree, where: select.Where) -> list[str]:
   rows = select.explain(where, params)  # raises when nothing is selected
   return [path for path, _, chosen in rows if chosen]
+
+
+def _check_batch(who: str, batch: Any) -> tuple[Any, ...]:
+  """``batch`` as the tuple of arguments after ``params``; an array is refused (it would be
+  unpacked row by row)."""
+  if not isinstance(batch, (tuple, list)):
+    shape = getattr(batch, "shape", None)
+    raise TypeError(
+      f"{who}: batch must be a tuple (or list) of the arguments after params, such as (x, labels), got "
+      f"{type(batch).__name__}" + (f" of shape {tuple(shape)}: pass (x,)" if shape is not None else "")
+    )
+  return tuple(batch)
+
+
+def _scalar_loss(who: str, value: Any) -> float:
+  shape = tuple(np.shape(value))
+  if shape not in ((), (1,)):
+    raise ValueError(f"{who}: loss_fn must return a scalar, got an array of shape {shape}")
+  return float(np.reshape(np.asarray(value), ()))
 
 
 def hessian_trace(
@@ -68,9 +88,11 @@ def hessian_trace(
 
   Raises:
     ValueError: on ``samples < 1``, a ``where`` that selects nothing, or a loss that is
-      not finite at ``params``.
+      not a finite scalar at ``params``.
+    TypeError: if ``batch`` is not a tuple or list (an array would be unpacked by rows).
   """
   samples = validate.check_int("samples", samples, low=1)
+  batch = _check_batch("hessian_trace", batch)
   paths = set(_selected_paths(params, where))
 
   def mask_of(path, leaf):
@@ -98,7 +120,7 @@ def hessian_trace(
     total, _ = jax.lax.scan(one, [jnp.zeros((), jnp.float32)] * n, jax.random.split(key, samples))
     return total
 
-  loss = float(loss_fn(params, *batch))
+  loss = _scalar_loss("hessian_trace", loss_fn(params, *batch))
   if not np.isfinite(loss):
     raise ValueError(f"hessian_trace: the loss at params is {loss}, not finite")
   totals = [float(t) for t in estimate(params, key)]
@@ -231,12 +253,14 @@ def loss_sensitivity(
 
   Raises:
     ValueError: on bad bits or granularity, a ``where`` that selects nothing, or a loss that
-      is not finite.
+      is not a finite scalar.
+    TypeError: if ``batch`` is not a tuple or list.
   """
   specs = _specs(candidates, per_channel, symmetric, axis, group_size, group_axis)
   paths = _selected_paths(params, where)
+  batch = _check_batch("loss_sensitivity", batch)
   loss = jax.jit(lambda p: loss_fn(p, *batch))
-  base = float(loss(params))
+  base = _scalar_loss("loss_sensitivity", loss(params))
   if not np.isfinite(base):
     raise ValueError(f"loss_sensitivity: the loss at params is {base}, not finite")
   out: dict[str, dict[int, float]] = {}
@@ -316,11 +340,13 @@ def allocate_bits(
     ``{path: bits}``, ready for ``fake_quant(bits=...)``.
 
   Raises:
-    ValueError: if the two mappings name different layers or bits, a cost is not finite, a
-      size is negative, ``granularity < 1``, or ``budget_bytes`` is below the smallest
-      possible total (the message gives both).
+    ValueError: if the two mappings name different layers or bits, a bit-width is not an
+      integer, a cost is not finite, a size is negative, ``granularity < 1``,
+      ``budget_bytes`` is not an integer, or it is below the smallest possible total (the
+      message gives both). A budget above the largest total costs no more than that total.
   """
   granularity = validate.check_int("granularity", granularity, low=1)
+  budget_bytes = validate.check_int("budget_bytes", budget_bytes)
   if set(sensitivity) != set(sizes):
     raise ValueError(f"sensitivity names {sorted(sensitivity)} but sizes names {sorted(sizes)}")
   if not sensitivity:
@@ -331,6 +357,8 @@ def allocate_bits(
     bits = list(sensitivity[path])
     if set(bits) != set(sizes[path]) or not bits:
       raise ValueError(f"layer {path!r}: sensitivity has bits {bits} but sizes has {list(sizes[path])}")
+    if not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in bits):
+      raise ValueError(f"layer {path!r}: the bit-widths must be integers, got {bits}")
     costs = np.array([float(sensitivity[path][b]) for b in bits])
     if not np.all(np.isfinite(costs)):
       raise ValueError(f"layer {path!r}: the sensitivities {costs.tolist()} are not all finite")
@@ -344,8 +372,10 @@ def allocate_bits(
       f"budget_bytes={budget_bytes} is below the smallest possible total, {smallest} bytes (every layer at its "
       "smallest candidate)"
     )
-  capacity = int(budget_bytes) // granularity
+  # A budget past the largest total allows every allocation: cap it there, so the table is
+  # no larger than the layers can fill (a budget of 10**12 bytes would not fit in memory).
   units = [-(-n // granularity) for _, _, n in options]
+  capacity = min(budget_bytes // granularity, sum(int(u.max()) for u in units))
   # best[c] = the least total cost of the layers so far using exactly c units (inf: unreachable)
   best = np.full(capacity + 1, np.inf)
   best[0] = 0.0

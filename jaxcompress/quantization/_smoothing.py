@@ -185,6 +185,10 @@ def fold(
     ``(params, input_scales)``: the smoothed params (producers divided by ``s``), and the
     multipliers ``1/s`` of the consumers without a producer (``{kernel_path:
     float32[in]}``; a group whose ``s`` is all ones needs none).
+
+  Raises:
+    ValueError: if a scaled leaf no longer fits its dtype (a float16 kernel near
+      ±65504 multiplied by ``s > 1``), naming the leaf.
   """
   row: dict[str, np.ndarray] = {}
   col: dict[str, np.ndarray] = {}
@@ -212,8 +216,15 @@ def fold(
       t = _trailing(x.shape, width, path, "")
       x = x / col[path].reshape(x.shape[x.ndim - t :])
     dtype = np.asarray(leaf).dtype
-    big = np.finfo(dtype).max if np.issubdtype(dtype, np.floating) else None
-    return jnp.asarray(np.clip(x, -big, big) if big is not None else x, dtype)
+    if np.issubdtype(dtype, np.floating):
+      big = float(np.finfo(dtype).max)
+      worst = float(np.max(np.abs(x), initial=0.0))
+      if worst > big:
+        raise ValueError(
+          f"smoothing overflows leaf {path!r} ({dtype}): a scaled value reaches {worst:.3g} > {big:.6g}, its "
+          "dtype's largest; smooth it in a wider dtype (float32), lower alpha, or leave it out of `where`"
+        )
+    return jnp.asarray(x, dtype)
 
   return map_with_path(one, params), input_scales
 
@@ -262,10 +273,17 @@ def verify(
 
   Compared on one calibration batch: ``‖f_smoothed - f‖ / ‖f‖ <= rtol``. A producer whose
   output also feeds something else (a residual connection, a post-LN BERT's LayerNorm)
-  fails this.
+  fails this. An original output that is not finite on the batch is refused first (the
+  comparison would be NaN and blame the producers).
   """
   inputs = batch if isinstance(batch, tuple) else (batch,)
   ref = jax.tree.leaves(jax.jit(apply_fn)(params, *inputs))
+  if not all(np.all(np.isfinite(np.asarray(a, np.float64))) for a in ref):
+    raise ValueError(
+      "the original model's output on the first calibration batch is not finite (NaN or inf: non-finite "
+      "inputs, or values that overflow their dtype), so smoothing cannot be checked; calibrate on batches the "
+      "float model computes finitely"
+    )
   new = jax.tree.leaves(jax.jit(scaled_apply(apply_fn, input_scales))(smoothed, *inputs))
   num = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)) for a, b in zip(ref, new))
   den = sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in ref)

@@ -163,3 +163,45 @@ def test_fixed_rejects_bad_masks():
     jc.pruning.fixed({"w": np.ones((2, 3), bool)}).init({"w": jnp.ones((2, 2))})
   with pytest.raises(ValueError, match="names no param"):
     jc.pruning.fixed({"v": np.ones((2, 2), bool)}).init({"w": jnp.ones((2, 2))})
+
+
+def test_float16_at_its_max_saturates(n_m=None):
+  # The OBS update pushes surviving weights past float16's range: they saturate at ±65504
+  # (as QArray.materialize does), never inf, and equal the float32 result clipped and cast.
+  x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+  h = 2 * x.T @ x / 32
+  w = np.where(np.random.default_rng(1).normal(size=(8, 4)) > 0, 65504.0, -65504.0)
+  out, mask, report = sparsegpt_layer(w.astype(np.float16), h, n_m=n_m)
+  ref, ref_mask, _ = sparsegpt_layer(w.astype(np.float32), h, n_m=n_m)
+  assert out.dtype == jnp.float16 and np.isfinite(report.error)
+  np.testing.assert_array_equal(np.asarray(mask), np.asarray(ref_mask))
+  np.testing.assert_array_equal(np.asarray(out), np.clip(np.asarray(ref), -65504, 65504).astype(np.float16))
+
+
+@pytest.mark.parametrize("kernel", [np.ones((8, 4), np.int32), np.ones((8, 4), bool)])
+def test_integer_kernel_is_refused(kernel):
+  with pytest.raises(TypeError, match=r"kernel.*int32|kernel.*bool"):
+    sparsegpt_layer(kernel, np.eye(8, dtype=np.float32))
+
+
+def test_empty_kernel_is_refused():
+  with pytest.raises(ValueError, match=r"kernel.*\(0, 4\)"):
+    sparsegpt_layer(np.zeros((0, 4), np.float32), np.zeros((0, 0), np.float32))
+
+
+def test_hessian_scale_invariance_at_extremes():
+  # The OBS update (err / U_jj · U_j,:) and the saliency ranking do not change when H is
+  # multiplied by c > 0; finite Hessians near float32's range or its denormals must give
+  # the well-scaled problem's answer, not NaN.
+  x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+  h = 2 * x.T @ x / 32
+  w = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+  ref, ref_mask, _ = sparsegpt_layer(w, h)
+  skewed = np.diag([8.0] + [1.0] * 7).astype(np.float32)
+  skew_ref, _, _ = sparsegpt_layer(w, skewed)
+  for c in (1e-40, 1e30):
+    out, mask, _ = sparsegpt_layer(w, (h * c).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(ref_mask))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-5)
+  out, _, _ = sparsegpt_layer(w, (skewed * np.float32(3e38 / 8)).astype(np.float32))
+  np.testing.assert_allclose(np.asarray(out), np.asarray(skew_ref), rtol=1e-4, atol=1e-5)

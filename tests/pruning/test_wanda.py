@@ -94,3 +94,27 @@ def test_bad_inputs_name_the_value(layer):
     jc.pruning.wanda(0.5, apply_fn=lambda p, x, m: dense(p, x), batches=[pad_only], token_mask=1).init(layer)
   with pytest.raises(ValueError, match="feed no Dense site"):
     jc.pruning.wanda(0.5, apply_fn=dense, batches=[(x,)], where="dense/bias").init(layer)
+
+
+def test_zero_token_batches(layer):
+  x = _outlier_inputs(6)
+  empty = (jnp.zeros((0, IN)),)
+  with pytest.raises(ValueError, match=r"no valid token.*every batch is empty"):
+    jc.graph.dense_inputs(dense, layer, [empty])
+  # An empty batch among real ones adds nothing.
+  got = jc.graph.dense_inputs(dense, layer, [empty, (x,), empty])
+  (site,) = got.values()
+  assert site.count == TOKENS
+  np.testing.assert_allclose(site.sqnorm, np.sum(x.astype(np.float64) ** 2, axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_calibration_is_named(layer, bad):
+  # Scores of NaN would rank arbitrarily; the padding row (masked out) may hold anything.
+  x = _outlier_inputs(7)
+  x[3, 5] = bad
+  with pytest.raises(ValueError, match=r"site 'dense/kernel'.*not finite.*features \[5\]"):
+    jc.pruning.wanda(0.5, apply_fn=dense, batches=[(x,)]).init(layer)
+  keep = np.ones(TOKENS, bool)
+  keep[3] = False
+  jc.pruning.wanda(0.5, apply_fn=lambda p, x, m: dense(p, x), batches=[(x, keep)], token_mask=1).init(layer)

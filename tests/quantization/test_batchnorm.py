@@ -228,3 +228,41 @@ def test_batchnorm_statistics_are_population_moments():
   np.testing.assert_allclose(new["bn"]["mean"], z.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(new["bn"]["var"], z.var(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(new["bn"]["scale"], params["bn"]["scale"])
+
+
+def _dense_bn_tree(dtype=jnp.float32, **bn):
+  leaves = {"mean": np.zeros(4), "var": np.ones(4), "scale": np.ones(4), "bias": np.zeros(4), **bn}
+  return {
+    "d": {"kernel": jnp.ones((3, 4), dtype), "bias": jnp.zeros(4, dtype)},
+    "bn": {k: jnp.asarray(v, dtype) for k, v in leaves.items()},
+  }
+
+
+_DENSE_FOLD = {"d/kernel": Q.BatchNormFold("d/kernel", "bn/mean", "bn/var", 1e-5, "bn/scale", "bn/bias", "d/bias")}
+
+
+@pytest.mark.parametrize(
+  "tree, match",
+  [
+    (_dense_bn_tree(var=-np.ones(4)), r"'bn/var'.*-1"),
+    (_dense_bn_tree(var=np.full(4, np.nan)), r"'bn/var'.*not finite"),
+    (_dense_bn_tree(scale=np.full(4, np.inf)), r"'bn/scale'.*not finite"),
+    # finite statistics whose fold does not fit the dtype: γ/σ = 3e38 / 0.01, 6e4 / 0.03 in float16
+    (_dense_bn_tree(scale=np.full(4, 3e38), var=np.full(4, 1e-4)), r"overflows float32 at 'd/kernel'"),
+    (_dense_bn_tree(jnp.float16, scale=np.full(4, 6e4), var=np.full(4, 1e-3)), r"overflows float16 at 'd/kernel'"),
+    (_dense_bn_tree(mean=np.full(4, -3e38), bias=np.full(4, 3e38)), r"overflows float32 at 'd/bias'"),
+  ],
+)
+def test_fold_refuses_bad_statistics_and_overflow(tree, match):
+  with pytest.raises(ValueError, match=match):
+    Q.fold_batchnorm(tree, _DENSE_FOLD)
+
+
+def test_fold_refuses_integer_kernel_and_non_number_epsilon():
+  tree = _dense_bn_tree()
+  tree["d"]["kernel"] = jnp.ones((3, 4), jnp.int32)
+  with pytest.raises(TypeError, match=r"'d/kernel'.*int32"):
+    Q.fold_batchnorm(tree, _DENSE_FOLD)
+  bad = {"d/kernel": _DENSE_FOLD["d/kernel"]._replace(epsilon="1e-5")}
+  with pytest.raises(ValueError, match="epsilon must be finite and > 0, got '1e-5'"):
+    Q.fold_batchnorm(_dense_bn_tree(), bad)

@@ -152,3 +152,45 @@ def test_bad_inputs(problem, kwargs, match):
   _, w, h = problem
   with pytest.raises(ValueError, match=match):
     gptq_layer(w, h, **{"group_size": GROUP, **kwargs})
+
+
+@pytest.mark.parametrize("kernel", [np.ones((8, 4), np.int32), np.ones((8, 4), bool)])
+def test_integer_kernel_is_refused(kernel):
+  with pytest.raises(TypeError, match=r"kernel.*int32|kernel.*bool"):
+    gptq_layer(kernel, np.eye(8, dtype=np.float32), group_size=None)
+
+
+def test_empty_kernel_is_refused():
+  with pytest.raises(ValueError, match=r"kernel.*\(0, 4\)"):
+    gptq_layer(np.zeros((0, 4), np.float32), np.zeros((0, 0), np.float32), group_size=None)
+
+
+def test_hessian_overflow_from_finite_inputs_is_named():
+  # 1e20² overflows float32 in XᵀX: the inputs are finite, and the message must not say otherwise.
+  f = lambda p, x: x @ p["w"]
+  with pytest.raises(ValueError, match=r"'w'.*overflows float32.*max\|x\|=1e\+20"):
+    jc.graph.input_hessians(f, {"w": jnp.ones((2, 3))}, [jnp.full((4, 2), 1e20)])
+  with pytest.raises(ValueError, match=r"'w'.*NaN or inf in its calibration inputs"):
+    jc.graph.input_hessians(f, {"w": jnp.ones((2, 3))}, [jnp.full((4, 2), jnp.inf)])
+
+
+def test_where_selecting_nothing_names_the_where():
+  f = lambda p, x: x @ p["w"]
+  with pytest.raises(ValueError, match=r"where='nothing' selects no leaf.*'w'"):
+    gptq(f, {"w": jnp.ones((2, 3))}, [jnp.ones((4, 2))], group_size=None, where="nothing")
+
+
+def test_hessian_scale_invariance_at_extremes():
+  # GPTQ's update err / U_jj · U_j,: is invariant to H -> c·H (c > 0): a finite Hessian
+  # near float32's range or among its denormals gives the well-scaled answer.
+  x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+  h = 2 * x.T @ x / 32
+  w = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+  _, ref, _ = gptq_layer(w, h, group_size=None)
+  for c in (1e-40, 1e30):
+    _, out, _ = gptq_layer(w, (h * c).astype(np.float32), group_size=None)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-5)
+  skewed = np.diag([8.0] + [1.0] * 7).astype(np.float32)
+  _, skew_ref, _ = gptq_layer(w, skewed, group_size=None)
+  _, out, _ = gptq_layer(w, (skewed * np.float32(3e38 / 8)).astype(np.float32), group_size=None)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(skew_ref), rtol=1e-4, atol=1e-5)

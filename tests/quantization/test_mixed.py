@@ -180,3 +180,30 @@ def test_choose_bits_spends_the_budget_where_it_matters():
     # the layer kept at 8 bits is the one whose move to 2 bits costs more
     gain = {p: cost[p][2] - cost[p][8] for p in cost}
     assert got[max(gain, key=gain.get)] == 8 and got[min(gain, key=gain.get)] == 2
+
+
+def test_budget_above_every_total_and_bad_budget_types():
+  cost = {"a": {2: 1.0, 4: 0.5, 8: 0.1}, "b": {2: 2.0, 4: 0.3, 8: 0.2}}
+  sizes = {"a": {2: 8, 4: 16, 8: 32}, "b": {2: 3, 4: 6, 8: 12}}
+  # A budget past the largest total (44) allows everything: the least cost at each layer,
+  # without a table the size of the budget (10**12 bytes).
+  assert Q.allocate_bits(cost, sizes, 10**12) == Q.allocate_bits(cost, sizes, 44) == {"a": 8, "b": 8}
+  for bad in (30.5, float("inf"), True, "30"):
+    with pytest.raises(ValueError, match="budget_bytes must be an integer"):
+      Q.allocate_bits(cost, sizes, bad)
+  with pytest.raises(ValueError, match=r"layer 'a'.*bit-widths.*'2'"):
+    Q.allocate_bits({"a": {"2": 1.0}}, {"a": {"2": 1}}, 3)
+  # The cap is in units: a = 25 bytes rounds up to 4 units of 8, past 25 // 8.
+  assert Q.allocate_bits({"a": {2: 1.0, 4: 0.0}}, {"a": {2: 13, 4: 25}}, 10**12, granularity=8) == {"a": 4}
+
+
+def test_array_batch_and_vector_loss_are_named():
+  params = {"w": jnp.ones((3, 2))}
+  x = jnp.ones((4, 3))
+  scalar = lambda p, x: jnp.sum((x @ p["w"]) ** 2)
+  with pytest.raises(TypeError, match=r"hessian_trace: batch must be a tuple.*shape \(4, 3\)"):
+    Q.hessian_trace(scalar, params, x, jax.random.PRNGKey(0), 2)
+  with pytest.raises(TypeError, match="loss_sensitivity: batch must be a tuple"):
+    Q.loss_sensitivity(scalar, params, x, (2, 4))
+  with pytest.raises(ValueError, match=r"loss_fn must return a scalar.*\(4, 2\)"):
+    Q.hessian_trace(lambda p, x: x @ p["w"], params, (x,), jax.random.PRNGKey(0), 2)

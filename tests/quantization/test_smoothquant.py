@@ -78,3 +78,40 @@ def test_bad_inputs_name_the_value(setup):
   # fc's input is gelu(x + o(...)): folding into o would also scale the residual x
   with pytest.raises(ValueError, match="does not compute the original function"):
     smooth(sm.apply, params, batches=batches, producers={"fc/kernel": ("o/kernel", "o/bias")})
+
+
+def _ln_dense(p, x):
+  return (x * p["ln"]["scale"] + p["ln"]["bias"]) @ p["a"]["kernel"]
+
+
+def _ln_params(kernel):
+  n = kernel.shape[0]
+  return {"ln": {"scale": jnp.ones(n), "bias": jnp.zeros(n)}, "a": {"kernel": jnp.asarray(kernel)}}
+
+
+_LN_PRODUCERS = {"a/kernel": ("ln/scale", "ln/bias")}
+
+
+def test_smoothing_that_overflows_the_kernel_dtype_is_refused():
+  # s_0 = sqrt(max|x_0| / max|w_0|) = sqrt(1e6 / 65504) ≈ 3.9: row 0 of a float16 kernel at
+  # ±65504 cannot hold s_0·w (it would saturate and change the function silently).
+  x = jnp.ones((4, 8)).at[:, 0].set(1e6)
+  w = np.full((8, 4), 65504.0, np.float16)
+  with pytest.raises(ValueError, match=r"'a/kernel'.*float16"):
+    smooth(_ln_dense, _ln_params(w), batches=[x], producers=_LN_PRODUCERS, verify=False)
+
+
+def test_original_model_not_finite_on_calibration_is_named():
+  # Finite params whose float32 output overflows: the check cannot compare, and must say why.
+  w = np.full((8, 4), 3e38, np.float32)
+  with pytest.raises(ValueError, match=r"original model's output .* not finite"):
+    smooth(_ln_dense, _ln_params(w), batches=[jnp.ones((4, 8))], producers=_LN_PRODUCERS)
+
+
+def test_where_selecting_nothing_names_the_users_where():
+  for where in ("nothing", lambda path, leaf: False):
+    with pytest.raises(ValueError, match=r"where=.*selects no leaf.*'a/kernel'"):
+      smooth(_ln_dense, _ln_params(np.ones((8, 4), np.float32)), batches=[jnp.ones((4, 8))], where=where)
+  integer = _ln_params(np.ones((8, 4), np.int32))  # not floating: the default takes no leaf
+  with pytest.raises(ValueError, match=r"where=None selects no leaf"):
+    jc.quantization.awq(_ln_dense, integer, batches=[jnp.ones((4, 8))], group_size=4)
