@@ -12,12 +12,20 @@ from jaxcompress.quantization._binary import (
   xnor_net,
 )
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
+from jaxcompress.quantization._hwgq import half_normal_levels, hwgq_activations, hwgq_quantize, positive_rms
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
 from jaxcompress.quantization._pact import pact, pact_activations
 from jaxcompress.quantization._power_of_two import power_of_two
 from jaxcompress.quantization._ptq import QuantizedModel, ptq
 from jaxcompress.quantization._qat import qat, quantize_activations
+from jaxcompress.quantization._relaxed import (
+  relaxed_activations,
+  relaxed_log_probabilities,
+  relaxed_quantization,
+  relaxed_round,
+  relaxed_sample,
+)
 from jaxcompress.quantization._serve import serve
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization._ternary import ttq, twn
@@ -39,6 +47,9 @@ __all__ = [
   "fake_quant",
   "gradient_compression",
   "granularity",
+  "half_normal_levels",
+  "hwgq_activations",
+  "hwgq_quantize",
   "kmeans",
   "lsq",
   "lsq_activations",
@@ -47,6 +58,7 @@ __all__ = [
   "per_channel",
   "per_group",
   "per_tensor",
+  "positive_rms",
   "power_of_two",
   "ptq",
   "qat",
@@ -54,6 +66,11 @@ __all__ = [
   "quantize",
   "quantize_activations",
   "quantized_backward",
+  "relaxed_activations",
+  "relaxed_log_probabilities",
+  "relaxed_quantization",
+  "relaxed_round",
+  "relaxed_sample",
   "serve",
   "site_compressor",
   "site_quantizer",
