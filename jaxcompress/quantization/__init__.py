@@ -11,7 +11,15 @@ from jaxcompress.quantization._binary import (
   binary_connect,
   xnor_net,
 )
+from jaxcompress.quantization._dorefa import (
+  dorefa,
+  dorefa_activation,
+  dorefa_activations,
+  dorefa_weight,
+  progressive_stages,
+)
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
+from jaxcompress.quantization._guided import GuidedLoss, guided, guided_loss, mutual_distance
 from jaxcompress.quantization._hwgq import half_normal_levels, hwgq_activations, hwgq_quantize, positive_rms
 from jaxcompress.quantization._kmeans import kmeans
 from jaxcompress.quantization._lsq import lsq, lsq_activations
@@ -34,6 +42,7 @@ from jaxcompress.quantization.uniform import cast_float8, qmax, quantize, symmet
 
 __all__ = [
   "Granularity",
+  "GuidedLoss",
   "QuantSpec",
   "QuantizedModel",
   "SiteState",
@@ -44,15 +53,22 @@ __all__ = [
   "binary_connect",
   "calibration",
   "cast_float8",
+  "dorefa",
+  "dorefa_activation",
+  "dorefa_activations",
+  "dorefa_weight",
   "fake_quant",
   "gradient_compression",
   "granularity",
+  "guided",
+  "guided_loss",
   "half_normal_levels",
   "hwgq_activations",
   "hwgq_quantize",
   "kmeans",
   "lsq",
   "lsq_activations",
+  "mutual_distance",
   "pact",
   "pact_activations",
   "per_channel",
@@ -60,6 +76,7 @@ __all__ = [
   "per_tensor",
   "positive_rms",
   "power_of_two",
+  "progressive_stages",
   "ptq",
   "qat",
   "qmax",

@@ -35,7 +35,7 @@ def _partial_mean(t: np.ndarray) -> np.ndarray:
   return math.sqrt(2 / math.pi) * (1 - np.exp(-np.square(t) / 2))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _levels(bits: int, kind: str) -> tuple[float, ...]:
   m = 2**bits - 1
   levels = np.arange(1, m + 1, dtype=np.float64) * (2.0 / m)

@@ -19,10 +19,9 @@ use ``state._replace(count=total_steps)`` (weights: ``state``; activations: the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +41,7 @@ def _check_temperature(name, value):
   return validate.check_float(name, value, low=0.0, low_open=True)
 
 
-@functools.partial(jax.jit, static_argnames=('bits',))
+@functools.partial(jax.jit, static_argnames=("bits",))
 def grid(scale: jax.Array, offset: jax.Array, bits: int) -> jax.Array:
   """The grid ``g_i = offset + i * scale``, ``i = 0 .. 2^bits - 1`` (the paper's ``G``).
 
@@ -58,7 +57,7 @@ def grid(scale: jax.Array, offset: jax.Array, bits: int) -> jax.Array:
   return uniform.saturate(offset + i * scale)
 
 
-@functools.partial(jax.jit, static_argnames=('bits',))
+@functools.partial(jax.jit, static_argnames=("bits",))
 def relaxed_log_probabilities(
   x: jax.Array, scale: jax.Array, offset: jax.Array, sigma: jax.Array, bits: int
 ) -> jax.Array:
@@ -105,7 +104,7 @@ def relaxed_log_probabilities(
   return logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=('bits',))
+@functools.partial(jax.jit, static_argnames=("bits",))
 def relaxed_sample(
   x: jax.Array,
   scale: jax.Array,
@@ -148,7 +147,7 @@ def _indices(x, scale, offset, bits):
   return jnp.clip(jnp.round(uniform.divide(x.astype(dt) - offset, scale)), 0, 2**bits - 1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('bits',))
+@functools.partial(jax.jit, static_argnames=("bits",))
 def relaxed_round(x: jax.Array, scale: jax.Array, offset: jax.Array, bits: int) -> jax.Array:
   """The deterministic rounding of the deployed network: the nearest grid point
   ``g_i``, ``i = clip(round((x - beta) / alpha), 0, 2^bits - 1)`` (round half to even),
@@ -315,7 +314,9 @@ def relaxed_quantization(
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
-    fix = lambda node, _: node._replace(scale=uniform.floor_positive(node.scale), sigma=uniform.floor_positive(node.sigma))
+    fix = lambda node, _: node._replace(
+      scale=uniform.floor_positive(node.scale), sigma=uniform.floor_positive(node.sigma)
+    )
     return _reparam.map_nodes(fix, params, state.leaves, RelaxedLeaf, RelaxedParams), state.advance()
 
   def pack_leaf(node, _):
@@ -424,4 +425,3 @@ def relaxed_activations(
     return graph.rewrite(fn, rule, where=where)
 
   return base._replace(rewrite=rewrite)
-
