@@ -22,6 +22,7 @@ from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization._guided import GuidedLoss, guided, guided_loss, mutual_distance
 from jaxcompress.quantization._hwgq import half_normal_levels, hwgq_activations, hwgq_quantize, positive_rms
 from jaxcompress.quantization._kmeans import kmeans
+from jaxcompress.quantization._lr_nets import lr_nets, ternary_init_logits, ternary_moments, ternary_probabilities
 from jaxcompress.quantization._lsq import lsq, lsq_activations
 from jaxcompress.quantization._pact import pact, pact_activations
 from jaxcompress.quantization._power_of_two import power_of_two
@@ -66,6 +67,7 @@ __all__ = [
   "hwgq_activations",
   "hwgq_quantize",
   "kmeans",
+  "lr_nets",
   "lsq",
   "lsq_activations",
   "mutual_distance",
@@ -93,6 +95,9 @@ __all__ = [
   "site_quantizer",
   "stochastic_quantize",
   "symmetric_scale",
+  "ternary_init_logits",
+  "ternary_moments",
+  "ternary_probabilities",
   "ttq",
   "twn",
   "uniform",

@@ -67,7 +67,9 @@ def test_two_stage_quantizes_activations_only_from_the_second_stage():
   x = jnp.array([[0.3, 0.5, 4.0]])
 
   def run(count):
-    st = jc.core._chain.ChainState(tuple(s._replace(count=jnp.asarray(count, jnp.int32)) for s in state.stages), state.plan)
+    st = jc.core._chain.ChainState(
+      tuple(s._replace(count=jnp.asarray(count, jnp.int32)) for s in state.stages), state.plan
+    )
     return np.asarray(c.rewrite(model, params, st)(c.apply(params, st), x))
 
   np.testing.assert_allclose(run(2), [[4.8, 4.8]], rtol=1e-6)  # weights at 2 bits are all 1: float inputs
@@ -117,7 +119,9 @@ def test_guided_loss_is_the_sum_of_both_networks_losses_and_trains_both():
       jnp.sum((z - z_low_j) ** 2, -1)
     )
 
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), g.extra["guide"], jax.grad(l_w)(params))
+  jax.tree.map(
+    lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), g.extra["guide"], jax.grad(l_w)(params)
+  )
   # a plain function (the model's apply at evaluation) gets the low-bit network alone
   np.testing.assert_allclose(c.rewrite(_mlp, tree, state)(low_view, x), z_low, rtol=1e-5, atol=1e-6)
   opt = optax.adam(1e-2)
