@@ -159,7 +159,7 @@ def dorefa_activation(x: jax.Array, bits: int) -> jax.Array:
 
 
 def _staged(stages: Stages, fn: Callable[[jax.Array, int], jax.Array], x: jax.Array, count: jax.Array) -> jax.Array:
-  branches = [(lambda v: v) if b == FLOAT else functools.partial(fn, bits=b) for _, b in stages]
+  branches = [(lambda v: v) if b == FLOAT else functools.partial(lambda v, k: fn(v, k), k=b) for _, b in stages]
   if len(branches) == 1:
     return branches[0](x)
   return jax.lax.switch(_stage_index(stages, count), branches, x)
@@ -231,6 +231,12 @@ def dorefa(bits: int | Sequence[tuple[int, int]] = 4, *, where: select.Where = N
   return Compressor(init, apply, update, pack)
 
 
+def _passthrough_rule(extra, data):
+  """The base rule of a site compressor whose own ``rewrite`` (reading the step count) replaces it."""
+  del extra, data
+  return lambda site, activation, weight: site.compute(activation, weight)
+
+
 def dorefa_activations(bits: int | Sequence[tuple[int, int]] = 4, *, where: select.Where = None) -> Compressor:
   """DoReFa-style activation quantization (Zhuang et al. 2018) with optional bit-width stages.
 
@@ -263,7 +269,7 @@ def dorefa_activations(bits: int | Sequence[tuple[int, int]] = 4, *, where: sele
     [[2.0]]
   """
   stages = _check_stages(bits, low=1)
-  base = activations.site_compressor(lambda extra, data: None, init=lambda params: (None, None), where=where)
+  base = activations.site_compressor(_passthrough_rule, init=lambda params: (None, None), where=where)
 
   def rewrite(fn, params, state):
     del params

@@ -331,6 +331,12 @@ def relaxed_quantization(
   return Compressor(init, apply, update, pack)
 
 
+def _passthrough_rule(extra, data):
+  """The base rule of a site compressor whose own ``rewrite`` (reading the step count) replaces it."""
+  del extra, data
+  return lambda site, activation, weight: site.compute(activation, weight)
+
+
 def relaxed_activations(
   apply_fn: Callable[..., Any],
   bits: int = 4,
@@ -407,7 +413,7 @@ def relaxed_activations(
       for k, node in extra.items()
     }
 
-  base = activations.site_compressor(lambda extra, data: None, init=init, update=update, where=where)
+  base = activations.site_compressor(_passthrough_rule, init=init, update=update, where=where)
 
   def rewrite(fn, params, state):
     extra = split(params)[1]

@@ -46,7 +46,7 @@ def test_local_reparameterization_matches_monte_carlo_over_the_weights():
   c = q.lr_nets(total_steps=10**6, seed=1)
   tree, state = c.init({"w": jnp.asarray(w)})
   node, s = tree["w"], float(state.leaves["w"].scale)
-  pm, p0, pp = (np.asarray(p, np.float64) for p in q.ternary_probabilities(node.a, node.b))
+  pm, p0, _ = (np.asarray(p, np.float64) for p in q.ternary_probabilities(node.a, node.b))
   # Monte Carlo over the categorical weights themselves
   u = rng.random((20000, *w.shape))
   samples = s * (np.where(u < pm, -1.0, 0.0) + np.where(u > pm + p0, 1.0, 0.0))
