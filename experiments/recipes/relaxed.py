@@ -29,8 +29,13 @@ def build(name, params, trainer):
 
 
 RECIPES = tuple(
+  # full_only: the concrete sample draws 2^bits Gumbel variables per weight and activation each step
   Recipe(
-    name, functools.partial(build, name), order=order, description=f"relaxed quantization W{bits}A{bits}, fine-tune"
+    name,
+    functools.partial(build, name),
+    order=order,
+    full_only=True,
+    description=f"relaxed quantization W{bits}A{bits}, fine-tune",
   )
   for name, (bits, _, _, order) in VARIANTS.items()
 )
