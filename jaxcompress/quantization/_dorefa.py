@@ -158,6 +158,7 @@ def dorefa_activation(x: jax.Array, bits: int) -> jax.Array:
   return _ste.surrogate(_activation_rule, x, jnp.asarray(2**bits - 1, x.dtype))
 
 
+@functools.partial(jax.jit, static_argnames=("stages", "fn"))  # one compile per shape, eager calls included
 def _staged(stages: Stages, fn: Callable[[jax.Array, int], jax.Array], x: jax.Array, count: jax.Array) -> jax.Array:
   branches = [(lambda v: v) if b == FLOAT else functools.partial(lambda v, k: fn(v, k), k=b) for _, b in stages]
   if len(branches) == 1:

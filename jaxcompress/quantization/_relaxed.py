@@ -211,6 +211,7 @@ def _setup(bits, total_steps, temperature, sigma_ratio, seed):
   return bits, total_steps, seed, sigma_ratio, schedule
 
 
+@functools.partial(jax.jit, static_argnames=("bits",))  # one compile per shape, eager calls included
 def _quantize(x, scale, offset, sigma, bits, temperature, key, training):
   """Relaxed sample while ``training`` (a traced bool), deterministic rounding otherwise."""
   return jax.lax.cond(
