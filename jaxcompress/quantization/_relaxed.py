@@ -34,6 +34,7 @@ from jaxcompress.graph._trace import Site
 from jaxcompress.quantization import _activations as activations
 from jaxcompress.quantization import _reparam, _ste, uniform
 
+_SIGMA_FLOOR = 1e-6
 _Z_LIMIT = 1e30  # standardized distances are clipped here, so x / sigma never overflows to inf
 
 
@@ -79,7 +80,9 @@ def relaxed_log_probabilities(
     x: float array.
     scale: ``alpha`` (> 0), broadcastable to ``x``.
     offset: ``beta``, broadcastable to ``x``.
-    sigma: the noise scale (> 0), broadcastable to ``x``.
+    sigma: the noise scale (> 0), broadcastable to ``x``; floored at ``1e-6 * scale``
+      (where the categorical is already one-hot to float precision), so a training run
+      that drives it towards 0 never makes a NaN gradient.
     bits: 1..8 (``2^bits`` grid points).
 
   Returns:
@@ -89,6 +92,9 @@ def relaxed_log_probabilities(
   x = uniform.upcast(x)
   dt = x.dtype
   scale, offset, sigma = (jnp.asarray(a, dt) for a in (scale, offset, sigma))
+  # sigma floored at 1e-6 of a bin: the categorical is already hard there, and distances
+  # stay finite, so no 0 * inf reaches the gradient when training drives sigma towards 0
+  sigma = jnp.maximum(sigma, scale * _SIGMA_FLOOR)
   g = offset[..., None] + jnp.arange(2**bits, dtype=dt) * scale[..., None]
   half = (scale / 2)[..., None]
   # Past 60 sigma beyond the grid's range the logistic tail is exponential to float

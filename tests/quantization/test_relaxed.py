@@ -127,3 +127,10 @@ def test_bad_hyperparameters_raise(kwargs, match):
   kwargs = {"total_steps": 10, **kwargs}
   with pytest.raises(ValueError, match=match):
     q.relaxed_quantization(**kwargs)
+
+
+def test_gradient_stays_finite_when_sigma_collapses():
+  x = jnp.linspace(-1.0, 1.0, 9)
+  f = lambda p: q.relaxed_sample(x, p[0], p[1], p[2], 2, 0.5, jax.random.key(0)).sum()
+  grad = np.asarray(jax.grad(f)(jnp.asarray([0.3, -0.6, 1e-38])))  # training floored sigma at tiny
+  assert np.all(np.isfinite(grad)) and grad[2] == 0.0  # below the floor sigma gets no gradient
