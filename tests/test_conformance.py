@@ -91,6 +91,18 @@ CASES = {
   "elq_ternary": lambda: jc.quantization.elq("ternary", steps=(0, 1, 2, 3)),
   "admm_ternary_projection": lambda: jc.quantization.admm("ternary", frequency=2, view="projection"),
   "value_aware4": lambda: jc.quantization.value_aware(4, 0.03),
+  # issue 14 (low-bit training): total_steps=3, so the packed (deterministic) network is
+  # what apply shows after the suite's 3 steps. Relaxed activations (eager evaluation of
+  # their rewrite took minutes) and LR-Nets (its sampled pre-activations amplify float
+  # reduction order past atol=1e-5 in the sharded run) are tested in their own files.
+  "relaxed_w2": lambda: jc.quantization.relaxed_quantization(2, total_steps=3),
+  "hwgq_xnor": lambda: jc.chain(jc.quantization.xnor_net(), jc.quantization.hwgq_activations(2, where="fc1/kernel")),
+  "dorefa_progressive_guided": lambda: jc.quantization.guided(
+    jc.chain(
+      jc.quantization.dorefa(((0, 32), (1, 4), (2, 2))),
+      jc.quantization.dorefa_activations(((0, 32), (2, 4)), where="fc1/kernel"),
+    )
+  ),
 }
 
 # Chains: name -> the stages' factories. Each chain is also a case of CASES.
@@ -156,6 +168,8 @@ QUANTIZERS = {
 # cross-replica statistics): pmap replicas agree with each other, not with one device
 # (which sees the whole batch); the sharded jit and axis_name= give the global range.
 PER_DEVICE_RANGES = {"quantize_activations", "qat_w4a8_integer"}
+# Batch statistics (HWGQ) are each device's own shard's under pmap, in the same way.
+PER_DEVICE_BATCH = {"hwgq_xnor"}
 
 OPT = optax.adam(1e-2)
 ATOL = 1e-5  # float32 reductions differ in order across devices
@@ -263,7 +277,7 @@ def test_pmap_and_sharded_jit_equal_single_device(name):
   # inside XLA's CPU runtime (SIGABRT) in 2 of 6 full runs.
   replicas = jax.tree.map(np.asarray, pstate)
   jax.tree.map(lambda a: np.testing.assert_array_equal(a, np.broadcast_to(a[:1], a.shape)), replicas)
-  if name not in PER_DEVICE_RANGES:
+  if name not in PER_DEVICE_RANGES | PER_DEVICE_BATCH:
     _assert_trees_close(single, jax.tree.map(lambda a: a[0], replicas))
 
   mesh = Mesh(np.array(jax.devices()), ("data",))

@@ -23,11 +23,21 @@ from jaxcompress.quantization._binary import (
   binary_connect,
   xnor_net,
 )
+from jaxcompress.quantization._dorefa import (
+  dorefa,
+  dorefa_activation,
+  dorefa_activations,
+  dorefa_weight,
+  progressive_stages,
+)
 from jaxcompress.quantization._elq import elq
 from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization._gptq import GPTQResult, gptq, gptq_layer
+from jaxcompress.quantization._guided import GuidedLoss, guided, guided_loss, mutual_distance
+from jaxcompress.quantization._hwgq import half_normal_levels, hwgq_activations, hwgq_quantize, positive_rms
 from jaxcompress.quantization._inq import inq
 from jaxcompress.quantization._kmeans import kmeans
+from jaxcompress.quantization._lr_nets import lr_nets, ternary_init_logits, ternary_moments, ternary_probabilities
 from jaxcompress.quantization._lsq import lsq, lsq_activations
 from jaxcompress.quantization._mixed import (
   allocate_bits,
@@ -42,6 +52,13 @@ from jaxcompress.quantization._pact import pact, pact_activations
 from jaxcompress.quantization._power_of_two import power_of_two
 from jaxcompress.quantization._ptq import QuantizedModel, ptq
 from jaxcompress.quantization._qat import qat, quantize_activations
+from jaxcompress.quantization._relaxed import (
+  relaxed_activations,
+  relaxed_log_probabilities,
+  relaxed_quantization,
+  relaxed_round,
+  relaxed_sample,
+)
 from jaxcompress.quantization._serve import serve
 from jaxcompress.quantization._smoothing import SmoothedModel, scaled_apply
 from jaxcompress.quantization._smoothquant import smooth, smoothquant, smoothquant_scales
@@ -56,6 +73,7 @@ __all__ = [
   "FoldState",
   "GPTQResult",
   "Granularity",
+  "GuidedLoss",
   "QuantSpec",
   "QuantizedModel",
   "SiteState",
@@ -74,6 +92,10 @@ __all__ = [
   "calibration",
   "cast_float8",
   "choose_bits",
+  "dorefa",
+  "dorefa_activation",
+  "dorefa_activations",
+  "dorefa_weight",
   "elq",
   "fake_quant",
   "find_batchnorms",
@@ -82,21 +104,30 @@ __all__ = [
   "gptq_layer",
   "gradient_compression",
   "granularity",
+  "guided",
+  "guided_loss",
+  "half_normal_levels",
   "hawq_sensitivity",
   "hessian_trace",
+  "hwgq_activations",
+  "hwgq_quantize",
   "identity_variance",
   "inq",
   "kmeans",
   "leaf_bytes",
   "loss_sensitivity",
+  "lr_nets",
   "lsq",
   "lsq_activations",
+  "mutual_distance",
   "pact",
   "pact_activations",
   "per_channel",
   "per_group",
   "per_tensor",
+  "positive_rms",
   "power_of_two",
+  "progressive_stages",
   "ptq",
   "qat",
   "qmax",
@@ -104,6 +135,11 @@ __all__ = [
   "quantize",
   "quantize_activations",
   "quantized_backward",
+  "relaxed_activations",
+  "relaxed_log_probabilities",
+  "relaxed_quantization",
+  "relaxed_round",
+  "relaxed_sample",
   "scaled_apply",
   "serve",
   "site_compressor",
@@ -114,6 +150,9 @@ __all__ = [
   "stochastic_quantize",
   "strip_batchnorm",
   "symmetric_scale",
+  "ternary_init_logits",
+  "ternary_moments",
+  "ternary_probabilities",
   "ttq",
   "twn",
   "uniform",

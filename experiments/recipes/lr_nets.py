@@ -1,0 +1,19 @@
+"""LR-Nets ternary: every kernel a learned categorical over s * {-1, 0, 1} (initialized
+from the trained float kernel), trained through the local reparameterization trick and
+deployed at the most probable values.
+
+Shayer, Levi & Fetaya 2018, https://arxiv.org/abs/1710.07739.
+"""
+
+from experiments.recipes.base import FineTune, Recipe
+from jaxcompress import quantization
+
+
+def build(params, trainer):
+  del params
+  epochs = trainer.epochs(20)
+  c = quantization.lr_nets(total_steps=max(1, epochs * trainer.steps_per_epoch), logit_decay=1e-6)
+  return FineTune(c, epochs=epochs, lr=3e-3)
+
+
+RECIPE = Recipe("lr_nets_ternary", build, order=60, description="LR-Nets ternary kernels, local reparameterization")

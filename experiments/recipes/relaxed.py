@@ -1,0 +1,41 @@
+"""Relaxed Quantization W4A4 and W2A2: a learned grid per kernel and per hidden activation,
+trained through the concrete relaxation of the noisy categorical, rounded at the end.
+
+Louizos et al. 2019, https://arxiv.org/abs/1810.01875. The temperature anneals linearly
+from 2 to 0.5 over the fine-tune; the deployed network rounds to the nearest grid point.
+"""
+
+import functools
+
+import numpy as np
+
+import jaxcompress as jc
+from experiments.recipes._lsq import HIDDEN
+from experiments.recipes.base import FineTune, Recipe
+from jaxcompress import quantization
+
+VARIANTS = {"relaxed_w4a4": (4, 20, 3e-4, 68), "relaxed_w2a2": (2, 30, 1e-3, 69)}  # bits, epochs, lr, order
+
+
+def build(name, params, trainer):
+  del params
+  bits, epochs, lr, _ = VARIANTS[name]
+  epochs = trainer.epochs(epochs)
+  steps = max(1, epochs * trainer.steps_per_epoch)  # the run's steps: deterministic rounding from here on
+  example = (np.concatenate(trainer.calibration_batches(4)),)
+  weights = quantization.relaxed_quantization(bits, total_steps=steps)
+  acts = quantization.relaxed_activations(trainer.model.apply, bits, inputs=example, total_steps=steps, where=HIDDEN)
+  return FineTune(jc.chain(weights, acts), epochs=epochs, lr=lr)
+
+
+RECIPES = tuple(
+  # full_only: the concrete sample draws 2^bits Gumbel variables per weight and activation each step
+  Recipe(
+    name,
+    functools.partial(build, name),
+    order=order,
+    full_only=True,
+    description=f"relaxed quantization W{bits}A{bits}, fine-tune",
+  )
+  for name, (bits, _, _, order) in VARIANTS.items()
+)
