@@ -123,8 +123,10 @@ class Site:
     occurrence: how many earlier sites (in execution order) use the same leaf; a
       leaf applied twice (weight tying, a block called twice) has sites 0 and 1.
     leaf_axes: for each axis of the weight operand, the axis of the param leaf it is,
-      when only transposes and dtype conversions lie between them (``x @ w.T`` gives
-      ``(1, 0)``); ``None`` after a reshape, broadcast or slice.
+      when only transposes, dtype conversions and flips of non-feature axes lie between
+      them (``x @ w.T`` gives ``(1, 0)``; ``nn.ConvTranspose(transpose_kernel=True)``'s
+      spatially flipped, transposed kernel gives ``(0, 1, 3, 2)``); ``None`` after a
+      reshape, broadcast or slice.
 
   The property ``key`` (the path, with ``#k`` from the second use on) names the site in
   calibration ranges and captures.
@@ -170,14 +172,24 @@ class _Prov:
 
   path: str
   axes: tuple[int, ...] | None = None
+  flipped: frozenset[int] = frozenset()  # leaf axes a ``rev`` reversed (ConvTranspose's spatial flip)
 
   def through(self, eqn: Any) -> _Prov:
     name = eqn.primitive.name
     if self.axes is not None and name == "transpose":
-      return _Prov(self.path, tuple(self.axes[p] for p in eqn.params["permutation"]))
+      return _Prov(self.path, tuple(self.axes[p] for p in eqn.params["permutation"]), self.flipped)
+    if self.axes is not None and name == "rev":
+      return _Prov(self.path, self.axes, self.flipped | {self.axes[d] for d in eqn.params["dimensions"]})
     if self.axes is not None and name in _SAME_AXES:
       return self
     return _Prov(self.path, None)
+
+  def site_axes(self, features: tuple[int, ...]) -> tuple[int, ...] | None:
+    """``axes`` for a site whose output features are the operand's ``features``: known unless
+    a flip reversed a feature axis (then per-feature scales would be reversed too)."""
+    if self.axes is None or any(self.axes[f] in self.flipped for f in features):
+      return None
+    return self.axes
 
 
 def _weight_axes(op: str, params: dict[str, Any], operand: int, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -281,7 +293,7 @@ def _walk(
             trip_count=None if trips is None else int(trips),
             params=dict(eqn.params),
             location=(*where, i),
-            leaf_axes=prov.axes if prov is not None else None,
+            leaf_axes=prov.site_axes(features) if prov is not None else None,
           )
         )
     elif name in _PASS_THROUGH and provs and provs[0] is not None:

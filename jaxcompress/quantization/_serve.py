@@ -158,12 +158,31 @@ def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges
 
   def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
     q = weights.get(site.path)
-    out_scale = None if q is None or tuple(q.shape) != site.weight_shape else output_scale(site, q.scale)
-    if q is None or out_scale is None:
+    w_scale, codes = None, None
+    if q is not None and tuple(q.shape) == site.weight_shape:
+      w_scale = jnp.asarray(q.scale)
+      codes = jnp.asarray(export.materialize(q.codes)).astype(jnp.int8)
+    elif q is not None and site.leaf_axes is not None and jnp.ndim(q.scale) in (0, len(site.leaf_axes)):
+      # The op reads the leaf transposed and flipped off its features (nn.ConvTranspose with
+      # transpose_kernel): the scales in the op's layout, and the codes back from the
+      # dequantized operand (exact: code · scale divided by scale rounds to the code).
+      w_scale = jnp.asarray(q.scale)
+      w_scale = jnp.transpose(w_scale, site.leaf_axes) if w_scale.ndim else w_scale
+      qmax = 2 ** (q.bits - 1) - 1
+      codes = jnp.clip(jnp.round(uniform.divide(weight.astype(jnp.float32), w_scale)), -qmax - 1, qmax).astype(jnp.int8)
+    out_scale = None if w_scale is None else output_scale(site, w_scale)
+    if out_scale is None or codes is None:
+      if q is not None and site.leaf_axes is not None and w_scale is not None:
+        features = sorted(site.leaf_axes[a] for a in site.feature_axes)
+        warnings.warn(
+          f"serve: the per-channel scales of {site.path!r} do not lie along its op's output features (leaf "
+          f"axis {features}; a ConvTranspose with transpose_kernel=True has them at -2), so this op runs in "
+          f"float; quantize that leaf with axis={features[0] - len(site.leaf_axes)} for int8",
+          stacklevel=2,
+        )
       return site.compute(activation, weight)  # not servable in integers: the dequantized weight
-    codes = jnp.asarray(export.materialize(q.codes)).astype(jnp.int8)
     if act_spec is None:
-      return site.compute(activation, codes.astype(activation.dtype) * jnp.asarray(q.scale, activation.dtype))
+      return site.compute(activation, codes.astype(activation.dtype) * w_scale.astype(activation.dtype))
     a_scale, a_zero = activation_scale(act_spec, site, activation, act_ranges)
     a_codes, shift, _ = activation_codes(act_spec, activation, a_scale, a_zero)
     shift = None if act_spec.symmetric else shift

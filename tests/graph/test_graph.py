@@ -335,3 +335,11 @@ def test_equinox_when_installed():
   same = graph.rewrite(apply_fn, lambda site, a, w: site.compute(a, w))
   np.testing.assert_array_equal(same(params, x), apply_fn(params, x))
   assert graph.flops(apply_fn, params, x)["macs"] == 5 * (4 * 8 + 8 * 8 + 8 * 3)
+
+
+def test_flips_keep_the_leaf_axes_unless_they_reverse_the_features():
+  w = jnp.ones((3, 4))
+  (spatial,) = graph.trace(lambda p, x: x @ jnp.flip(p["w"], 0), {"w": w}, jnp.ones((2, 3)))
+  (features,) = graph.trace(lambda p, x: x @ jnp.flip(p["w"], 1), {"w": w}, jnp.ones((2, 3)))
+  assert spatial.leaf_axes == (0, 1)  # a flip of the contracted axis: per-feature scales unchanged
+  assert features.leaf_axes is None  # per-feature scales would be reversed

@@ -167,3 +167,43 @@ def test_quantized_backward_pulls_back_the_quantized_error():
   np.testing.assert_allclose(dw, X.T @ g_q, rtol=1e-5, atol=1e-5)
   assert len(np.unique(np.asarray(g_q))) <= 15
   np.testing.assert_array_equal(graph.rewrite(f, rule)({"w": w}, X), X @ w)  # forward unchanged
+
+
+def _conv_transpose():
+  import flax.linen as nn
+
+  m = nn.ConvTranspose(6, (3, 3), transpose_kernel=True)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+  params = m.init(jax.random.key(1), x)["params"]
+  return (lambda p, x: m.apply({"params": p}, x)), params, x
+
+
+def test_conv_transpose_with_transpose_kernel_serves_in_int8():
+  # The kernel (3, 3, features, in) reaches the op flipped and transposed: its per-channel
+  # scales (axis -2) lie along the op's output features, so the op runs on int8 codes.
+  apply, params, x = _conv_transpose()
+  (site,) = jc.graph.trace(apply, params, x)
+  assert site.leaf_axes == (0, 1, 3, 2)
+  c = jc.quantization.fake_quant(8, per_channel=True, axis=-2)
+  packed = c.pack(*c.init(params))
+  assert packed["kernel"].scale.shape == (1, 1, 6, 1)
+  served = jc.quantization.serve(apply, packed, act_bits=8)
+  jaxpr = str(jax.make_jaxpr(served)(x))
+  assert re.search(r"i32\[[\d,]*\] = conv_general_dilated", jaxpr)  # int8 codes accumulated in int32
+  reference = apply(jc.export.materialize_tree(packed), x)
+  np.testing.assert_allclose(np.asarray(served(x)), np.asarray(reference), atol=0.03 * float(jnp.abs(reference).max()))
+  weight_only = jc.quantization.serve(apply, packed, act_bits=None)
+  np.testing.assert_allclose(np.asarray(weight_only(x)), np.asarray(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_scales_along_the_input_features_warn_and_serve_in_float():
+  apply, params, x = _conv_transpose()
+  c = jc.quantization.fake_quant(8, per_channel=True)  # axis -1: the kernel's input features here
+  packed = c.pack(*c.init(params))
+  served = jc.quantization.serve(apply, packed, act_bits=8)
+  with pytest.warns(UserWarning, match=r"axis=-2 for int8"):
+    out = served(x)
+  assert not re.search(r"i32\[[\d,]*\] = conv_general_dilated", str(jax.make_jaxpr(served)(x)))
+  np.testing.assert_allclose(
+    np.asarray(out), np.asarray(apply(jc.export.materialize_tree(packed), x)), rtol=0.05, atol=0.05
+  )
