@@ -88,7 +88,7 @@ CASES = {
   "fixed_masks": lambda: jc.pruning.fixed({"fc0/kernel": np.arange(16 * 32).reshape(16, 32) % 3 != 0}),
   # issue 14: every kernel frozen by step 3, so pack stores the CodebookArray; ADMM's view is G
   "inq5": lambda: jc.quantization.inq(5, steps=(0, 1, 2, 3)),
-  "elq_ternary": lambda: jc.quantization.elq("ternary", steps=(0, 1, 2, 3)),
+  # (ELQ holds its quantized portion through the same frozen seam as INQ: tests/quantization/test_elq.py)
   "admm_ternary_projection": lambda: jc.quantization.admm("ternary", frequency=2, view="projection"),
   "value_aware4": lambda: jc.quantization.value_aware(4, 0.03),
   # issue 14 (low-bit training): total_steps=3, so the packed (deterministic) network is

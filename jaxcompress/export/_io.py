@@ -340,8 +340,11 @@ _LEAF_CODES = {
   "ToeplitzArray": "T",
   "TiedArray": "I",
   "HuffmanArray": "U",
+  "OutlierArray": "O",
 }
 _LEAF_KINDS = {code: kind for kind, code in _LEAF_CODES.items()}
+# a leaf type registered for format 2 but without a format-3 code could not be saved
+assert set(_LEAF_CODES) == set(_META_FIELDS), set(_LEAF_CODES) ^ set(_META_FIELDS)
 # NumPy dtype name -> its short code in format 3 (other dtypes go by their name)
 _DTYPE_CODES = {
   "bool": "b1",

@@ -72,7 +72,7 @@ def _bit_rules(bits: Bits) -> list[tuple[Any, int, str]] | None:
         raise TypeError(f"bits[{i}] must be a (where, bits) pair, got {rule!r}")
       rules.append((select.as_predicate(rule[0]), rule[1], f"bits[{i}] (where={rule[0]!r})"))
   else:
-    raise TypeError(f"bits must be an int, a {{path: bits}} mapping or a [(where, bits), ...] list, got {bits!r}")
+    raise ValueError(f"bits must be an int, a {{path: bits}} mapping or a [(where, bits), ...] list, got {bits!r}")
   if not rules:
     raise ValueError(f"bits={bits!r} holds no rule")
   return rules
