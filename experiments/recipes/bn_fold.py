@@ -70,12 +70,30 @@ def float_folded(params, trainer):
 
 
 RECIPES = (
-  Recipe("bn_float_folded", float_folded, models=MODELS, order=60, description="BatchNorm folded, float"),
+  Recipe(
+    "bn_float_folded", float_folded, models=MODELS, order=60, description="BatchNorm folded, float", full_only=True
+  ),
   Recipe("bn_ptq8_unfolded", ptq(False, True), models=MODELS, order=61, description="PTQ int8/ch, BN kept"),
   Recipe("bn_ptq8_folded", ptq(True, True), models=MODELS, order=62, description="PTQ int8/ch of folded weights"),
-  Recipe("bn_ptq8t_unfolded", ptq(False, False), models=MODELS, order=63, description="PTQ int8/tensor, BN kept"),
-  Recipe("bn_ptq8t_folded", ptq(True, False), models=MODELS, order=64, description="PTQ int8/tensor, folded"),
+  Recipe(
+    "bn_ptq8t_unfolded",
+    ptq(False, False),
+    models=MODELS,
+    order=63,
+    description="PTQ int8/tensor, BN kept",
+    full_only=True,
+  ),
+  Recipe(
+    "bn_ptq8t_folded", ptq(True, False), models=MODELS, order=64, description="PTQ int8/tensor, folded", full_only=True
+  ),
   Recipe("bn_qat8_folded", qat_folded, models=MODELS, order=65, description="QAT int8 folded + BN correction"),
-  Recipe("bn_served8_unfolded", served(False), models=MODELS, order=66, description="served W8A8, BN in float"),
+  Recipe(
+    "bn_served8_unfolded",
+    served(False),
+    models=MODELS,
+    order=66,
+    description="served W8A8, BN in float",
+    full_only=True,
+  ),
   Recipe("bn_served8_folded", served(True), models=MODELS, order=67, description="served W8A8 folded, no BN"),
 )

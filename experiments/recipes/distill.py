@@ -70,6 +70,7 @@ RECIPES = tuple(
     models=STUDENTS,
     order=80 + i,
     description=_describe(criterion, compression),
+    full_only=(criterion, compression) not in (("ce", ""), ("kd", "")),  # the default run: KD against its control
   )
   for i, (criterion, compression) in enumerate(ROWS)
 )

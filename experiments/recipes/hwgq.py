@@ -17,4 +17,6 @@ def build(params, trainer):
   return FineTune(c, epochs=trainer.epochs(30), lr=1e-3)
 
 
-RECIPE = Recipe("hwgq_w1a2", build, order=62, description="HWGQ W1A2: binary kernels, half-wave Gaussian activations")
+RECIPE = Recipe(
+  "hwgq_w1a2", build, order=62, description="HWGQ W1A2: binary kernels, half-wave Gaussian activations", full_only=True
+)

@@ -24,4 +24,4 @@ def build(params, trainer):
   return FineTune(compressor, epochs=epochs, lr=3e-3)
 
 
-RECIPE = Recipe("lottery_90", build, order=13, description="IMP 3 rounds x 54%, rewind to epoch 1")
+RECIPE = Recipe("lottery_90", build, order=13, description="IMP 3 rounds x 54%, rewind to epoch 1", full_only=True)

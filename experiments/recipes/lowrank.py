@@ -48,6 +48,13 @@ def build(name, params, trainer):
 
 
 RECIPES = tuple(
-  Recipe(name, functools.partial(build, name), models=models, order=order, description=f"low-rank {name}, fine-tuned")
+  Recipe(
+    name,
+    functools.partial(build, name),
+    models=models,
+    order=order,
+    description=f"low-rank {name}, fine-tuned",
+    full_only=name in ("svd10", "svd25_then_int8", "tucker2_vbmf"),
+  )
   for name, (_, models, order) in VARIANTS.items()
 )

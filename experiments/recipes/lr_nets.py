@@ -16,4 +16,6 @@ def build(params, trainer):
   return FineTune(c, epochs=epochs, lr=3e-3)
 
 
-RECIPE = Recipe("lr_nets_ternary", build, order=60, description="LR-Nets ternary kernels, local reparameterization")
+RECIPE = Recipe(
+  "lr_nets_ternary", build, order=60, description="LR-Nets ternary kernels, local reparameterization", full_only=True
+)

@@ -9,4 +9,4 @@ def build(params, trainer):
   return FineTune(quantization.fake_quant(4, per_channel=True), epochs=0)
 
 
-RECIPE = Recipe("ptq_int4", build, order=27, description="PTQ int4 per-channel weights")
+RECIPE = Recipe("ptq_int4", build, order=27, description="PTQ int4 per-channel weights", full_only=True)

@@ -14,6 +14,12 @@ def build(bits, params, trainer):
 
 
 RECIPES = tuple(
-  Recipe(f"qat_w{bits}a8", functools.partial(build, bits), order=order, description=f"QAT W{bits}A8 (int8 forward)")
+  Recipe(
+    f"qat_w{bits}a8",
+    functools.partial(build, bits),
+    order=order,
+    description=f"QAT W{bits}A8 (int8 forward)",
+    full_only=bits == 2,
+  )
   for bits, order in ((4, 36), (2, 38))
 )

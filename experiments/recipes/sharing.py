@@ -40,7 +40,7 @@ def _toeplitz(params, trainer):
 MLP = ("lenet300100",)
 RECIPES = (
   Recipe("hashed_8", _hashed(1 / 8), models=MLP, order=70, description="HashedNets 1/8, fine-tune"),
-  Recipe("hashed_64", _hashed(1 / 64), models=MLP, order=71, description="HashedNets 1/64, fine-tune"),
+  Recipe("hashed_64", _hashed(1 / 64), models=MLP, order=71, description="HashedNets 1/64, fine-tune", full_only=True),
   Recipe("circulant", _circulant, models=MLP, order=72, description="block-circulant fc1 (b=4), fc2 (b=50)"),
   Recipe("toeplitz", _toeplitz, models=MLP, order=73, description="Toeplitz fc1, fc2, fine-tune"),
 )
