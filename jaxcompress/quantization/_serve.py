@@ -171,7 +171,7 @@ def integer_rule(weights: dict[str, Any], act_spec: QuantSpec | None, act_ranges
       qmax = 2 ** (q.bits - 1) - 1
       codes = jnp.clip(jnp.round(uniform.divide(weight.astype(jnp.float32), w_scale)), -qmax - 1, qmax).astype(jnp.int8)
     out_scale = None if w_scale is None else output_scale(site, w_scale)
-    if out_scale is None or codes is None:
+    if out_scale is None or codes is None or w_scale is None:
       if q is not None and site.leaf_axes is not None and w_scale is not None:
         features = sorted(site.leaf_axes[a] for a in site.feature_axes)
         warnings.warn(
