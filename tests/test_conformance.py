@@ -4,9 +4,12 @@ A new compressor joins by adding one line to ``CASES``: a name and a zero-argume
 factory (a chain of stages goes into ``CHAINS``, so its bytes are also checked against
 each stage packed alone). A pruner or a quantizer also joins ``PRUNERS`` or
 ``QUANTIZERS``: every pair is trained in ``chain(pruner, quantizer)``. Each check is one
-property from DESIGN.md §8.
+property from DESIGN.md §8. A case in ``VARIANTS`` is another option of a code path that a
+full case already takes under pmap, a sharded mesh and a checkpoint; it runs the
+single-device checks only, which keeps the suite's time in bounds.
 """
 
+import functools
 import os
 import tempfile
 
@@ -139,6 +142,26 @@ CHAINS = {
 }
 CASES.update({name: (lambda stages=stages: jc.chain(*(f() for f in stages))) for name, stages in CHAINS.items()})
 
+# Other options of code paths that a full case covers under pmap, sharding and orbax
+# (magnitude, magnitude_global; fake_quant8, fake_quant4_per_channel; twn; kmeans16 and
+# kmeans_per_channel_pp; snip; quantize_activations; the PRUNERS x QUANTIZERS pairs).
+VARIANTS = {
+  "magnitude_where",
+  "magnitude_erk_block",
+  "fake_quant3_where",
+  "fake_quant4_affine",
+  "fake_quant8_group",
+  "twn_per_channel",
+  "kmeans_density_where",
+  "saliency_where",
+  "quantize_activations_calibrated",
+  "chain_prune_affine",
+  "chain_prune_group",
+  "chain_prune_binary",
+  "chain_ttq_prune_where",
+}
+assert VARIANTS <= set(CASES), VARIANTS - set(CASES)
+
 # Every pair trains in chain(pruner, quantizer); the pruners are at high sparsity, where
 # a pruned 1-bit code can be smaller than the unpruned one (at 50% it cannot: the
 # entropy of {0, -a, +a} at 1/2, 1/4, 1/4 is 1.5 bits).
@@ -181,6 +204,23 @@ def _setup(factory):
   return c, state
 
 
+# Compiling the step is most of a case's cost, so each case's compressor, initial state and
+# jitted step are built once per process and shared by its checks; `--dist loadgroup` (the
+# xdist_group marks below) runs a case's checks in one worker. Every check still starts
+# from the initial state.
+@functools.cache
+def _compiled(name):
+  c, state = _setup(CASES[name])
+  return c, state, jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c))
+
+
+@functools.cache
+def _trained(name):
+  """The state after the suite's 3 jitted steps (batches of 16, seeds 0-2)."""
+  _, state, step = _compiled(name)
+  return _run(step, state)
+
+
 def _run(step, state, n=3, batch_size=16):
   for i in range(n):
     x, y = helpers.batch(seed=i, n=batch_size)
@@ -197,22 +237,22 @@ def _assert_trees_equal(a, b):
   jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
 
 
-cases = pytest.mark.parametrize("name", sorted(CASES))
+cases = pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in sorted(CASES)])
+full_cases = pytest.mark.parametrize(
+  "name", [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in sorted(set(CASES) - VARIANTS)]
+)
 
 
 @cases
 def test_jit_equals_eager(name):
-  c, state = _setup(CASES[name])
-  step = jc.train.make_step(helpers.mse_loss, OPT, c)
-  eager = _run(step, state)
-  jitted = _run(jax.jit(step), state)
-  _assert_trees_close(eager, jitted, atol=1e-6)
+  c, state, _ = _compiled(name)
+  eager = _run(jc.train.make_step(helpers.mse_loss, OPT, c), state)
+  _assert_trees_close(eager, _trained(name), atol=1e-6)
 
 
 @cases
 def test_no_recompilation_on_second_step(name):
-  c, state = _setup(CASES[name])
-  step = jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c))
+  _, state, step = _compiled(name)
   state = _run(step, state, n=1)
   x, y = helpers.batch(seed=1, n=16)
   # Count traces and backend compiles (not the C++ dispatch cache, which stays empty by
@@ -235,7 +275,7 @@ def test_no_recompilation_on_second_step(name):
 
 @cases
 def test_unselected_leaves_untouched(name):
-  c, _ = _setup(CASES[name])
+  c, _, _ = _compiled(name)
   params = helpers.mlp_params()
   trainable, cstate = c.init(params)
   out = c.apply(trainable, cstate)
@@ -252,7 +292,7 @@ def test_unselected_leaves_untouched(name):
 
 @cases
 def test_works_inside_chain(name):
-  c, _ = _setup(CASES[name])
+  c, _, _ = _compiled(name)
   params = helpers.mlp_params()
   alone_p, alone_s = c.init(params)
   chained = jc.chain(jc.identity(), c, jc.identity())
@@ -261,17 +301,17 @@ def test_works_inside_chain(name):
   _assert_trees_equal(c.update(alone_p, alone_s)[0], chained.update(chain_p, chain_s)[0])
 
 
-@cases
+@full_cases
 def test_pmap_and_sharded_jit_equal_single_device(name):
-  c, state = _setup(CASES[name])
+  c, state, _ = _compiled(name)
   ndev = jax.device_count()
   assert ndev == 8
-  single = _run(jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c)), state, batch_size=32)
+  single = _trained(name)  # 16 examples a step: 2 on each device
 
   pstep = jax.pmap(jc.train.make_step(helpers.mse_loss, OPT, c, axis_name="data"), axis_name="data")
   pstate = jax.tree.map(lambda a: jnp.stack([a] * ndev), state)
   for i in range(3):
-    x, y = helpers.batch(seed=i, n=32)
+    x, y = helpers.batch(seed=i, n=16)
     pstate, _ = pstep(pstate, x.reshape(ndev, -1, x.shape[-1]), y.reshape(ndev, -1, y.shape[-1]))
   # Read pmap outputs on the host: eager indexing of a device-sharded array aborted
   # inside XLA's CPU runtime (SIGABRT) in 2 of 6 full runs.
@@ -286,15 +326,14 @@ def test_pmap_and_sharded_jit_equal_single_device(name):
   sstate = jax.device_put(state, replicated)
   sstep = jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c))
   for i in range(3):
-    x, y = helpers.batch(seed=i, n=32)
+    x, y = helpers.batch(seed=i, n=16)
     sstate, _ = sstep(sstate, jax.device_put(x, sharded), jax.device_put(y, sharded))
   _assert_trees_close(single, sstate)
 
 
-@cases
+@full_cases
 def test_checkpoint_round_trip_resumes_identically(name):
-  c, state = _setup(CASES[name])
-  step = jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c))
+  _, state, step = _compiled(name)
   straight = _run(step, state, n=4)
   half = _run(step, state, n=2)
   with tempfile.TemporaryDirectory() as d:
@@ -313,7 +352,7 @@ def test_checkpoint_round_trip_resumes_identically(name):
 @cases
 def test_model_side_rewrite_is_what_training_sees(name):
   """The step's loss is the compressor's rewrite of the loss at its view of the params."""
-  c, state = _setup(CASES[name])
+  c, state, _ = _compiled(name)
   x, y = helpers.batch(seed=5)
   loss = jc.train.wrap_loss(helpers.mse_loss, c)(state.params, state.cstate, x, y)
   model = c.rewrite(helpers.mlp_apply, state.params, state.cstate)
@@ -324,8 +363,8 @@ def test_model_side_rewrite_is_what_training_sees(name):
 
 @cases
 def test_pack_then_materialize_equals_apply(name):
-  c, state = _setup(CASES[name])
-  state = _run(jax.jit(jc.train.make_step(helpers.mse_loss, OPT, c)), state)
+  c, _, _ = _compiled(name)
+  state = _trained(name)
   packed = c.pack(state.params, state.cstate)
   dense = jc.export.materialize_tree(packed)
   _assert_trees_equal(dense, c.apply(state.params, state.cstate))
