@@ -19,7 +19,7 @@ from jaxcompress.export._io import CorruptFileError, SavedFile, load, open_file,
 from jaxcompress.export._masked import MaskedArray, prune
 from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray, store_codes
-from jaxcompress.export._sliced import SlicedArray, sliced_from_parts
+from jaxcompress.export._sliced import SlicedArray, narrowed, sliced_from_parts
 from jaxcompress.export._sparse import SparseArray, from_dense, from_mask
 from jaxcompress.export._structured import (
   CirculantArray,
@@ -75,6 +75,7 @@ __all__ = [
   "materialize_tree",
   "matrix_shape",
   "murmur3_32",
+  "narrowed",
   "open_file",
   "pack_bits",
   "prune",
