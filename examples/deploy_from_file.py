@@ -58,7 +58,7 @@ def train_and_save(path: str, dense_steps: int, tune_steps: int) -> tuple[float,
   model = MLP(nnx.Rngs(0))
   apply = apply_of(model)
   params = nnx.state(model, nnx.Param).to_pure_dict()
-  loss = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()  # noqa: E731
+  loss = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
   dense = jc.chain()
   for c, steps in ((dense, dense_steps), (None, tune_steps)):
     if c is None:  # prune half the hidden channels, then fine-tune with integer QAT

@@ -909,7 +909,7 @@ class SavedFile:
       keep = None
     elif isinstance(where, str):
       pattern = re.compile(where)
-      keep = lambda p: pattern.fullmatch(p) is not None  # noqa: E731
+      keep = lambda p: pattern.fullmatch(p) is not None
     elif callable(where):
       keep = where
     else:
@@ -925,11 +925,11 @@ class SavedFile:
     import jax
 
     if device is not None:
-      put = lambda name, a: jax.device_put(a, device)  # noqa: E731
+      put = lambda name, a: jax.device_put(a, device)
     elif callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
-      put = lambda name, a: jax.device_put(a, sharding(name, a))  # noqa: E731
+      put = lambda name, a: jax.device_put(a, sharding(name, a))
     else:
-      put = lambda name, a: jax.device_put(a, sharding)  # noqa: E731
+      put = lambda name, a: jax.device_put(a, sharding)
     return _place(tree, "", put)
 
   def close(self) -> None:

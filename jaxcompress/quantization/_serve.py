@@ -278,14 +278,13 @@ def serving_extras(
     >>> serving_extras({'w': (0.0, 1.5)})
     {'serve': {'act_ranges': {'w': [0.0, 1.5]}, 'act_bits': 8, 'act_symmetric': False}}
   """
-  if act_bits is not None and not 2 <= int(act_bits) <= 8:
+  if act_bits is not None and not 2 <= act_bits <= 8:
     raise ValueError(f"act_bits must be in [2, 8] for int8 matmuls, got {act_bits}")
   ranges = None
   if act_ranges is not None:
     calibration.check_ranges(act_ranges)
     ranges = {str(k): [float(np.float32(lo)), float(np.float32(hi))] for k, (lo, hi) in act_ranges.items()}
-  bits = None if act_bits is None else int(act_bits)
-  return {SERVE_KEY: {"act_ranges": ranges, "act_bits": bits, "act_symmetric": bool(act_symmetric)}}
+  return {SERVE_KEY: {"act_ranges": ranges, "act_bits": act_bits, "act_symmetric": act_symmetric}}
 
 
 def serve_file(

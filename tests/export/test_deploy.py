@@ -77,7 +77,7 @@ class Net(nnx.Module):
 def test_channel_pruned_nnx_and_linen_models_rebuilt_from_the_file_alone(tmp_path):
   model = Net(nnx.Rngs(0))
   graphdef, state = nnx.split(model, nnx.Param)
-  apply = lambda p, x: nnx.merge(graphdef, nnx.State(p))(x)  # noqa: E731
+  apply = lambda p, x: nnx.merge(graphdef, nnx.State(p))(x)
   c = jc.pruning.channel_prune(0.5, apply_fn=apply, inputs=[X])
   small, cstate = c.init(state.to_pure_dict())
   expected = apply(c.apply(small, cstate), X)
@@ -118,7 +118,7 @@ def test_a_lazy_read_touches_only_the_requested_tensors(tmp_path):
     out = f.read("a")
     np.testing.assert_array_equal(out["a"], tree["a"])
     assert out["b"] == {"kernel": None}
-    with pytest.raises(export.CorruptFileError, match="b/kernel.*checksum"):
+    with pytest.raises(export.CorruptFileError, match=r"b/kernel.*checksum"):
       f.read(lambda p: p.startswith("b/"))
   with pytest.raises(export.CorruptFileError, match="checksum"):
     export.load(path)
