@@ -42,14 +42,8 @@ def data():
 
 def apply_of(model):
   """``apply(params, x)`` of an NNX module, on a plain nested dict of params."""
-  graphdef, state = nnx.split(model, nnx.Param)
-
-  def apply(params, x):
-    s = jax.tree.map(lambda a: a, state)
-    nnx.replace_by_pure_dict(s, params)
-    return nnx.merge(graphdef, s)(x)
-
-  return apply
+  graphdef = nnx.graphdef(model)
+  return lambda params, x: nnx.merge(graphdef, params)(x)
 
 
 def train_and_save(path: str, dense_steps: int, tune_steps: int) -> tuple[float, np.ndarray]:

@@ -1,7 +1,20 @@
 """Saving and loading packed trees: safetensors for the arrays, JSON for the structure.
 
-A file is one safetensors file. :func:`save` writes format version 3 (compact) by default;
-:func:`load` reads versions 2 and 3.
+A file is one safetensors file. :func:`save` writes format version 3 (compact) by default,
+or 4 (for deployment); :func:`load` and :func:`open_file` read versions 2, 3 and 4. Any
+version may carry ``extras`` (serving parameters), JSON in the metadata entry
+``'jaxcompress.extras'``, under the file's checksum.
+
+*Format 4* (``save(..., version=4)``; the layout is documented in ``docs/FILE_FORMAT.md``):
+one safetensors tensor per distinct array, named by its leaf's path (``'params/Dense_0/bias'``)
+and, inside a compressed leaf, ``.field`` per level (``'params/Dense_0/kernel.codes'``; a
+bit-packed stream is named for the field holding it). ``'jaxcompress'`` is JSON ``{"version":
+4, "arrays": {name: [dtype code, shape, sha256]}, "tree": node}`` with format 3's nodes, an
+array referenced by its tensor name; ``'jaxcompress.tensors'`` says in one line per tensor what
+it is (``"QArray(bits=8,...).codes: int8[64,32]"``); ``'jaxcompress.sha256'`` is format 2's
+header digest. :func:`open_file` checks the header digest and every node and array entry at
+open, then reads only the tensors of the leaves asked for, each checked against its SHA-256,
+each leaf against its arrays.
 
 *Format 3* (compact: a small model's file is mostly payload). One ``U8`` tensor ``'data'``
 holds the tree document, zlib-compressed, then every array's bytes end to end (row-major,
@@ -746,7 +759,7 @@ def _describe(spec: Any, name: str, outer: str, out: dict[str, str]) -> None:
   kind = spec["kind"]
   if kind == "array":
     array = f"{spec['dtype']}[{','.join(map(str, spec['shape']))}]"
-    out.setdefault(spec["key"], f"{outer.strip()}: {array}" if outer else f"dense {array}")
+    out.setdefault(spec["key"], f"{outer}: {array}" if outer else f"dense {array}")
   elif kind == "dict":
     for (_, k), v in zip(spec["keys"], spec["items"]):
       _describe(v, f"{name}/{k}", outer, out)
@@ -756,12 +769,44 @@ def _describe(spec: Any, name: str, outer: str, out: dict[str, str]) -> None:
   elif kind != "none":
     meta = ",".join(f"{k}={v}" for k, v in spec["meta"].items())
     for f, v in spec["fields"].items():
-      _describe(v, f"{name}.{f}", f"{outer} {kind}({meta}).{f}", out)
+      _describe(v, f"{name}.{f}", f"{outer} > {kind}({meta}).{f}" if outer else f"{kind}({meta}).{f}", out)
+
+
+def _readable_names(spec: Any, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Format 4's names: a bit-packed stream is named for the field holding it (``kernel.codes``, not
+  ``kernel.codes.data``) where that name is free; ``spec``'s array keys are renamed in place."""
+  renames: dict[str, str] = {}
+
+  def walk(node: Any) -> None:
+    kind = node["kind"]
+    if kind in ("dict", "list", "tuple"):
+      for v in node["items"]:
+        walk(v)
+    elif kind == "BitPacked":
+      key = node["fields"]["data"]["key"]
+      if key.endswith(".data") and key[:-5] not in named and key[:-5] not in renames.values():
+        renames.setdefault(key, key[:-5])
+    elif kind in _LEAF_TYPES:
+      for v in node["fields"].values():
+        walk(v)
+
+  def rename(node: Any) -> None:
+    if node["kind"] == "array":
+      node["key"] = renames.get(node["key"], node["key"])
+    for v in node.get("items", ()):
+      rename(v)
+    for v in node.get("fields", {}).values():
+      rename(v)
+
+  walk(spec)
+  rename(spec)
+  return {renames.get(k, k): v for k, v in named.items()}
 
 
 def _save_v4(packed: Any, extras: str | None) -> bytes:
   named: dict[str, np.ndarray] = {}
   spec = _encode(packed, "", named, {})
+  named = _readable_names(spec, named)
   arrays: dict[str, Any] = {}
   tree = _compact(spec, arrays, {})
   described: dict[str, str] = {}

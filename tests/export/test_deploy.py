@@ -77,7 +77,7 @@ class Net(nnx.Module):
 def test_channel_pruned_nnx_and_linen_models_rebuilt_from_the_file_alone(tmp_path):
   model = Net(nnx.Rngs(0))
   graphdef, state = nnx.split(model, nnx.Param)
-  apply = lambda p, x: nnx.merge(graphdef, nnx.State(p))(x)
+  apply = lambda p, x: nnx.merge(graphdef, p)(x)
   c = jc.pruning.channel_prune(0.5, apply_fn=apply, inputs=[X])
   small, cstate = c.init(state.to_pure_dict())
   expected = apply(c.apply(small, cstate), X)
