@@ -178,3 +178,40 @@ def test_the_deploy_example_runs():
   main = runpy.run_path(path)["main"]
   expected, got = main(dense_steps=0, tune_steps=0)  # the whole path but the training loops
   np.testing.assert_array_equal(got, expected)
+
+
+def test_format_4_refuses_a_redigested_edit_of_a_static_field_or_a_shape(tmp_path):
+  """Someone who recomputes the header digest still cannot make a leaf describe what its arrays do not hold."""
+  from jaxcompress.export import _io
+
+  codes = np.arange(-7, 8).reshape(3, 5) % 8
+  tree = {"q": export.QArray(export.store_codes(codes, 4, signed=True), np.ones((1, 5), np.float32), None, 4, "float32")}
+  path = tmp_path / "q.safetensors"
+
+  def edited(edit):
+    export.save(path, tree, version=4)
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    meta = header["__metadata__"]
+    doc = json.loads(meta["jaxcompress"])
+    edit(doc)
+    meta["jaxcompress"] = json.dumps(doc)
+    tensors = {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    meta[_io.DIGEST_KEY] = _io.header_digest(meta, tensors)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + n :])
+    return path
+
+  def code_shape(doc):  # the BitPacked codes claim 30 codes, not 15
+    doc["tree"]["q"][2][1][1] = [3, 10]
+
+  def array_shape(doc):  # the scale's entry disagrees with the tensor table
+    doc["arrays"]["q.scale"][1] = [5]
+
+  with pytest.raises(export.CorruptFileError, match="q.codes"):
+    export.load(edited(code_shape))
+  with pytest.raises(export.CorruptFileError, match="shape"):
+    export.open_file(edited(array_shape))
+  assert export.load(edited(lambda doc: None))["q"].bits == 4  # the unedited file reads
