@@ -68,15 +68,19 @@ def train_and_save(path: str, dense_steps: int, tune_steps: int) -> tuple[float,
     if c is not dense:
       break
     params = c.apply(state.params, state.cstate)
+    print(f"dense: accuracy {float(np.mean(np.asarray(apply(params, xt)).argmax(-1) == yt)):.3f}")
   packed = c.pack(state.params, state.cstate)
   ranges = state.cstate.stages[1].stages[1].data  # the QAT chain's calibrated activation ranges
   extras = jc.quantization.serving_extras(ranges, act_bits=8)
   nbytes = jc.export.save(path, packed, version=4, extras=extras)
+  compact = jc.export.save(path + ".v3", packed, extras=extras)  # the default, smallest layout, for comparison
   small = jc.pruning.narrow_nnx(model, params=packed)
   served = jc.quantization.serve(apply_of(small), jc.export.narrowed(packed), act_ranges=ranges)
   out = np.asarray(served(xt))
   acc = float(np.mean(out.argmax(-1) == yt))
-  print(f"in memory: W8A8, hidden 64 -> {small.hidden.out_features}, accuracy {acc:.3f}, file {nbytes} B")
+  print(
+    f"in memory: W8A8, hidden 64 -> {small.hidden.out_features}, accuracy {acc:.3f}, file {nbytes} B (format 3: {compact} B)"
+  )
   return acc, out
 
 

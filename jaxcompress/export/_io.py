@@ -945,11 +945,13 @@ class SavedFile:
     Raises:
       CorruptFileError: if a tensor read does not match its checksum or a leaf is
         inconsistent (naming the file, the leaf and the field).
-      ValueError: if both ``device`` and ``sharding`` are given.
+      ValueError: if both ``device`` and ``sharding`` are given, or the file was closed.
       TypeError: if ``where`` is neither a string, a callable nor ``None``.
     """
     if device is not None and sharding is not None:
       raise ValueError("give device= or sharding=, not both")
+    if self._handle is None and self.version != 3:
+      raise ValueError(f"{self.path} is closed: open it again with open_file")
     if where is None:
       keep = None
     elif isinstance(where, str):
