@@ -151,9 +151,20 @@ def test_load_places_arrays_on_a_device_or_a_named_sharding(tmp_path, qat_model)
     np.testing.assert_array_equal(a, b)
   on = export.load(path, device=jax.devices()[3])
   assert {d for a in jax.tree.leaves(on) for d in a.devices()} == {jax.devices()[3]}
+  mesh = Mesh(np.array(jax.devices()), ("x",))  # a large model: its kernels split over 8 devices, the rest replicated
   names = []
-  export.load(path, sharding=lambda name, a: names.append(name) or sharding)
-  assert names == list(export.open_file(path).names) or sorted(names) == sorted(export.open_file(path).names)
+
+  def per_tensor(name, a):
+    names.append(name)
+    return NamedSharding(mesh, PartitionSpec("x") if name == "l1/kernel.codes" else PartitionSpec())
+
+  split = export.load(path, sharding=per_tensor)
+  with export.open_file(path) as f:
+    assert sorted(names) == sorted(f.names)
+  codes = split["l1"]["kernel"].codes
+  assert codes.sharding.spec == PartitionSpec("x") and len(codes.addressable_shards) == 8
+  assert codes.addressable_shards[0].data.shape == (1, 12)
+  np.testing.assert_array_equal(codes, packed["l1"]["kernel"].codes)
   with pytest.raises(ValueError, match="not both"):
     export.load(path, device=jax.devices()[0], sharding=sharding)
 
