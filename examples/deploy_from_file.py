@@ -75,6 +75,8 @@ def train_and_save(path: str, dense_steps: int, tune_steps: int) -> tuple[float,
   nbytes = jc.export.save(path, packed, version=4, extras=extras)
   compact = jc.export.save(path + ".v3", packed, extras=extras)  # the default, smallest layout, for comparison
   small = jc.pruning.narrow_nnx(model, params=packed)
+  full_width = np.asarray(apply(c.apply(state.params, state.cstate), xt))  # the pruned model at its original widths
+  assert np.allclose(np.asarray(small(xt)), full_width, atol=1e-5), "the narrowed module is not the pruned model"
   served = jc.quantization.serve(apply_of(small), jc.export.narrowed(packed), act_ranges=ranges)
   out = np.asarray(served(xt))
   acc = float(np.mean(out.argmax(-1) == yt))
@@ -89,7 +91,7 @@ def deploy(path: str) -> tuple[float, np.ndarray]:
   *_, xt, yt = data()
   with jc.export.open_file(path) as f:
     print("tensors:", ", ".join(f.names))
-    small = jc.pruning.narrow_nnx(MLP(nnx.Rngs(0)), params=f.read())
+    small = jc.pruning.narrow_nnx(MLP(nnx.Rngs(1)), params=f.read())  # a fresh init: every value comes from the file
   served = jc.quantization.serve_file(path, apply_of(small), narrow=True)
   out = np.asarray(served(xt))
   acc = float(np.mean(out.argmax(-1) == yt))
