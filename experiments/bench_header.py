@@ -1,4 +1,4 @@
-"""Header overhead of ``export.save`` (format 2 beside format 3), and what Huffman coding saves,
+"""Header overhead of ``export.save`` (formats 2, 3 and 4 side by side), and what Huffman coding saves,
 on LeNet-300-100 packed with Deep Compression's pruning + clustering
 (``chain(magnitude(0.9), kmeans(16))``).
 
@@ -35,7 +35,7 @@ def main():
   coded, reports = export.huffman(packed, with_report=True)
   worth = export.huffman(packed, min_saving=8)  # what a format-3 file gains, net of its header share
   with tempfile.TemporaryDirectory() as d:
-    for version in (2, 3):
+    for version in (2, 3, 4):
       for name, tree in (("prune90+kmeans16", packed), ("+ huffman", coded), ("+ huffman, 8 B", worth)):
         path = os.path.join(d, "m.safetensors")
         size = export.save(path, tree, version=version)

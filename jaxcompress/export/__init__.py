@@ -15,11 +15,11 @@ from jaxcompress.export._huffman import (
   huffman_encode,
   unhuffman,
 )
-from jaxcompress.export._io import CorruptFileError, load, save
+from jaxcompress.export._io import CorruptFileError, SavedFile, load, open_file, save
 from jaxcompress.export._masked import MaskedArray, prune
 from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray, store_codes
-from jaxcompress.export._sliced import SlicedArray, sliced_from_parts
+from jaxcompress.export._sliced import SlicedArray, narrowed, sliced_from_parts
 from jaxcompress.export._sparse import SparseArray, from_dense, from_mask
 from jaxcompress.export._structured import (
   CirculantArray,
@@ -47,6 +47,7 @@ __all__ = [
   "MaskedArray",
   "OutlierArray",
   "QArray",
+  "SavedFile",
   "SlicedArray",
   "SparseArray",
   "StreamReport",
@@ -74,6 +75,8 @@ __all__ = [
   "materialize_tree",
   "matrix_shape",
   "murmur3_32",
+  "narrowed",
+  "open_file",
   "pack_bits",
   "prune",
   "rebuild_conv",

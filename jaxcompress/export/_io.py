@@ -1,7 +1,20 @@
 """Saving and loading packed trees: safetensors for the arrays, JSON for the structure.
 
-A file is one safetensors file. :func:`save` writes format version 3 (compact) by default;
-:func:`load` reads versions 2 and 3.
+A file is one safetensors file. :func:`save` writes format version 3 (compact) by default,
+or 4 (for deployment); :func:`load` and :func:`open_file` read versions 2, 3 and 4. Any
+version may carry ``extras`` (serving parameters), JSON in the metadata entry
+``'jaxcompress.extras'``, under the file's checksum.
+
+*Format 4* (``save(..., version=4)``; the layout is documented in ``docs/FILE_FORMAT.md``):
+one safetensors tensor per distinct array, named by its leaf's path (``'params/Dense_0/bias'``)
+and, inside a compressed leaf, ``.field`` per level (``'params/Dense_0/kernel.codes'``; a
+bit-packed stream is named for the field holding it). ``'jaxcompress'`` is JSON ``{"version":
+4, "arrays": {name: [dtype code, shape, sha256]}, "tree": node}`` with format 3's nodes, an
+array referenced by its tensor name; ``'jaxcompress.tensors'`` says in one line per tensor what
+it is (``"QArray(bits=8,...).codes: int8[64,32]"``); ``'jaxcompress.sha256'`` is format 2's
+header digest. :func:`open_file` checks the header digest and every node and array entry at
+open, then reads only the tensors of the leaves asked for, each checked against its SHA-256,
+each leaf against its arrays.
 
 *Format 3* (compact: a small model's file is mostly payload). One ``U8`` tensor ``'data'``
 holds the tree document, zlib-compressed, then every array's bytes end to end (row-major,
@@ -50,10 +63,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import zlib
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -79,8 +93,9 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, so no swee
   fcntl = None
 
 FORMAT_VERSION = 3
-READ_VERSIONS = (2, 3)
+READ_VERSIONS = (2, 3, 4)
 DIGEST_KEY = "jaxcompress.sha256"
+EXTRAS_KEY = "jaxcompress.extras"
 TEMP_SUFFIX = ".jaxcompress-tmp"
 # NumPy dtype name -> safetensors dtype, for the dtypes safetensors' NumPy reader understands;
 # others (bfloat16, float8, int4, ...) travel as raw uint8 bytes with their dtype in the header
@@ -296,9 +311,12 @@ def _check_arrays(
     raise CorruptFileError(f"node {_where(name)!r} has unknown kind {kind!r}")
 
 
-def _decode(spec: Any, name: str, read: Any) -> Any:
+def _decode(spec: Any, name: str, read: Any, keep: Callable[[str], bool] | None = None) -> Any:
+  """The tree of ``spec``, its arrays from ``read(key)``; a leaf whose path ``keep`` refuses is ``None``, unread."""
   kind = spec["kind"]
   if kind == "none":
+    return None
+  if keep is not None and kind not in ("dict", "list", "tuple") and not keep(_where(name)):
     return None
   if kind == "array":
     array = read(spec["key"])
@@ -309,9 +327,9 @@ def _decode(spec: Any, name: str, read: Any) -> Any:
     return array
   if kind == "dict":
     keys = [k for _, k in spec["keys"]]
-    return {k: _decode(v, f"{name}/{k}", read) for k, v in zip(keys, spec["items"])}
+    return {k: _decode(v, f"{name}/{k}", read, keep) for k, v in zip(keys, spec["items"])}
   if kind in ("list", "tuple"):
-    items = [_decode(v, f"{name}/{i}", read) for i, v in enumerate(spec["items"])]
+    items = [_decode(v, f"{name}/{i}", read, keep) for i, v in enumerate(spec["items"])]
     return items if kind == "list" else tuple(items)
   meta = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["meta"].items()}
   fields = {k: _decode(v, f"{name}.{k}", read) for k, v in spec["fields"].items()}
@@ -369,13 +387,20 @@ def _array_fields(kind: str) -> list[str]:
   return [f.name for f in dataclasses.fields(cast(Any, _LEAF_TYPES[kind])) if f.name not in meta]
 
 
-def _compact(spec: Any, arrays: list[Any], index: dict[str, int]) -> Any:
-  """The format-3 node of a format-2 style ``spec``; array entries go to ``arrays`` in first use."""
+def _compact(spec: Any, arrays: Any, index: dict[str, int]) -> Any:
+  """The format-3 node of a format-2 style ``spec``; array entries go to ``arrays`` in first use.
+
+  With ``arrays`` a list (format 3) an array is referenced by its index; with a dict (format 4)
+  by its tensor name, and ``arrays[name]`` is ``[dtype code, shape, sha256]``.
+  """
   kind = spec["kind"]
   if kind == "none":
     return None
   if kind == "array":
     key = spec["key"]
+    if isinstance(arrays, dict):
+      arrays.setdefault(key, [_DTYPE_CODES.get(spec["dtype"], spec["dtype"]), list(spec["shape"]), spec["sha256"]])
+      return key
     if key not in index:
       index[key] = len(arrays)
       arrays.append([_DTYPE_CODES.get(spec["dtype"], spec["dtype"]), list(spec["shape"])])
@@ -392,12 +417,17 @@ def _compact(spec: Any, arrays: list[Any], index: dict[str, int]) -> Any:
   return [_LEAF_CODES[kind], meta, *(_compact(spec["fields"][f], arrays, index) for f in _array_fields(kind))]
 
 
-def _expand(node: Any, name: str, arrays: list[Any]) -> Any:
+def _expand(node: Any, name: str, arrays: Any) -> Any:
   """The format-2 style spec of a format-3 ``node`` (array keys are their indices), checked for form."""
   where = _where(name)
   if node is None:
     return {"kind": "none"}
-  if type(node) is int:
+  if isinstance(node, str) and isinstance(arrays, dict):  # format 4: a tensor name
+    if node not in arrays:
+      raise CorruptFileError(f"array {where!r}: {node!r} is not one of the file's arrays")
+    dtype, shape, sha256 = arrays[node]
+    return {"kind": "array", "key": node, "dtype": dtype, "shape": shape, "sha256": sha256}
+  if type(node) is int and isinstance(arrays, list):
     if not 0 <= node < len(arrays):
       raise CorruptFileError(f"array {where!r}: index {node} is not one of the file's {len(arrays)} arrays")
     dtype, shape = arrays[node]
@@ -495,11 +525,13 @@ def file_digest(metadata: Mapping[str, str], tensors: Mapping[str, tuple[str, li
 _MAX_HEADER = 1 << 26  # bytes a format-3 header may inflate to (a zlib bomb is refused)
 
 
-def _pack_v3(doc: Any, data: bytes) -> bytes:
+def _pack_v3(doc: Any, data: bytes, extras: str | None = None) -> bytes:
   """A format-3 file of the tree document ``doc`` (``arrays`` and ``tree``) and the arrays' bytes."""
   header = zlib.compress(json.dumps(doc, separators=(",", ":")).encode("utf-8"), 9)
   blob = header + data
   metadata = {"jaxcompress": json.dumps({"version": 3, "header": len(header)}, separators=(",", ":"))}
+  if extras is not None:
+    metadata[EXTRAS_KEY] = extras
   payload = {_DATA_KEY: np.frombuffer(blob, np.uint8)}
   metadata[DIGEST_KEY] = file_digest(metadata, {_DATA_KEY: ("U8", [len(blob)])}, blob)
   return safetensors.numpy.save(payload, metadata=metadata)
@@ -516,7 +548,7 @@ def _unpack_v3(header_len: Any, blob: np.ndarray) -> tuple[Any, np.ndarray]:
   return json.loads(text.decode("utf-8")), blob[header_len:]
 
 
-def _save_v3(packed: Any) -> bytes:
+def _save_v3(packed: Any, extras: str | None) -> bytes:
   named: dict[str, np.ndarray] = {}
   spec = _encode(packed, "", named, {})
   arrays: list[Any] = []
@@ -524,10 +556,11 @@ def _save_v3(packed: Any) -> bytes:
   tree = _compact(spec, arrays, index)
   order = sorted(index, key=index.__getitem__)
   data = b"".join(np.ascontiguousarray(named[k]).reshape(-1).view(np.uint8).tobytes() for k in order)
-  return _pack_v3({"arrays": arrays, "tree": tree}, data)
+  return _pack_v3({"arrays": arrays, "tree": tree}, data, extras)
 
 
 def _read_v3(header: Any, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
+  """(spec, read) of a format-3 file: its expanded, checked tree and a reader of its arrays by index."""
   if set(table) != {_DATA_KEY} or table[_DATA_KEY][0] != "U8" or len(table[_DATA_KEY][1]) != 1:
     got = {k: [d, list(s)] for k, (d, s) in table.items()}
     raise CorruptFileError(f"format 3 holds one U8 tensor {_DATA_KEY!r}, the file holds {got}")
@@ -559,7 +592,7 @@ def _read_v3(header: Any, metadata: Mapping[str, str], table: Mapping[str, tuple
       raise CorruptFileError(f"array {key} is bool but holds a byte other than 0 or 1")
     return raw.copy().view(dtype).reshape(shape) if dtype.name in _SAFETENSORS_DTYPES else raw.copy()
 
-  return _decode(spec, "", array)
+  return spec, array
 
 
 # --- atomic, litter-free writes -------------------------------------------------------
@@ -694,7 +727,104 @@ def _write_atomic(path: str, blob: bytes) -> None:
     _fsync_folder(folder)
 
 
-def save(path: str | os.PathLike[str], packed: Any, *, version: int = FORMAT_VERSION) -> int:
+def _extras_text(extras: Any) -> str | None:
+  """The JSON text of ``extras``, with NumPy and JAX scalars and arrays as (nested) lists."""
+  if extras is None:
+    return None
+  if not isinstance(extras, Mapping):
+    raise TypeError(f"extras must be a dict with string keys, got {type(extras).__name__}")
+
+  def plain(x: Any, where: str) -> Any:
+    if isinstance(x, Mapping):
+      bad = [k for k in x if not isinstance(k, str)]
+      if bad:
+        raise TypeError(f"extras: key {bad[0]!r} at {where or '<root>'!r} is not a string")
+      return {k: plain(v, f"{where}/{k}") for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [plain(v, f"{where}/{i}") for i, v in enumerate(x)]
+    if x is None or isinstance(x, (bool, int, float, str)):
+      return x
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+      return np.asarray(x).tolist()  # float32 -> float64 is exact, so it reads back bit for bit
+    raise TypeError(f"extras: cannot store {type(x).__name__} at {where or '<root>'!r} (use JSON values or arrays)")
+
+  try:
+    return json.dumps(plain(extras, ""), separators=(",", ":"), allow_nan=False)
+  except ValueError:
+    raise ValueError("extras hold a NaN or an infinity, which JSON cannot store") from None
+
+
+def _describe(spec: Any, name: str, outer: str, out: dict[str, str]) -> None:
+  """One plain line per tensor of a format-4 file: what it is, inside which leaf."""
+  kind = spec["kind"]
+  if kind == "array":
+    array = f"{spec['dtype']}[{','.join(map(str, spec['shape']))}]"
+    out.setdefault(spec["key"], f"{outer}: {array}" if outer else f"dense {array}")
+  elif kind == "dict":
+    for (_, k), v in zip(spec["keys"], spec["items"]):
+      _describe(v, f"{name}/{k}", outer, out)
+  elif kind in ("list", "tuple"):
+    for i, v in enumerate(spec["items"]):
+      _describe(v, f"{name}/{i}", outer, out)
+  elif kind != "none":
+    meta = ",".join(f"{k}={v}" for k, v in spec["meta"].items())
+    for f, v in spec["fields"].items():
+      _describe(v, f"{name}.{f}", f"{outer} > {kind}({meta}).{f}" if outer else f"{kind}({meta}).{f}", out)
+
+
+def _readable_names(spec: Any, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Format 4's names: a bit-packed stream is named for the field holding it (``kernel.codes``, not
+  ``kernel.codes.data``) where that name is free; ``spec``'s array keys are renamed in place."""
+  renames: dict[str, str] = {}
+
+  def walk(node: Any) -> None:
+    kind = node["kind"]
+    if kind in ("dict", "list", "tuple"):
+      for v in node["items"]:
+        walk(v)
+    elif kind == "BitPacked":
+      key = node["fields"]["data"]["key"]
+      if key.endswith(".data") and key[:-5] not in named and key[:-5] not in renames.values():
+        renames.setdefault(key, key[:-5])
+    elif kind in _LEAF_TYPES:
+      for v in node["fields"].values():
+        walk(v)
+
+  def rename(node: Any) -> None:
+    if node["kind"] == "array":
+      node["key"] = renames.get(node["key"], node["key"])
+    for v in node.get("items", ()):
+      rename(v)
+    for v in node.get("fields", {}).values():
+      rename(v)
+
+  walk(spec)
+  rename(spec)
+  return {renames.get(k, k): v for k, v in named.items()}
+
+
+def _save_v4(packed: Any, extras: str | None) -> bytes:
+  named: dict[str, np.ndarray] = {}
+  spec = _encode(packed, "", named, {})
+  named = _readable_names(spec, named)
+  arrays: dict[str, Any] = {}
+  tree = _compact(spec, arrays, {})
+  described: dict[str, str] = {}
+  _describe(spec, "", "", described)
+  metadata = {
+    "jaxcompress": json.dumps({"version": 4, "arrays": arrays, "tree": tree}, separators=(",", ":")),
+    "jaxcompress.tensors": json.dumps(described, separators=(",", ":")),
+  }
+  if extras is not None:
+    metadata[EXTRAS_KEY] = extras
+  tensors = {k: (_SAFETENSORS_DTYPES[a.dtype.name], list(a.shape)) for k, a in named.items()}
+  metadata[DIGEST_KEY] = header_digest(metadata, tensors)
+  return safetensors.numpy.save(named, metadata=metadata)
+
+
+def save(
+  path: str | os.PathLike[str], packed: Any, *, version: int = FORMAT_VERSION, extras: Mapping[str, Any] | None = None
+) -> int:
   """Writes a packed tree to ``path`` atomically (format version 3 by default).
 
   The file is written to ``.<name>.<random>.jaxcompress-tmp`` in the same folder, under an
@@ -709,27 +839,47 @@ def save(path: str | os.PathLike[str], packed: Any, *, version: int = FORMAT_VER
     path: the destination file (conventionally ``*.safetensors``).
     packed: a tree of dicts, lists, tuples, ``None``, arrays and compressed leaves
       (the output of ``Compressor.pack``).
-    version: 3 (compact: one data tensor and a short header; see the module's docstring)
-      or 2 (one safetensors tensor per array, named by its path, with a SHA-256 each).
+    version: 3 (compact: one data tensor and a short header; see the module's docstring),
+      4 (for deployment: one tensor per array under a readable name, read lazily by
+      :func:`open_file`; see ``docs/FILE_FORMAT.md``) or 2 (the older per-array layout).
+    extras: what serving needs besides the weights (activation ranges, bits, ...: see
+      :func:`jaxcompress.quantization.serving_extras`), a dict with string keys of JSON
+      values, NumPy/JAX scalars and arrays (stored as nested lists; float32 values read
+      back exactly). Stored as readable JSON in the metadata entry ``'jaxcompress.extras'``
+      and covered by the file's checksum; :func:`open_file` gives it back.
 
   Returns:
     The size of the written file in bytes.
 
   Raises:
     TypeError: if the tree holds something that cannot be saved (the message names
-      its path).
+      its path), or ``extras`` holds a value JSON cannot store.
     ValueError: if a compressed leaf's static fields do not match its arrays (the
-      message names its path and the field), or ``version`` is not 2 or 3.
+      message names its path and the field), ``version`` is not 2, 3 or 4, or ``extras``
+      holds a NaN or an infinity.
     FileNotFoundError: if the folder of ``path`` does not exist.
+
+  Example:
+    >>> import os, tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), 'model.safetensors')
+    >>> _ = save(path, {'dense': {'kernel': np.eye(2, dtype=np.float32)}}, version=4, extras={'act_bits': 8})
+    >>> with open_file(path) as f:
+    ...   f.names, f.extras
+    (('dense/kernel',), {'act_bits': 8})
   """
   if version not in READ_VERSIONS:
     raise ValueError(f"version must be one of {READ_VERSIONS}, got {version!r}")
+  text = _extras_text(extras)
   if version == 3:
-    blob = _save_v3(packed)
+    blob = _save_v3(packed, text)
+  elif version == 4:
+    blob = _save_v4(packed, text)
   else:
     arrays: dict[str, np.ndarray] = {}
     spec = _encode(packed, "", arrays, {})
     metadata = {"jaxcompress": json.dumps({"version": 2, "tree": spec}, separators=(",", ":"))}
+    if text is not None:
+      metadata[EXTRAS_KEY] = text
     tensors = {k: (_SAFETENSORS_DTYPES[a.dtype.name], list(a.shape)) for k, a in arrays.items()}
     metadata[DIGEST_KEY] = header_digest(metadata, tensors)
     blob = safetensors.numpy.save(arrays, metadata=metadata)
@@ -744,23 +894,261 @@ def _version(metadata: Mapping[str, str]) -> Any:
     return None
 
 
-def load(path: str | os.PathLike[str]) -> Any:
-  """Reads a tree written by :func:`save` (format 3 or 2); the round trip is bit-exact.
+Placement = Any  # a jax.sharding.Sharding, or a callable (tensor name, array) -> Sharding | None
 
-  Everything is checked before anything is materialized. Format 3: the arrays' sizes against
-  the data tensor, one digest over the header and the data, the form of every node, then
-  every field of every compressed leaf against the arrays it holds. Format 2: the header
-  digest first (before any array is read), then each array's dtype and shape against the
-  file's tensor table, each array's bytes against its digest, and every compressed leaf. A loaded leaf's ``materialize()`` therefore allocates what its
-  stored arrays describe (a tampered ``dense_shape`` or ``code_shape`` is refused here).
+
+class SavedFile:
+  """A file written by :func:`save`, open for reading; from :func:`open_file`.
+
+  Formats 2 and 4 are read lazily: opening checks the header's digest and the form of
+  every node and array entry; :meth:`read` then reads only the tensors of the leaves it is
+  asked for (memory-mapped by ``safetensors.safe_open``), checks each tensor's bytes against
+  its SHA-256 and each compressed leaf's fields against its arrays before returning it.
+  Format 3 holds one digest over the whole file, so it is read and checked in full at open.
+
+  Attributes:
+    path: the file.
+    version: its format version (2, 3 or 4).
+    extras: the ``extras`` it was saved with (``{}`` if none), as JSON values.
+    names: the names of its safetensors tensors (format 3: the one ``'data'`` tensor).
+    paths: the path of every leaf of the tree (an array or a compressed leaf), in order.
+  """
+
+  def __init__(self, path: str, version: int, spec: Any, read: Any, extras: dict, names: tuple, handle: Any):
+    self.path, self.version, self.extras, self.names = path, version, extras, names
+    self._spec, self._read, self._handle = spec, read, handle
+    paths: list[str] = []
+    _leaf_paths(spec, "", paths)
+    self.paths = tuple(paths)
+
+  def read(
+    self,
+    where: str | Callable[[str], bool] | None = None,
+    *,
+    device: Any = None,
+    sharding: Placement = None,
+  ) -> Any:
+    """Reads the tree, or the leaves ``where`` selects (the others come back as ``None``).
+
+    Args:
+      where: a regular expression that must fully match a leaf's path (``'params/Dense_0/.*'``),
+        or a callable ``path -> bool``; ``None`` reads every leaf.
+      device: a ``jax.Device`` to put every array on (as ``jax.device_put``).
+      sharding: a ``jax.sharding.Sharding`` (a ``NamedSharding``) for every array, or a
+        callable ``(name, array) -> Sharding | None`` choosing one per tensor by its name
+        (the leaf's path, then ``.field`` inside a compressed leaf; ``None``: default device).
+
+    Returns:
+      The tree as saved: NumPy arrays without ``device`` or ``sharding``, JAX arrays placed
+      as asked with them (float64 becomes float32 unless ``jax_enable_x64`` is on).
+
+    Raises:
+      CorruptFileError: if a tensor read does not match its checksum or a leaf is
+        inconsistent (naming the file, the leaf and the field).
+      ValueError: if both ``device`` and ``sharding`` are given, or the file was closed.
+      TypeError: if ``where`` is neither a string, a callable nor ``None``.
+    """
+    if device is not None and sharding is not None:
+      raise ValueError("give device= or sharding=, not both")
+    if self._handle is None and self.version != 3:
+      raise ValueError(f"{self.path} is closed: open it again with open_file")
+    if where is None:
+      keep = None
+    elif isinstance(where, str):
+      pattern = re.compile(where)
+      keep = lambda p: pattern.fullmatch(p) is not None
+    elif callable(where):
+      keep = where
+    else:
+      raise TypeError(f"where must be None, a regex string or a callable path -> bool, got {where!r}")
+    try:
+      tree = _decode(self._spec, "", self._read, keep)
+    except CorruptFileError as e:
+      raise CorruptFileError(f"{self.path}: {e}") from None
+    except Exception as e:  # safetensors' own errors on a bad buffer
+      raise CorruptFileError(f"{self.path} is not readable (truncated or corrupted?): {e}") from None
+    if device is None and sharding is None:
+      return tree
+    import jax
+
+    if device is not None:
+      put = lambda name, a: jax.device_put(a, device)
+    elif callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
+      put = lambda name, a: jax.device_put(a, sharding(name, a))
+    else:
+      put = lambda name, a: jax.device_put(a, sharding)
+    return _place(tree, "", put)
+
+  def close(self) -> None:
+    """Closes the file (its memory map)."""
+    if self._handle is not None:
+      self._handle.__exit__(None, None, None)
+      self._handle = None
+
+  def __enter__(self) -> SavedFile:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+  def __repr__(self) -> str:
+    return f"SavedFile({self.path!r}, version={self.version}, {len(self.paths)} leaves)"
+
+
+def _leaf_paths(spec: Any, name: str, out: list[str]) -> None:
+  kind = spec["kind"]
+  if kind == "dict":
+    for (_, k), v in zip(spec["keys"], spec["items"]):
+      _leaf_paths(v, f"{name}/{k}", out)
+  elif kind in ("list", "tuple"):
+    for i, v in enumerate(spec["items"]):
+      _leaf_paths(v, f"{name}/{i}", out)
+  elif kind != "none":
+    out.append(_where(name))
+
+
+def _place(node: Any, name: str, put: Any) -> Any:
+  """``node`` with every array ``a`` replaced by ``put(tensor name, a)``."""
+  if node is None:
+    return None
+  if isinstance(node, dict):
+    return {k: _place(v, f"{name}/{k}", put) for k, v in node.items()}
+  if isinstance(node, (list, tuple)):
+    items = [_place(v, f"{name}/{i}", put) for i, v in enumerate(node)]
+    return items if isinstance(node, list) else tuple(items)
+  if isinstance(node, CompressedLeaf):
+    kind = type(node).__name__
+    return dataclasses.replace(
+      cast(Any, node), **{f: _place(getattr(node, f), f"{name}.{f}", put) for f in _array_fields(kind)}
+    )
+  return put(_where(name), node)
+
+
+def _read_extras(metadata: Mapping[str, str]) -> dict:
+  if EXTRAS_KEY not in metadata:
+    return {}
+  extras = json.loads(metadata[EXTRAS_KEY])
+  if not isinstance(extras, dict):
+    raise CorruptFileError(f"its {EXTRAS_KEY!r} entry is not a JSON object")
+  return extras
+
+
+def _open(path: str) -> SavedFile:
+  handle = safetensors.safe_open(path, framework="numpy")
+  f = handle.__enter__()
+  try:
+    metadata = f.metadata() or {}
+    table = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
+    if "jaxcompress" not in metadata:
+      raise CorruptFileError(f"{path} is a safetensors file but was not written by jaxcompress.export.save")
+    if DIGEST_KEY not in metadata:
+      version = _version(metadata)
+      raise CorruptFileError(
+        f"{path} has format version {version!r} without a header checksum, expected {FORMAT_VERSION}: "
+        "load it with the jaxcompress release that wrote it and save it again"
+      )
+    version = _version(metadata)
+    if version != 3 and header_digest(metadata, table) != metadata[DIGEST_KEY]:
+      raise CorruptFileError(f"{path}: the header does not match its checksum: the file is corrupted or was edited")
+    try:
+      header = json.loads(metadata["jaxcompress"])
+      if not isinstance(header, dict) or header.get("version") not in READ_VERSIONS:
+        version = header.get("version") if isinstance(header, dict) else None
+        raise CorruptFileError(f"has format version {version!r}, expected one of {READ_VERSIONS}")
+      if version == 3:
+        spec, read = _read_v3(header, metadata, table, f.get_tensor)
+      else:
+        if version == 4:
+          spec = _expand(header.get("tree"), "", _arrays_v4(header.get("arrays")))
+        else:
+          spec = header.get("tree")
+        seen: dict[str, Any] = {}
+        _check_arrays(spec, "", table, seen)
+        if set(table) != set(seen):
+          raise CorruptFileError(f"holds tensors the tree does not use: {sorted(set(table) - set(seen))}")
+        read = f.get_tensor
+      extras = _read_extras(metadata)
+    except CorruptFileError as e:
+      raise CorruptFileError(f"{path}: {e}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
+      raise CorruptFileError(f"{path} has malformed jaxcompress metadata: {e!r}") from None
+  except BaseException:
+    handle.__exit__(None, None, None)
+    raise
+  if version == 3:  # everything is in memory already
+    handle.__exit__(None, None, None)
+    handle = None
+  return SavedFile(path, version, spec, read, extras, tuple(table), handle)
+
+
+def _arrays_v4(arrays: Any) -> dict[str, list[Any]]:
+  """Format 4's ``{name: [dtype code, shape, sha256]}``, dtypes as names, checked for form."""
+  if not isinstance(arrays, dict):
+    raise CorruptFileError("'arrays' is not an object")
+  out = {}
+  for name, entry in arrays.items():
+    if not (isinstance(entry, list) and len(entry) == 3):
+      raise CorruptFileError(f"array {name!r}: malformed entry {entry!r}")
+    out[name] = [_array_dtype(entry[0], name).name, entry[1], entry[2]]
+  return out
+
+
+def open_file(path: str | os.PathLike[str]) -> SavedFile:
+  """Opens a file written by :func:`save` for lazy, placed reading.
 
   Args:
     path: the file.
 
   Returns:
-    The packed tree, with NumPy arrays. Containers come back as plain ``dict``,
-    ``list`` and ``tuple`` (a Flax NNX ``State`` is saved as the nested dict it holds;
-    ``nnx.merge`` and :func:`~jaxcompress.export.materialize_tree` accept it).
+    A :class:`SavedFile` (a context manager): ``.read(where=, device=, sharding=)``
+    gives the tree or some of its leaves, ``.extras`` the serving parameters saved with it.
+
+  Raises:
+    FileNotFoundError: if ``path`` does not exist.
+    CorruptFileError: as :func:`load`, for what opening checks.
+  """
+  path = os.fspath(path)
+  with open(path, "rb"):  # FileNotFoundError, IsADirectoryError, PermissionError as themselves
+    pass
+  try:
+    return _open(path)
+  except (CorruptFileError, FileNotFoundError):
+    raise
+  except Exception as e:  # safetensors raises its own error types for bad headers and buffers
+    raise CorruptFileError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
+
+
+def load(
+  path: str | os.PathLike[str],
+  *,
+  where: str | Callable[[str], bool] | None = None,
+  device: Any = None,
+  sharding: Placement = None,
+) -> Any:
+  """Reads a tree written by :func:`save` (format 4, 3 or 2); the round trip is bit-exact.
+
+  Everything is checked before anything is materialized. Format 3: the arrays' sizes against
+  the data tensor, one digest over the header and the data, the form of every node, then
+  every field of every compressed leaf against the arrays it holds. Formats 2 and 4: the header
+  digest first (before any array is read), then each array's dtype and shape against the
+  file's tensor table, each array's bytes against its digest, and every compressed leaf. A loaded leaf's ``materialize()`` therefore allocates what its
+  stored arrays describe (a tampered ``dense_shape`` or ``code_shape`` is refused here).
+  ``open_file(path).read(...)`` is the same with the file kept open, and gives ``extras``.
+
+  Args:
+    path: the file.
+    where: read only the leaves whose path this regex fully matches (or a callable
+      ``path -> bool``); the others come back as ``None`` and, in formats 2 and 4, are
+      never read.
+    device: a ``jax.Device`` to put every array on.
+    sharding: a ``jax.sharding.Sharding`` for every array, or a callable ``(name, array)
+      -> Sharding | None`` (see :meth:`SavedFile.read`).
+
+  Returns:
+    The packed tree, with NumPy arrays (JAX arrays, placed, with ``device`` or
+    ``sharding``). Containers come back as plain ``dict``, ``list`` and ``tuple`` (a Flax
+    NNX ``State`` is saved as the nested dict it holds; ``nnx.merge`` and
+    :func:`~jaxcompress.export.materialize_tree` accept it).
 
   Raises:
     FileNotFoundError: if ``path`` does not exist.
@@ -769,46 +1157,5 @@ def load(path: str | os.PathLike[str]) -> Any:
       path and the field), of another format version, or not written by :func:`save`; the
       message names the file.
   """
-  path = os.fspath(path)
-  with open(path, "rb"):  # FileNotFoundError, IsADirectoryError, PermissionError as themselves
-    pass
-  try:
-    with safetensors.safe_open(path, framework="numpy") as f:
-      metadata = f.metadata() or {}
-      table = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
-      if "jaxcompress" not in metadata:
-        raise CorruptFileError(f"{path} is a safetensors file but was not written by jaxcompress.export.save")
-      if DIGEST_KEY not in metadata:
-        version = _version(metadata)
-        raise CorruptFileError(
-          f"{path} has format version {version!r} without a header checksum, expected {FORMAT_VERSION}: "
-          "load it with the jaxcompress release that wrote it and save it again"
-        )
-      if _version(metadata) == 3:
-        return _read_tree(path, metadata, table, f.get_tensor)
-      if header_digest(metadata, table) != metadata[DIGEST_KEY]:
-        raise CorruptFileError(f"{path}: the header does not match its checksum: the file is corrupted or was edited")
-      return _read_tree(path, metadata, table, f.get_tensor)
-  except (CorruptFileError, FileNotFoundError):
-    raise
-  except Exception as e:  # safetensors raises its own error types for bad headers and buffers
-    raise CorruptFileError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
-
-
-def _read_tree(path: str, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
-  try:
-    header = json.loads(metadata["jaxcompress"])
-    if not isinstance(header, dict) or header.get("version") not in READ_VERSIONS:
-      version = header.get("version") if isinstance(header, dict) else None
-      raise CorruptFileError(f"has format version {version!r}, expected one of {READ_VERSIONS}")
-    if header["version"] == 3:
-      return _read_v3(header, metadata, table, read)
-    seen: dict[str, Any] = {}
-    _check_arrays(header.get("tree"), "", table, seen)
-    if set(table) != set(seen):
-      raise CorruptFileError(f"holds tensors the tree does not use: {sorted(set(table) - set(seen))}")
-    return _decode(header["tree"], "", read)
-  except CorruptFileError as e:
-    raise CorruptFileError(f"{path}: {e}") from None
-  except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
-    raise CorruptFileError(f"{path} has malformed jaxcompress metadata: {e!r}") from None
+  with open_file(path) as f:
+    return f.read(where, device=device, sharding=sharding)

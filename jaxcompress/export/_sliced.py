@@ -105,3 +105,29 @@ def sliced_from_parts(values: Any, kept: Sequence[Any]) -> SlicedArray:
     shape.append(k.size)
   bits = pack_bits(np.concatenate(flags).astype(np.uint8), 1, signed=False)
   return SlicedArray(values=values, kept=bits, dense_shape=tuple(shape))
+
+
+def narrowed(tree: Any) -> Any:
+  """``tree`` with every :class:`SlicedArray` replaced by the kept block it stores.
+
+  A channel-pruned model's packed tree (from ``export.save``/``load``) holds each pruned
+  leaf at its original shape as a :class:`SlicedArray`; the narrowed model (``pruning.
+  narrow_nnx``, ``pruning.narrow_linen``) runs on the kept blocks themselves. The block keeps
+  its own packed form (a :class:`~jaxcompress.export.QArray` stays one, so integer serving
+  still applies); every other leaf is returned as it is.
+
+  Args:
+    tree: a packed tree (dicts, lists, tuples, arrays and compressed leaves).
+
+  Returns:
+    The tree of the narrowed model's params.
+
+  Example:
+    >>> import numpy as np
+    >>> leaf = sliced_from_parts(np.ones((2, 1), np.float32), [None, np.array([False, True, False])])
+    >>> narrowed({'kernel': leaf})['kernel'].shape
+    (2, 1)
+  """
+  return jax.tree.map(
+    lambda x: x.values if isinstance(x, SlicedArray) else x, tree, is_leaf=lambda x: isinstance(x, CompressedLeaf)
+  )

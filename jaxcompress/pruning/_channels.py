@@ -275,7 +275,7 @@ def shrink(optimizer: optax.GradientTransformation, opt_state: optax.OptState, s
   return optax.tree_map_params(optimizer.init, one, opt_state, state.kept)
 
 
-def narrow_nnx(model: Any, state: ChannelState, params: PyTree) -> Any:
+def narrow_nnx(model: Any, state: ChannelState | None = None, params: PyTree = None) -> Any:
   """A narrower copy of a Flax NNX module: smaller Variables and feature counts.
 
   Every Variable whose path (``'conv1/kernel'``, ``'layers/0/bias'``) was pruned is
@@ -285,20 +285,32 @@ def narrow_nnx(model: Any, state: ChannelState, params: PyTree) -> Any:
   ``feature_group_count == in_features``), ``BatchNorm/LayerNorm.num_features``.
   Custom modules that store widths elsewhere must be rebuilt by their owner.
 
+  From a file alone: ``narrow_nnx(model, params=export.load(path))`` with no ``state``
+  rebuilds the deployed module from the packed tree ``export.save`` wrote, each
+  :class:`~jaxcompress.export.SlicedArray` giving its kept block (dequantized if it holds
+  quantized codes) and every other compressed leaf its dense value.
+
   Args:
     model: the original module (left unchanged).
-    state: the :class:`ChannelState` from :func:`channel_prune`.
+    state: the :class:`ChannelState` from :func:`channel_prune`, or ``None`` when
+      ``params`` is already at the narrow shapes (a packed or loaded tree).
     params: the params whose values the narrow module gets, by path: the full-size tree
-      the compressor was initialized on, or the pruned trainable tree (after fine-tuning).
-      Variables it does not hold keep the module's values.
+      the compressor was initialized on, the pruned trainable tree (after fine-tuning), or
+      a packed tree. Variables it does not hold keep the module's values.
 
   Returns:
     The narrower module; ``narrow(x)`` equals the original model under
     ``channel_prune``'s ``apply`` of those params.
+
+  Raises:
+    ValueError: if ``params`` is not given.
   """
   from flax import nnx
 
-  kept = _kept_map(state.kept, params)
+  if params is None:
+    raise ValueError("narrow_nnx needs params= (the pruned trainable tree, or a packed/loaded one)")
+  params = export.materialize_tree(export.narrowed(params))
+  kept = {} if state is None else _kept_map(state.kept, params)
   values = dict(leaves_with_paths(params))
   model = nnx.clone(model)
   for path, node in list(nnx.iter_graph(model)):

@@ -59,7 +59,7 @@ from jaxcompress.quantization._relaxed import (
   relaxed_round,
   relaxed_sample,
 )
-from jaxcompress.quantization._serve import serve
+from jaxcompress.quantization._serve import serve, serve_file, serving_extras
 from jaxcompress.quantization._smoothing import SmoothedModel, scaled_apply
 from jaxcompress.quantization._smoothquant import smooth, smoothquant, smoothquant_scales
 from jaxcompress.quantization._spec import QuantSpec
@@ -142,6 +142,8 @@ __all__ = [
   "relaxed_sample",
   "scaled_apply",
   "serve",
+  "serve_file",
+  "serving_extras",
   "site_compressor",
   "site_quantizer",
   "smooth",

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcompress import export, graph
 from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
@@ -249,3 +250,85 @@ def serve(
     return graph.rewrite(apply_fn, rule, where=lambda path, site: True)(export.materialize_tree(packed), *inputs)
 
   return lambda *inputs: run(packed, *inputs)
+
+
+SERVE_KEY = "serve"
+
+
+def serving_extras(
+  act_ranges: dict | None = None, *, act_bits: int | None = 8, act_symmetric: bool = False
+) -> dict[str, Any]:
+  """What :func:`serve` needs besides the weights, for ``export.save(..., extras=)``.
+
+  Args:
+    act_ranges: calibrated ranges ``{site.key: (xmin, xmax)}`` (a QAT chain's
+      ``cstate.stages[1].data``, :func:`ptq`'s ``act_ranges``), or ``None`` (dynamic).
+    act_bits: activation bits (2..8), or ``None`` for weight-only serving.
+    act_symmetric: symmetric signed activation codes.
+
+  Returns:
+    ``{'serve': {'act_ranges': {key: [xmin, xmax]} | None, 'act_bits': ..., 'act_symmetric': ...}}``:
+    plain JSON values (float32 ranges are stored exactly), merged into other extras as the
+    caller likes; :func:`serve_file` reads it back.
+
+  Raises:
+    ValueError: if a range is non-finite or inverted, or ``act_bits`` is outside 2..8.
+
+  Example:
+    >>> serving_extras({'w': (0.0, 1.5)})
+    {'serve': {'act_ranges': {'w': [0.0, 1.5]}, 'act_bits': 8, 'act_symmetric': False}}
+  """
+  if act_bits is not None and not 2 <= act_bits <= 8:
+    raise ValueError(f"act_bits must be in [2, 8] for int8 matmuls, got {act_bits}")
+  ranges = None
+  if act_ranges is not None:
+    calibration.check_ranges(act_ranges)
+    ranges = {str(k): [float(np.float32(lo)), float(np.float32(hi))] for k, (lo, hi) in act_ranges.items()}
+  return {SERVE_KEY: {"act_ranges": ranges, "act_bits": act_bits, "act_symmetric": act_symmetric}}
+
+
+def serve_file(
+  path: Any,
+  apply_fn: Callable[..., Any],
+  *,
+  narrow: bool = False,
+  device: Any = None,
+  sharding: Any = None,
+) -> Callable[..., Any]:
+  """From a file to the integer-served function in one call.
+
+  Reads the packed weights and the serving parameters saved with them
+  (``export.save(path, packed, extras=serving_extras(...))``) and returns :func:`serve` of
+  them, so the served function equals ``serve(apply_fn, packed, act_ranges=..., ...)`` on the
+  in-memory tree.
+
+  Args:
+    path: a file written by :func:`jaxcompress.export.save` with :func:`serving_extras`.
+    apply_fn: ``apply_fn(params, *inputs)`` of the float model; with ``narrow``, of the
+      narrowed model (``pruning.narrow_nnx``'s module, ``pruning.narrow_linen(module)``).
+    narrow: serve the kept blocks of channel-pruned leaves (:func:`jaxcompress.export.narrowed`),
+      so a pruned and quantized layer runs narrow and in integers.
+    device: a ``jax.Device`` to place the weights on.
+    sharding: a ``jax.sharding.Sharding`` (or ``(name, array) -> Sharding``) for the weights.
+
+  Returns:
+    ``fn(*inputs) -> outputs``, as :func:`serve`.
+
+  Raises:
+    ValueError: if the file holds no serving parameters.
+    jaxcompress.export.CorruptFileError: if the file fails its checks.
+  """
+  with export.open_file(path) as f:
+    packed = f.read(device=device, sharding=sharding)
+    config = f.extras.get(SERVE_KEY)
+  if not isinstance(config, dict) or set(config) != {"act_ranges", "act_bits", "act_symmetric"}:
+    raise ValueError(
+      f"{path} holds no serving parameters (extras {sorted(f.extras)}): save it with "
+      "extras=jaxcompress.quantization.serving_extras(...)"
+    )
+  ranges = config["act_ranges"]
+  if ranges is not None:
+    ranges = {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()}
+  if narrow:
+    packed = export.narrowed(packed)
+  return serve(apply_fn, packed, act_ranges=ranges, act_bits=config["act_bits"], act_symmetric=config["act_symmetric"])
