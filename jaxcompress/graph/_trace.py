@@ -421,11 +421,11 @@ def flops(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any) -> dict[st
   (bias, activations, normalization) are not counted.
 
   Args:
-    apply_fn, params, *inputs: as for :func:`trace`.
+    apply_fn, params, inputs: as for :func:`trace` (``inputs`` are its positional ``*inputs``).
 
   Returns:
-    ``{'sites': [(path, op, macs, flops), ...], 'macs': total, 'flops': total,
-    'while_sites': [path, ...]}``.
+    A dict with the keys ``'sites'`` (a list of ``(path, op, macs, flops)``), ``'macs'``
+    and ``'flops'`` (the totals) and ``'while_sites'`` (a list of paths).
 
   Example:
     >>> import jax.numpy as jnp

@@ -41,7 +41,7 @@ class PruningState(NamedTuple):
     count: ``int32`` step counter, advanced by ``update``.
     masks: ``bool`` masks (True = keep) mirroring the params, ``None`` at unselected
       leaves.
-    scores: accumulated scores per selected leaf (movement pruning), else ``None``s.
+    scores: accumulated scores per selected leaf (movement pruning), else ``None``.
     key: PRNG key data (``uint32[2]``) for random criteria.
   """
 
