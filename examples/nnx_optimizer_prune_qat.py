@@ -72,7 +72,8 @@ def main() -> None:
       print(f"step {i:4d}  loss {float(loss):.3f}")
 
   model.eval()  # Dropout off; the same compressor's rewrite runs the int8 model
-  accuracy = float(jnp.mean(jnp.argmax(model(jnp.asarray(x[test])), -1) == y[test]))
+  logits = nnx.jit(lambda model, xb: model(xb))(model, jnp.asarray(x[test]))
+  accuracy = float(jnp.mean(jnp.argmax(logits, -1) == y[test]))
   kernel = model.model_params()["fc1"]["kernel"]
   report = jc.accounting.report(model.pack())
   print(f"fc1 sparsity {float(jnp.mean(kernel == 0)):.2f}  accuracy {accuracy:.3f}")

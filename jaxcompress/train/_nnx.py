@@ -217,7 +217,8 @@ class Optimizer(nnx.Optimizer):
     if not isinstance(model, Compressed):
       raise TypeError(f"model must be a jaxcompress.train.Compressed module, got {type(model).__name__}")
     pred = filterlib.to_predicate(self.wrt)
-    given = {int(k[-1]): v.get_value() for k, v in nnx.to_flat_state(nnx.state(grads)) if k[0] == "leaves"}
+    flat_grads = nnx.to_flat_state(nnx.state(grads))
+    given = {int(str(k[-1])): v.get_value() for k, v in flat_grads if k[0] == "leaves"}
     params = model.trainable()
     flat, treedef = jax.tree.flatten(params)
     trained = [pred((("leaves", i)), v) for i, v in enumerate(model.leaves)]
@@ -231,4 +232,3 @@ class Optimizer(nnx.Optimizer):
     model.cstate.set_value(cstate)
     nnx.update(self.opt_state, nnx.state(opt_state))
     self.step[...] += 1
-

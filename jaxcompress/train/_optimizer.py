@@ -76,7 +76,7 @@ def held_masks(params: PyTree, cstate: Any, compressor: Compressor, hold: select
   model_def, flat, nodes = _model_nodes(params, cstate, compressor)
   out, any_held = [], False
   for (path, leaf), node in zip(flat, nodes):
-    held = bool(pred(path, leaf))
+    held = bool(pred(path, leaf))  # pyrefly: ignore[unnecessary-type-conversion]
     any_held |= held
     out.append(jax.tree.map(lambda x, h=held: jnp.zeros(jnp.shape(x), bool) if h else None, node))
   if not any_held:
@@ -214,10 +214,10 @@ def masked_optimizer(
   def init(params):
     return MaskedState(tx.init(params), cstate)
 
-  def update(grads, state, params=None):
+  def update(updates, state, params=None):
     if params is None:
       raise ValueError("masked_optimizer's update needs params= (the trainable tree): the compressor projects them")
-    new, inner, cs = masked_update(tx, compressor, grads, state.inner, params, state.cstate, hold=hold)
+    new, inner, cs = masked_update(tx, compressor, updates, state.inner, params, state.cstate, hold=hold)
     return jax.tree.map(_delta, params, new), MaskedState(inner, cs)
 
   return optax.GradientTransformation(init, update)
@@ -289,9 +289,7 @@ def update_mutable(compressor: Compressor, params: PyTree, cstate: Any, values: 
   return merged if extra is None else Joint(merged, extra)
 
 
-def train_state_step(
-  loss_fn: Callable[..., Any], compressor: Compressor
-) -> Callable[..., tuple[Any, Any]]:
+def train_state_step(loss_fn: Callable[..., Any], compressor: Compressor) -> Callable[..., tuple[Any, Any]]:
   """A compressed training step over a Flax ``TrainState`` whose ``tx`` is :func:`masked_optimizer`.
 
   ``loss_fn(model_variables, *batch) -> (loss, mutated)`` runs the model (for Linen,
