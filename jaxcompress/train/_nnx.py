@@ -146,8 +146,11 @@ class Compressed(nnx.Module):
     if self.mutable_paths:
       flat = dict(leaves_with_paths(comp))
       values = _nest({p: flat[p] for p in self.mutable_paths if p in flat})
-      if values:
-        self.set_trainable(update_mutable(self.compressor, params, cstate, values))
+      if values:  # only the statistics' Variables change; the Params stay the traced inputs
+        new = jax.tree.leaves(update_mutable(self.compressor, params, cstate, values))
+        for v, x in zip(self.leaves, new):
+          if not isinstance(v, nnx.Param):
+            v.set_value(x)
     return out
 
   def _mode(self, name: str, **attributes: Any) -> None:
