@@ -60,10 +60,9 @@ def reference(compressor, steps=3):
   [
     lambda: jc.pruning.magnitude(0.6),
     lambda: jc.quantization.kmeans(4),  # restructures: a codebook in the trainable tree
-    lambda: jc.chain(jc.pruning.magnitude(0.6), jc.quantization.kmeans(4)),
     lambda: jc.quantization.ttq(),
   ],
-  ids=["magnitude", "kmeans", "prune+kmeans", "ttq"],
+  ids=["magnitude", "kmeans", "ttq"],
 )
 def test_nnx_optimizer_is_make_step(make):
   c = make()
@@ -189,9 +188,7 @@ def test_qat_rewrite_honours_train_flag(cnn_variables):
       np.asarray(jax.tree.leaves(one(view, CX, train))[0]), np.asarray(jax.tree.leaves(fixed(view, CX))[0])
     )
   assert not np.allclose(np.asarray(one(view, CX, True)[0]), np.asarray(one(view, CX, False)))
-  # keyword arguments reach the model too, and the rewrite changes the output (activations quantized)
-  kw = jax.jit(c.rewrite(lambda v, x, *, train: run(v, x, train), params, cstate), static_argnames="train")
-  np.testing.assert_array_equal(np.asarray(kw(view, CX, train=False)), np.asarray(one(view, CX, False)))
+  # the rewrite changes the output (activations quantized); keywords: see the next test
   assert not np.allclose(np.asarray(one(view, CX, False)), np.asarray(jax.jit(run, static_argnums=2)(view, CX, False)))
 
 
