@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.extend.core as jex
+import numpy as np
 
 from jaxcompress.core import select
 from jaxcompress.core.tree import PyTree, leaves_with_paths
@@ -116,6 +117,30 @@ class _Evaluator:
     return list(fn(*invals))
 
 
+def _is_array(x: Any) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+def split_static(tree: PyTree) -> tuple[list[Any], Callable[[list[Any]], PyTree]]:
+  """Separates the array leaves of ``tree`` from its other leaves (Python bools, strings, ints).
+
+  Returns:
+    ``(arrays, fill)``: the array leaves in order, and ``fill(arrays) -> tree`` that puts
+    arrays (or tracers of them) back beside the other leaves, which are kept as they are
+    (so ``train=True`` stays a Python ``bool`` while the function is traced).
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  where = [i for i, x in enumerate(leaves) if _is_array(x)]
+
+  def fill(arrays: list[Any]) -> PyTree:
+    out = list(leaves)
+    for i, a in zip(where, arrays):
+      out[i] = a
+    return jax.tree.unflatten(treedef, out)
+
+  return [leaves[i] for i in where], fill
+
+
 def _select_sites(sites: list[Site], where: select.Where) -> dict[Location, Site]:
   pred = (lambda path, site: True) if where is None else select.as_predicate(where)
   return {s.location: s for s in sites if pred(s.path, s)}
@@ -132,8 +157,10 @@ def rewrite(apply_fn: Callable[..., Any], rule: Rule, *, where: select.Where = N
       or ``None`` for all.
 
   Returns:
-    A function with ``apply_fn``'s signature and outputs. It traces ``apply_fn`` on
-    each call (once per shape under ``jit``).
+    A function with ``apply_fn``'s signature and outputs, keyword arguments included. It
+    traces ``apply_fn`` on each call (once per shape under ``jit``); arguments that are not
+    arrays (``train=False``, ``mutable=['batch_stats']``) are passed through as Python
+    values, not traced, so one rewritten function honours a model's train/eval flag.
 
   Raises:
     ValueError: at call time, if ``where`` selects no site.
@@ -146,12 +173,20 @@ def rewrite(apply_fn: Callable[..., Any], rule: Rule, *, where: select.Where = N
     [[6.0, 6.0]]
   """
 
-  def rewritten(params: PyTree, *inputs: Any) -> Any:
-    closed, paths, out_tree = make_jaxpr(apply_fn, params, *inputs)
+  def rewritten(params: PyTree, *inputs: Any, **kwargs: Any) -> Any:
+    # Non-array arguments (a ``train`` flag, ``mutable=['batch_stats']``) stay Python values,
+    # so one rewritten function serves a model's training and evaluation modes.
+    arrays, fill = split_static((inputs, kwargs))
+
+    def fn(p, a):
+      i, k = fill(a)
+      return apply_fn(p, *i, **k)
+
+    closed, paths, out_tree = make_jaxpr(fn, params, arrays)
     sites = _select_sites(find_sites(closed, paths), where)
     if not sites:
       raise ValueError(f"where={where!r} selects no site of this model (param leaves: {paths[:20]})")
-    args = jax.tree.leaves((params, *inputs))
+    args = jax.tree.leaves((params, arrays))
     outs = _Evaluator(sites, rule).run(closed.jaxpr, list(closed.consts), args, ())
     return jax.tree.unflatten(out_tree, outs)
 
