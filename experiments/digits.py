@@ -163,11 +163,13 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
   rows = []
   for recipe in (r for r in registry.values() if name in r.models):
     plan = recipe.build(params, trainer)
-    start, first = params, None
+    start, first = (init_params if plan.from_init else params), None
+    if plan.start is not None:  # a pre-training stage (FitNets' hints)
+      start = plan.start(start)
     if plan.first is not None:  # an earlier phase (Deep Compression's pruning), trained from the baseline
       fp = plan.first
       ffit = trainer.fit(
-        params,
+        start,
         fp.compressor,
         epochs=fp.epochs,
         lr=fp.lr,
