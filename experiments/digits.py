@@ -270,6 +270,12 @@ def main(argv=None) -> int:
     print("\nHuffman streams: coded = payload + table; payload/bound = (coded - table) / Shannon bound - 1")
     print(report.stream_table(summary))
   print(check)
+  compact = [n for n in models.COMPACT if n in flops]
+  if compact:  # the compact rows' CPU inference time, against LeNet-5, side by side in one run
+    from experiments import bench_compact
+
+    print("\ninference on this CPU (initial weights, jitted forward of the test batch; measured under this run's load)")
+    print(bench_compact.measure(compact, reps=5, inner=10))
   print(f"wall time: {wall:.1f}s")
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(

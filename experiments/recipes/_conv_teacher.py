@@ -32,7 +32,9 @@ def init(seed: int = 0) -> dict:
   """He-initialized params ``{'conv1': {'kernel' (3, 3, cin, cout), 'bias'}, ..., 'fc2': ...}``."""
   rng = np.random.default_rng(seed)
   he = lambda shape, fan_in: jnp.asarray(rng.standard_normal(shape) * np.sqrt(2.0 / fan_in), jnp.float32)
-  params = {f"conv{i + 1}": {"kernel": he((3, 3, m, n), 9 * m), "bias": jnp.zeros((n,))} for i, (m, n) in enumerate(CONVS)}
+  params = {
+    f"conv{i + 1}": {"kernel": he((3, 3, m, n), 9 * m), "bias": jnp.zeros((n,))} for i, (m, n) in enumerate(CONVS)
+  }
   params |= {f"fc{i + 1}": {"kernel": he((m, n), m), "bias": jnp.zeros((n,))} for i, (m, n) in enumerate(DENSE)}
   return params
 
@@ -40,7 +42,9 @@ def init(seed: int = 0) -> dict:
 def apply(params: dict, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
   """Logits of images ``(batch, 8, 8, 1)``; with ``key``, dropout before the last layer."""
   for name in ("conv1", "conv2"):
-    x = jax.lax.conv_general_dilated(x, params[name]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = jax.lax.conv_general_dilated(
+      x, params[name]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     x = jax.nn.relu(x + params[name]["bias"])
     x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
   x = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["fc1"]["kernel"] + params["fc1"]["bias"])

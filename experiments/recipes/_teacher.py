@@ -92,6 +92,8 @@ def trained(trainer: Any) -> tuple[dict, float]:
   params = state.params
   logits = jax.jit(eval_apply)(params, data.test_flat)
   accuracy = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == data.test_labels))
-  print(f"\ndistillation teacher {'-'.join(map(str, SIZES))} (dropout {INPUT_DROPOUT}/{DROPOUT}): test accuracy {accuracy:.2%}")
+  print(
+    f"\ndistillation teacher {'-'.join(map(str, SIZES))} (dropout {INPUT_DROPOUT}/{DROPOUT}): test accuracy {accuracy:.2%}"
+  )
   _CACHE[key] = (params, accuracy)
   return _CACHE[key]

@@ -34,7 +34,11 @@ from jaxcompress import distill, pruning, quantization
 
 STUDENTS = ("lenet300100", "mlp64")
 # (epochs, lr) by the student's top-level params: their baselines' (experiments.digits.BASELINE)
-SCHEDULES = {("fc1", "fc2"): (50, 3e-3), ("fc1", "fc2", "fc3"): (50, 1e-3), ("conv1", "conv2", "fc1", "fc2", "fc3"): (60, 3e-3)}
+SCHEDULES = {
+  ("fc1", "fc2"): (50, 3e-3),
+  ("fc1", "fc2", "fc3"): (50, 1e-3),
+  ("conv1", "conv2", "fc1", "fc2", "fc3"): (60, 3e-3),
+}
 KD = {"temperature": 4.0, "soft_weight": 0.9}  # chosen by experiments/distill_sweep.py (see the module docstring)
 
 CRITERIA = {
@@ -111,7 +115,9 @@ def build(criterion, compression, params, trainer):
     )
   start = None
   if compression == "_hints":
-    start = functools.partial(hint_stage, trainer=trainer, teacher=_teacher_of(trainer), epochs=trainer.epochs(HINT_EPOCHS))
+    start = functools.partial(
+      hint_stage, trainer=trainer, teacher=_teacher_of(trainer), epochs=trainer.epochs(HINT_EPOCHS)
+    )
   compressor = COMPRESSIONS.get(compression, COMPRESSIONS[""])(trainer, epochs)
   return FineTune(compressor, epochs=epochs, lr=lr, loss=loss, from_init=True, start=start)
 
