@@ -1,7 +1,7 @@
 """Picks the distillation rows' temperature and soft weight on a validation split.
 
 Run ``python -m experiments.distill_sweep [--models mlp64,lenet300100] [--seeds 2]
-[--temperatures 1,2.5,4,8,20] [--soft-weights 0.5,0.9,0.99]``. The digits' *train* split is
+[--temperatures 1,2.5,4,8,20] [--soft-weights 0.5,0.9,0.99] [--epochs N]``. The digits' *train* split is
 split again (stratified, 20% held out, fixed seed); the wide teacher of
 ``experiments/recipes/_teacher.py`` trains on the rest, and each student trains from its
 initialization on the same schedule as its baseline (``experiments.digits.BASELINE``) with
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", type=int, default=2)
   parser.add_argument("--temperatures", default="1,2.5,4,8,20")
   parser.add_argument("--soft-weights", default="0.5,0.9,0.99")
+  parser.add_argument("--epochs", type=int, default=None, help="every run's epochs (default: the baseline's)")
   args = parser.parse_args(argv)
   split = validation_split(data.load())
   temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
   teacher = None
   for name in args.models.split(","):
     epochs, lr = BASELINE[name]
+    epochs = args.epochs or epochs
     results: dict[str, list[float]] = {}
     for seed in range(args.seeds):
       _, fn, init = models.build(name, seed)
