@@ -163,11 +163,13 @@ def run_model(name, seed, digits, registry, budget, out, progress) -> list[dict]
   rows = []
   for recipe in (r for r in registry.values() if name in r.models):
     plan = recipe.build(params, trainer)
-    start, first = params, None
+    start, first = (init_params if plan.from_init else params), None
+    if plan.start is not None:  # a pre-training stage (FitNets' hints)
+      start = plan.start(start)
     if plan.first is not None:  # an earlier phase (Deep Compression's pruning), trained from the baseline
       fp = plan.first
       ffit = trainer.fit(
-        params,
+        start,
         fp.compressor,
         epochs=fp.epochs,
         lr=fp.lr,
@@ -268,6 +270,12 @@ def main(argv=None) -> int:
     print("\nHuffman streams: coded = payload + table; payload/bound = (coded - table) / Shannon bound - 1")
     print(report.stream_table(summary))
   print(check)
+  compact = [n for n in models.COMPACT if n in flops]
+  if compact:  # the compact rows' CPU inference time, against LeNet-5, side by side in one run
+    from experiments import bench_compact
+
+    print("\ninference on this CPU (initial weights, jitted forward of the test batch; measured under this run's load)")
+    print(bench_compact.measure(compact, reps=5, inner=10))
   print(f"wall time: {wall:.1f}s")
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(

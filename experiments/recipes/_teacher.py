@@ -2,8 +2,14 @@
 the digits once per process (seed 0, so every student seed learns from the same teacher).
 
 Hinton et al. 2015 (https://arxiv.org/abs/1503.02531) distil MNIST from a 1200-1200 net
-trained with dropout; this is that teacher at the digits' size. Plain JAX params, trained
-with the public ``jaxcompress.train`` step (the dropout key is a batch input); the
+trained with dropout (and inputs jittered by up to two pixels); this is that teacher at the
+digits' size, with Hinton et al. 2012's MNIST dropout: 0.2 on the inputs, 0.5 on the hidden
+units. On a validation split of the train set (``experiments/distill_sweep.py``) the input
+dropout lifts it from 97.2% to 97.9% (hidden dropout alone is barely above the 64-30-10
+student's 96.5%); a one-pixel jitter (of 8; the pixels are standardized one by one, so a
+shift also moves them off their statistics) drops it to 94.1%, and 150 epochs instead of
+60 to 97.6%, so neither is used. Plain JAX params,
+trained with the public ``jaxcompress.train`` step (the dropout key is a batch input); the
 students get its *eval-mode* apply (no dropout).
 """
 
@@ -21,6 +27,7 @@ from experiments.data import batches
 
 SIZES = (64, 1200, 1200, 10)
 DROPOUT = 0.5
+INPUT_DROPOUT = 0.2
 EPOCHS, LR, BATCH = 60, 1e-3, 64
 
 _CACHE: dict[int, tuple[Any, float]] = {}
@@ -39,8 +46,11 @@ def init(seed: int = 0) -> dict:
 
 
 def apply(params: dict, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
-  """Logits; with ``key``, inverted dropout on the hidden layers (training mode)."""
+  """Logits; with ``key``, inverted dropout on the inputs and hidden layers (training mode)."""
   n = len(params)
+  if key is not None:
+    keep = jax.random.bernoulli(jax.random.fold_in(key, n), 1 - INPUT_DROPOUT, x.shape)
+    x = jnp.where(keep, x / (1 - INPUT_DROPOUT), 0.0)
   for i in range(n):
     x = x @ params[f"fc{i}"]["kernel"] + params[f"fc{i}"]["bias"]
     if i < n - 1:
@@ -82,6 +92,8 @@ def trained(trainer: Any) -> tuple[dict, float]:
   params = state.params
   logits = jax.jit(eval_apply)(params, data.test_flat)
   accuracy = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == data.test_labels))
-  print(f"\ndistillation teacher {'-'.join(map(str, SIZES))} (dropout {DROPOUT}): test accuracy {accuracy:.2%}")
+  print(
+    f"\ndistillation teacher {'-'.join(map(str, SIZES))} (dropout {INPUT_DROPOUT}/{DROPOUT}): test accuracy {accuracy:.2%}"
+  )
   _CACHE[key] = (params, accuracy)
   return _CACHE[key]

@@ -33,6 +33,12 @@ class FineTune:
       table is reported for rows with a ``first`` phase or ``huffman``.
     huffman: ``None``, or Huffman-code the packed tree (``export.huffman(packed,
       min_saving=huffman)``) and report that file as the row's final stage (and as the row).
+    from_init: train from the model's initialization for this seed (the baseline's own
+      starting point) instead of the trained baseline: a from-scratch row, as a distilled
+      student and its cross-entropy control are (Hinton et al. 2015).
+    start: ``start(params) -> params``, applied to the starting params (the initialization
+      or the baseline) before this phase: a pre-training stage such as FitNets' hint
+      training; its time is not in the row's train seconds.
   """
 
   compressor: jc.Compressor
@@ -44,6 +50,8 @@ class FineTune:
   first: FineTune | None = None
   stage: str = ""
   huffman: int | None = None
+  from_init: bool = False
+  start: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

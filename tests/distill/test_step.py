@@ -159,3 +159,13 @@ def test_rewrite_quantizes_the_student_not_the_teacher():
   rewritten, by_hand, float_acts = both(params)
   np.testing.assert_allclose(rewritten, by_hand, rtol=1e-6)  # the teacher's matmuls stay float
   assert not np.isclose(rewritten, float_acts)  # and the student's activations were quantized
+
+
+def test_hint_features_through_capture_and_a_missing_site_named():
+  # FitNets' hints read through graph.capture: the captured guided layer is x @ kernel, and a
+  # hint site the student lacks is a ValueError naming it
+  params, x = _student(), _data(0, 4)[0]
+  _, captured = jc.graph.capture(helpers.mlp_apply, where="fc0/kernel")(params, x)
+  np.testing.assert_allclose(captured["fc0/kernel"]["output"], x @ params["fc0"]["kernel"], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="where='fc9/kernel' selects no site"):
+    jc.graph.capture(helpers.mlp_apply, where="fc9/kernel")(params, x)
