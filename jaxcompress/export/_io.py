@@ -131,9 +131,21 @@ _META_FIELDS = {
   "CirculantArray": ("dense_shape",),
   "ToeplitzArray": ("dense_shape",),
   "TiedArray": ("source", "primary"),
-  "HuffmanArray": ("bits", "code_shape", "signed", "dtype"),
+  "HuffmanArray": ("bits", "code_shape", "signed", "dtype", "block"),
   "OutlierArray": (),
 }
+# static fields added after files were written without them: the last of their type's static
+# fields, stored only when they differ from this default and read as it when absent (so older
+# files load, and files whose leaves keep the default are byte for byte as before)
+_OPTIONAL_META: dict[str, dict[str, Any]] = {"HuffmanArray": {"block": 1}}
+assert all(_META_FIELDS[k][-len(v) :] == tuple(v) for k, v in _OPTIONAL_META.items())
+
+
+def _stored_meta(kind: str, node: Any) -> dict[str, Any]:
+  """A leaf's static fields as a file stores them (optional ones at their default left out)."""
+  optional = _OPTIONAL_META.get(kind, {})
+  meta = {f: _meta_value(getattr(node, f)) for f in _META_FIELDS[kind]}
+  return {f: v for f, v in meta.items() if not (f in optional and v == optional[f])}
 _WRITE_CHUNK = 1 << 24
 
 
@@ -176,7 +188,7 @@ def _encode(node: Any, name: str, arrays: dict[str, np.ndarray], seen: dict[Any,
   kind = type(node).__name__
   if kind in _LEAF_TYPES and type(node) is _LEAF_TYPES[kind]:
     meta_names = _META_FIELDS[kind]
-    meta = {f: _meta_value(getattr(node, f)) for f in meta_names}
+    meta = _stored_meta(kind, node)
     fields = {
       f.name: _encode(getattr(node, f.name), f"{name}.{f.name}", arrays, seen)
       for f in dataclasses.fields(cast(Any, node))
@@ -283,7 +295,7 @@ def _check_arrays(
     meta, fields = spec.get("meta"), spec.get("fields")
     meta_names = set(_META_FIELDS[kind])
     data_names = {f.name for f in dataclasses.fields(cast(Any, _LEAF_TYPES[kind]))} - meta_names
-    if not isinstance(meta, dict) or set(meta) != meta_names:
+    if not isinstance(meta, dict) or not meta_names - set(_OPTIONAL_META.get(kind, ())) <= set(meta) <= meta_names:
       got = sorted(meta) if isinstance(meta, dict) else meta
       raise CorruptFileError(f"leaf {_where(name)!r} ({kind}): static fields {got!r}, expected {sorted(meta_names)}")
     if not isinstance(fields, dict) or set(fields) != data_names:
@@ -388,7 +400,7 @@ def _compact(spec: Any, arrays: list[Any], index: dict[str, int]) -> Any:
     return ["d", keys, items]
   if kind in ("list", "tuple"):
     return [kind[0], *(_compact(v, arrays, index) for v in spec["items"])]
-  meta = [spec["meta"][f] for f in _META_FIELDS[kind]]
+  meta = [spec["meta"][f] for f in _META_FIELDS[kind] if f in spec["meta"]]  # optional ones are last
   return [_LEAF_CODES[kind], meta, *(_compact(spec["fields"][f], arrays, index) for f in _array_fields(kind))]
 
 
@@ -432,7 +444,8 @@ def _expand(node: Any, name: str, arrays: list[Any]) -> Any:
     raise CorruptFileError(f"node {where!r} has unknown kind {code!r}")
   fields = _array_fields(kind)
   meta_names = _META_FIELDS[kind]
-  if len(rest) != 1 + len(fields) or not isinstance(rest[0], list) or len(rest[0]) != len(meta_names):
+  least = len(meta_names) - len(_OPTIONAL_META.get(kind, ()))
+  if len(rest) != 1 + len(fields) or not isinstance(rest[0], list) or not least <= len(rest[0]) <= len(meta_names):
     raise CorruptFileError(
       f"leaf {where!r} ({kind}): expected static fields {list(meta_names)} and array fields {fields}"
     )
