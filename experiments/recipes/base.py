@@ -33,6 +33,8 @@ class FineTune:
       table is reported for rows with a ``first`` phase or ``huffman``.
     huffman: ``None``, or Huffman-code the packed tree (``export.huffman(packed,
       min_saving=huffman)``) and report that file as the row's final stage (and as the row).
+    huffman_block: ``export.huffman``'s ``block``: 1 (one symbol at a time, the paper's), 2
+      (pairs) or ``'auto'`` (the smaller per stream; the report then shows both codes).
   """
 
   compressor: jc.Compressor
@@ -44,6 +46,7 @@ class FineTune:
   first: FineTune | None = None
   stage: str = ""
   huffman: int | None = None
+  huffman_block: int | str = 1
 
 
 @dataclasses.dataclass(frozen=True)

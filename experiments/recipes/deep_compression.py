@@ -49,7 +49,9 @@ def build(params, trainer):
   quantizers = [quantization.kmeans(k, iterations=30, where=w) for w, k in clusters.items()]
   biases = quantization.fake_quant(8, where=".*bias")
   compressor = jc.chain(pruning.magnitude(target, scope="global", where=KERNELS), *quantizers, biases)
-  return FineTune(compressor, epochs=trainer.epochs(30), lr=1e-3, first=prune, stage="quantized", huffman=MIN_SAVING)
+  return FineTune(
+    compressor, epochs=trainer.epochs(30), lr=1e-3, first=prune, stage="quantized", huffman=MIN_SAVING, huffman_block="auto"
+  )
 
 
 RECIPE = Recipe(

@@ -347,7 +347,8 @@ def test_pair_coded_leaves_save_load_and_refuse_bad_input(tmp_path):
   assert_same(export.load(path), {"one": one, "two": two})
   assert_same(export.load(path)["two"].unpack(), stream)
   header, blob = read_file(path)
-  doc, _ = export._io._unpack_v3(json.loads(header["__metadata__"]["jaxcompress"])["header"], np.frombuffer(blob, np.uint8))
+  head = json.loads(header["__metadata__"]["jaxcompress"])
+  doc, _ = export._io._unpack_v3(head["header"], np.frombuffer(blob, np.uint8), head.get("dict"))
   assert doc["tree"]["one"][1] == [4, [301], False, None]  # block 1 is stored as before: older files load
   assert doc["tree"]["two"][1] == [4, [301], False, None, 2]
   export.save(path, {"one": one}, version=2)
