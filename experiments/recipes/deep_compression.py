@@ -50,7 +50,13 @@ def build(params, trainer):
   biases = quantization.fake_quant(8, where=".*bias")
   compressor = jc.chain(pruning.magnitude(target, scope="global", where=KERNELS), *quantizers, biases)
   return FineTune(
-    compressor, epochs=trainer.epochs(30), lr=1e-3, first=prune, stage="quantized", huffman=MIN_SAVING, huffman_block="auto"
+    compressor,
+    epochs=trainer.epochs(30),
+    lr=1e-3,
+    first=prune,
+    stage="quantized",
+    huffman=MIN_SAVING,
+    huffman_block="auto",
   )
 
 

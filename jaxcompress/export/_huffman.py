@@ -612,7 +612,9 @@ class HuffmanArray(CompressedLeaf):
     _check_block(block, bits)
     sym = codes.astype(np.int64).reshape(-1) - code_range(bits, signed)[0]
     data, table = huffman_encode(_pair(sym, bits) if block == 2 else sym)
-    return cls(data=data, table=table, bits=bits, code_shape=tuple(codes.shape), signed=signed, dtype=dtype, block=block)
+    return cls(
+      data=data, table=table, bits=bits, code_shape=tuple(codes.shape), signed=signed, dtype=dtype, block=block
+    )
 
 
 jax.tree_util.register_dataclass(
@@ -697,7 +699,7 @@ def _code_stream(x: Any, path: str, report: list[StreamReport], min_saving: int,
   if isinstance(x, HuffmanArray) or (isinstance(x, BitPacked) and x.bits == 1):
     return x  # a 1-bit code is as short as a code gets: a mask stays a mask
   if isinstance(x, BitPacked) or _is_native(x):
-    tries = (1, 2) if block == "auto" else (block,)
+    tries: tuple[int, ...] = (1, 2) if block == "auto" else (int(block),)
     bits = x.bits if isinstance(x, BitPacked) else 8 * np.dtype(x.dtype).itemsize
     tries = tuple(b for b in tries if b == 1 or bits <= MAX_PAIR_BITS) or (1,)
     codings = [HuffmanArray.encode(x, b) for b in tries]

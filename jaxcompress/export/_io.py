@@ -149,6 +149,8 @@ def _stored_meta(kind: str, node: Any) -> dict[str, Any]:
   optional = _OPTIONAL_META.get(kind, {})
   meta = {f: _meta_value(getattr(node, f)) for f in _META_FIELDS[kind]}
   return {f: v for f, v in meta.items() if not (f in optional and v == optional[f])}
+
+
 _WRITE_CHUNK = 1 << 24
 
 

@@ -353,9 +353,12 @@ def test_pair_coded_leaves_save_load_and_refuse_bad_input(tmp_path):
   assert doc["tree"]["two"][1] == [4, [301], False, None, 2]
   export.save(path, {"one": one}, version=2)
   assert_same(export.load(path), {"one": one})
-  bad_pad = export.huffman_encode(pair_reference(codes.tolist(), 4)[:-1] + [codes[-1] * 16 + (codes[-1] + 1) % 16])
+  bad_pad = export.huffman_encode([*pair_reference(codes.tolist(), 4)[:-1], codes[-1] * 16 + (codes[-1] + 1) % 16])
   cases = [
-    (dataclasses_replace(two, table=one.table, data=one.data), r"table counts 301 pairs of codes, code_shape \[301\] needs 151 \(301 codes\)"),
+    (
+      dataclasses_replace(two, table=one.table, data=one.data),
+      r"table counts 301 pairs of codes, code_shape \[301\] needs 151 \(301 codes\)",
+    ),
     (dataclasses_replace(one, table=two.table, data=two.data), r"table counts 151 codes, code_shape \[301\] needs 301"),
     (dataclasses_replace(two, data=bad_pad[0], table=bad_pad[1]), r"padded last pair does not repeat its symbol"),
     (dataclasses_replace(two, block=3), r"field 'block': 3 is not an integer in \[1, 2\]"),

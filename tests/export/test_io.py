@@ -624,7 +624,9 @@ def test_format3_header_uses_its_preset_dictionary_and_loads_files_without_one(t
   for bad, message in ((2, r"preset dictionary 2, expected one of \[1\]"), (None, r"not a zlib stream")):
     meta = {"jaxcompress": json.dumps({"version": 3, "header": head["header"], "dict": bad})}
     body = blob if isinstance(blob, bytes) else bytes(blob)
-    path.write_bytes(_io.safetensors.numpy.save({_io._DATA_KEY: np.frombuffer(body, np.uint8)}, metadata=_with_digest(meta, body)))
+    path.write_bytes(
+      _io.safetensors.numpy.save({_io._DATA_KEY: np.frombuffer(body, np.uint8)}, metadata=_with_digest(meta, body))
+    )
     with pytest.raises(_io.CorruptFileError, match=message):
       export.load(path)
 
