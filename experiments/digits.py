@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     print(
       "\nHuffman streams: coded = payload + table of the code kept (or, unused, of the smallest tried); "
       "over bound = payload bits (before padding) / (n * H) - 1, one symbol at a time and in pairs; "
-      "target: coded <= 1.01 * bound + table"
+      "target: coded <= 1.01 * bound + table, i.e. payload bits <= 1.01 n H"
     )
     print(report.stream_table(summary))
   print(check)

@@ -623,6 +623,8 @@ jax.tree_util.register_dataclass(
 
 MAX_PAIR_BITS = 10
 """The widest codes ``block=2`` pairs (pair symbols below ``2^20``, the table's span limit)."""
+AUTO_PAIR_BITS = 5
+"""The widest codes ``block='auto'`` also tries in pairs (a pair table of at most 1,024 lengths)."""
 
 
 def _check_block(block: Any, bits: int) -> None:
@@ -699,8 +701,10 @@ def _code_stream(x: Any, path: str, report: list[StreamReport], min_saving: int,
   if isinstance(x, HuffmanArray) or (isinstance(x, BitPacked) and x.bits == 1):
     return x  # a 1-bit code is as short as a code gets: a mask stays a mask
   if isinstance(x, BitPacked) or _is_native(x):
-    tries: tuple[int, ...] = (1, 2) if block == "auto" else (int(block),)
     bits = x.bits if isinstance(x, BitPacked) else 8 * np.dtype(x.dtype).itemsize
+    # 'auto' tries pairs of codes up to 5 bits (a pair table of at most 1,024 lengths, 649 B); wider
+    # codes' pair tables (up to 2^20 lengths, 640 KiB) would outweigh what pairs save on any stream
+    tries: tuple[int, ...] = ((1, 2) if bits <= AUTO_PAIR_BITS else (1,)) if block == "auto" else (int(block),)
     tries = tuple(b for b in tries if b == 1 or bits <= MAX_PAIR_BITS) or (1,)
     codings = [HuffmanArray.encode(x, b) for b in tries]
     if codings[0].constant_count() > MAX_CONSTANT_CODES:
@@ -761,7 +765,9 @@ def huffman(tree: Any, *, with_report: bool = False, min_saving: int = 0, block:
     block: ``1`` (the paper's: one code per symbol), ``2`` (pairs of symbols, an extended
       alphabet: at most half Huffman's per-symbol redundancy, a table of up to ``4^bits``
       entries; streams of codes wider than 10 bits stay at 1), or ``'auto'`` (per stream, the
-      smaller of the two, payload and table together; ties keep 1).
+      smaller of the two, payload and table together, pairs tried for codes of at most 5 bits;
+      ties keep 1). On a short stream the pair code's payload can fall well below ``n * H``
+      (the empirical pair distribution fits the stream, the table carries the difference).
 
   Returns:
     The tree with coded streams; with ``with_report``, ``(tree, reports)``.

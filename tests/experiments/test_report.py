@@ -34,7 +34,7 @@ def test_streams_are_averaged_by_path_and_compared_in_bits():
   assert a["path"] == "a.values" and b["path"] == "b.positions" and (a["seeds"], b["seeds"]) == (2, 1)
   assert abs(a["payload_over_bound"] - (812 / 800 - 1)) < 1e-12  # bits, padding excluded: +1.5%
   assert abs(a["over_bound_by_block"]["2"][0] - (795 / 800 - 1)) < 1e-12 and a["over_bound_by_block"]["2"][1] == 150
-  assert a["within_target"] is False  # 120 B coded > 1.01 * 100 + 18
-  assert b["within_target"] is True and b["used"] is False  # 50 + 10 <= 1.01 * 50 + 10
+  assert a["within_target"] is False  # 812 payload bits > 1.01 * 800
+  assert b["within_target"] is True and b["used"] is False  # 400 bits <= 1.01 * 400
   text = report.stream_table([summary])
   assert "+1.50%" in text and "-0.62%" in text and "+0.00%" in text and "yes (single)" in text
