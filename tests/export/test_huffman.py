@@ -323,7 +323,7 @@ def test_pairs_bring_index_streams_within_one_percent_of_the_entropy_bound():
   (b1, single, t1), (b2, pairs, t2) = report.candidates
   bound = export.entropy_bits(s)
   assert (b1, b2) == (1, 2) and single == export.coded_bits(s) and pairs == export.coded_bits(pair_reference(s, 4))
-  assert single > 1.015 * bound and pairs < 1.01 * bound  # measured: +1.75% and +0.25%
+  assert single > 1.015 * bound and pairs < 1.01 * bound  # measured: +1.74% and +0.69%
   assert coded.block == 2 and report.block == 2 and report.payload_bits == pairs and report.table_bytes == t2
   assert coded.nbytes == (pairs + 7) // 8 + t2 < (single + 7) // 8 + t1  # the table (~160 B) pays off here
   assert report.coded_bytes <= 1.01 * report.entropy_bytes + report.table_bytes  # the target, as stated
