@@ -81,7 +81,8 @@ def _stage(name, file_bytes, accuracy, packed, loaded) -> dict:
 
 
 def _streams(reports) -> list[dict]:
-  """Each Huffman stream: raw, coded (payload + table), table and Shannon-bound bytes."""
+  """Each Huffman stream: raw, coded (payload + table), table and Shannon-bound bytes, the code's
+  payload bits before padding, and every code tried (block, payload bits, table bytes)."""
   return [
     {
       "path": r.path,
@@ -89,6 +90,9 @@ def _streams(reports) -> list[dict]:
       "coded_bytes": r.coded_bytes,
       "table_bytes": r.table_bytes,
       "entropy_bytes": r.entropy_bytes,
+      "payload_bits": r.payload_bits,
+      "block": r.block,
+      "candidates": [list(c) for c in r.candidates],
       "used": r.coded,
     }
     for r in reports
@@ -115,7 +119,7 @@ def evaluate(trainer, technique, fit, plan, path, first=None) -> dict:
     qpath = path.replace(".safetensors", f".{plan.stage or 'packed'}.safetensors")
     qbytes, qloaded, qacc = _score(trainer, compressor, params, cstate, packed, qpath, plan.serve)
     stages.append(_stage(plan.stage or "packed", qbytes, qacc, packed, qloaded))
-    packed, reports = jc.export.huffman(packed, with_report=True, min_saving=plan.huffman)
+    packed, reports = jc.export.huffman(packed, with_report=True, min_saving=plan.huffman, block=plan.huffman_block)
     streams = _streams(reports)
   rep = jc.accounting.report(packed)
   file_bytes, loaded, accuracy = _score(trainer, compressor, params, cstate, packed, path, plan.serve)
@@ -218,11 +222,22 @@ def main(argv=None) -> int:
     "--no-progress", action="store_true", help="hide progress bars (they are off when stderr is not a terminal)"
   )
   parser.add_argument("--recipes", default=None, help="comma-separated recipe names to run (default: all)")
+  parser.add_argument(
+    "--compile-cache",
+    default=None,
+    help="JAX's persistent compilation cache (default: OUT/jax-cache; 'none': off). Each recipe compiles "
+    "its training step anew for every seed, and compiling is most of a row's time on CPU: later seeds "
+    "(and later runs) read the same programs from the cache",
+  )
   args = parser.parse_args(argv)
   args.no_progress = args.no_progress or not sys.stderr.isatty()  # no control codes in a log file
   seeds = args.seeds or (3 if args.full else 1)  # the default run must stay under 10 minutes on 2 cores
   budget = 0.2 if args.quick else 1.0
   os.makedirs(os.path.join(args.out, "packed"), exist_ok=True)
+  cache = args.compile_cache or os.path.join(args.out, "jax-cache")
+  if cache != "none":
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
   start = time.perf_counter()
   digits = data.load()
@@ -267,7 +282,11 @@ def main(argv=None) -> int:
       "accuracy of the loaded file"
     )
     print(stages)
-    print("\nHuffman streams: coded = payload + table; payload/bound = (coded - table) / Shannon bound - 1")
+    print(
+      "\nHuffman streams: coded = payload + table of the code kept (or, unused, of the smallest tried); "
+      "over bound = payload bits (before padding) / (n * H) - 1, one symbol at a time and in pairs; "
+      "target: coded <= 1.01 * bound + table, i.e. payload bits <= 1.01 n H"
+    )
     print(report.stream_table(summary))
   print(check)
   compact = [n for n in models.COMPACT if n in flops]

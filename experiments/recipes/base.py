@@ -39,6 +39,8 @@ class FineTune:
     start: ``start(params) -> params``, applied to the starting params (the initialization
       or the baseline) before this phase: a pre-training stage such as FitNets' hint
       training; its time is not in the row's train seconds.
+    huffman_block: ``export.huffman``'s ``block``: 1 (one symbol at a time, the paper's), 2
+      (pairs) or ``'auto'`` (the smaller per stream; the report then shows both codes).
   """
 
   compressor: jc.Compressor
@@ -52,6 +54,7 @@ class FineTune:
   huffman: int | None = None
   from_init: bool = False
   start: Callable[[Any], Any] | None = None
+  huffman_block: int | str = 1
 
 
 @dataclasses.dataclass(frozen=True)

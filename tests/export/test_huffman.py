@@ -289,3 +289,93 @@ def test_checks_name_a_huffman_leaf_whose_table_does_not_match(tmp_path):
   )
   with pytest.raises(_checks.InconsistentLeafError, match=r"field 'table': holds 1073741824 zero-length codes"):
     _checks.check_leaf(forged, "c")
+
+
+def pair_reference(codes, bits):
+  """Pair symbols a * 2^bits + b of consecutive codes, an odd stream's last code paired with itself."""
+  c = list(codes) + ([codes[-1]] if len(codes) % 2 else [])
+  return [c[i] * 2**bits + c[i + 1] for i in range(0, len(c), 2)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 600], ids=["empty", "one", "two", "odd", "index-stream"])
+def test_pairs_round_trip_exactly_and_cost_the_pair_alphabets_huffman_code(n):
+  rng = np.random.default_rng(8)
+  codes = kmeans_indices(rng, n=n, k=16) if n > 4 else rng.integers(0, 16, size=n)
+  stream = export.pack_bits(codes, 4, signed=False)
+  pairs = export.HuffmanArray.encode(stream, block=2)
+  assert pairs.block == 2 and pairs.nbytes == pairs.data.size + pairs.table.size
+  np.testing.assert_array_equal(pairs.decode(), codes.astype(np.int32), strict=True)
+  assert pairs.unpack().data.tobytes() == stream.data.tobytes()
+  ref = pair_reference(codes.tolist(), 4)
+  counts = np.unique(ref, return_counts=True)[1] if ref else []
+  bits = merge_cost(counts)  # an optimal prefix code of the pair symbols
+  assert pairs.data.size == (bits + 7) // 8
+  signed = export.pack_bits(codes.astype(np.int64) - 8, 4, signed=True)  # signed codes pair their stored symbols
+  np.testing.assert_array_equal(export.HuffmanArray.encode(signed, block=2).decode(), codes - 8)
+
+
+def test_pairs_bring_index_streams_within_one_percent_of_the_entropy_bound():
+  """Whole-bit code lengths cost single-symbol Huffman 1.75% on a 16-cluster index stream; pairs
+  halve the per-symbol redundancy (Gallager 1978), and on a long stream their table pays off."""
+  s = kmeans_indices(np.random.default_rng(2))
+  stream = export.pack_bits(s, 4, signed=False)
+  coded, (report,) = export.huffman(stream, with_report=True, block="auto")
+  (b1, single, t1), (b2, pairs, t2) = report.candidates
+  bound = export.entropy_bits(s)
+  assert (b1, b2) == (1, 2) and single == export.coded_bits(s) and pairs == export.coded_bits(pair_reference(s, 4))
+  assert single > 1.015 * bound and pairs < 1.01 * bound  # measured: +1.74% and +0.69%
+  assert coded.block == 2 and report.block == 2 and report.payload_bits == pairs and report.table_bytes == t2
+  assert coded.nbytes == (pairs + 7) // 8 + t2 < (single + 7) // 8 + t1  # the table (~160 B) pays off here
+  assert report.coded_bytes <= 1.01 * report.entropy_bytes + report.table_bytes  # the target, as stated
+  small = export.pack_bits(s[:600], 4, signed=False)  # a LeNet-sized stream: the pair table costs more
+  coded, (report,) = export.huffman(small, with_report=True, block="auto")
+  assert coded.block == 1 and report.candidates[1][1] < report.candidates[0][1] and report.payload_bits < 4 * 600
+  np.testing.assert_array_equal(export.HuffmanArray.encode(small, block=2).decode(), s[:600])
+
+
+def test_pair_coded_leaves_save_load_and_refuse_bad_input(tmp_path):
+  import json
+
+  from tests.export.test_io import read_file
+
+  rng = np.random.default_rng(9)
+  codes = kmeans_indices(rng, n=301, k=16)  # odd: the last pair repeats its code
+  stream = export.pack_bits(codes, 4, signed=False)
+  one, two = export.HuffmanArray.encode(stream), export.HuffmanArray.encode(stream, block=2)
+  path = tmp_path / "m.safetensors"
+  export.save(path, {"one": one, "two": two})
+  assert_same(export.load(path), {"one": one, "two": two})
+  assert_same(export.load(path)["two"].unpack(), stream)
+  header, blob = read_file(path)
+  head = json.loads(header["__metadata__"]["jaxcompress"])
+  doc, _ = export._io._unpack_v3(head["header"], np.frombuffer(blob, np.uint8), head.get("dict"))
+  assert doc["tree"]["one"][1] == [4, [301], False, None]  # block 1 is stored as before: older files load
+  assert doc["tree"]["two"][1] == [4, [301], False, None, 2]
+  export.save(path, {"one": one}, version=2)
+  assert_same(export.load(path), {"one": one})
+  bad_pad = export.huffman_encode([*pair_reference(codes.tolist(), 4)[:-1], codes[-1] * 16 + (codes[-1] + 1) % 16])
+  cases = [
+    (
+      dataclasses_replace(two, table=one.table, data=one.data),
+      r"table counts 301 pairs of codes, code_shape \[301\] needs 151 \(301 codes\)",
+    ),
+    (dataclasses_replace(one, table=two.table, data=two.data), r"table counts 151 codes, code_shape \[301\] needs 301"),
+    (dataclasses_replace(two, data=bad_pad[0], table=bad_pad[1]), r"padded last pair does not repeat its symbol"),
+    (dataclasses_replace(two, block=3), r"field 'block': 3 is not an integer in \[1, 2\]"),
+  ]
+  for leaf, message in cases:
+    with pytest.raises((ValueError, _checks.InconsistentLeafError), match=message):
+      _checks.check_leaf(leaf, "w")
+  with pytest.raises(ValueError, match=r"block=2 pairs codes of at most 10 bits, got 12-bit codes"):
+    export.HuffmanArray.encode(export.pack_bits(np.zeros(4, int), 12, signed=False), block=2)
+  with pytest.raises(ValueError, match=r"block must be 1, 2 or 'auto', got 3"):
+    export.huffman(stream, block=3)
+  for bits in (6, 12):  # 'auto' tries pairs of codes up to 5 bits only (wider pair tables outweigh them)
+    wide = export.pack_bits(rng.integers(0, 2**bits, size=50), bits, signed=False)
+    assert [c[0] for c in export.huffman(wide, with_report=True, block="auto")[1][0].candidates] == [1]
+
+
+def dataclasses_replace(leaf, **changes):
+  import dataclasses
+
+  return dataclasses.replace(leaf, **changes)

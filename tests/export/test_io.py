@@ -252,7 +252,8 @@ def rewrite3(path, edit, *, redigest):
 
   header, blob = read_file(path)
   meta = header["__metadata__"]
-  doc, data = _io._unpack_v3(json.loads(meta["jaxcompress"])["header"], np.frombuffer(blob, np.uint8))
+  head = json.loads(meta["jaxcompress"])
+  doc, data = _io._unpack_v3(head["header"], np.frombuffer(blob, np.uint8), head.get("dict"))
   names = [[_io._DTYPE_NAMES.get(c, c), shape] for c, shape in doc["arrays"]]
   spec = _io._expand(doc["tree"], "", names)
   edit(header, spec)
@@ -597,6 +598,44 @@ def test_format3_header_is_a_fraction_of_format2s(tmp_path):
   # format 3's overhead beyond the same payload (its zlib'd document and one digest) is a fraction
   payload = v2.stat().st_size - header_bytes(v2) - 8
   assert (v3.stat().st_size - payload) * 10 < v2.stat().st_size - payload
+
+
+def test_format3_header_uses_its_preset_dictionary_and_loads_files_without_one(tmp_path):
+  import json
+  import zlib
+
+  from jaxcompress.export import _io
+
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  header, blob = read_file(path)
+  head = json.loads(header["__metadata__"]["jaxcompress"])
+  assert head["dict"] == 1
+  doc, data = _io._unpack_v3(head["header"], np.frombuffer(blob, np.uint8), 1)
+  text = json.dumps(doc, separators=(",", ":")).encode()
+  assert head["header"] < 0.9 * len(zlib.compress(text, 9))  # measured 394 B vs 476 B without the dictionary
+  plain = zlib.compress(text, 9)  # a file written before the dictionary: "dict" absent
+  old = _io.safetensors.numpy.save(
+    {_io._DATA_KEY: np.frombuffer(plain + data.tobytes(), np.uint8)},
+    metadata=_with_digest({"jaxcompress": json.dumps({"version": 3, "header": len(plain)})}, plain + data.tobytes()),
+  )
+  path.write_bytes(old)
+  assert_same(export.load(path), every_leaf_tree())
+  for bad, message in ((2, r"preset dictionary 2, expected one of \[1\]"), (None, r"not a zlib stream")):
+    meta = {"jaxcompress": json.dumps({"version": 3, "header": head["header"], "dict": bad})}
+    body = blob if isinstance(blob, bytes) else bytes(blob)
+    path.write_bytes(
+      _io.safetensors.numpy.save({_io._DATA_KEY: np.frombuffer(body, np.uint8)}, metadata=_with_digest(meta, body))
+    )
+    with pytest.raises(_io.CorruptFileError, match=message):
+      export.load(path)
+
+
+def _with_digest(metadata, body):
+  from jaxcompress.export import _io
+
+  metadata[_io.DIGEST_KEY] = _io.file_digest(metadata, {_io._DATA_KEY: ("U8", [len(body)])}, body)
+  return metadata
 
 
 def test_format3_refuses_unused_arrays_bad_bools_and_a_zlib_bomb(tmp_path):
