@@ -8,7 +8,6 @@ Zhou, Yao, Wang & Chen 2018, CVPR.
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import quantization
 
-
 # adam's peak rate: each stage's ternarized portion moves far (a ternary step is ~alpha/2) and the free weights
 # must compensate; one seed, lenet5: 3e-4 / 3e-3 / 1e-2: 78.3 / 89.4 / 92.2%.
 LR = 1e-2
