@@ -8,12 +8,17 @@ Shayer, Levi & Fetaya 2018, https://arxiv.org/abs/1710.07739.
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import quantization
 
+# adam's peak rate on the logits: the deployed network takes each weight's most probable value, so the
+# distributions must become peaked during the fine-tune; one seed, lenet5: 3e-3 / 1e-2: 81.9 / 86.9% (the mean
+# weights' network: 91.4 / 92.2%; the average largest probability of a weight 0.75-0.80 / 0.74-0.86).
+LR = 1e-2
+
 
 def build(params, trainer):
   del params
   epochs = trainer.epochs(20)
   c = quantization.lr_nets(total_steps=max(1, epochs * trainer.steps_per_epoch), logit_decay=1e-6)
-  return FineTune(c, epochs=epochs, lr=3e-3)
+  return FineTune(c, epochs=epochs, lr=LR)
 
 
 RECIPE = Recipe(
