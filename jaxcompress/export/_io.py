@@ -71,7 +71,7 @@ from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
-from jaxcompress.export._structured import CirculantArray, HashedArray, TiedArray, ToeplitzArray
+from jaxcompress.export._structured import CirculantArray, DisplacementArray, HashedArray, TiedArray, ToeplitzArray
 
 try:
   import fcntl
@@ -113,6 +113,7 @@ _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
     CirculantArray,
     ToeplitzArray,
     TiedArray,
+    DisplacementArray,
     HuffmanArray,
     OutlierArray,
   )
@@ -133,6 +134,7 @@ _META_FIELDS = {
   "TiedArray": ("source", "primary"),
   "HuffmanArray": ("bits", "code_shape", "signed", "dtype"),
   "OutlierArray": (),
+  "DisplacementArray": ("dense_shape",),
 }
 _WRITE_CHUNK = 1 << 24
 
@@ -341,6 +343,7 @@ _LEAF_CODES = {
   "TiedArray": "I",
   "HuffmanArray": "U",
   "OutlierArray": "O",
+  "DisplacementArray": "D",
 }
 _LEAF_KINDS = {code: kind for kind, code in _LEAF_CODES.items()}
 # a leaf type registered for format 2 but without a format-3 code could not be saved
