@@ -208,7 +208,8 @@ def ldr(rank: int = 2, *, init: str = "least_squares", fft: bool = False, where:
 
   Raises:
     ValueError: if ``rank < 1`` or ``init`` is unknown; at ``init``, if ``rank`` exceeds
-      ``N`` of a selected kernel (naming the rank), or as
+      ``N`` of a selected kernel (naming the rank) or a selected leaf has fewer than 2
+      axes, or as
       :func:`jaxcompress.core.leafwise.init_selected`.
 
   References:
@@ -233,6 +234,8 @@ def ldr(rank: int = 2, *, init: str = "least_squares", fft: bool = False, where:
     del masks
 
     def init_leaf(path, w):
+      if w.ndim < 2:
+        raise ValueError(f"leaf {path!r} has shape {tuple(w.shape)}: a Toeplitz-like weight needs at least 2 axes")
       size = export.ldr_size(tuple(w.shape))
       if rank > size:
         raise ValueError(

@@ -89,3 +89,6 @@ def test_ldr_trains_packs_exactly_and_the_fft_rewrite_matches():
     jc.sharing.ldr(17).init(params)
   with pytest.raises(ValueError, match="rank"):
     jc.sharing.ldr(0)
+  for c in (jc.sharing.ldr(1, where="b"), jc.sharing.toeplitz(where="b")):  # a vector is not a matrix
+    with pytest.raises(ValueError, match=r"leaf 'b' has shape \(5,\)"):
+      c.init({"b": jnp.ones(5)})
