@@ -190,7 +190,10 @@ def ldr_dense(g: jax.Array, h: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """The Toeplitz-like matrix ``M = sum_k Z_1(g_k) Z_{-1}(h_k)``, its top-left block reshaped to ``shape``.
 
   ``M`` has displacement rank ``<= r`` under ``L[M] = Z_1 M - M Z_{-1}`` (it equals
-  ``2 sum_k g_k (J h_k)^T``, ``J`` the reversal; Sindhwani et al. 2015, §3).
+  ``D = 2 sum_k g_k (J h_k)^T``, ``J`` the reversal; Sindhwani et al. 2015, §3). Built in
+  ``O(r N^2)`` rather than the ``r N^3`` of the products: the first column is
+  ``sum_k Z_1(g_k) h_k``, and ``M[i, j + 1] = M[i - 1, j] - D[i, j]`` (the displacement
+  equation read entrywise) gives the rest as running sums along the wrapped diagonals.
 
   Args:
     g: ``float[r, N]``, ``N =`` :func:`ldr_size` of ``shape``.
@@ -201,8 +204,17 @@ def ldr_dense(g: jax.Array, h: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     ``g``'s dtype, ``shape``: ``M[:m, :n]``.
   """
   m, n = matrix_shape(shape)
-  full = jnp.einsum("kab,kbc->ac", f_circulant(g, 1.0), f_circulant(h, -1.0))
-  return full[:m, :n].reshape(shape)
+  size = g.shape[-1]
+  i, j = np.arange(size)[:, None], np.arange(size)[None, :]
+  # first column: M e_0 = sum_k Z_1(g_k) h_k, a circular convolution
+  first = jnp.einsum("kab,kb->a", g[:, (i - j) % size], h)
+  # L[M] = D = 2 G^T (J H); M[i, j + 1] = M[i - 1, j] - D[i, j] unrolls along each wrapped
+  # diagonal: M[i, j] = first[i - j] - sum_{t < j} D[(i - j + 1 + t) mod N, t]
+  d = 2 * jnp.einsum("ka,kb->ab", g, h[:, ::-1])
+  along = jnp.cumsum(d[(i + j) % size, j], axis=1)  # along[e, t] = sum_{t' <= t} D[(e + t') mod N, t']
+  tail = jnp.where(j >= 1, along[(i - j + 1) % size, (j - 1) % size], 0)
+  full = first[(i - j) % size] - tail
+  return full[:m, :n].astype(g.dtype).reshape(shape)
 
 
 def _compact(values: np.ndarray) -> Any:

@@ -82,6 +82,10 @@ def test_ldr_trains_packs_exactly_and_the_fft_rewrite_matches():
   g_fft = jax.jit(jax.grad(fft_loss))(trainable)
   g_dense = jax.jit(jax.grad(dense_loss))(trainable)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3), g_fft, g_dense)
+  packed = c.pack(trainable, state)
+  served = jc.sharing.serve(apply, packed)
+  np.testing.assert_allclose(served(x), apply(jc.export.materialize_tree(packed), x), rtol=1e-4, atol=1e-4)
+  assert "fft" in str(jax.make_jaxpr(jc.sharing.structured(apply))(packed, x))  # the product runs as FFTs
   fresh = jc.sharing.ldr(2, init="sample")
   view = fresh.apply(*fresh.init(params))["fc"]["kernel"]
   assert 0.3 < float(jnp.std(view)) / float(jnp.std(params["fc"]["kernel"])) < 3  # the variance is kept
