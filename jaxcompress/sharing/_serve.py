@@ -55,7 +55,10 @@ def structured(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
     leaves = {path_str(kp): leaf for kp, leaf in flat if isinstance(leaf, _STRUCTURED)}
     dtype = lambda leaf: jnp.result_type(*(jnp.asarray(export.materialize(a)).dtype for a in jax.tree.leaves(leaf)))
     dense = treedef.unflatten(
-      [jnp.zeros(leaf.shape, dtype(leaf)) if isinstance(leaf, _STRUCTURED) else export.materialize(leaf) for _, leaf in flat]
+      [
+        jnp.zeros(leaf.shape, dtype(leaf)) if isinstance(leaf, _STRUCTURED) else export.materialize(leaf)
+        for _, leaf in flat
+      ]
     )
     if not leaves:
       return apply_fn(dense, *inputs)

@@ -142,6 +142,7 @@ def toeplitz(*, init: str = "least_squares", where: select.Where = None) -> Comp
 
   def init_fn(params, *, masks=None):
     del masks
+
     def return_leaf(path, w):
       if w.ndim < 2:
         raise ValueError(f"leaf {path!r} has shape {tuple(w.shape)}: a Toeplitz weight needs at least 2 axes")
