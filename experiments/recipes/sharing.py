@@ -15,7 +15,7 @@
   FFT products (``fft=True``: 2x faster here than through the rebuilt kernel, whose
   gathers' gradients are scatters) and evaluated through the FFT products of the packed
   generators (``sharing.serve``; FLOPs are the dense view's: ``graph.flops`` counts no
-  FFT). ``--full`` only: its fine-tune took 15 s (measured under load).
+  FFT).
 """
 
 import jaxcompress as jc
@@ -62,6 +62,5 @@ RECIPES = (
     models=MLP,
     order=74,
     description="Toeplitz-like rank 4 fc1, fc2, FFT fine-tune and serving",
-    full_only=True,
   ),
 )
