@@ -69,9 +69,14 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes")
   parser.add_argument("--batch", type=int, default=64, help="rows of x (default 64)")
+  parser.add_argument(
+    "--sizes", type=str, default=None, help="comma-separated sizes n (default: all; --quick: 256,1024)"
+  )
   args = parser.parse_args()
   reps, inner = (3, 3) if args.quick else (7, 10)
   sizes = SIZES[:2] if args.quick else SIZES
+  if args.sizes:
+    sizes = tuple(int(n) for n in args.sizes.split(","))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; batch {args.batch}")
   print(f"{'n':>5} {'block':>5} {'params':>9} {'dense ms':>9} {'fft ms':>9} {'dense/fft':>9}")
   for n in sizes:
