@@ -1,5 +1,8 @@
 """Toeplitz-like layers of low displacement rank: the displacement operator, generators, FFT products, packing."""
 
+import os
+import tempfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,6 +77,14 @@ def test_ldr_trains_packs_exactly_and_the_fft_rewrite_matches():
   leaf = c.pack(trainable, state)["fc"]["kernel"]
   assert isinstance(leaf, jc.export.DisplacementArray) and leaf.nbytes == 4 * 2 * 2 * 16
   np.testing.assert_array_equal(leaf.materialize(), c.apply(trainable, state)["fc"]["kernel"])
+  with tempfile.TemporaryDirectory() as d:  # format 3 knows the leaf, and checks its generators' shapes
+    jc.export.save(os.path.join(d, "m.safetensors"), {"w": leaf})
+    np.testing.assert_array_equal(
+      jc.export.load(os.path.join(d, "m.safetensors"))["w"].materialize(), leaf.materialize()
+    )
+    bad = jc.export.DisplacementArray(g=leaf.g, h=leaf.h[:, :8], dense_shape=(16, 8))
+    with pytest.raises(ValueError, match="needs generators of shape"):
+      jc.export.save(os.path.join(d, "bad.safetensors"), {"w": bad})
   apply = lambda p, x: x @ p["fc"]["kernel"] + p["fc"]["bias"]
   x = _w((3, 16), 5)
   fft_loss = lambda t: jnp.sum(c.rewrite(apply, t, state)(c.apply(t, state), x) ** 2)
