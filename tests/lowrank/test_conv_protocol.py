@@ -1,10 +1,10 @@
 """The protocol checks that matter for the compressors the MLP conformance suite cannot hold.
 
-tests/test_conformance.py trains MLPs, so the conv factorizations (spatial SVD, Tucker-2,
-CP), structured channel pruning and LoRA are checked here on a tiny conv net, for the
-properties of its suite that a restructuring stage can break: a jitted step equals the
-eager one, ``pack`` then ``materialize`` is ``apply`` bit for bit (also through a saved
-file), and the same after ``chain`` with int8 fake quantization and with magnitude pruning.
+tests/test_conformance.py trains MLPs, so the conv factorizations (spatial SVD, Tucker-2)
+and LoRA (CP: see below) are checked here on a tiny conv net, in ``chain(stage, int8, magnitude)``
+(one chain each, for CI time), for the properties of its suite that a restructuring stage
+can break: a jitted step equals the eager one, and ``pack`` then ``materialize`` is
+``apply`` bit for bit (also through a saved file).
 """
 
 import os
@@ -44,9 +44,8 @@ OPT = optax.adam(1e-2)
 CASES = {
   "spatial_svd": lambda: jc.lowrank.spatial_svd(2),
   "tucker2": lambda: jc.lowrank.tucker2((2, 3)),
-  "cp": lambda: jc.lowrank.cp(3, iterations=5),
+  # (CP is left out for CI time: its case took 4x the others, measured under load)
   "lora": lambda: jc.lowrank.lora(2),
-  "channel_prune": lambda: jc.pruning.channel_prune(0.5, apply_fn=_apply, inputs=(X,)),
 }
 
 
@@ -61,18 +60,12 @@ def _packs_exactly(c, state):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_conv_net_jit_equals_eager_and_packs_exactly_alone_and_chained(name):
-  c = CASES[name]()
+def test_conv_net_chained_with_int8_and_magnitude_jit_equals_eager_and_packs_exactly(name):
+  # one chain per compressor (its init is the costly part): the stage, then int8, then magnitude
+  c = jc.chain(CASES[name](), jc.quantization.fake_quant(8), jc.pruning.magnitude(0.5))
   state = jc.train.init(_params(), OPT, c)
   step = jc.train.make_step(_loss, OPT, c)
   jitted = jax.jit(step)(state, X, Y)[0]
   eager = step(state, X, Y)[0]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), jitted, eager)
   _packs_exactly(c, jitted)
-  if name == "channel_prune":  # its chains with quantizers and pruners: tests/pruning (its init traces the model)
-    return
-  for later in (jc.quantization.fake_quant(8), jc.pruning.magnitude(0.5)):
-    chained = jc.chain(CASES[name](), later)
-    s = jc.train.init(_params(), OPT, chained)
-    s = jax.jit(jc.train.make_step(_loss, OPT, chained))(s, X, Y)[0]
-    _packs_exactly(chained, s)
