@@ -10,8 +10,8 @@ Through :func:`jaxcompress.graph.rewrite`, a Dense site whose kernel is packed a
 last (Flax's NHWC), a 1×1 stage is a ``dot_general`` over the channel axis and CP's
 depthwise stages are ``k`` shifted multiply-adds each (XLA's CPU depthwise convolution is
 several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
-those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total). Tucker-2's and CP's
-inner channel counts are zero-padded to a multiple of 8 (``ALIGN``) at serving time where
+those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total). Tucker-2's inner
+channel counts are zero-padded to a multiple of 8 (``ALIGN``) at serving time where
 that adds at most a sixth of them: exact, a few percent more FLOPs (counted), and faster
 on XLA's CPU kernels.
 """
@@ -70,9 +70,9 @@ ALIGN = 8  # inner channel counts are zero-padded to a multiple of this for serv
 
 def _pad_axis(a: jax.Array, axis: int, multiple: int = ALIGN) -> jax.Array:
   """``a`` zero-padded along ``axis`` to a multiple of ``multiple`` where that adds at most
-  a sixth of the channels (exact: the extra channels carry zeros). XLA's CPU convolutions and matmuls are markedly slower on odd
-  channel counts: a Tucker-2 core of 24 -> 49 channels ran slower than one of 24 -> 56
-  (measured under load), so the decomposed sequence runs on aligned inner channels."""
+  a sixth of the channels (exact: the extra channels carry zeros). XLA's CPU convolutions
+  are markedly slower on odd channel counts: the bench's Tucker-2 (ranks 24, 49) served in
+  118 ms padded against 133 ms unpadded, side by side (measured under load)."""
   extra = -a.shape[axis] % multiple
   if not extra or 6 * extra > a.shape[axis]:  # only where it adds at most a sixth of the channels
     return a
@@ -124,7 +124,7 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
     first, core = _pad_axis(first, 1), _pad_axis(_pad_axis(core, 2), 3)
     last = _pad_axis(last, 0)
     return pointwise(site.compute(pointwise(activation, first), core), last)
-  first, vertical, horizontal, last = (_pad_axis(f, 0 if i == 3 else 1) for i, f in enumerate(fs))
+  first, vertical, horizontal, last = fs  # (padding CP's rank slowed it: 155 vs 134 ms, measured under load)
   r = first.shape[1]
   y = pointwise(activation, first)
   if channels_last:
