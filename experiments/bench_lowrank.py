@@ -10,7 +10,9 @@ Run ``python -m experiments.bench_lowrank [--quick]``. It prints, for
 the parameters, FLOPs (``jc.graph.flops`` of the served function) and the measured
 inference time of the dense model against ``lowrank.serve`` (the factorized ops through
 ``jc.graph.rewrite``), at batch 256, the speed-up, and the speed-up as a fraction of the
-FLOP ratio (the target is at least 0.7). Kernels are random: the time does not depend on
+FLOP ratio (the target is at least 0.7); after ``|``, the same for the factorized program
+given the packed NumPy leaves at every call, as ``lowrank.serve`` did before it put them on
+the device once (a host-to-device copy per array per call). Kernels are random: the time does not depend on
 the values. ``graph.flops`` counts matmuls and convolutions only: CP's two depthwise stages,
 served as shifted multiply-adds, add ``2·(h + w)·R`` FLOPs per output pixel that it omits
 (printed below the table).
@@ -60,22 +62,32 @@ def row(apply_fn, params, compressor, x, reps, inner):
   dense_fn = jax.jit(apply_fn)
   f_dense = jc.graph.flops(apply_fn, params, x)["flops"]
   f_fact = jc.graph.flops(lowrank.factorized(apply_fn), packed, x)["flops"]
+  host = jax.jit(lowrank.factorized(apply_fn))  # the same program, given the packed NumPy leaves at every call
   times = timing.interleaved(
-    {"dense": (lambda _: dense_fn(params, x), x), "factorized": (lambda _: served(x), x)}, reps, inner
+    {
+      "dense": (lambda _: dense_fn(params, x), x),
+      "factorized": (lambda _: served(x), x),
+      "host leaves": (lambda _: host(packed, x), x),
+    },
+    reps,
+    inner,
   )
   return (
     (count(params), f_dense, timing.median_ms(times["dense"])),
     (count(packed), f_fact, timing.median_ms(times["factorized"])),
     lowrank.report(state),
+    timing.median_ms(times["host leaves"]),
   )
 
 
-def show(name, dense, fact):
+def show(name, dense, fact, host_ms):
   (pd, fd, td), (pf, ff, tf) = dense, fact
   speed, flop_ratio = td / tf, ff / fd
+  before = td / host_ms
   print(
     f"  {name:<36} {pd:>10,} -> {pf:>9,} {pf / pd:>6.3f} {fd:>14,} -> {ff:>13,} {flop_ratio:>6.3f} "
-    f"{td:>8.3f} -> {tf:>7.3f} {speed:>6.2f}x {speed * flop_ratio:>6.2f}"
+    f"{td:>8.3f} -> {tf:>7.3f} {speed:>6.2f}x {speed * flop_ratio:>6.2f} | {host_ms:>7.3f} {before:>6.2f}x "
+    f"{before * flop_ratio:>6.2f}"
   )
 
 
@@ -90,7 +102,7 @@ def main(argv=None) -> int:
   )
   header = (
     f"  {'':<36} {'params':>23} {'ratio':>6} {'FLOPs/batch':>31} {'ratio':>6} {'inference ms':>19} "
-    f"{'speed-up':>7} {'x FLOP ratio (target >= 0.7)':>6}"
+    f"{'speed-up':>7} {'x FLOP ratio (target >= 0.7)':>6} | before: NumPy leaves per call (ms, speed-up, x FLOP ratio)"
   )
   rng = np.random.default_rng(0)
   print("\n1. Dense layers, truncated SVD of every kernel")
@@ -101,8 +113,8 @@ def main(argv=None) -> int:
     params = bench_overhead.init_mlp(sizes)
     x = jnp.asarray(rng.normal(size=(args.batch, sizes[0])), jnp.float32)
     for frac in (0.25, 0.1):
-      dense, fact, _ = row(bench_overhead.mlp, params, lowrank.svd(frac), x, reps, inner)
-      show(f"{model.split()[0]} rank {frac:.0%}", dense, fact)
+      dense, fact, _, host_ms = row(bench_overhead.mlp, params, lowrank.svd(frac), x, reps, inner)
+      show(f"{model.split()[0]} rank {frac:.0%}", dense, fact, host_ms)
 
   print(f"\n2. conv {CONV_SHAPE} SAME on {args.batch}x16x16x{CONV_SHAPE[2]}, ratio=0.25")
   print(header)
@@ -115,8 +127,8 @@ def main(argv=None) -> int:
   x = jnp.asarray(rng.normal(size=(args.batch, 16, 16, CONV_SHAPE[2])), jnp.float32)
   reps, inner = (3, 3) if args.quick else (9, 10)
   for name, make in CONV_VARIANTS.items():
-    dense, fact, rep = row(conv_layer, params, make(), x, reps, inner)
-    show(f"{name} ranks {rep[0].ranks}", dense, fact)
+    dense, fact, rep, host_ms = row(conv_layer, params, make(), x, reps, inner)
+    show(f"{name} ranks {rep[0].ranks}", dense, fact, host_ms)
     if name == "CP":
       extra = 2 * (CONV_SHAPE[0] + CONV_SHAPE[1]) * rep[0].ranks[0] * args.batch * 16 * 16
       print(f"  (CP's depthwise multiply-adds, not in graph.flops: {extra:,} FLOPs, {extra / fact[1]:.1%} more)")

@@ -8,7 +8,9 @@ repetitions, median) ``y = x @ W`` for ``x: [B, n]`` and
 - ``fft``: :func:`jaxcompress.sharing.circulant_matmul` from the ``n^2 / b`` defining
   vectors (``b = n``: one circulant, Cheng et al. 2015; smaller ``b``: CirCNN's blocks);
 - ``toeplitz fft``: :func:`jaxcompress.sharing.toeplitz_matmul` from ``2n - 1``
-  diagonals (one row per ``n``).
+  diagonals (one row per ``n``);
+- ``ldr fft``: :func:`jaxcompress.sharing.ldr_matmul`, a Toeplitz-like matrix of
+  displacement rank ``r`` (1, 2, 4) from its ``2 r n`` generators (Sindhwani et al. 2015).
 
 and prints the times and the ratio ``dense / fft`` (> 1: the FFT path is faster).
 """
@@ -53,13 +55,28 @@ def toeplitz_runners(n: int, batch: int):
   return {"dense": ((lambda x: dense(x, w)), x), "fft": ((lambda x: fft(x, t, n)), x)}
 
 
+def ldr_runners(n: int, rank: int, batch: int):
+  """``{name: (fn, x)}`` for the dense product and the Toeplitz-like one of displacement rank ``rank``."""
+  kx, kw = jax.random.split(jax.random.key(n + rank))
+  x = jax.random.normal(kx, (batch, n))
+  g, h = jax.random.normal(kw, (2, rank, n)) / n**0.5
+  w = jax.random.normal(kw, (n, n)) / jnp.sqrt(n)
+  dense = jax.jit(lambda x, w: x @ w)
+  return {"dense": ((lambda x: dense(x, w)), x), "fft": ((lambda x: sharing.ldr_matmul(x, g, h, n)), x)}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes")
   parser.add_argument("--batch", type=int, default=64, help="rows of x (default 64)")
+  parser.add_argument(
+    "--sizes", type=str, default=None, help="comma-separated sizes n (default: all; --quick: 256,1024)"
+  )
   args = parser.parse_args()
   reps, inner = (3, 3) if args.quick else (7, 10)
   sizes = SIZES[:2] if args.quick else SIZES
+  if args.sizes:
+    sizes = tuple(int(n) for n in args.sizes.split(","))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; batch {args.batch}")
   print(f"{'n':>5} {'block':>5} {'params':>9} {'dense ms':>9} {'fft ms':>9} {'dense/fft':>9}")
   for n in sizes:
@@ -73,6 +90,13 @@ def main() -> None:
     times = timing.interleaved(toeplitz_runners(n, args.batch), reps, inner)
     d, f = timing.median_ms(times["dense"]), timing.median_ms(times["fft"])
     print(f"{n:>5} {d:>9.3f} {f:>9.3f} {d / f:>9.2f}", flush=True)
+  print("\nToeplitz-like, displacement rank r (2 r n generators): r circulant and r skew-circulant FFT products:")
+  print(f"{'n':>5} {'r':>5} {'params':>9} {'dense ms':>9} {'fft ms':>9} {'dense/fft':>9}")
+  for n in sizes:
+    for rank in (1, 2, 4):
+      times = timing.interleaved(ldr_runners(n, rank, args.batch), reps, inner)
+      d, f = timing.median_ms(times["dense"]), timing.median_ms(times["fft"])
+      print(f"{n:>5} {rank:>5} {2 * rank * n:>9} {d:>9.3f} {f:>9.3f} {d / f:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

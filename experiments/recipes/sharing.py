@@ -9,6 +9,13 @@
   2017 (CirCNN), https://arxiv.org/abs/1708.08917.
 - ``toeplitz``: Toeplitz ``fc1`` and ``fc2`` (nearest Toeplitz init); the output layer
   stays dense. Sindhwani, Sainath & Kumar 2015, https://arxiv.org/abs/1510.01722.
+- ``ldr4``: the same paper's Toeplitz-like family at displacement rank 4 on ``fc1`` and
+  ``fc2`` (each the top-left block of a 300 x 300 ``sum_k Z_1(g_k) Z_{-1}(h_k)``, 2400
+  numbers), started from the generators nearest in displacement, fine-tuned through the
+  FFT products (``fft=True``: 2x faster here than through the rebuilt kernel, whose
+  gathers' gradients are scatters) and evaluated through the FFT products of the packed
+  generators (``sharing.serve``; FLOPs are the dense view's: ``graph.flops`` counts no
+  FFT).
 """
 
 import jaxcompress as jc
@@ -37,10 +44,23 @@ def _toeplitz(params, trainer):
   return FineTune(sharing.toeplitz(where=HIDDEN), epochs=trainer.epochs(30), lr=1e-3)
 
 
+def _ldr(params, trainer):
+  del params
+  serve = lambda apply, packed, cstate: sharing.serve(apply, packed)
+  return FineTune(sharing.ldr(4, fft=True, where=HIDDEN), epochs=trainer.epochs(30), lr=1e-3, serve=serve)
+
+
 MLP = ("lenet300100",)
 RECIPES = (
   Recipe("hashed_8", _hashed(1 / 8), models=MLP, order=70, description="HashedNets 1/8, fine-tune"),
   Recipe("hashed_64", _hashed(1 / 64), models=MLP, order=71, description="HashedNets 1/64, fine-tune", full_only=True),
   Recipe("circulant", _circulant, models=MLP, order=72, description="block-circulant fc1 (b=4), fc2 (b=50)"),
   Recipe("toeplitz", _toeplitz, models=MLP, order=73, description="Toeplitz fc1, fc2, fine-tune"),
+  Recipe(
+    "ldr4",
+    _ldr,
+    models=MLP,
+    order=74,
+    description="Toeplitz-like rank 4 fc1, fc2, FFT fine-tune and serving",
+  ),
 )

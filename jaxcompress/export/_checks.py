@@ -29,7 +29,15 @@ from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
-from jaxcompress.export._structured import CirculantArray, HashedArray, TiedArray, ToeplitzArray, matrix_shape
+from jaxcompress.export._structured import (
+  CirculantArray,
+  DisplacementArray,
+  HashedArray,
+  TiedArray,
+  ToeplitzArray,
+  ldr_size,
+  matrix_shape,
+)
 
 
 class InconsistentLeafError(ValueError):
@@ -402,6 +410,14 @@ def _check_toeplitz(c: _Leaf) -> None:
     )
 
 
+def _check_displacement(c: _Leaf) -> None:
+  shape = c.dims("dense_shape")
+  g, h = _values_shape(c, "g"), _values_shape(c, "h")
+  size = ldr_size(shape) if len(shape) >= 2 else 0
+  if len(g) != 2 or g != h or g[1] != size:
+    raise c.fail("dense_shape", f"{list(shape)} needs generators of shape [r, {size}], got g {list(g)} and h {list(h)}")
+
+
 def _check_tied(c: _Leaf) -> None:
   c.child("values", leaf=(CompressedLeaf,))
   c.boolean("primary")
@@ -427,6 +443,7 @@ _CHECKS: dict[type, Callable[[_Leaf], None]] = {
   HashedArray: _check_hashed,
   CirculantArray: _check_circulant,
   ToeplitzArray: _check_toeplitz,
+  DisplacementArray: _check_displacement,
   TiedArray: _check_tied,
   BitPacked: _check_bitpacked,
   QArray: _check_qarray,

@@ -88,7 +88,7 @@ from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray
 from jaxcompress.export._sliced import SlicedArray
 from jaxcompress.export._sparse import SparseArray
-from jaxcompress.export._structured import CirculantArray, HashedArray, TiedArray, ToeplitzArray
+from jaxcompress.export._structured import CirculantArray, DisplacementArray, HashedArray, TiedArray, ToeplitzArray
 
 try:
   import fcntl
@@ -131,6 +131,7 @@ _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
     CirculantArray,
     ToeplitzArray,
     TiedArray,
+    DisplacementArray,
     HuffmanArray,
     OutlierArray,
   )
@@ -151,6 +152,7 @@ _META_FIELDS = {
   "TiedArray": ("source", "primary"),
   "HuffmanArray": ("bits", "code_shape", "signed", "dtype", "block"),
   "OutlierArray": (),
+  "DisplacementArray": ("dense_shape",),
 }
 # static fields added after files were written without them: the last of their type's static
 # fields, stored only when they differ from this default and read as it when absent (so older
@@ -376,6 +378,7 @@ _LEAF_CODES = {
   "TiedArray": "I",
   "HuffmanArray": "U",
   "OutlierArray": "O",
+  "DisplacementArray": "D",
 }
 _LEAF_KINDS = {code: kind for kind, code in _LEAF_CODES.items()}
 # a leaf type registered for format 2 but without a format-3 code could not be saved

@@ -9,6 +9,8 @@ rebuilds the dense weight from them: the rule is part of the format, so it lives
   that maps every coordinate to one of them (and to a sign); no index array is stored.
 - :class:`CirculantArray`: one defining vector per ``b x b`` circulant block.
 - :class:`ToeplitzArray`: the ``m + n - 1`` diagonals of a Toeplitz matrix.
+- :class:`DisplacementArray`: the generators ``G, H`` of a Toeplitz-like matrix of
+  displacement rank ``r``.
 - :class:`TiedArray`: one member of a cross-layer sharing group (the weight stored once).
 
 Each stored vector may itself be a compressed leaf (a later quantizer's values, kept as
@@ -158,6 +160,63 @@ def toeplitz_dense(diagonals: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return diagonals[k].reshape(shape)
 
 
+def ldr_size(shape: tuple[int, ...]) -> int:
+  """``N = max(m, n)``: a Toeplitz-like kernel of :func:`matrix_shape` ``(m, n)`` is the
+  top-left ``m x n`` block of an ``N x N`` one."""
+  return max(matrix_shape(shape))
+
+
+def f_circulant(v: jax.Array, f: float) -> jax.Array:
+  """``Z_f(v)``, the ``f``-circulant matrix with first column ``v`` (the last axis; leading axes batch).
+
+  ``Z_f(v)[i, j] = v[i - j]`` for ``i >= j`` and ``f · v[i - j + N]`` for ``i < j``:
+  ``Z_1`` is circulant, ``Z_{-1}`` skew-circulant (Sindhwani et al. 2015, §3).
+
+  Args:
+    v: ``float[..., N]``.
+    f: the corner factor.
+
+  Returns:
+    ``float[..., N, N]``, ``v``'s dtype.
+  """
+  n = v.shape[-1]
+  i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+  sign = np.where(i >= j, 1.0, f).astype(np.dtype(v.dtype))
+  return v[..., (i - j) % n] * sign
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def ldr_dense(g: jax.Array, h: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The Toeplitz-like matrix ``M = sum_k Z_1(g_k) Z_{-1}(h_k)``, its top-left block reshaped to ``shape``.
+
+  ``M`` has displacement rank ``<= r`` under ``L[M] = Z_1 M - M Z_{-1}`` (it equals
+  ``D = 2 sum_k g_k (J h_k)^T``, ``J`` the reversal; Sindhwani et al. 2015, §3). Built in
+  ``O(r N^2)`` rather than the ``r N^3`` of the products: the first column is
+  ``sum_k Z_1(g_k) h_k``, and ``M[i, j + 1] = M[i - 1, j] - D[i, j]`` (the displacement
+  equation read entrywise) gives the rest as running sums along the wrapped diagonals.
+
+  Args:
+    g: ``float[r, N]``, ``N =`` :func:`ldr_size` of ``shape``.
+    h: ``float[r, N]``.
+    shape: the dense shape, read as the matrix :func:`matrix_shape` ``(m, n)``.
+
+  Returns:
+    ``g``'s dtype, ``shape``: ``M[:m, :n]``.
+  """
+  m, n = matrix_shape(shape)
+  size = g.shape[-1]
+  i, j = np.arange(size)[:, None], np.arange(size)[None, :]
+  # first column: M e_0 = sum_k Z_1(g_k) h_k, a circular convolution
+  first = jnp.einsum("kab,kb->a", g[:, (i - j) % size], h)
+  # L[M] = D = 2 G^T (J H); M[i, j + 1] = M[i - 1, j] - D[i, j] unrolls along each wrapped
+  # diagonal: M[i, j] = first[i - j] - sum_{t < j} D[(i - j + 1 + t) mod N, t]
+  d = 2 * jnp.einsum("ka,kb->ab", g, h[:, ::-1])
+  along = jnp.cumsum(d[(i + j) % size, j], axis=1)  # along[e, t] = sum_{t' <= t} D[(e + t') mod N, t']
+  tail = jnp.where(j >= 1, along[(i - j + 1) % size, (j - 1) % size], 0)
+  full = first[(i - j) % size] - tail
+  return full[:m, :n].astype(g.dtype).reshape(shape)
+
+
 def _compact(values: np.ndarray) -> Any:
   """``values`` as a dense array, or a codebook of its distinct values when that is smaller."""
   values = np.ascontiguousarray(values)
@@ -292,6 +351,34 @@ class ToeplitzArray(CompressedLeaf):
 
 
 jax.tree_util.register_dataclass(ToeplitzArray, data_fields=["diagonals"], meta_fields=["dense_shape"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DisplacementArray(CompressedLeaf):
+  """A Toeplitz-like weight of displacement rank ``r`` (:func:`ldr_dense`): its generators.
+
+  Sindhwani, Sainath & Kumar 2015, "Structured Transforms for Small-Footprint Deep
+  Learning", https://arxiv.org/abs/1510.01722.
+
+  Attributes:
+    g: ``float[r, N]`` (or a compressed leaf of that shape), ``N =`` :func:`ldr_size`.
+    h: ``float[r, N]`` (or a compressed leaf of that shape).
+    dense_shape: the kernel's shape (read as the matrix :func:`matrix_shape`).
+  """
+
+  g: Any
+  h: Any
+  dense_shape: tuple[int, ...]
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.dense_shape
+
+  def materialize(self) -> jax.Array:
+    return ldr_dense(jnp.asarray(materialize(self.g)), jnp.asarray(materialize(self.h)), self.dense_shape)
+
+
+jax.tree_util.register_dataclass(DisplacementArray, data_fields=["g", "h"], meta_fields=["dense_shape"])
 
 
 @dataclasses.dataclass(frozen=True)

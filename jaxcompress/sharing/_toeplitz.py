@@ -121,8 +121,8 @@ def toeplitz(*, init: str = "least_squares", where: select.Where = None) -> Comp
     trainable tree holds ``float[m + n - 1]`` at the selected leaves.
 
   Raises:
-    ValueError: if ``init`` is unknown; at ``init``, as
-      :func:`jaxcompress.core.leafwise.init_selected`.
+    ValueError: if ``init`` is unknown; at ``init``, if a selected leaf has fewer than 2
+      axes (naming it), or as :func:`jaxcompress.core.leafwise.init_selected`.
 
   References:
     Sindhwani, Sainath & Kumar 2015, "Structured Transforms for Small-Footprint Deep
@@ -142,7 +142,12 @@ def toeplitz(*, init: str = "least_squares", where: select.Where = None) -> Comp
 
   def init_fn(params, *, masks=None):
     del masks
-    return_leaf = lambda path, w: (initial(w), ToeplitzLeaf(tuple(w.shape)))
+
+    def return_leaf(path, w):
+      if w.ndim < 2:
+        raise ValueError(f"leaf {path!r} has shape {tuple(w.shape)}: a Toeplitz weight needs at least 2 axes")
+      return initial(w), ToeplitzLeaf(tuple(w.shape))
+
     trainable, leaves = _reparam.init(params, where, return_leaf)
     return trainable, leafwise.LeafwiseState.start(leaves)
 
