@@ -30,15 +30,17 @@ BATCHES = [_batch(9.0), _batch(-7.0)]
 def test_ptq_token_mask_ranges_are_the_real_tokens_min_max():
   q = quantization.ptq(model, PARAMS, weight_bits=8, act_bits=8, batches=BATCHES, token_mask=1)
   real = np.concatenate([np.asarray(x)[np.asarray(m).astype(bool)] for x, m in BATCHES])
-  (lo, hi), = q.act_ranges.values()
+  ((lo, hi),) = q.act_ranges.values()
   np.testing.assert_allclose([float(lo), float(hi)], [real.min(), real.max()], rtol=1e-6)
   # without the mask the padding sets the range
   unmasked = quantization.ptq(model, PARAMS, weight_bits=8, act_bits=8, batches=BATCHES)
-  (lo, hi), = unmasked.act_ranges.values()
+  ((lo, hi),) = unmasked.act_ranges.values()
   assert (float(lo), float(hi)) == (-7.0, 9.0)
   # a callable mask is the same as the index
   by_fn = quantization.ptq(model, PARAMS, weight_bits=8, act_bits=8, batches=BATCHES, token_mask=lambda b: b[1])
-  assert [float(v) for v in next(iter(by_fn.act_ranges.values()))] == [float(v) for v in next(iter(q.act_ranges.values()))]
+  assert [float(v) for v in next(iter(by_fn.act_ranges.values()))] == [
+    float(v) for v in next(iter(q.act_ranges.values()))
+  ]
 
 
 def test_ptq_token_mask_padding_only_raises_naming_it():
@@ -62,14 +64,18 @@ def test_per_token_dynamic_matches_the_formula():
   f = graph.rewrite(model, quantization.activation_rule(QuantSpec(8), per_token=True))
   got = np.asarray(f(PARAMS, jnp.asarray(x), None))
   np.testing.assert_allclose(got, _per_token_reference(x, W), rtol=1e-5, atol=1e-6)
-  per_tensor = np.asarray(graph.rewrite(model, quantization.activation_rule(QuantSpec(8)))(PARAMS, jnp.asarray(x), None))
+  per_tensor = np.asarray(
+    graph.rewrite(model, quantization.activation_rule(QuantSpec(8)))(PARAMS, jnp.asarray(x), None)
+  )
   small = (slice(None), 2)  # the tokens scaled by 0.01: per tensor rounds them to zero, per token resolves them
   assert np.abs(per_tensor[small] - (x @ W)[small]).max() > 10 * np.abs(got[small] - (x @ W)[small]).max()
   # through ptq: the same rule, with the quantized weights
   q = quantization.ptq(model, PARAMS, weight_bits=8, act_bits=8, act_symmetric=True, act_per_token=True)
   assert q.act_ranges is None
   wq = np.asarray(export.materialize_tree(q.packed)["w"])
-  np.testing.assert_allclose(np.asarray(q.apply(q.packed, jnp.asarray(x), None)), _per_token_reference(x, wq), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(q.apply(q.packed, jnp.asarray(x), None)), _per_token_reference(x, wq), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_per_token_bad_arguments():
