@@ -189,7 +189,12 @@ def _calibrated(ctx: Context, provider: Any, rules: list, module: Any, plain: An
   stats = nnx.to_pure_dict(nnx.state(calib, nnx.variable_type_from_name("quant_stats")))
   inference = inference or qwix.PtqProvider
   qmodel = qwix.quantize_model(_model(ctx), inference([plain]), *_example(ctx))
-  qparams = module.quantize_params(jax.tree.map(jnp.asarray, ctx.params), qmodel, stats)
+  try:
+    qparams = module.quantize_params(jax.tree.map(jnp.asarray, ctx.params), qmodel, stats)
+  except Exception as e:  # a peer's own failure is the row's result, not the harness's
+    raise Unavailable(
+      f"qwix {qwix.__version__} {module.__name__}.quantize_params failed: {type(e).__name__}: {e}"
+    ) from e
   for site in ctx.sites:  # the kernels, as Qwix's own first call stores them (leaves boxed as Params)
     *parents, name = site.path.split("/")
     owner = qmodel
