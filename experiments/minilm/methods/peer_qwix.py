@@ -31,6 +31,7 @@ scales), checked to dequantize to exactly Qwix's weights.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any
@@ -195,13 +196,29 @@ def _calibrated(ctx: Context, provider: Any, rules: list, module: Any, plain: An
     raise Unavailable(
       f"qwix {qwix.__version__} {module.__name__}.quantize_params failed: {type(e).__name__}: {e}"
     ) from e
-  for site in ctx.sites:  # the kernels, as Qwix's own first call stores them (leaves boxed as Params)
+  for site in ctx.sites:  # Qwix returns pure dicts for NNX: rebuild each kernel as its first call stored it
     *parents, name = site.path.split("/")
     owner = qmodel
     for k in parents:
       owner = owner[int(k)] if k.isdigit() else getattr(owner, k)
-    setattr(owner, name, jax.tree.map(nnx.Param, _walk(qparams, site.path)))
+    setattr(owner, name, _rebuilt(getattr(owner, name), _walk(qparams, site.path)))
   return qmodel
+
+
+def _rebuilt(current: Any, new: dict) -> Any:
+  """``current`` (Qwix's ``WithAux`` of a ``QArray``, leaves boxed as ``nnx.Param``) holding ``new``'s values."""
+  from flax import nnx
+
+  arr = new.get("array", new)
+  fields = {k: nnx.Param(jnp.asarray(arr[k])) for k in ("qvalue", "scale", "zero_point") if arr.get(k) is not None}
+  array = dataclasses.replace(current.array, **fields)
+  if "awq_scale" in new:
+    from qwix.contrib import awq as qawq
+
+    return qawq.WithAwqScale(
+      array=array, awq_scale=nnx.Param(jnp.asarray(new["awq_scale"])), contracting_axis=0, how=current.how
+    )
+  return dataclasses.replace(current, array=array)
 
 
 def gptq(ctx: Context, bits: int) -> Result:
