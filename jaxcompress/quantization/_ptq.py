@@ -9,6 +9,7 @@ from jaxcompress import export
 from jaxcompress.core import select
 from jaxcompress.core._chain import chain
 from jaxcompress.core.tree import PyTree
+from jaxcompress.graph._dense import TokenMask
 from jaxcompress.quantization._fake_quant import fake_quant
 from jaxcompress.quantization._qat import quantize_activations
 from jaxcompress.quantization._spec import QuantSpec
@@ -22,7 +23,7 @@ class QuantizedModel(NamedTuple):
     apply: ``apply(packed, *inputs)``: the model with dequantized weights and, when
       activations are quantized, fake-quantized activations at their calibrated ranges.
     packed: the params with :class:`~jaxcompress.export.QArray` weights.
-    act_ranges: ``{site.key: (xmin, xmax)}``, or ``None`` for weight-only.
+    act_ranges: ``{site.key: (xmin, xmax)}``, or ``None`` for weight-only (and per-token dynamic) activations.
     act_spec: the activation quantizer, or ``None``.
   """
 
@@ -46,6 +47,8 @@ def ptq(
   calibrator: Calibrator | None = None,
   convention: str = "narrow",
   where: select.Where = None,
+  token_mask: TokenMask = None,
+  act_per_token: bool = False,
 ) -> QuantizedModel:
   """Quantizes a trained model's weights and, optionally, its activations, in one call.
 
@@ -67,12 +70,22 @@ def ptq(
     act_bits: bits per activation, or ``None`` for weight-only quantization.
     act_symmetric: symmetric signed activation codes instead of asymmetric unsigned
       ones with a zero point (Jacob et al. 2018's default).
-    batches: calibration batches (tuples of inputs), required with ``act_bits``.
+    batches: calibration batches (tuples of inputs), required with ``act_bits`` (unless
+      ``act_per_token``).
     calibrator: default :func:`~jaxcompress.quantization.calibration.minmax`.
     convention: the weights' qparams, ``'narrow'`` or PyTorch's observer ``'pytorch'``
       (:func:`~jaxcompress.quantization.fake_quant`).
     where: which weight leaves (default: floating leaves with ``ndim >= 2``); with
       ``act_bits``, the sites those weights feed.
+    token_mask: with ``act_bits``, which calibration tokens set the activation ranges:
+      ``None`` (every position), the index of the batch input holding a ``[batch,
+      tokens]`` mask (1 = real token; ``1`` for ``(input_ids, attention_mask)``), or a
+      callable ``batch -> mask``, as for :func:`jaxcompress.graph.dense_inputs`. Padding
+      positions otherwise widen the ranges.
+    act_per_token: dynamic activation scales, each token's own range over the features
+      its matmul contracts (SmoothQuant's O1, Xiao et al. 2022,
+      https://arxiv.org/abs/2211.10438), instead of static per-tensor ranges: no
+      calibration batches; ``act_ranges`` is then ``None``.
 
   Returns:
     A :class:`QuantizedModel`.
@@ -96,10 +109,16 @@ def ptq(
     convention=convention,
     where=where,
   )
+  if act_bits is None and (token_mask is not None or act_per_token):
+    raise ValueError(
+      f"token_mask={token_mask!r} and act_per_token={act_per_token!r} concern activations: pass act_bits too"
+    )
+  if act_per_token and batches is not None:
+    raise ValueError("act_per_token=True scales are dynamic: pass no calibration batches")
   if act_bits is None:
     compressor = weights
   else:
-    if batches is None:
+    if batches is None and not act_per_token:
       raise ValueError(f"act_bits={act_bits} needs calibration batches: pass batches=[...]")
     chosen = {path for path, _, selected in select.explain(where, params) if selected}
     acts = quantize_activations(
@@ -109,11 +128,13 @@ def ptq(
       calibrator=calibrator,
       symmetric=act_symmetric,
       where=lambda path, site: path in chosen,
+      token_mask=token_mask,
+      per_token=act_per_token,
     )
     compressor = chain(weights, acts)
   trainable, state = compressor.init(params)
   packed = compressor.pack(trainable, state)
   forward = compressor.rewrite(apply_fn, trainable, state)
-  ranges = None if act_bits is None else state.stages[1].data
+  ranges = None if act_bits is None or act_per_token else state.stages[1].data
   spec = None if act_bits is None else QuantSpec(act_bits, symmetric=act_symmetric)
   return QuantizedModel(lambda p, *x: forward(export.materialize_tree(p), *x), packed, ranges, spec)

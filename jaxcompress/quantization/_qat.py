@@ -35,6 +35,7 @@ from jaxcompress.core import select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.core._chain import chain
 from jaxcompress.core.tree import leaves_with_paths
+from jaxcompress.graph._dense import TokenMask
 from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
@@ -61,6 +62,7 @@ def site_rule(
   per_channel: bool = True,
   act_ranges: dict | None = None,
   axis_name: str | None = None,
+  per_token: bool = False,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
 
@@ -71,8 +73,8 @@ def site_rule(
   qw = uniform.qmax(weight_bits)
 
   def scale_of(site, activation):
-    if act_ranges is not None or axis_name is None:
-      return activation_scale(act_spec, site, activation, act_ranges)
+    if per_token or act_ranges is not None or axis_name is None:
+      return activation_scale(act_spec, site, activation, act_ranges, per_token)
     x = jax.lax.stop_gradient(activation)  # the whole batch's range, across the pmap axis
     lo, hi = jax.lax.pmin(jnp.min(x), axis_name), jax.lax.pmax(jnp.max(x), axis_name)
     return act_spec.params_from_range(lo, hi)
@@ -164,6 +166,8 @@ def quantize_activations(
   per_channel: bool = True,
   axis_name: str | None = None,
   where: select.Where = None,
+  token_mask: TokenMask = None,
+  per_token: bool = False,
 ) -> Compressor:
   """Uniform activation quantization at every selected matmul and convolution (model-side).
 
@@ -195,13 +199,19 @@ def quantize_activations(
       (along the leaf's last axis) or one per tensor.
     axis_name: the ``pmap`` axis to reduce dynamic ranges over (only under ``pmap``).
     where: which sites, by weight path (regex or ``(path, site) -> bool``; default all).
+    token_mask: which calibration tokens set the ranges (padding left out), as for
+      :func:`~jaxcompress.quantization.calibration.calibrate_activations`.
+    per_token: dynamic scales per token (each row's own range over the contracted
+      features, SmoothQuant's O1) instead of per tensor; matmul sites only, no
+      calibration ``batches``, not with ``integer``.
 
   Returns:
     A model-side :class:`~jaxcompress.Compressor` with
     :class:`~jaxcompress.quantization.SiteState`.
 
   Raises:
-    ValueError: on bit-widths out of range, or ``batches`` without ``apply_fn``; at
+    ValueError: on bit-widths out of range, ``batches`` without ``apply_fn``, or
+      ``per_token`` with ``batches`` or ``integer``; at
       ``init``, if calibration finds a non-finite range or reaches no site.
 
   References:
@@ -221,6 +231,13 @@ def quantize_activations(
   validate.check_bits("weight_bits", weight_bits, low=2, high=8)
   if batches is not None and apply_fn is None:
     raise ValueError("calibration batches need apply_fn= (the model to run them through)")
+  if not isinstance(per_token, bool):
+    raise ValueError(f"per_token must be a bool, got {per_token!r}")
+  if per_token and (batches is not None or integer):
+    raise ValueError(
+      "per_token=True scales are dynamic, fake-quantized: pass neither calibration batches nor integer=True "
+      f"(got batches={'given' if batches is not None else None}, integer={integer})"
+    )
   spec = QuantSpec(bits, symmetric=symmetric)
   batches = None if batches is None else list(batches)
   pred = site_predicate(where)
@@ -230,12 +247,20 @@ def quantize_activations(
       return None, None
     if integer:
       check_weight_grid(apply_fn, params, batches[0], weight_bits=weight_bits, per_channel=per_channel, where=pred)
-    return None, calibration.calibrate_activations(apply_fn, params, batches, spec, calibrator, where=pred)
+    return None, calibration.calibrate_activations(
+      apply_fn, params, batches, spec, calibrator, where=pred, token_mask=token_mask
+    )
 
   def rule(extra, ranges):
     del extra
     return site_rule(
-      spec, integer=integer, weight_bits=weight_bits, per_channel=per_channel, act_ranges=ranges, axis_name=axis_name
+      spec,
+      integer=integer,
+      weight_bits=weight_bits,
+      per_channel=per_channel,
+      act_ranges=ranges,
+      axis_name=axis_name,
+      per_token=per_token,
     )
 
   return site_compressor(rule, init=init, where=where)

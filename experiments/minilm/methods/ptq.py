@@ -8,6 +8,11 @@
   int8 × int8 → int32 matmuls (Jacob et al. 2018, https://arxiv.org/abs/1712.05877).
 - ``w8a8_ptq``: ``quantization.ptq(act_bits=8, batches=...)`` as the library does it alone:
   its calibration sees the padding positions too.
+- ``w8a8_ptq_masked``: the same call with ``token_mask=1`` (the attention mask): only real
+  tokens set the ranges, so it matches ``w8a8``.
+- ``w8a8_dynamic``: int8 symmetric per-channel weights, int8 symmetric activations with a
+  scale per token computed on the fly (``quantization.ptq(act_per_token=True)``, SmoothQuant's
+  O1 granularity; Qwix's default dynamic W8A8), fake-quant.
 - ``int8``: weight-only int8 per channel.
 - ``int4_g128`` / ``int4_g64``: weight-only int4, symmetric, one scale per group of 128 / 64
   input rows of each output column: the round-to-nearest baseline of GPTQ and AWQ.
@@ -37,6 +42,19 @@ def w8a8_ptq(ctx: Context) -> Result:
   return Result(q.packed, ctx.embed(q.packed, q.apply))
 
 
+def w8a8_ptq_masked(ctx: Context) -> Result:
+  batches = list(ctx.calibration)
+  q = quantization.ptq(ctx.apply, ctx.params, weight_bits=8, act_bits=8, batches=batches, where=ctx.where, token_mask=1)
+  return Result(q.packed, ctx.embed(q.packed, q.apply))
+
+
+def w8a8_dynamic(ctx: Context) -> Result:
+  q = quantization.ptq(
+    ctx.apply, ctx.params, weight_bits=8, act_bits=8, act_symmetric=True, act_per_token=True, where=ctx.where
+  )
+  return Result(q.packed, ctx.embed(q.packed, q.apply), notes="dynamic per-token activations")
+
+
 def weight_only(ctx: Context, bits: int, group_size: int | None) -> Result:
   q = quantization.ptq(
     ctx.apply, ctx.params, weight_bits=bits, per_channel=group_size is None, group_size=group_size, where=ctx.where
@@ -48,6 +66,8 @@ METHODS = (
   Method("w8a8", functools.partial(w8a8, served=False), order=10, description="W8A8, real-token ranges", quick=True),
   Method("w8a8_served", functools.partial(w8a8, served=True), order=11, description="W8A8 served, int8 matmuls"),
   Method("w8a8_ptq", w8a8_ptq, order=12, description="quantization.ptq W8A8 (padding calibrated)"),
+  Method("w8a8_ptq_masked", w8a8_ptq_masked, order=12, description="quantization.ptq W8A8, token_mask=1"),
+  Method("w8a8_dynamic", w8a8_dynamic, order=17, description="W8A8, dynamic per-token activations (O1)"),
   Method("int8", functools.partial(weight_only, bits=8, group_size=None), order=13, description="int8 weight-only"),
   Method("int4_g128", functools.partial(weight_only, bits=4, group_size=128), order=20, description="int4 g128 RTN"),
   Method(
