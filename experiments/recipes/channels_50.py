@@ -7,6 +7,7 @@ Li et al. 2017, "Pruning Filters for Efficient ConvNets", https://arxiv.org/abs/
 
 import numpy as np
 
+from experiments.recipes import _narrow
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import pruning
 
@@ -15,7 +16,7 @@ def build(params, trainer):
   example = np.zeros((1, 8, 8, 1), np.float32)
   compressor = pruning.channel_prune(0.5, apply_fn=trainer.model.apply, inputs=[example])
   del params
-  return FineTune(compressor, epochs=trainer.epochs(30), lr=1e-3)
+  return FineTune(compressor, epochs=trainer.epochs(30), lr=1e-3, flops=_narrow.flops(trainer.model))
 
 
 RECIPE = Recipe("channels_50", build, models=("lenet5",), order=15, description="50% channels (L1), shrunk + fine-tune")
