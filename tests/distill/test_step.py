@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import jaxcompress as jc
 from tests import helpers
@@ -108,7 +110,7 @@ def test_precomputed_teacher_logits_equal_the_closed_over_teacher():
   assert not np.any(np.asarray(g))  # teacher outputs are constants
 
 
-def test_pmap_distilled_step_equals_single_device():
+def test_pmap_and_sharded_distilled_steps_equal_single_device():
   teacher_apply, variables = _teacher()
   kd = jc.distill.loss(helpers.mlp_apply, teacher_apply=teacher_apply, teacher_params=variables)
   c = jc.pruning.magnitude(0.5)
@@ -127,6 +129,16 @@ def test_pmap_distilled_step_equals_single_device():
   np.testing.assert_allclose(np.asarray(ploss), float(loss), rtol=1e-5)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a[0], b, atol=1e-5, rtol=1e-5), replicas, jax.tree.map(np.asarray, single)
+  )
+  # a sharded mesh: the batch split over the 8 devices, the teacher's params replicated
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  sharded = jax.device_put(state, NamedSharding(mesh, P()))
+  for i in range(2):
+    x, y = _data(10 + i, 32)
+    batch = NamedSharding(mesh, P("data"))
+    sharded, _ = single_step(sharded, jax.device_put(x, batch), jax.device_put(y, batch))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5), sharded, single
   )
 
 
