@@ -16,6 +16,9 @@
 - ``int8``: weight-only int8 per channel.
 - ``int4_g128`` / ``int4_g64``: weight-only int4, symmetric, one scale per group of 128 / 64
   input rows of each output column: the round-to-nearest baseline of GPTQ and AWQ.
+- ``int4_g128_pytorch`` / ``int4_g64_pytorch``: the same with ``convention='pytorch'``: 16
+  levels, codes -8..7 at absmax/7.5 (torch.ao's and Qwix's symmetric grid), where the default
+  narrow grid has 15 (-7..7 at absmax/7).
 """
 
 import functools
@@ -55,9 +58,15 @@ def w8a8_dynamic(ctx: Context) -> Result:
   return Result(q.packed, ctx.embed(q.packed, q.apply), notes="dynamic per-token activations")
 
 
-def weight_only(ctx: Context, bits: int, group_size: int | None) -> Result:
+def weight_only(ctx: Context, bits: int, group_size: int | None, convention: str = "narrow") -> Result:
   q = quantization.ptq(
-    ctx.apply, ctx.params, weight_bits=bits, per_channel=group_size is None, group_size=group_size, where=ctx.where
+    ctx.apply,
+    ctx.params,
+    weight_bits=bits,
+    per_channel=group_size is None,
+    group_size=group_size,
+    where=ctx.where,
+    convention=convention,
   )
   return Result(q.packed, ctx.embed(q.packed, q.apply))
 
@@ -72,5 +81,17 @@ METHODS = (
   Method("int4_g128", functools.partial(weight_only, bits=4, group_size=128), order=20, description="int4 g128 RTN"),
   Method(
     "int4_g64", functools.partial(weight_only, bits=4, group_size=64), order=21, description="int4 g64 RTN", quick=True
+  ),
+  Method(
+    "int4_g128_pytorch",
+    functools.partial(weight_only, bits=4, group_size=128, convention="pytorch"),
+    order=22,
+    description="int4 g128 RTN, 16-level grid (torch/Qwix)",
+  ),
+  Method(
+    "int4_g64_pytorch",
+    functools.partial(weight_only, bits=4, group_size=64, convention="pytorch"),
+    order=22,
+    description="int4 g64 RTN, 16-level grid (torch/Qwix)",
   ),
 )
