@@ -45,6 +45,16 @@ def loss(params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
 
 
+@jax.jit
+def _plain(tree):
+  """``tree`` with PRNG keys as their raw uint32 data (one compiled call: eager ops compile one by one)."""
+  return jax.tree.map(lambda a: jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a, tree)
+
+
+def host(tree):
+  return jax.device_get(_plain(tree))
+
+
 def main(steps: int) -> None:
   assert jax.device_count() == DEVICES, f"expected {DEVICES} host devices, got {jax.devices()}"
   digits = load_digits()
@@ -68,13 +78,12 @@ def main(steps: int) -> None:
 
   # 1. pmap: the state is replicated (a leading device axis), the batch split over devices
   pstep = jax.pmap(step, axis_name="d")
-  pstate = jax.tree.map(lambda a: jnp.broadcast_to(a, (DEVICES, *a.shape)), state)
+  pstate = jax.jit(lambda s: jax.tree.map(lambda a: jnp.broadcast_to(a, (DEVICES, *a.shape)), s))(state)
   for idx in batches:
     pstate, ploss = pstep(pstate, shard(x[idx]), shard(y[idx]))
-  for leaf in jax.tree.leaves(pstate):
-    leaf = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
+  replicas = host(pstate)
+  for leaf in jax.tree.leaves(replicas):
     assert all(np.array_equal(leaf[0], leaf[i]) for i in range(DEVICES)), "pmap replicas diverged"
-  first = jax.tree.map(lambda a: a[0], pstate)
 
   # 2. the same step under jit over a mesh: state replicated (P()), batch sharded on "d"
   mesh = Mesh(np.array(jax.devices()), ("d",))
@@ -90,16 +99,12 @@ def main(steps: int) -> None:
   sstate = state
   for idx in batches:
     sstate, sloss = sstep(sstate, x[idx], y[idx])
-  same = True
-  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(sstate), strict=True):
-    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-      a, b = jax.random.key_data(a), jax.random.key_data(b)
-    same &= np.array_equal(np.asarray(a), np.asarray(b))
-  assert same, "the sharded-jit run differs from the pmap run"
+  for a, b in zip(jax.tree.leaves(replicas), jax.tree.leaves(host(sstate)), strict=True):
+    assert np.array_equal(a[0], b), "the sharded-jit run differs from the pmap run"
   assert float(sloss) == float(ploss[0]), "the losses differ"
 
-  model = compressor.apply(sstate.params, sstate.cstate)
-  accuracy = float(np.mean(np.asarray(apply(model, x[1500:])).argmax(-1) == y[1500:]))
+  model = jax.device_get(jax.jit(compressor.apply)(sstate.params, sstate.cstate))
+  accuracy = float(np.mean(np.asarray(jax.jit(apply)(model, x[1500:])).argmax(-1) == y[1500:]))
   sent, dense = gc.bytes_sent(params, gc.qsgd_codec(16, 512)), gc.bytes_sent(params, None)
   print(f"{steps} steps on {DEVICES} devices: pmap replicas identical; shard_map run == pmap run (bit for bit)")
   print(f"loss {float(sloss):.4f}  hidden sparsity {np.mean(np.asarray(model['hidden']['kernel']) == 0):.2f}")
