@@ -81,6 +81,9 @@ def main(steps: int) -> None:
   pstate = jax.jit(lambda s: jax.tree.map(lambda a: jnp.broadcast_to(a, (DEVICES, *a.shape)), s))(state)
   for idx in batches:
     pstate, ploss = pstep(pstate, shard(x[idx]), shard(y[idx]))
+    # wait for each step: with fewer cores than host devices, XLA's CPU collectives of two
+    # queued steps can starve each other's rendezvous (it aborts after 40 s)
+    jax.block_until_ready(pstate)
   replicas = host(pstate)
   for leaf in jax.tree.leaves(replicas):
     assert all(np.array_equal(leaf[0], leaf[i]) for i in range(DEVICES)), "pmap replicas diverged"
@@ -98,7 +101,7 @@ def main(steps: int) -> None:
   )
   sstate = state
   for idx in batches:
-    sstate, sloss = sstep(sstate, x[idx], y[idx])
+    sstate, sloss = jax.block_until_ready(sstep(sstate, x[idx], y[idx]))
   for a, b in zip(jax.tree.leaves(replicas), jax.tree.leaves(host(sstate)), strict=True):
     assert np.array_equal(a[0], b), "the sharded-jit run differs from the pmap run"
   assert float(sloss) == float(ploss[0]), "the losses differ"
