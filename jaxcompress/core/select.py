@@ -97,5 +97,8 @@ def explain(where: Where, params: PyTree) -> list[tuple[str, tuple[int, ...], bo
   if not any(sel for _, _, sel in rows):
     listing = ", ".join(f"{p} {s}" for p, s, _ in rows[:30])
     more = f" and {len(rows) - 30} more" if len(rows) > 30 else ""
-    raise ValueError(f"where={where!r} selects no leaf; the leaves are: {listing}{more}")
+    hint = ""
+    if isinstance(where, str) and any(re.search(where, p) for p, _, _ in rows):
+      hint = f" (a where= regex must match the whole path: did you mean {'.*' + where!r}?)"
+    raise ValueError(f"where={where!r} selects no leaf{hint}; the leaves are: {listing}{more}")
   return rows
