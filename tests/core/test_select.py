@@ -23,8 +23,10 @@ def test_default_selects_floating_matrices_only():
 def test_regex_must_match_the_whole_path():
   assert selected("Dense_0/kernel") == ["Dense_0/kernel"]
   assert selected(".*kernel") == ["Dense_0/kernel", "layers/0/kernel"]
-  with pytest.raises(ValueError, match="selects no leaf"):
-    selected("kernel")  # a substring is not a full match
+  with pytest.raises(
+    ValueError, match=r"selects no leaf \(a where= regex must match the whole path: did you mean '\.\*kernel'"
+  ):
+    selected("kernel")  # a substring is not a full match; the error suggests the fix
 
 
 def test_predicate_and_combinations():
@@ -35,7 +37,7 @@ def test_predicate_and_combinations():
 
 
 def test_where_matching_nothing_raises_listing_the_leaves():
-  with pytest.raises(ValueError, match=r"where='conv.\*' selects no leaf.*Dense_0/kernel"):
+  with pytest.raises(ValueError, match=r"where='conv.\*' selects no leaf; the leaves are: .*Dense_0/kernel"):
     select.explain("conv.*", PARAMS)
   with pytest.raises(ValueError, match="selects no leaf"):
     jc.pruning.magnitude(0.5, where="conv.*").init(PARAMS)
