@@ -354,6 +354,10 @@ def qat(
   batches: Iterable[Any] | None = None,
   axis_name: str | None = None,
   where: select.Where = None,
+  observer: str | None = None,
+  averaging_constant: float = 0.01,
+  freeze_step: int | None = None,
+  outlier_ratio: float | None = 10.0,
 ) -> Compressor:
   """Quantization-aware training of weights and activations: one compressor.
 
@@ -376,12 +380,16 @@ def qat(
     axis_name: under ``pmap``, the axis to reduce dynamic activation ranges over.
     where: which weights (and the sites they feed), by path (default: every floating
       leaf with ``ndim >= 2``, and every site).
+    observer, averaging_constant, freeze_step, outlier_ratio: the activation ranges'
+      moving-average observer and outlier warning, as for :func:`quantize_activations`
+      (the observer needs ``apply_fn`` and ``batches``).
 
   Returns:
     A :class:`~jaxcompress.Compressor` (a :func:`~jaxcompress.chain`).
 
   Raises:
-    ValueError: on bit-widths out of range.
+    ValueError: on bit-widths out of range, or a bad observer setting (as
+      :func:`quantize_activations`).
 
   References:
     Jacob et al. 2018, https://arxiv.org/abs/1712.05877 (integer-arithmetic inference).
@@ -409,5 +417,9 @@ def qat(
     per_channel=per_channel,
     axis_name=axis_name,
     where=where,
+    observer=observer,
+    averaging_constant=averaging_constant,
+    freeze_step=freeze_step,
+    outlier_ratio=outlier_ratio,
   )
   return chain(weights, acts)

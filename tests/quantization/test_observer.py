@@ -113,7 +113,7 @@ def test_pmap_replicas_equal_the_single_device_run(setup):
 
 
 def test_outlier_warns_once_and_normal_inputs_do_not(setup):
-  params, _, xs, ys = setup
+  params, _, xs, _ = setup
   c = quantize_activations(8)  # dynamic ranges
   f = jax.jit(c.rewrite(model, params, c.init(params)[1]))
   with warnings.catch_warnings():
