@@ -6,15 +6,15 @@ in its state and fake-quantizes with, as PyTorch's ``MovingAverageMinMaxObserver
 ``FakeQuantize`` does: ``xmin <- xmin + c · (batch_min - xmin)`` (and ``xmax`` alike) with
 ``c = averaging_constant``, until ``freeze_step`` (PyTorch's ``disable_observer``).
 
-:func:`warn_if_outlier` warns once per site when one outlier sets a range: the largest
-``|x|`` of a batch is more than ``ratio`` times its 99.9th percentile of ``|x|``, so the
-bulk of the values share a tenth (at ``ratio=10``) of the levels. It runs under ``jit``,
-``pmap`` and ``grad`` through :func:`jax.debug.callback`.
+:func:`warn_if_outlier` warns once per site when an outlier sets a range: the largest
+``|x|`` of a batch is more than ``ratio`` times its 99.9th percentile of ``|x|`` (at most
+0.1% of the values lie above ``max |x| / ratio``), so the bulk of the values share a tenth
+(at ``ratio=10``) of the levels or less. It runs under ``jit``, ``pmap`` and ``grad``
+through :func:`jax.debug.callback`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -25,49 +25,53 @@ import jax.numpy as jnp
 from jaxcompress import graph
 from jaxcompress.core.tree import PyTree
 
-_SAMPLE = 1 << 16  # at most this many values enter the percentile (a strided sample; the max sees all)
-
 
 class OutlierRangeWarning(UserWarning):
   """A quantization range is set by an outlier; silence it with ``outlier_ratio=None`` or
   ``warnings.filterwarnings('ignore', category=OutlierRangeWarning)``."""
 
 
-def outlier_ratio_of(x: jax.Array) -> jax.Array:
-  """``max |x| / q``, where ``q`` is the 99.9th percentile of ``|x|`` (the ``⌈n/1000⌉ + 1``-th
-  largest of ``n`` values, over a strided sample of at most 65,536 values); a float32 scalar,
-  0 when ``q`` is 0 and the max too, ``inf`` when only ``q`` is 0."""
-  a = jnp.abs(jax.lax.stop_gradient(x)).astype(jnp.float32).ravel()
-  top = jnp.max(a) if a.size else jnp.float32(0)
-  stride = max(1, math.ceil(a.size / _SAMPLE))
-  s = a[::stride]
-  k = min(s.size, math.ceil(s.size / 1000) + 1)
-  q = jax.lax.top_k(s, k)[0][-1] if s.size else jnp.float32(0)
-  return jnp.where(q > 0, top / jnp.maximum(q, jnp.finfo(jnp.float32).tiny), jnp.where(top > 0, jnp.inf, 0.0))
+def outliers_set_range(x: jax.Array, ratio: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Whether an outlier sets ``x``'s range: ``max |x| > ratio · q`` with ``q`` the 99.9th
+  percentile of ``|x|``, tested without a sort as "at most ``max(1, n // 1000)`` of the ``n``
+  values lie above ``max |x| / ratio``" (two reductions).
+
+  Returns:
+    ``(flag, count, top)``: a ``bool`` scalar (False for an all-zero ``x``), the ``int32``
+    number of values above ``max |x| / ratio`` and ``max |x|`` (float32).
+  """
+  a = jnp.abs(jax.lax.stop_gradient(x)).astype(jnp.float32)
+  if not a.size:
+    return jnp.asarray(False), jnp.asarray(0, jnp.int32), jnp.float32(0)
+  top = jnp.max(a)
+  count = jnp.sum(a > top / ratio, dtype=jnp.int32)
+  return (top > 0) & (count <= max(1, a.size // 1000)), count, top
 
 
 def warn_if_outlier(key: str, x: jax.Array, ratio: float | None, warned: set[str]) -> None:
-  """Warns (:class:`OutlierRangeWarning`, once per ``key`` in ``warned``) if ``x``'s largest
-  ``|x|`` exceeds ``ratio`` times its 99.9th percentile; nothing when ``ratio`` is ``None``.
-  Traceable: the check runs on device, the warning on the host through :func:`jax.debug.callback`."""
+  """Warns (:class:`OutlierRangeWarning`, once per ``key`` in ``warned``) if an outlier sets
+  ``x``'s range (:func:`outliers_set_range`); nothing when ``ratio`` is ``None``. Traceable:
+  the test runs on device, the warning on the host through :func:`jax.debug.callback`, called
+  only when the test fails."""
   if ratio is None or key in warned:
     return
-  r = outlier_ratio_of(x)
+  flag, count, top = outliers_set_range(x, ratio)
+  n = int(x.size)
 
-  def report(value):
-    value = float(value)
-    if value > ratio and key not in warned:
-      warned.add(key)
-      warnings.warn(
-        f"the activation range of site {key!r} is set by an outlier: max |x| is {value:.3g}x its 99.9th "
-        f"percentile (> outlier_ratio={ratio}), so most values share a few quantization levels; check the "
-        "inputs (a zero-variance feature standardized to a huge value?), or pass outlier_ratio=None to silence this",
-        OutlierRangeWarning,
-        stacklevel=2,
-      )
+  def report(count, top):
+    if key in warned:
+      return
+    warned.add(key)
+    warnings.warn(
+      f"the activation range of site {key!r} is set by an outlier: max |x| = {float(top):.6g}, and only "
+      f"{int(count)} of its {n} values exceed max |x| / {ratio} (outlier_ratio), so the rest share a tenth or "
+      "less of the quantization levels; check the inputs (a zero-variance feature standardized to a huge value?), "
+      "or pass outlier_ratio=None to silence this",
+      OutlierRangeWarning,
+      stacklevel=2,
+    )
 
-  # the host is called only when the check fails, so a clean run pays no host round trip
-  jax.lax.cond(r > ratio, lambda v: jax.debug.callback(report, v), lambda v: None, r)
+  jax.lax.cond(flag, lambda c, t: jax.debug.callback(report, c, t), lambda c, t: None, count, top)
 
 
 def observe(

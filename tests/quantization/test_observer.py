@@ -64,9 +64,14 @@ def run(setup, freeze_step=None):
   return state, seen
 
 
-def test_running_range_is_the_ema_of_three_batches(setup):
+@pytest.fixture(scope="module")
+def single(setup):
+  return run(setup)
+
+
+def test_running_range_is_the_ema_of_three_batches(setup, single):
   params, calib, xs, _ = setup
-  state, seen = run(setup)
+  state, seen = single
   ref = ema_reference(seen, params, calib, xs)
   for k, (lo, hi) in ref.items():
     np.testing.assert_allclose([float(v) for v in state.cstate.data[k]], [lo, hi], rtol=1e-5, atol=1e-6)
@@ -94,10 +99,10 @@ def test_frozen_after_freeze_step(setup):
   assert int(state.cstate.count) == 3
 
 
-def test_pmap_replicas_equal_the_single_device_run(setup):
+def test_pmap_replicas_equal_the_single_device_run(setup, single):
   params, calib, xs, ys = setup
   n = 4
-  single, _ = run(setup)
+  single, _ = single
   c = quantize_activations(
     8, apply_fn=model, batches=[calib], observer="moving_average", averaging_constant=C, axis_name="d"
   )
