@@ -155,3 +155,17 @@ def test_observer_checks_outliers_and_bad_arguments(setup):
     quantize_activations(8, apply_fn=model, batches=[calib], observer="moving_average", averaging_constant=0.0)
   with pytest.raises(ValueError, match="freeze_step"):
     quantize_activations(8, apply_fn=model, batches=[calib], observer="moving_average", freeze_step=-1)
+
+
+def test_sharded_mesh_equals_the_single_device_run(setup, single):
+  params, calib, xs, ys = setup
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  c = quantize_activations(8, apply_fn=model, batches=[calib], observer="moving_average", averaging_constant=C)
+  opt = optax.sgd(0.05)
+  state = jc.train.init(params, opt, c)
+  step = jax.jit(jc.train.make_step(loss, opt, c))
+  for x, y in zip(xs, ys):
+    state, _ = step(state, jax.device_put(x, shard), jax.device_put(y, shard))
+  for k, (lo, hi) in single[0].cstate.data.items():
+    np.testing.assert_allclose([float(v) for v in state.cstate.data[k]], [float(lo), float(hi)], rtol=1e-5, atol=1e-6)
