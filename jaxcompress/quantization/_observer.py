@@ -7,8 +7,8 @@ in its state and fake-quantizes with, as PyTorch's ``MovingAverageMinMaxObserver
 ``c = averaging_constant``, until ``freeze_step`` (PyTorch's ``disable_observer``).
 
 :func:`warn_if_outlier` warns once per site when an outlier sets a range: the largest
-``|x|`` of a batch is more than ``ratio`` times its 99.9th percentile of ``|x|`` (at most
-0.1% of the values lie above ``max |x| / ratio``), so the bulk of the values share a tenth
+``|x|`` of a batch is more than ``ratio`` times the 99.9th percentile of its nonzero ``|x|``
+(at most 0.1% of them lie above ``max |x| / ratio``), so the bulk of the values share a tenth
 (at ``ratio=10``) of the levels or less. It runs under ``jit``, ``pmap`` and ``grad``
 through :func:`jax.debug.callback`.
 """
@@ -33,8 +33,9 @@ class OutlierRangeWarning(UserWarning):
 
 def outliers_set_range(x: jax.Array, ratio: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Whether an outlier sets ``x``'s range: ``max |x| > ratio · q`` with ``q`` the 99.9th
-  percentile of ``|x|``, tested without a sort as "at most ``max(1, n // 1000)`` of the ``n``
-  values lie above ``max |x| / ratio``" (two reductions).
+  percentile of the nonzero ``|x|``, tested without a sort as "at most ``max(1, nnz // 1000)``
+  of the ``nnz`` nonzero values lie above ``max |x| / ratio``" (three reductions). Zeros are
+  left out so that sparse inputs (a one-hot row, ReLU outputs) are not taken for outliers.
 
   Returns:
     ``(flag, count, top)``: a ``bool`` scalar (False for an all-zero ``x``), the ``int32``
@@ -45,7 +46,8 @@ def outliers_set_range(x: jax.Array, ratio: float) -> tuple[jax.Array, jax.Array
     return jnp.asarray(False), jnp.asarray(0, jnp.int32), jnp.float32(0)
   top = jnp.max(a)
   count = jnp.sum(a > top / ratio, dtype=jnp.int32)
-  return (top > 0) & (count <= max(1, a.size // 1000)), count, top
+  nonzero = jnp.sum(a > 0, dtype=jnp.int32)
+  return (top > 0) & (count <= jnp.maximum(1, nonzero // 1000)), count, top
 
 
 def warn_if_outlier(key: str, x: jax.Array, ratio: float | None, warned: set[str]) -> None:

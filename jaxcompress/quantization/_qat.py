@@ -72,7 +72,7 @@ def site_rule(
   A site whose weight scales do not lie along its output features (a weight used
   transposed, or reshaped before the op) runs the float op on the quantized operands,
   which computes the same function. A dynamic per-tensor range whose largest ``|x|`` exceeds
-  ``outlier_ratio`` times its 99.9th percentile warns once per site (into ``warned``).
+  ``outlier_ratio`` times the 99.9th percentile of its nonzero ``|x|`` warns once per site (into ``warned``).
   """
   qw = uniform.qmax(weight_bits)
   warned = set() if warned is None else warned
@@ -236,7 +236,7 @@ def quantize_activations(
       batch (the loss's arguments); default: its first element, ``(batch[0],)``.
     outlier_ratio: warn (:class:`~jaxcompress.quantization.OutlierRangeWarning`, once per
       site) when a dynamic or observed range's largest ``|x|`` exceeds this many times the
-      batch's 99.9th percentile of ``|x|`` (one outlier sets the range and the rest share a
+      99.9th percentile of the batch's nonzero ``|x|`` (one outlier sets the range and the rest share a
       few levels); ``None`` silences it. Dynamic ranges are checked in the forward, observed
       ones at each observation.
 
