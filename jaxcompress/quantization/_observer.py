@@ -58,7 +58,7 @@ def warn_if_outlier(key: str, x: jax.Array, ratio: float | None, warned: set[str
   if ratio is None or key in warned:
     return
   flag, count, top = outliers_set_range(x, ratio)
-  n = int(x.size)
+  n = x.size
 
   def report(count, top):
     if key in warned:
