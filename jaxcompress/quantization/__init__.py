@@ -48,6 +48,7 @@ from jaxcompress.quantization._mixed import (
   loss_sensitivity,
   quantization_perturbation,
 )
+from jaxcompress.quantization._observer import OutlierRangeWarning
 from jaxcompress.quantization._pact import pact, pact_activations
 from jaxcompress.quantization._power_of_two import power_of_two
 from jaxcompress.quantization._ptq import QuantizedModel, ptq
@@ -74,6 +75,7 @@ __all__ = [
   "GPTQResult",
   "Granularity",
   "GuidedLoss",
+  "OutlierRangeWarning",
   "QuantSpec",
   "QuantizedModel",
   "SiteState",

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jaxcompress import graph
 from jaxcompress.core import select, validate
-from jaxcompress.core._base import Compressor
+from jaxcompress.core._base import Compressor, split
 from jaxcompress.core._chain import chain
 from jaxcompress.core.tree import leaves_with_paths
 from jaxcompress.graph._dense import TokenMask
@@ -40,6 +40,7 @@ from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
 from jaxcompress.quantization._fake_quant import fake_quant
+from jaxcompress.quantization._observer import observe, warn_if_outlier
 from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import Granularity
@@ -63,16 +64,22 @@ def site_rule(
   act_ranges: dict | None = None,
   axis_name: str | None = None,
   per_token: bool = False,
+  outlier_ratio: float | None = None,
+  warned: set[str] | None = None,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
 
   A site whose weight scales do not lie along its output features (a weight used
   transposed, or reshaped before the op) runs the float op on the quantized operands,
-  which computes the same function.
+  which computes the same function. A dynamic per-tensor range whose largest ``|x|`` exceeds
+  ``outlier_ratio`` times the 99.9th percentile of its nonzero ``|x|`` warns once per site (into ``warned``).
   """
   qw = uniform.qmax(weight_bits)
+  warned = set() if warned is None else warned
 
   def scale_of(site, activation):
+    if act_ranges is None and not per_token:
+      warn_if_outlier(site.key, activation, outlier_ratio, warned)
     if per_token or act_ranges is not None or axis_name is None:
       return activation_scale(act_spec, site, activation, act_ranges, per_token)
     x = jax.lax.stop_gradient(activation)  # the whole batch's range, across the pmap axis
@@ -168,6 +175,11 @@ def quantize_activations(
   where: select.Where = None,
   token_mask: TokenMask = None,
   per_token: bool = False,
+  observer: str | None = None,
+  averaging_constant: float = 0.01,
+  freeze_step: int | None = None,
+  observe_inputs: Callable[..., tuple[Any, ...]] | None = None,
+  outlier_ratio: float | None = 10.0,
 ) -> Compressor:
   """Uniform activation quantization at every selected matmul and convolution (model-side).
 
@@ -204,6 +216,29 @@ def quantize_activations(
     per_token: dynamic scales per token (each row's own range over the contracted
       features, SmoothQuant's O1) instead of per tensor; matmul sites only, no
       calibration ``batches``, not with ``integer``.
+    observer: ``None`` (ranges fixed at ``init`` or each batch's own) or
+      ``'moving_average'``: PyTorch's ``MovingAverageMinMaxObserver`` in QAT. ``init``
+      calibrates ``apply_fn`` on ``batches`` (default calibrator: the moving average with
+      the same constant, the first batch setting the range) and each ``update`` that
+      receives ``batch=`` (:func:`~jaxcompress.train.make_step` passes it) runs ``apply_fn``
+      forward once more on that batch (the params as this stage is given them, no
+      gradient) and moves every site's range: ``xmin <- xmin + c · (batch_min - xmin)``,
+      ``xmax`` alike. The ranges live in ``state.data`` (so ``serve`` uses them), and the
+      forward fake-quantizes with the range as of the previous step (``update`` runs
+      after the step's forward, where PyTorch's observer also folds in the batch being
+      quantized: a one-step lag). Under ``pmap`` with ``axis_name`` the batch's min and
+      max are reduced with ``pmin``/``pmax`` first, so every replica holds the range a
+      single device would over the whole batch.
+    averaging_constant: ``c`` in (0, 1] (PyTorch's default 0.01).
+    freeze_step: the observer stops moving once the state's step count reaches it
+      (PyTorch's ``disable_observer``); ``None`` never freezes.
+    observe_inputs: ``observe_inputs(*batch) -> inputs`` of ``apply_fn`` from the step's
+      batch (the loss's arguments); default: its first element, ``(batch[0],)``.
+    outlier_ratio: warn (:class:`~jaxcompress.quantization.OutlierRangeWarning`, once per
+      site) when a dynamic or observed range's largest ``|x|`` exceeds this many times the
+      99.9th percentile of the batch's nonzero ``|x|`` (one outlier sets the range and the rest share a
+      few levels); ``None`` silences it. Dynamic ranges are checked in the forward, observed
+      ones at each observation.
 
   Returns:
     A model-side :class:`~jaxcompress.Compressor` with
@@ -211,7 +246,9 @@ def quantize_activations(
 
   Raises:
     ValueError: on bit-widths out of range, ``batches`` without ``apply_fn``, or
-      ``per_token`` with ``batches`` or ``integer``; at
+      ``per_token`` with ``batches`` or ``integer``, or a bad ``observer``,
+      ``averaging_constant``, ``freeze_step`` or ``outlier_ratio`` (an observer needs
+      ``apply_fn`` and ``batches`` and excludes ``per_token``); at
       ``init``, if calibration finds a non-finite range or reaches no site.
 
   References:
@@ -238,9 +275,25 @@ def quantize_activations(
       "per_token=True scales are dynamic, fake-quantized: pass neither calibration batches nor integer=True "
       f"(got batches={'given' if batches is not None else None}, integer={integer})"
     )
+  if observer not in (None, "moving_average"):
+    raise ValueError(f"observer must be None or 'moving_average', got {observer!r}")
+  c_avg = validate.check_float("averaging_constant", averaging_constant, low=0.0, high=1.0, low_open=True)
+  if freeze_step is not None and (isinstance(freeze_step, bool) or not isinstance(freeze_step, int) or freeze_step < 0):
+    raise ValueError(f"freeze_step must be None or an int >= 0, got {freeze_step!r}")
+  if outlier_ratio is not None:
+    validate.check_float("outlier_ratio", outlier_ratio, low=1.0)
+  if observer is not None and (apply_fn is None or batches is None or per_token):
+    raise ValueError(
+      f"observer={observer!r} needs apply_fn= and calibration batches= (they set the first range) and per-tensor "
+      f"ranges (got apply_fn={'given' if apply_fn is not None else None}, "
+      f"batches={'given' if batches is not None else None}, per_token={per_token})"
+    )
+  if observer is not None and calibrator is None:
+    calibrator = calibration.moving_average(1.0 - c_avg)
   spec = QuantSpec(bits, symmetric=symmetric)
   batches = None if batches is None else list(batches)
   pred = site_predicate(where)
+  warned: set[str] = set()
 
   def init(params):
     if batches is None or apply_fn is None:
@@ -261,9 +314,33 @@ def quantize_activations(
       act_ranges=ranges,
       axis_name=axis_name,
       per_token=per_token,
+      outlier_ratio=outlier_ratio,
+      warned=warned,
     )
 
-  return site_compressor(rule, init=init, where=where)
+  base = site_compressor(rule, init=init, where=where)
+  if observer is None or apply_fn is None:
+    return base
+  observed_fn = apply_fn
+  inputs_of = observe_inputs or (lambda *batch: batch[:1])
+
+  def update(params, state, *, grads=None, batch=None, **extra):
+    new_params, new_state = base.update(params, state, grads=grads, **extra)
+    if batch is None or not state.data:
+      return new_params, new_state
+    ranges = {k: (jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)) for k, (lo, hi) in state.data.items()}
+    inputs = tuple(inputs_of(*batch))
+    moved, seen = observe(
+      observed_fn, split(params)[0], inputs, ranges, averaging_constant=c_avg, where=pred, axis_name=axis_name
+    )
+    for key, x in seen.items():
+      warn_if_outlier(key, x, outlier_ratio, warned)
+    if freeze_step is not None:
+      live = state.count < freeze_step
+      moved = {k: tuple(jnp.where(live, m, r) for m, r in zip(moved[k], ranges[k])) for k in ranges}
+    return new_params, new_state._replace(data=moved)
+
+  return base._replace(update=update)
 
 
 def qat(
@@ -277,6 +354,10 @@ def qat(
   batches: Iterable[Any] | None = None,
   axis_name: str | None = None,
   where: select.Where = None,
+  observer: str | None = None,
+  averaging_constant: float = 0.01,
+  freeze_step: int | None = None,
+  outlier_ratio: float | None = 10.0,
 ) -> Compressor:
   """Quantization-aware training of weights and activations: one compressor.
 
@@ -299,12 +380,16 @@ def qat(
     axis_name: under ``pmap``, the axis to reduce dynamic activation ranges over.
     where: which weights (and the sites they feed), by path (default: every floating
       leaf with ``ndim >= 2``, and every site).
+    observer, averaging_constant, freeze_step, outlier_ratio: the activation ranges'
+      moving-average observer and outlier warning, as for :func:`quantize_activations`
+      (the observer needs ``apply_fn`` and ``batches``).
 
   Returns:
     A :class:`~jaxcompress.Compressor` (a :func:`~jaxcompress.chain`).
 
   Raises:
-    ValueError: on bit-widths out of range.
+    ValueError: on bit-widths out of range, or a bad observer setting (as
+      :func:`quantize_activations`).
 
   References:
     Jacob et al. 2018, https://arxiv.org/abs/1712.05877 (integer-arithmetic inference).
@@ -332,5 +417,9 @@ def qat(
     per_channel=per_channel,
     axis_name=axis_name,
     where=where,
+    observer=observer,
+    averaging_constant=averaging_constant,
+    freeze_step=freeze_step,
+    outlier_ratio=outlier_ratio,
   )
   return chain(weights, acts)

@@ -149,7 +149,8 @@ def make_step(
       ``has_aux``), averaged over the batch.
     optimizer: an optax transformation.
     compressor: the compressor; its ``update`` runs after each optimizer step with
-      ``grads=`` the (averaged) gradients.
+      ``grads=`` the (averaged) gradients and ``batch=`` the step's ``batch`` tuple (a QAT
+      range observer runs the model on it; other compressors ignore it).
     axis_name: the ``pmap`` axis to average the gradients and the loss over (``aux`` is
       left per device), or ``None``.
     reduce_gradients: average the gradients over ``axis_name`` (``pmean``). Set it to
@@ -203,10 +204,10 @@ def make_step(
         # The optimizer reduced its own (compressed) copy; the compressor must see the same
         # gradients on every replica, or masks drift apart.
         g = jax.lax.pmean(g, axis_name)
-      return compressor.update(p, s, grads=g)
+      return compressor.update(p, s, grads=g, batch=batch)
 
     if not _reads(lambda g: update(params, state.cstate, g), grads):
-      params, cstate = compressor.update(params, state.cstate, grads=grads)  # nothing to guard or sync
+      params, cstate = compressor.update(params, state.cstate, grads=grads, batch=batch)  # nothing to guard or sync
     else:
       # A step with non-finite gradients (skipped by optax.apply_if_finite) must not reach
       # the compressor's state either: scores and masks computed from NaN are lost for good.
