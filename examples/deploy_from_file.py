@@ -71,7 +71,7 @@ def train_and_save(path: str, dense_steps: int, tune_steps: int) -> tuple[float,
     params = c.apply(state.params, state.cstate)
     print(f"dense: accuracy {float(np.mean(np.asarray(apply(params, xt)).argmax(-1) == yt)):.3f}")
   packed = c.pack(state.params, state.cstate)
-  ranges = state.cstate.stages[1].stages[1].data  # the QAT chain's calibrated activation ranges
+  ranges = jc.quantization.activation_ranges(state.cstate)  # the QAT stage's calibrated activation ranges
   extras = jc.quantization.serving_extras(ranges, act_bits=8)
   nbytes = jc.export.save(path, packed, version=4, extras=extras)
   compact = jc.export.save(path + ".v3", packed, extras=extras)  # the default, smallest layout, for comparison

@@ -106,7 +106,7 @@ def train_and_save(path: str, prune_steps: int, qat_steps: int) -> np.ndarray:
 
   print("3. pack and save")
   packed = int8.pack(params, cstate)
-  ranges = cstate.stages[1].stages[1].data  # the calibrated activation ranges of QAT's activation stage
+  ranges = jc.quantization.activation_ranges(cstate)  # the calibrated ranges of QAT's activation stage
   nbytes = jc.export.save(path, packed, version=4, extras=jc.quantization.serving_extras(ranges, act_bits=8))
   report = jc.accounting.report(packed)
   out = np.asarray(jc.quantization.serve(predict, packed, act_ranges=ranges)(xt))

@@ -2,7 +2,7 @@
 
 from jaxcompress.quantization import calibration, gradient_compression, granularity, uniform
 from jaxcompress.quantization._activation_quant import activation_rule
-from jaxcompress.quantization._activations import SiteState, site_compressor, site_quantizer
+from jaxcompress.quantization._activations import SiteState, activation_ranges, site_compressor, site_quantizer
 from jaxcompress.quantization._admm import admm
 from jaxcompress.quantization._awq import awq, awq_scales
 from jaxcompress.quantization._backward import quantized_backward, stochastic_quantize, value_aware_backward
@@ -80,6 +80,7 @@ __all__ = [
   "QuantizedModel",
   "SiteState",
   "SmoothedModel",
+  "activation_ranges",
   "activation_rule",
   "admm",
   "allocate_bits",

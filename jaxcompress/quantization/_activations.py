@@ -62,6 +62,54 @@ class SiteState(NamedTuple):
   data: Any
 
 
+def _is_range(value: Any) -> bool:
+  return isinstance(value, (tuple, list)) and len(value) == 2
+
+
+def activation_ranges(cstate: Any) -> dict[str, tuple[Any, Any]]:
+  """The calibrated or observed activation ranges held anywhere in a compressor state.
+
+  Finds every :class:`SiteState` in ``cstate`` (a chain's state nests its stages' states,
+  and ``jc.train.compressor_state`` or an NNX ``Compressed.cstate`` give one) whose ``data``
+  is ``{site.key: (xmin, xmax)}``, and merges them: what :func:`serving_extras` and
+  :func:`serve`'s ``act_ranges`` take, without spelling out the chain's nesting
+  (``cstate.stages[1].stages[1].data``).
+
+  Args:
+    cstate: a compressor state (any pytree containing ``SiteState`` nodes).
+
+  Returns:
+    ``{site.key: (xmin, xmax)}``, merged over the states found.
+
+  Raises:
+    ValueError: if no state holds ranges (dynamic ranges are computed per batch and kept
+      nowhere), or if two states hold ranges for the same site.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> inner = SiteState(jnp.int32(0), {'fc1/kernel': (0.0, 2.0)})
+    >>> activation_ranges({'stages': (None, {'stages': (None, inner)})})
+    {'fc1/kernel': (0.0, 2.0)}
+  """
+  found: dict[str, tuple[Any, Any]] = {}
+  nodes = jax.tree.leaves(cstate, is_leaf=lambda x: isinstance(x, SiteState))
+  for node in nodes:
+    if not isinstance(node, SiteState) or not isinstance(node.data, dict) or not node.data:
+      continue
+    if not all(_is_range(v) for v in node.data.values()):
+      continue
+    for key, (lo, hi) in node.data.items():
+      if key in found:
+        raise ValueError(f"two compressor states hold activation ranges for site {key!r}")
+      found[key] = (lo, hi)
+  if not found:
+    raise ValueError(
+      "no activation ranges in this compressor state: calibrate (apply_fn= and batches=) or use "
+      "observer='moving_average'; dynamic ranges are computed per batch and stored nowhere"
+    )
+  return found
+
+
 def site_predicate(where: select.Where) -> Callable[[str, Site], bool]:
   """``where`` over sites by their weight's path: a regex, a predicate ``(path, site)``, or ``None`` (all)."""
   return (lambda path, site: True) if where is None else select.as_predicate(where)

@@ -261,8 +261,8 @@ def serving_extras(
   """What :func:`serve` needs besides the weights, for ``export.save(..., extras=)``.
 
   Args:
-    act_ranges: calibrated ranges ``{site.key: (xmin, xmax)}`` (a QAT chain's
-      ``cstate.stages[1].data``, :func:`ptq`'s ``act_ranges``), or ``None`` (dynamic).
+    act_ranges: calibrated ranges ``{site.key: (xmin, xmax)}`` (from a QAT state:
+      :func:`activation_ranges`; :func:`ptq`'s ``act_ranges``), or ``None`` (dynamic).
     act_bits: activation bits (2..8), or ``None`` for weight-only serving.
     act_symmetric: symmetric signed activation codes.
 

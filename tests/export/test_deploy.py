@@ -33,6 +33,11 @@ def mlp_params():
 def qat_model():
   c = jc.quantization.qat(8, 8, apply_fn=mlp, batches=[X])
   trainable, cstate = c.init(mlp_params())
+  found = jc.quantization.activation_ranges((None, {"nested": cstate}))  # found through any nesting
+  assert found.keys() == cstate.stages[1].data.keys()
+  assert all(np.array_equal(found[k], cstate.stages[1].data[k]) for k in found)
+  with pytest.raises(ValueError, match="no activation ranges"):
+    jc.quantization.activation_ranges(jc.quantization.qat(8, 8).init(mlp_params())[1])  # dynamic: kept nowhere
   return c.pack(trainable, cstate), cstate.stages[1].data
 
 
