@@ -45,15 +45,18 @@ def _dense_op(site: graph.Site, activation: jax.Array, leaf: export.Factorized) 
   return site.compute(y, v, dimension_numbers=(((y.ndim - 1,), (0,)), ((), ())))
 
 
-def _depthwise_taps(
-  y: jax.Array, taps: jax.Array, axis: int, stride: int, pad: Any, lhs_dil: int, rhs_dil: int
-) -> jax.Array:
-  """A depthwise 1-D conv along ``axis`` (``taps: [k, channels]``, channels last) as a sum of
-  ``k`` shifted, strided slices times the taps: XLA's CPU depthwise convolution is several
-  times slower than these multiply-adds."""
+def _pad_spatial(y: jax.Array, axes: tuple[int, int], pads: Any, lhs_dils: Any) -> jax.Array:
+  """``y`` zero-padded (and dilated) along both spatial ``axes`` at once, as the conv would."""
   config = [(0, 0, 0)] * y.ndim
-  config[axis] = (int(pad[0]), int(pad[1]), int(lhs_dil) - 1)
-  padded = jax.lax.pad(y, jnp.zeros((), y.dtype), config)
+  for axis, pad, dil in zip(axes, pads, lhs_dils, strict=True):
+    config[axis] = (int(pad[0]), int(pad[1]), int(dil) - 1)
+  return jax.lax.pad(y, jnp.zeros((), y.dtype), config)
+
+
+def _depthwise_taps(padded: jax.Array, taps: jax.Array, axis: int, stride: int, rhs_dil: int) -> jax.Array:
+  """A depthwise 1-D VALID conv along ``axis`` of an already padded ``padded`` (``taps:
+  [k, channels]``, channels last) as a sum of ``k`` shifted, strided slices times the taps:
+  XLA's CPU depthwise convolution is several times slower than these multiply-adds."""
   k = taps.shape[0]
   out = (padded.shape[axis] - rhs_dil * (k - 1) - 1) // stride + 1
   total = None
@@ -128,8 +131,11 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
   r = first.shape[1]
   y = pointwise(activation, first)
   if channels_last:
-    y = _depthwise_taps(y, vertical, dn.lhs_spec[2], s0, pad0, l0, d0)
-    y = _depthwise_taps(y, horizontal, dn.lhs_spec[3], s1, pad1, l1, d1)
+    # pad both spatial axes once, then the h-taps and the w-taps: XLA fuses the two sums into one
+    # loop (padding again between them split it in two: CP served 110 ms against 69 ms, measured under load)
+    y = _pad_spatial(y, (dn.lhs_spec[2], dn.lhs_spec[3]), (pad0, pad1), (l0, l1))
+    y = _depthwise_taps(y, vertical, dn.lhs_spec[2], s0, d0)
+    y = _depthwise_taps(y, horizontal, dn.lhs_spec[3], s1, d1)
   else:
     y = site.compute(y, vertical[:, None, None, :], feature_group_count=r, **along_h)
     y = site.compute(y, horizontal[None, :, None, :], feature_group_count=r, **along_w)
