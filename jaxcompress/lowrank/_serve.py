@@ -7,9 +7,10 @@ Through :func:`jaxcompress.graph.rewrite`, a Dense site whose kernel is packed a
 (spatial SVD: ``h×1`` then ``1×w``; Tucker-2: 1×1, ``h×w``, 1×1; CP: 1×1, depthwise
 ``h×1``, depthwise ``1×w``, 1×1). The dense kernel is never formed, so the FLOPs that
 :func:`jaxcompress.graph.flops` counts and the time measured both drop. With channels
-last (Flax's NHWC), a 1×1 stage is a ``dot_general`` over the channel axis and CP's
-depthwise stages are ``k`` shifted multiply-adds each (XLA's CPU depthwise convolution is
-several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
+last (Flax's NHWC), the first 1×1 stage is a ``dot_general`` over the channel axis (the
+last stays a 1×1 conv: faster on XLA's CPU before the model's bias add) and CP's
+depthwise stages pad once, then ``k`` shifted multiply-adds each along ``h`` and ``w``, one
+fused loop (XLA's CPU depthwise convolution is several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
 those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total). Tucker-2's inner
 channel counts are zero-padded to a multiple of 8 (``ALIGN``) at serving time where
 that adds at most a sixth of them: exact, a few percent more FLOPs (counted), and faster
@@ -131,7 +132,8 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
     first, core = _pad_axis(first, 1), _pad_axis(_pad_axis(core, 2), 3)
     last = _pad_axis(last, 0)
     return pointwise(site.compute(pointwise(activation, first), core), last, True)
-  first, vertical, horizontal, last = fs  # (padding CP's rank 93 to 96 did not help: 114 vs 102 ms, measured under load)
+  # (padding CP's rank 93 to 96 did not help: 114 vs 102 ms, measured under load)
+  first, vertical, horizontal, last = fs
   r = first.shape[1]
   y = pointwise(activation, first)
   if channels_last:
