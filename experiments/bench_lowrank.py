@@ -1,6 +1,6 @@
 """Low-rank serving: parameters, FLOPs and CPU inference time, dense and factorized side by side.
 
-Run ``python -m experiments.bench_lowrank [--quick]``. It prints, for
+Run ``python -m experiments.bench_lowrank [--quick] [--only dense|conv]``. It prints, for
 
 1. Dense layers: LeNet-300-100 and an MLP 1024-4096-4096-10, every kernel by truncated
    SVD at 25% and 10% of its full rank (``lowrank.svd(0.25)``, ``svd(0.1)``);
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repetitions")
   parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--only", choices=("dense", "conv"), help="run only the dense layers or only the conv layer")
   args = parser.parse_args(argv)
   print(
     f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}; medians of interleaved "
@@ -105,6 +106,14 @@ def main(argv=None) -> int:
     f"{'speed-up':>7} {'x FLOP ratio (target >= 0.7)':>6} | before: NumPy leaves per call (ms, speed-up, x FLOP ratio)"
   )
   rng = np.random.default_rng(0)
+  if args.only != "conv":
+    dense_rows(args, rng, header)
+  if args.only != "dense":
+    conv_rows(args, rng, header)
+  return 0
+
+
+def dense_rows(args, rng, header) -> None:
   print("\n1. Dense layers, truncated SVD of every kernel")
   print(header)
   for model, sizes in bench_overhead.MODELS.items():
@@ -116,6 +125,8 @@ def main(argv=None) -> int:
       dense, fact, _, host_ms = row(bench_overhead.mlp, params, lowrank.svd(frac), x, reps, inner)
       show(f"{model.split()[0]} rank {frac:.0%}", dense, fact, host_ms)
 
+
+def conv_rows(args, rng, header) -> None:
   print(f"\n2. conv {CONV_SHAPE} SAME on {args.batch}x16x16x{CONV_SHAPE[2]}, ratio=0.25")
   print(header)
   params = {
@@ -132,7 +143,6 @@ def main(argv=None) -> int:
     if name == "CP":
       extra = 2 * (CONV_SHAPE[0] + CONV_SHAPE[1]) * rep[0].ranks[0] * args.batch * 16 * 16
       print(f"  (CP's depthwise multiply-adds, not in graph.flops: {extra:,} FLOPs, {extra / fact[1]:.1%} more)")
-  return 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Through :func:`jaxcompress.graph.rewrite`, a Dense site whose kernel is packed a
 (spatial SVD: ``h×1`` then ``1×w``; Tucker-2: 1×1, ``h×w``, 1×1; CP: 1×1, depthwise
 ``h×1``, depthwise ``1×w``, 1×1). The dense kernel is never formed, so the FLOPs that
 :func:`jaxcompress.graph.flops` counts and the time measured both drop. With channels
-last (Flax's NHWC), a 1×1 stage is a ``dot_general`` over the channel axis and CP's
-depthwise stages are ``k`` shifted multiply-adds each (XLA's CPU depthwise convolution is
-several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
+last (Flax's NHWC), the first 1×1 stage is a ``dot_general`` over the channel axis (the
+last stays a 1×1 conv: faster on XLA's CPU before the model's bias add) and CP's
+depthwise stages pad once, then ``k`` shifted multiply-adds each along ``h`` and ``w``, one
+fused loop (XLA's CPU depthwise convolution is several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
 those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total). Tucker-2's inner
 channel counts are zero-padded to a multiple of 8 (``ALIGN``) at serving time where
 that adds at most a sixth of them: exact, a few percent more FLOPs (counted), and faster
@@ -45,15 +46,18 @@ def _dense_op(site: graph.Site, activation: jax.Array, leaf: export.Factorized) 
   return site.compute(y, v, dimension_numbers=(((y.ndim - 1,), (0,)), ((), ())))
 
 
-def _depthwise_taps(
-  y: jax.Array, taps: jax.Array, axis: int, stride: int, pad: Any, lhs_dil: int, rhs_dil: int
-) -> jax.Array:
-  """A depthwise 1-D conv along ``axis`` (``taps: [k, channels]``, channels last) as a sum of
-  ``k`` shifted, strided slices times the taps: XLA's CPU depthwise convolution is several
-  times slower than these multiply-adds."""
+def _pad_spatial(y: jax.Array, axes: tuple[int, int], pads: Any, lhs_dils: Any) -> jax.Array:
+  """``y`` zero-padded (and dilated) along both spatial ``axes`` at once, as the conv would."""
   config = [(0, 0, 0)] * y.ndim
-  config[axis] = (int(pad[0]), int(pad[1]), int(lhs_dil) - 1)
-  padded = jax.lax.pad(y, jnp.zeros((), y.dtype), config)
+  for axis, pad, dil in zip(axes, pads, lhs_dils, strict=True):
+    config[axis] = (int(pad[0]), int(pad[1]), int(dil) - 1)
+  return jax.lax.pad(y, jnp.zeros((), y.dtype), config)
+
+
+def _depthwise_taps(padded: jax.Array, taps: jax.Array, axis: int, stride: int, rhs_dil: int) -> jax.Array:
+  """A depthwise 1-D VALID conv along ``axis`` of an already padded ``padded`` (``taps:
+  [k, channels]``, channels last) as a sum of ``k`` shifted, strided slices times the taps:
+  XLA's CPU depthwise convolution is several times slower than these multiply-adds."""
   k = taps.shape[0]
   out = (padded.shape[axis] - rhs_dil * (k - 1) - 1) // stride + 1
   total = None
@@ -108,8 +112,12 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
   along_w = {"window_strides": (1, s1), "padding": ((0, 0), pad1), "lhs_dilation": (1, l1), "rhs_dilation": (1, d1)}
   channels_last = dn.lhs_spec[1] == activation.ndim - 1
 
-  def pointwise(y, m):  # a 1x1 conv by the matrix m [in, out]: a matmul over the channel axis when it is last
-    if channels_last:
+  def pointwise(y, m, last=False):
+    """A 1x1 conv by the matrix ``m [in, out]``: the first one a matmul over the channel axis when it
+    is last; the last one stays a 1x1 conv, which XLA's CPU backend follows with the model's bias
+    add or activation faster (CP served 96 ms against 128 ms as a matmul, Tucker-2 104 against 107,
+    side by side, measured under load; as the program's root the matmul was the faster)."""
+    if channels_last and not last:
       dims = (((y.ndim - 1,), (0,)), ((), ()))
       return jax.lax.dot_general(
         y, m, dims, precision=p.get("precision"), preferred_element_type=p.get("preferred_element_type")
@@ -123,17 +131,21 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
     first, core, last = fs
     first, core = _pad_axis(first, 1), _pad_axis(_pad_axis(core, 2), 3)
     last = _pad_axis(last, 0)
-    return pointwise(site.compute(pointwise(activation, first), core), last)
-  first, vertical, horizontal, last = fs  # (padding CP's rank slowed it: 155 vs 134 ms, measured under load)
+    return pointwise(site.compute(pointwise(activation, first), core), last, True)
+  # (padding CP's rank 93 to 96 did not help: 114 vs 102 ms, measured under load)
+  first, vertical, horizontal, last = fs
   r = first.shape[1]
   y = pointwise(activation, first)
   if channels_last:
-    y = _depthwise_taps(y, vertical, dn.lhs_spec[2], s0, pad0, l0, d0)
-    y = _depthwise_taps(y, horizontal, dn.lhs_spec[3], s1, pad1, l1, d1)
+    # pad both spatial axes once, then the h-taps and the w-taps: XLA fuses the two sums into one
+    # loop (padding again between them split it in two: CP served 110 ms against 69 ms, measured under load)
+    y = _pad_spatial(y, (dn.lhs_spec[2], dn.lhs_spec[3]), (pad0, pad1), (l0, l1))
+    y = _depthwise_taps(y, vertical, dn.lhs_spec[2], s0, d0)
+    y = _depthwise_taps(y, horizontal, dn.lhs_spec[3], s1, d1)
   else:
     y = site.compute(y, vertical[:, None, None, :], feature_group_count=r, **along_h)
     y = site.compute(y, horizontal[None, :, None, :], feature_group_count=r, **along_w)
-  return pointwise(y, last).astype(site.activation_dtype)
+  return pointwise(y, last, True).astype(site.activation_dtype)
 
 
 def factorized(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
