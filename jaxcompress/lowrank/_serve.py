@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcompress import export, graph
-from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
+from jaxcompress.core.tree import PyTree
+from jaxcompress.graph._packed import packed_sites, served
 
 _FACTORED = (export.Factorized, export.ConvFactorized)
 
@@ -176,39 +177,14 @@ def factorized(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
     (3072, 32768)
   """
 
-  def fn(packed: PyTree, *inputs: Any) -> Any:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(packed, is_leaf=is_packed_leaf)
-    factors = {path_str(kp): leaf for kp, leaf in flat if isinstance(leaf, _FACTORED)}
-    dense = treedef.unflatten(
-      [
-        jnp.zeros(leaf.shape, _dtype(leaf)) if isinstance(leaf, _FACTORED) else export.materialize(leaf)
-        for _, leaf in flat
-      ]
-    )
-    if not factors:
-      return apply_fn(dense, *inputs)
+  def op(site: graph.Site, activation: jax.Array, leaf: Any) -> jax.Array | None:
+    if site.weight_shape != tuple(leaf.shape):
+      return None
+    if isinstance(leaf, export.Factorized):
+      return _dense_op(site, activation, leaf)
+    return _conv_op(site, activation, leaf)
 
-    def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
-      del weight  # a placeholder: the factors stand in for it
-      leaf = factors[site.path]
-      out = None
-      if site.weight_shape == tuple(leaf.shape):
-        if isinstance(leaf, export.Factorized):
-          out = _dense_op(site, activation, leaf)
-        else:
-          out = _conv_op(site, activation, leaf)
-      if out is not None:
-        return out
-      if site.leaf_axes is None:
-        raise ValueError(
-          f"site {site.key!r} ({site.op}) uses the factorized kernel through a reshape, broadcast or slice; "
-          "serve it dense (export.materialize_tree)"
-        )
-      return site.compute(activation, jnp.transpose(leaf.materialize(), site.leaf_axes))
-
-    return graph.rewrite(apply_fn, rule, where=lambda path, site: path in factors)(dense, *inputs)
-
-  return fn
+  return packed_sites(apply_fn, _FACTORED, op, _dtype, "factorized")
 
 
 def serve(apply_fn: Callable[..., Any], packed: PyTree) -> Callable[..., Any]:
@@ -232,8 +208,4 @@ def serve(apply_fn: Callable[..., Any], packed: PyTree) -> Callable[..., Any]:
     >>> bool(jnp.allclose(serve(lambda p, x: x @ p['w'], packed)(x), x @ packed['w'].materialize(), atol=1e-5))
     True
   """
-  run = jax.jit(factorized(apply_fn))
-  # packed leaves hold NumPy arrays: put them on the device once, not at every call (a
-  # host-to-device copy per array per call was most of a small model's serving time)
-  on_device = jax.device_put(packed)
-  return lambda *inputs: run(on_device, *inputs)
+  return served(factorized(apply_fn), packed)

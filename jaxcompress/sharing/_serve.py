@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcompress import export, graph
-from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
+from jaxcompress.core.tree import PyTree
+from jaxcompress.graph._packed import packed_sites, served
 from jaxcompress.sharing._circulant import circulant_matmul
 from jaxcompress.sharing._ldr import ldr_matmul
 from jaxcompress.sharing._toeplitz import toeplitz_matmul
@@ -32,6 +33,10 @@ def _product(leaf: Any, x: jax.Array) -> jax.Array:
   if isinstance(leaf, export.CirculantArray):
     return circulant_matmul(x, jnp.asarray(export.materialize(leaf.vectors)).astype(x.dtype))
   return toeplitz_matmul(x, jnp.asarray(export.materialize(leaf.diagonals)).astype(x.dtype), n)
+
+
+def _dtype(leaf: Any) -> Any:
+  return jnp.result_type(*(jnp.asarray(export.materialize(a)).dtype for a in jax.tree.leaves(leaf)))
 
 
 def structured(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,41 +55,18 @@ def structured(apply_fn: Callable[..., Any]) -> Callable[..., Any]:
       broadcast or slice.
   """
 
-  def fn(packed: PyTree, *inputs: Any) -> Any:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(packed, is_leaf=is_packed_leaf)
-    leaves = {path_str(kp): leaf for kp, leaf in flat if isinstance(leaf, _STRUCTURED)}
-    dtype = lambda leaf: jnp.result_type(*(jnp.asarray(export.materialize(a)).dtype for a in jax.tree.leaves(leaf)))
-    dense = treedef.unflatten(
-      [
-        jnp.zeros(leaf.shape, dtype(leaf)) if isinstance(leaf, _STRUCTURED) else export.materialize(leaf)
-        for _, leaf in flat
-      ]
-    )
-    if not leaves:
-      return apply_fn(dense, *inputs)
+  def op(site: graph.Site, activation: jax.Array, leaf: Any) -> jax.Array | None:
+    if (
+      site.op == "dot_general"
+      and len(leaf.dense_shape) == 2
+      and site.weight_operand == 1
+      and site.leaf_axes == (0, 1)
+      and site.params.get("dimension_numbers") == (((activation.ndim - 1,), (0,)), ((), ()))
+    ):
+      return _product(leaf, activation).astype(site.activation_dtype)
+    return None
 
-    def rule(site: graph.Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
-      del weight  # a placeholder: the stored numbers stand in for it
-      leaf = leaves[site.path]
-      dims = site.params.get("dimension_numbers")
-      if (
-        site.op == "dot_general"
-        and len(leaf.dense_shape) == 2
-        and site.weight_operand == 1
-        and site.leaf_axes == (0, 1)
-        and dims == (((activation.ndim - 1,), (0,)), ((), ()))
-      ):
-        return _product(leaf, activation).astype(site.activation_dtype)
-      if site.leaf_axes is None:
-        raise ValueError(
-          f"site {site.key!r} ({site.op}) uses the structured kernel through a reshape, broadcast or slice; "
-          "serve it dense (export.materialize_tree)"
-        )
-      return site.compute(activation, jnp.transpose(leaf.materialize(), site.leaf_axes))
-
-    return graph.rewrite(apply_fn, rule, where=lambda path, site: path in leaves)(dense, *inputs)
-
-  return fn
+  return packed_sites(apply_fn, _STRUCTURED, op, _dtype, "structured")
 
 
 def serve(apply_fn: Callable[..., Any], packed: PyTree) -> Callable[..., Any]:
@@ -109,6 +91,4 @@ def serve(apply_fn: Callable[..., Any], packed: PyTree) -> Callable[..., Any]:
     >>> bool(jnp.allclose(y, x @ packed['w'].materialize(), atol=1e-4))
     True
   """
-  run = jax.jit(structured(apply_fn))
-  on_device = jax.device_put(packed)
-  return lambda *inputs: run(on_device, *inputs)
+  return served(structured(apply_fn), packed)
