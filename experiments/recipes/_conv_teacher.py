@@ -15,10 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-import jaxcompress as jc
-from experiments.data import batches
+from experiments.recipes import _teacher
 
 CONVS = ((1, 24), (24, 64))
 DENSE = ((4 * 64, 256), (256, 10))
@@ -64,23 +62,8 @@ def trained(trainer: Any) -> tuple[dict, float]:
   if key in _CACHE:
     return _CACHE[key]
   data = trainer.data
-  x, y = data.train_images, data.train_labels
-  epochs = trainer.epochs(EPOCHS)
-  optimizer = optax.adam(optax.cosine_decay_schedule(LR, max(1, epochs * (len(y) // BATCH))))
-
-  def loss(params, xb, yb, k):
-    return optax.softmax_cross_entropy_with_integer_labels(apply(params, xb, k), yb).mean()
-
-  compressor = jc.identity()
-  state = jc.train.init(init(0), optimizer, compressor)
-  step = jax.jit(jc.train.make_step(loss, optimizer, compressor))
-  rng, base, i = np.random.default_rng(0), jax.random.key(0), 0
-  for _ in range(epochs):
-    for xb, yb in batches(x, y, BATCH, rng):
-      state, _ = step(state, xb, yb, jax.random.fold_in(base, i))
-      i += 1
-  logits = jax.jit(eval_apply)(state.params, data.test_images)
-  accuracy = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == data.test_labels))
-  print(f"\nFitNets teacher (LeNet-5 layout, convs {CONVS[0][1]}-{CONVS[1][1]}): test accuracy {accuracy:.2%}")
-  _CACHE[key] = (state.params, accuracy)
+  params = _teacher.fit(apply, init(0), data.train_images, data.train_labels, trainer.epochs(EPOCHS), LR, BATCH)
+  acc = _teacher.accuracy(eval_apply, params, data.test_images, data.test_labels)
+  print(f"\nFitNets teacher (LeNet-5 layout, convs {CONVS[0][1]}-{CONVS[1][1]}): test accuracy {acc:.2%}")
+  _CACHE[key] = (params, acc)
   return _CACHE[key]

@@ -66,34 +66,40 @@ def eval_apply(params: dict, x: jax.Array) -> jax.Array:
   return apply(params, x)
 
 
+def fit(apply_fn: Any, params: dict, x: Any, y: Any, epochs: int, lr: float, batch: int) -> dict:
+  """Trains a teacher ``apply_fn(params, x, key)`` (``key``: dropout, ``None`` at inference) with
+  adam on a cosine schedule over ``epochs`` of shuffled batches; returns its params."""
+  optimizer = optax.adam(optax.cosine_decay_schedule(lr, max(1, epochs * (len(y) // batch))))
+
+  def loss(params, xb, yb, k):
+    return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, xb, k), yb).mean()
+
+  compressor = jc.identity()
+  state = jc.train.init(params, optimizer, compressor)
+  step = jax.jit(jc.train.make_step(loss, optimizer, compressor))
+  rng, base, i = np.random.default_rng(0), jax.random.key(0), 0
+  for _ in range(epochs):
+    for xb, yb in batches(x, y, batch, rng):
+      state, _ = step(state, xb, yb, jax.random.fold_in(base, i))
+      i += 1
+  return state.params
+
+
+def accuracy(eval_fn: Any, params: dict, x: Any, y: Any) -> float:
+  """Test accuracy of ``eval_fn(params, x)``."""
+  return float(np.mean(np.asarray(jnp.argmax(jax.jit(eval_fn)(params, x), -1)) == y))
+
+
 def trained(trainer: Any) -> tuple[dict, float]:
   """The teacher's params trained on ``trainer.data`` (cached), and its test accuracy."""
   key = id(trainer.data)
   if key in _CACHE:
     return _CACHE[key]
   data = trainer.data
-  x, y = data.train_flat, data.train_labels
-  epochs = trainer.epochs(EPOCHS)
-  steps = max(1, epochs * (len(y) // BATCH))
-  optimizer = optax.adam(optax.cosine_decay_schedule(LR, steps))
-
-  def loss(params, xb, yb, k):
-    return optax.softmax_cross_entropy_with_integer_labels(apply(params, xb, k), yb).mean()
-
-  compressor = jc.identity()
-  state = jc.train.init(init(0), optimizer, compressor)
-  step = jax.jit(jc.train.make_step(loss, optimizer, compressor))
-  rng, base = np.random.default_rng(0), jax.random.key(0)
-  i = 0
-  for _ in range(epochs):
-    for xb, yb in batches(x, y, BATCH, rng):
-      state, _ = step(state, xb, yb, jax.random.fold_in(base, i))
-      i += 1
-  params = state.params
-  logits = jax.jit(eval_apply)(params, data.test_flat)
-  accuracy = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == data.test_labels))
+  params = fit(apply, init(0), data.train_flat, data.train_labels, trainer.epochs(EPOCHS), LR, BATCH)
+  acc = accuracy(eval_apply, params, data.test_flat, data.test_labels)
   print(
-    f"\ndistillation teacher {'-'.join(map(str, SIZES))} (dropout {INPUT_DROPOUT}/{DROPOUT}): test accuracy {accuracy:.2%}"
+    f"\ndistillation teacher {'-'.join(map(str, SIZES))} (dropout {INPUT_DROPOUT}/{DROPOUT}): test accuracy {acc:.2%}"
   )
-  _CACHE[key] = (params, accuracy)
+  _CACHE[key] = (params, acc)
   return _CACHE[key]
