@@ -326,6 +326,9 @@ def _check_codebook(c: _Leaf) -> None:
     raise c.fail("codebook", f"of shape {list(cb_shape)} is not a non-empty 1-D codebook")
   if axis is not None and (len(cb_shape) != 2 or cb_shape[0] != shape[axis] or cb_shape[1] == 0):
     raise c.fail("codebook", f"of shape {list(cb_shape)} is not ({shape[axis]}, k >= 1) for axis {axis}")
+  dtype = c.get("dtype")
+  if dtype is not None and (kind(known_dtype(dtype)) != "f" or known_dtype(dtype) == np.dtype(codebook.dtype)):
+    raise c.fail("dtype", f"{dtype!r} is not a floating dtype other than the codebook's")
   bits = index_bits(cb_shape[-1])
   if isinstance(indices, SparseArray):
     _int_codes(_Leaf(indices, f"{c.where}.indices"), "values", bits, signed=False)

@@ -28,11 +28,15 @@ class CodebookArray(CompressedLeaf):
       indices when index 0 stands for pruned zeros).
     axis: with a 2-D codebook, the axis of ``shape`` whose slices each use their own
       row of ``codebook``; ``None`` for one codebook.
+    dtype: the floating dtype ``materialize`` returns, as a string (``'float32'``), when it
+      differs from the codebook's (a codebook stored in ``float16`` for a ``float32``
+      model: every stored value converts exactly); ``None``: the codebook's dtype.
   """
 
   codebook: Any
   indices: Any
   axis: int | None = None
+  dtype: str | None = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -48,7 +52,7 @@ class CodebookArray(CompressedLeaf):
       dense = codebook[channel, idx]
     if isinstance(self.indices, SparseArray):  # pruned positions read 0.0, not codebook[0]
       dense = jnp.where(self.indices.present(), dense, jnp.zeros_like(dense))
-    return dense
+    return dense if self.dtype is None else dense.astype(self.dtype)
 
   def take(self, kept: Any) -> CompressedLeaf | None:
     """The kept block: its indices, with per-channel codebook rows cut along ``axis``."""
@@ -57,7 +61,7 @@ class CodebookArray(CompressedLeaf):
     codebook = np.asarray(self.codebook)
     if self.axis is not None:
       codebook = codebook[np.asarray(kept[self.axis], bool)]
-    block = from_assignments(codebook, idx, axis=self.axis)
+    block = from_assignments(codebook, idx, axis=self.axis, dtype=self.dtype)
     if isinstance(self.indices, SparseArray):
       return block.prune(np.asarray(self.indices.present())[index])
     return block
@@ -69,7 +73,7 @@ class CodebookArray(CompressedLeaf):
     ones) are stored absent. Returns ``leaf`` itself when the clusters were not preserved or
     it is smaller."""
     dense = np.asarray(materialize(leaf))
-    if dense.shape != self.shape or not np.issubdtype(dense.dtype, np.floating):
+    if dense.shape != self.shape or not np.issubdtype(dense.dtype, np.floating) or self.dtype is not None:
       return leaf
     idx = np.asarray(materialize(self.indices), np.int64)
     k = np.asarray(self.codebook).shape[-1]
@@ -127,7 +131,7 @@ class CodebookArray(CompressedLeaf):
     return dataclasses.replace(self, indices=best)
 
 
-jax.tree_util.register_dataclass(CodebookArray, data_fields=["codebook", "indices"], meta_fields=["axis"])
+jax.tree_util.register_dataclass(CodebookArray, data_fields=["codebook", "indices"], meta_fields=["axis", "dtype"])
 
 
 def index_bits(num_codes: int) -> int:
@@ -135,7 +139,9 @@ def index_bits(num_codes: int) -> int:
   return max(1, math.ceil(math.log2(num_codes)))
 
 
-def from_assignments(codebook: Any, indices: Any, *, axis: int | None = None) -> CodebookArray:
+def from_assignments(
+  codebook: Any, indices: Any, *, axis: int | None = None, dtype: Any = None
+) -> CodebookArray:
   """Packs a codebook and per-weight indices, storing indices at ``log2 k`` bits.
 
   Args:
@@ -143,13 +149,16 @@ def from_assignments(codebook: Any, indices: Any, *, axis: int | None = None) ->
     indices: integer array in ``[0, k)`` of the weight tensor's shape.
     axis: for a 2-D codebook, the axis of ``indices`` (of size ``c``) whose slices use
       their own codebook row.
+    dtype: the floating dtype the weights materialize in, when it differs from the
+      codebook's (a ``float16`` codebook of a ``float32`` layer); ``None`` (or the
+      codebook's own dtype): the codebook's.
 
   Returns:
     A :class:`CodebookArray`.
 
   Raises:
     ValueError: if the codebook is empty or not 1-D (2-D with ``axis``, with one row per
-      slice), or an index is out of range.
+      slice), an index is out of range, or ``dtype`` is not a floating dtype.
   """
   codebook = np.asarray(codebook)
   indices = np.asarray(indices)
@@ -165,4 +174,12 @@ def from_assignments(codebook: Any, indices: Any, *, axis: int | None = None) ->
   bits = index_bits(k)
   if indices.size and (indices.min() < 0 or indices.max() >= k):
     raise ValueError(f"indices must lie in [0, {k}), got range [{indices.min()}, {indices.max()}]")
-  return CodebookArray(codebook=codebook, indices=store_codes(indices, bits, signed=False), axis=axis)
+  if dtype is not None:
+    try:
+      resolved = jnp.dtype(dtype)
+    except (TypeError, ValueError):
+      resolved = None
+    if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+      raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
+    dtype = None if resolved == codebook.dtype else resolved.name
+  return CodebookArray(codebook=codebook, indices=store_codes(indices, bits, signed=False), axis=axis, dtype=dtype)

@@ -95,8 +95,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, so no sweeping of stale temporaries
   fcntl = None
 
-FORMAT_VERSION = 3
-READ_VERSIONS = (2, 3, 4)
+FORMAT_VERSION = 5
+READ_VERSIONS = (2, 3, 4, 5)
 DIGEST_KEY = "jaxcompress.sha256"
 EXTRAS_KEY = "jaxcompress.extras"
 TEMP_SUFFIX = ".jaxcompress-tmp"
@@ -141,7 +141,7 @@ _META_FIELDS = {
   "BitPacked": ("bits", "code_shape", "signed"),
   "QArray": ("bits", "dtype", "group_axis", "group_size"),
   "SparseArray": ("dense_shape", "format"),
-  "CodebookArray": ("axis",),
+  "CodebookArray": ("axis", "dtype"),
   "Factorized": ("dense_shape",),
   "ConvFactorized": ("kind", "dense_shape"),
   "SlicedArray": ("dense_shape",),
@@ -157,7 +157,7 @@ _META_FIELDS = {
 # static fields added after files were written without them: the last of their type's static
 # fields, stored only when they differ from this default and read as it when absent (so older
 # files load, and files whose leaves keep the default are byte for byte as before)
-_OPTIONAL_META: dict[str, dict[str, Any]] = {"HuffmanArray": {"block": 1}}
+_OPTIONAL_META: dict[str, dict[str, Any]] = {"HuffmanArray": {"block": 1}, "CodebookArray": {"dtype": None}}
 assert all(_META_FIELDS[k][-len(v) :] == tuple(v) for k, v in _OPTIONAL_META.items())
 
 
@@ -603,14 +603,23 @@ def _save_v3(packed: Any, extras: str | None) -> bytes:
 
 
 def _read_v3(header: Any, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
-  """(spec, read) of a format-3 file: its expanded, checked tree and a reader of its arrays by index."""
+  """(spec, read) of a format-3 or format-5 file: its expanded, checked tree and a reader of its
+  arrays by index."""
+  version = header.get("version")
   if set(table) != {_DATA_KEY} or table[_DATA_KEY][0] != "U8" or len(table[_DATA_KEY][1]) != 1:
     got = {k: [d, list(s)] for k, (d, s) in table.items()}
-    raise CorruptFileError(f"format 3 holds one U8 tensor {_DATA_KEY!r}, the file holds {got}")
+    raise CorruptFileError(f"format {version} holds one U8 tensor {_DATA_KEY!r}, the file holds {got}")
   blob = np.asarray(read(_DATA_KEY)).reshape(-1)
-  if file_digest(metadata, table, blob.tobytes()) != metadata[DIGEST_KEY]:
-    raise CorruptFileError("the file does not match its checksum: it is corrupted or was edited")
-  doc, data = _unpack_v3(header.get("header"), blob, header.get("dict"))
+  if version == 5:
+    if blob.size <= _DIGEST_BYTES or file_digest(metadata, table, blob[_DIGEST_BYTES:].tobytes()) != bytes(
+      blob[:_DIGEST_BYTES]
+    ).hex():
+      raise CorruptFileError("the file does not match its checksum: it is corrupted or was edited")
+    doc, data = _unpack_v5(blob)
+  else:
+    if file_digest(metadata, table, blob.tobytes()) != metadata[DIGEST_KEY]:
+      raise CorruptFileError("the file does not match its checksum: it is corrupted or was edited")
+    doc, data = _unpack_v3(header.get("header"), blob, header.get("dict"))
   if not isinstance(doc, dict):
     raise CorruptFileError("its header is not a JSON object")
   layout = _layout(doc.get("arrays"))
@@ -636,6 +645,141 @@ def _read_v3(header: Any, metadata: Mapping[str, str], table: Mapping[str, tuple
     return raw.copy().view(dtype).reshape(shape) if dtype.name in _SAFETENSORS_DTYPES else raw.copy()
 
   return spec, array
+
+
+# --- format 5: format 3's document with its arrays inline, and a binary digest -----------
+
+_V5_META = json.dumps({"version": 5}, separators=(",", ":"))
+_DIGEST_BYTES = 32  # the raw SHA-256 at the start of a format-5 data tensor
+# raw DEFLATE's preset dictionary for format 5's inline document: the fragments a tree is made
+# of, the most common last. Fixed forever: format-5 files refer to it.
+_ZDICT5 = (
+  '"embedding":{"layers":"attention":{"query":"key":"value":"output":"dense":"mlp":"norm":"scale":"weight":'
+  '"conv":"linear":"block":"head":"classifier":"features":"Linear_0":"Conv_0":"Dense_0":"params":'
+  '["V",["cp",[["F",[[["L",[[["M",[],["T",[[["R",[[["H",[[["I",["O",[],["D",[[["d",["l",["t",'
+  '["f2",[["u2",[["i2",[["u4",[["i4",[["b1",[["bfloat16",[["f4",[1]],["f4",[1]]],'
+  '["B",[1,[["B",[2,[["B",[3,[["B",[4,[["B",[5,[["B",[6,[["B",[7,[["B",[8,['
+  '["U",[2,[["U",[3,[["U",[4,[["U",[5,[["U",[6,[["U",[7,[,false,null,2],'
+  ',true],["u1",[],false],["u1",[,false,null],["u1",[],["u1",[]]]]]},'
+  '["Q",[4,"float32",null,null],["i1",[["Q",[8,"float32",null,null],["i1",[],["f4",[1]],null],'
+  '"bitmask"],["B",[1,["C",[null,"float32"],["f4",[16]],["C",[null],["f4",[16]],'
+  '"conv1":{"conv2":{"conv3":{"fc1":{"fc2":{"fc3":{"kernel":["f4",["bias":["f4",['
+  '"relative"],["B",["S",[[,"relative"],["U",["kernel":["S",[["kernel":["C",[null],["f4",['
+  '"bias":["Q",[8,"float32",null,null],["i1",['
+).encode("ascii")
+_MAX_VARINT = 5  # bytes of the document's length (LEB128: up to 2^35)
+
+
+def _inline(node: Any, arrays: list[Any], emitted: list[int]) -> Any:
+  """Format 3's ``tree`` with each array's first use replaced by its ``[dtype, shape]`` entry
+  (arrays are numbered in first use, so the order is kept); a later use stays its index."""
+  if type(node) is int:
+    if node < emitted[0]:
+      return node
+    assert node == emitted[0], "format 3 numbers arrays in first use"
+    emitted[0] += 1
+    return arrays[node]
+  if isinstance(node, dict):
+    return {k: _inline(v, arrays, emitted) for k, v in node.items()}
+  if isinstance(node, list):
+    if node[0] == "d":
+      return ["d", node[1], [_inline(v, arrays, emitted) for v in node[2]]]
+    if node[0] in ("l", "t"):
+      return [node[0], *(_inline(v, arrays, emitted) for v in node[1:])]
+    return [node[0], node[1], *(_inline(v, arrays, emitted) for v in node[2:])]
+  return node
+
+
+def _outline(node: Any, name: str, arrays: list[Any]) -> Any:
+  """The inverse of :func:`_inline`: format 3's ``tree``, the array entries appended to ``arrays``."""
+  if node is None:
+    return None
+  if type(node) is int:
+    if not 0 <= node < len(arrays):
+      raise CorruptFileError(f"array {_where(name)!r}: index {node} refers to none of the {len(arrays)} arrays before it")
+    return node
+  if isinstance(node, dict):
+    return {k: _outline(v, f"{name}/{k}", arrays) for k, v in node.items()}
+  if not isinstance(node, list) or not node or not isinstance(node[0], str):
+    raise CorruptFileError(f"node {_where(name)!r} is malformed: {json.dumps(node)[:80]}")
+  code = node[0]
+  if code == "d":
+    if len(node) != 3 or not isinstance(node[1], list) or not isinstance(node[2], list) or len(node[1]) != len(node[2]):
+      raise CorruptFileError(f"dict {_where(name)!r}: malformed keys/items")
+    return ["d", node[1], [_outline(v, f"{name}/{k}", arrays) for k, v in zip(node[1], node[2])]]
+  if code in ("l", "t"):
+    return [code, *(_outline(v, f"{name}/{i}", arrays) for i, v in enumerate(node[1:]))]
+  if code in _LEAF_KINDS:
+    if len(node) < 2:
+      raise CorruptFileError(f"leaf {_where(name)!r}: malformed {json.dumps(node)[:80]}")
+    fields = _array_fields(_LEAF_KINDS[code])
+    named = [f"{name}.{fields[i]}" if i < len(fields) else f"{name}.{i}" for i in range(len(node) - 2)]
+    return [code, node[1], *(_outline(v, where, arrays) for where, v in zip(named, node[2:]))]
+  if len(node) != 2:
+    raise CorruptFileError(f"array {_where(name)!r}: malformed entry {json.dumps(node)[:80]}")
+  arrays.append(node)
+  return len(arrays) - 1
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+    n >>= 7
+    if not n:
+      return bytes(out)
+
+
+def _read_varint(blob: bytes) -> tuple[int, int]:
+  """(value, bytes used) of the LEB128 number at the start of ``blob``."""
+  value = 0
+  for i, byte in enumerate(blob[:_MAX_VARINT]):
+    value |= (byte & 0x7F) << (7 * i)
+    if not byte & 0x80:
+      return value, i + 1
+  raise CorruptFileError("its header length is not a number of at most 5 bytes")
+
+
+def _save_v5(packed: Any, extras: str | None) -> bytes:
+  named: dict[str, np.ndarray] = {}
+  spec = _encode(packed, "", named, {})
+  arrays: list[Any] = []
+  index: dict[str, int] = {}
+  tree = _compact(spec, arrays, index)
+  order = sorted(index, key=index.__getitem__)
+  data = b"".join(np.ascontiguousarray(named[k]).reshape(-1).view(np.uint8).tobytes() for k in order)
+  return _pack_v5({"arrays": arrays, "tree": tree}, data, extras)
+
+
+def _pack_v5(doc: Any, data: bytes, extras: str | None = None) -> bytes:
+  """A format-5 file of format 3's tree document ``doc`` (``arrays`` and ``tree``) and the arrays' bytes."""
+  deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT5)
+  text = json.dumps(_inline(doc["tree"], doc["arrays"], [0]), separators=(",", ":")).encode("utf-8")
+  document = deflate.compress(text) + deflate.flush()
+  rest = _varint(len(document)) + document + data
+  metadata = {"jaxcompress": _V5_META}
+  if extras is not None:
+    metadata[EXTRAS_KEY] = extras
+  digest = bytes.fromhex(file_digest(metadata, {_DATA_KEY: ("U8", [_DIGEST_BYTES + len(rest)])}, rest))
+  return safetensors.numpy.save({_DATA_KEY: np.frombuffer(digest + rest, np.uint8)}, metadata=metadata)
+
+
+def _unpack_v5(blob: np.ndarray) -> tuple[Any, np.ndarray]:
+  """(format 3's document, arrays' bytes) of a format-5 data tensor whose digest was checked."""
+  rest = blob[_DIGEST_BYTES:]
+  n, used = _read_varint(rest[:_MAX_VARINT].tobytes())
+  if not 0 < n <= rest.size - used:
+    raise CorruptFileError(f"its header length {n} does not fit its {rest.size - used} data bytes")
+  inflate = zlib.decompressobj(-15, zdict=_ZDICT5)
+  try:
+    text = inflate.decompress(rest[used : used + n].tobytes(), _MAX_HEADER)
+  except zlib.error as e:
+    raise CorruptFileError(f"its header is not a DEFLATE stream ({e})") from None
+  if inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
+    raise CorruptFileError(f"its header is not one DEFLATE stream of {n} bytes inflating to at most 64 MiB")
+  arrays: list[Any] = []
+  tree = _outline(json.loads(text.decode("utf-8")), "", arrays)
+  return {"arrays": arrays, "tree": tree}, rest[used + n :]
 
 
 # --- atomic, litter-free writes -------------------------------------------------------
@@ -913,7 +1057,9 @@ def save(
   if version not in READ_VERSIONS:
     raise ValueError(f"version must be one of {READ_VERSIONS}, got {version!r}")
   text = _extras_text(extras)
-  if version == 3:
+  if version == 5:
+    blob = _save_v5(packed, text)
+  elif version == 3:
     blob = _save_v3(packed, text)
   elif version == 4:
     blob = _save_v4(packed, text)
@@ -993,7 +1139,7 @@ class SavedFile:
     """
     if device is not None and sharding is not None:
       raise ValueError("give device= or sharding=, not both")
-    if self._handle is None and self.version != 3:
+    if self._handle is None and self.version not in (3, 5):
       raise ValueError(f"{self.path} is closed: open it again with open_file")
     if where is None:
       keep = None
@@ -1084,21 +1230,21 @@ def _open(path: str) -> SavedFile:
     table = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
     if "jaxcompress" not in metadata:
       raise CorruptFileError(f"{path} is a safetensors file but was not written by jaxcompress.export.save")
-    if DIGEST_KEY not in metadata:
+    if DIGEST_KEY not in metadata and _version(metadata) != 5:
       version = _version(metadata)
       raise CorruptFileError(
         f"{path} has format version {version!r} without a header checksum, expected {FORMAT_VERSION}: "
         "load it with the jaxcompress release that wrote it and save it again"
       )
     version = _version(metadata)
-    if version != 3 and header_digest(metadata, table) != metadata[DIGEST_KEY]:
+    if version not in (3, 5) and header_digest(metadata, table) != metadata[DIGEST_KEY]:
       raise CorruptFileError(f"{path}: the header does not match its checksum: the file is corrupted or was edited")
     try:
       header = json.loads(metadata["jaxcompress"])
       if not isinstance(header, dict) or header.get("version") not in READ_VERSIONS:
         version = header.get("version") if isinstance(header, dict) else None
         raise CorruptFileError(f"has format version {version!r}, expected one of {READ_VERSIONS}")
-      if version == 3:
+      if version in (3, 5):
         spec, read = _read_v3(header, metadata, table, f.get_tensor)
       else:
         if version == 4:
@@ -1118,7 +1264,7 @@ def _open(path: str) -> SavedFile:
   except BaseException:
     handle.__exit__(None, None, None)
     raise
-  if version == 3:  # everything is in memory already
+  if version in (3, 5):  # everything is in memory already
     handle.__exit__(None, None, None)
     handle = None
   return SavedFile(path, version, spec, read, extras, tuple(table), handle)

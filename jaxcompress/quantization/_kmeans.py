@@ -17,7 +17,7 @@ from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.core.tree import leaves_with_paths
-from jaxcompress.quantization import _reparam, uniform
+from jaxcompress.quantization import _reparam, _ste, uniform
 from jaxcompress.quantization.granularity import from_args
 
 CENTROID_INITS = ("linear", "density", "kmeans++")
@@ -114,6 +114,18 @@ def kmeans_1d(
   return centroids, assign(x, centroids)
 
 
+def _check_codebook_dtype(codebook_dtype: str | None) -> np.dtype | None:
+  if codebook_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(codebook_dtype)
+  except (TypeError, ValueError):
+    dtype = None
+  if not isinstance(codebook_dtype, str) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"codebook_dtype must be None or a floating dtype name such as 'float16', got {codebook_dtype!r}")
+  return dtype
+
+
 class KMeansLeaf(NamedTuple):
   """Per-leaf state of :func:`kmeans`.
 
@@ -132,6 +144,7 @@ def kmeans(
   per_channel: bool = False,
   axis: int = -1,
   seed: int = 0,
+  codebook_dtype: str | None = None,
   where: select.Where = None,
 ) -> Compressor:
   """K-means weight sharing with codebook fine-tuning (Deep Compression, §3).
@@ -156,6 +169,16 @@ def kmeans(
   by them and no weight revives), and the packed indices are stored for the survivors
   only.
 
+  ``codebook_dtype='float16'`` (or ``'bfloat16'``) stores the codebooks in that dtype, half
+  the codebook bytes (for a small model they weigh as much as its indices). The paper keeps
+  float32 centroids, the default (``None``: the weight's dtype). With the option the
+  centroids *are* half values: ``apply`` rounds each to the nearest ``codebook_dtype``
+  value (values past its largest finite one saturate there, never ``inf``) with a
+  straight-through gradient, so fine-tuning trains float32 shadow centroids while the model
+  trained, evaluated and stored is the one the file holds; ``pack`` stores the rounded
+  codebook, and the loaded weights come back in the weight's dtype (exactly: every half
+  value is a float32 value).
+
   Args:
     clusters: centroids per codebook, >= 2 (16 gives 4-bit indices).
     centroid_init: ``'linear'`` (the paper's best), ``'density'`` or ``'kmeans++'``
@@ -164,6 +187,8 @@ def kmeans(
     per_channel: one codebook per slice along ``axis`` instead of one per leaf.
     axis: the channel axis (-1: Flax's output features).
     seed: seeds ``'kmeans++'``.
+    codebook_dtype: the floating dtype the codebooks are stored (and rounded) in, narrower
+      than the weights (``'float16'``, ``'bfloat16'``); ``None`` keeps the weight's dtype.
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
   Returns:
@@ -172,8 +197,8 @@ def kmeans(
     holds the codebooks at the selected leaves.
 
   Raises:
-    ValueError: if ``clusters < 2``, ``iterations < 0``, or ``centroid_init`` is
-      unknown; at ``init``, as :func:`jaxcompress.core.leafwise.init_selected`, if
+    ValueError: if ``clusters < 2``, ``iterations < 0``, ``centroid_init`` is
+      unknown, or ``codebook_dtype`` is not a floating dtype name; at ``init``, as :func:`jaxcompress.core.leafwise.init_selected`, if
       ``axis`` is out of range, or if ``clusters`` exceeds the number of weights
       sharing a codebook.
 
@@ -199,6 +224,15 @@ def kmeans(
   granularity = from_args(per_channel=per_channel, axis=axis)
   seed = validate.check_int("seed", seed)
   root = jax.random.key(seed)
+  stored_dtype = _check_codebook_dtype(codebook_dtype)
+
+  def rounded(codebook):
+    """The codebook as stored: each centroid rounded to ``codebook_dtype`` (saturating)."""
+    if stored_dtype is None or jnp.dtype(codebook.dtype).itemsize <= stored_dtype.itemsize:
+      return codebook
+    limit = float(jnp.finfo(stored_dtype).max)
+    half = jnp.clip(codebook, -limit, limit).astype(stored_dtype)
+    return _ste.straight_through(codebook, half.astype(codebook.dtype))
 
   def cluster(x, key, keep):
     # Cluster x / 2^e with 2^e the power of two at max|x| (exact scaling, float32 for half
@@ -243,6 +277,7 @@ def kmeans(
         f"expected a codebook of shape {expected} in the trainable tree, got {tuple(jnp.shape(codebook))}: "
         "pass the tree that init returned, not the model's params"
       )
+    codebook = rounded(codebook)
     if not per_channel:
       return codebook[leaf.indices]
     channel = jax.lax.broadcasted_iota(jnp.int32, leaf.indices.shape, axis % leaf.indices.ndim)
@@ -256,7 +291,11 @@ def kmeans(
     return params, state.advance()
 
   def pack_leaf(codebook, leaf):
-    return export.from_assignments(np.asarray(codebook), np.asarray(leaf.indices), axis=axis if per_channel else None)
+    dtype = jnp.dtype(codebook.dtype)
+    book = np.asarray(rounded(jnp.asarray(codebook)))
+    if stored_dtype is not None and dtype.itemsize > stored_dtype.itemsize:
+      book = book.astype(stored_dtype)  # exact: the values are already stored_dtype's
+    return export.from_assignments(book, np.asarray(leaf.indices), axis=axis if per_channel else None, dtype=dtype)
 
   def pack(params, state):
     return _reparam.map_nodes(pack_leaf, params, state.leaves, KMeansLeaf)

@@ -284,6 +284,37 @@ def write3(path, doc, data, *, extra=None, digest=None):
   path.write_bytes(__import__("struct").pack("<Q", len(text)) + text + body)
 
 
+def rewrite5(path, edit, *, redigest):
+  """``rewrite3`` for a format-5 file: ``edit(st_header, spec)`` changes the expanded tree spec,
+  which is inlined again. Without ``redigest`` the old digest stays."""
+  import json
+  import struct
+
+  from jaxcompress.export import _io
+
+  header, blob = read_file(path)
+  doc, data = _io._unpack_v5(np.frombuffer(blob, np.uint8))
+  names = [[_io._DTYPE_NAMES.get(c, c), shape] for c, shape in doc["arrays"]]
+  spec = _io._expand(doc["tree"], "", names)
+  edit(header, spec)
+  arrays = []
+  doc = {"tree": _io._compact(spec, arrays, {}), "arrays": arrays}
+  meta = {k: v for k, v in header["__metadata__"].items() if k != "jaxcompress"}
+  fresh = _io._pack_v5(doc, data.tobytes(), meta.pop(_io.EXTRAS_KEY, None))
+  (n,) = struct.unpack("<Q", fresh[:8])
+  new_header = json.loads(fresh[8 : 8 + n])
+  new_header["__metadata__"].update(meta)
+  body = bytearray(fresh[8 + n :])
+  tensors = {"data": ("U8", [len(body)])}
+  if redigest:
+    body[:32] = bytes.fromhex(_io.file_digest(new_header["__metadata__"], tensors, bytes(body[32:])))
+  else:
+    body[:32] = blob[:32]
+  text = json.dumps(new_header).encode()
+  text += b" " * (-len(text) % 8)
+  path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(body))
+
+
 def node(tree, *path):
   """The spec at ``path``: dict keys, then leaf field names."""
   for p in path:
@@ -392,7 +423,7 @@ V3_EDITS = [
 @pytest.mark.parametrize("name", list(EDITS))
 def test_format3_any_edit_fails_the_checksum(tmp_path, name):
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=3)
   rewrite3(path, EDITS[name][0] if name in V3_EDITS or name == "extra metadata entry" else add_metadata, redigest=False)
   with pytest.raises(export.CorruptFileError, match=r"does not match its checksum"):
     export.load(path)
@@ -401,7 +432,7 @@ def test_format3_any_edit_fails_the_checksum(tmp_path, name):
 @pytest.mark.parametrize("name", V3_EDITS)
 def test_format3_inconsistent_metadata_is_refused_even_with_a_valid_checksum(tmp_path, name):
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=3)
   edit, pattern = EDITS[name]
   pattern = {  # format 3 has no tensor table per array: a relabelled array no longer adds up to the data
     "array dtype unknown": r"field 'dtype': 'bfloat17' is not a known dtype code",
@@ -432,7 +463,7 @@ def test_tampered_dense_shape_is_refused_before_any_large_allocation(tmp_path):
 
   w = np.where(np.arange(200).reshape(20, 10) % 7 == 0, 1.5, 0).astype(np.float32)
   path = tmp_path / "m.safetensors"
-  export.save(path, {"kernel": export.from_dense(w)})
+  export.save(path, {"kernel": export.from_dense(w)}, version=3)
   rewrite3(path, set_meta("kernel", dense_shape=[4096, 8192]), redigest=True)  # 128 MiB of float32
   assert path.stat().st_size < 4096
   tracemalloc.start()
@@ -452,7 +483,7 @@ def test_oversized_code_shape_fails_at_load_naming_the_field(tmp_path):
       export.store_codes(np.zeros((4, 4), int), 2, signed=True), np.array(1, np.float32), None, 2, "float32"
     )
   }
-  export.save(path, packed)
+  export.save(path, packed, version=3)
   rewrite3(path, set_meta("q", "codes", code_shape=[65536, 65536]), redigest=True)
   with pytest.raises(
     export.CorruptFileError, match=r"'q.codes' \(BitPacked\) field 'code_shape'.*needs 1073741824 bytes"
@@ -593,7 +624,7 @@ def test_format2_files_still_load_bit_exact(tmp_path):
 def test_format3_header_is_a_fraction_of_format2s(tmp_path):
   v2, v3 = tmp_path / "v2.safetensors", tmp_path / "v3.safetensors"
   export.save(v2, every_leaf_tree(), version=2)
-  export.save(v3, every_leaf_tree())
+  export.save(v3, every_leaf_tree(), version=3)
   # format 2 spends a SHA-256 and a tensor-table entry per array, and dict keys per node;
   # format 3's overhead beyond the same payload (its zlib'd document and one digest) is a fraction
   payload = v2.stat().st_size - header_bytes(v2) - 8
@@ -607,7 +638,7 @@ def test_format3_header_uses_its_preset_dictionary_and_loads_files_without_one(t
   from jaxcompress.export import _io
 
   path = tmp_path / "m.safetensors"
-  export.save(path, every_leaf_tree())
+  export.save(path, every_leaf_tree(), version=3)
   header, blob = read_file(path)
   head = json.loads(header["__metadata__"]["jaxcompress"])
   assert head["dict"] == 1
@@ -657,3 +688,87 @@ def test_format3_refuses_unused_arrays_bad_bools_and_a_zlib_bomb(tmp_path):
   bomb = zlib.compress(b" " * (_io._MAX_HEADER + 1), 9)
   with pytest.raises(export.CorruptFileError, match="inflating to at most 64 MiB"):
     _io._unpack_v3(len(bomb), np.frombuffer(bomb, np.uint8))
+
+
+def test_format5_is_the_default_smaller_than_format3_and_round_trips(tmp_path):
+  from jaxcompress.export import _io
+
+  v3, v5 = tmp_path / "v3.safetensors", tmp_path / "v5.safetensors"
+  tree = {**every_leaf_tree(), "tied": [np.arange(4.0, dtype=np.float32)] * 2, "keys": {3: np.ones(2, np.int8)}}
+  n3, n5 = export.save(v3, tree, version=3), export.save(v5, tree)
+  with export.open_file(v5) as f:
+    assert f.version == 5 and f.names == ("data",)
+    assert_same(f.read(), tree)
+  assert_same(export.load(v3), tree)
+  header, blob = read_file(v5)
+  assert header["__metadata__"] == {"jaxcompress": '{"version":5}'}  # no digest text, no lengths
+  doc, data = _io._unpack_v5(np.frombuffer(blob, np.uint8))
+  assert blob.endswith(data.tobytes()) and data.size < len(blob) - 32  # digest, length, document, then the arrays
+  assert doc["arrays"].count(["f4", [4]]) == 1  # the tied array is stored once
+  # the digest moved into the data (32 raw bytes instead of 64 hex characters and its key), the
+  # document's length into a varint and its arrays inline: 144 B off this tree (measured)
+  assert n5 < n3 - 100
+
+
+def test_format5_any_edit_fails_the_checksum(tmp_path):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree(), extras={"act_bits": 8})
+  good = path.read_bytes()
+  header, blob = read_file(path)
+  start = len(good) - len(blob)
+  for at in (start, start + 31, start + 32, start + 40, len(good) - 1, len(good) // 2):  # digest, length, doc, arrays
+    bad = bytearray(good)
+    bad[at] ^= 1
+    path.write_bytes(bytes(bad))
+    with pytest.raises(export.CorruptFileError, match=r"does not match its checksum"):
+      export.load(path)
+  for edit in (add_metadata, set_meta("q4", bits=5)):
+    path.write_bytes(good)
+    rewrite5(path, edit, redigest=False)
+    with pytest.raises(export.CorruptFileError, match=r"does not match its checksum"):
+      export.load(path)
+  path.write_bytes(good)
+  rewrite5(path, add_metadata, redigest=True)  # a consistent edit with its digest recomputed loads
+  assert_same(export.load(path), every_leaf_tree())
+  with export.open_file(path) as f:
+    assert f.extras == {"act_bits": 8}
+
+
+@pytest.mark.parametrize("name", [n for n in V3_EDITS if not n.startswith("array")])
+def test_format5_inconsistent_metadata_is_refused_even_with_a_valid_checksum(tmp_path, name):
+  path = tmp_path / "m.safetensors"
+  export.save(path, every_leaf_tree())
+  edit, pattern = EDITS[name]
+  rewrite5(path, edit, redigest=True)
+  with pytest.raises(export.CorruptFileError, match=pattern) as info:
+    export.load(path)
+  assert str(path) in str(info.value)
+
+
+def test_format5_refuses_malformed_documents(tmp_path):
+  import json
+  import zlib
+
+  from jaxcompress.export import _io
+
+  def write(text, *, length=None, tail=b""):
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _io._ZDICT5)
+    document = deflate.compress(text.encode()) + deflate.flush() + tail
+    rest = _io._varint(len(document) if length is None else length) + document + np.ones(2, np.float32).tobytes()
+    meta = {"jaxcompress": _io._V5_META}
+    digest = bytes.fromhex(_io.file_digest(meta, {"data": ("U8", [32 + len(rest)])}, rest))
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_io.safetensors.numpy.save({"data": np.frombuffer(digest + rest, np.uint8)}, metadata=meta))
+    return path
+
+  assert export.load(write(json.dumps({"a": ["f4", [2]]}))) == {"a": pytest.approx(np.ones(2))}
+  cases = [
+    (json.dumps({"a": 0}), {}, r"index 0 refers to none of the 0 arrays"),
+    (json.dumps({"a": ["f4", [2], 1]}), {}, r"'a': malformed entry"),
+    (json.dumps({"a": ["f4", [1]]}), {}, r"its arrays need 4 bytes, its data holds 8"),
+    (json.dumps({"a": ["f4", [2]]}), {"length": 10**6}, r"header length 1000000 does not fit"),
+    (json.dumps({"a": ["f4", [2]]}), {"tail": b"x"}, r"not one DEFLATE stream"),
+  ]
+  for text, kw, pattern in cases:
+    with pytest.raises(export.CorruptFileError, match=pattern):
+      export.load(write(text, **kw))
