@@ -1,11 +1,12 @@
-"""Header overhead of ``export.save`` (formats 2, 3 and 4 side by side), and what Huffman coding saves,
+"""Header overhead of ``export.save`` (formats 2, 3, 4 and 5 side by side), and what Huffman coding saves,
 on LeNet-300-100 packed with Deep Compression's pruning + clustering
 (``chain(magnitude(0.9), kmeans(16))``).
 
 Prints the file's bytes split into safetensors' 8-byte length, its JSON header and the tensor
 data, before and after ``export.huffman``, in both formats (format 3's tree document is
 zlib-compressed at the start of its data tensor: "data" then counts it), and one line per
-integer stream (raw, coded, Shannon bound).
+integer stream (raw, coded, Shannon bound). Format 5's data starts with its 32-byte digest, the
+document's length and its deflated document ("data" counts them too).
 
   python -m experiments.bench_header
 """
@@ -35,7 +36,7 @@ def main():
   coded, reports = export.huffman(packed, with_report=True)
   worth = export.huffman(packed, min_saving=8)  # what a format-3 file gains, net of its header share
   with tempfile.TemporaryDirectory() as d:
-    for version in (2, 3, 4):
+    for version in (2, 3, 4, 5):
       for name, tree in (("prune90+kmeans16", packed), ("+ huffman", coded), ("+ huffman, 8 B", worth)):
         path = os.path.join(d, "m.safetensors")
         size = export.save(path, tree, version=version)

@@ -139,9 +139,7 @@ def index_bits(num_codes: int) -> int:
   return max(1, math.ceil(math.log2(num_codes)))
 
 
-def from_assignments(
-  codebook: Any, indices: Any, *, axis: int | None = None, dtype: Any = None
-) -> CodebookArray:
+def from_assignments(codebook: Any, indices: Any, *, axis: int | None = None, dtype: Any = None) -> CodebookArray:
   """Packs a codebook and per-weight indices, storing indices at ``log2 k`` bits.
 
   Args:

@@ -714,7 +714,7 @@ def test_format5_any_edit_fails_the_checksum(tmp_path):
   path = tmp_path / "m.safetensors"
   export.save(path, every_leaf_tree(), extras={"act_bits": 8})
   good = path.read_bytes()
-  header, blob = read_file(path)
+  _, blob = read_file(path)
   start = len(good) - len(blob)
   for at in (start, start + 31, start + 32, start + 40, len(good) - 1, len(good) // 2):  # digest, length, doc, arrays
     bad = bytearray(good)

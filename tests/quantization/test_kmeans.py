@@ -112,3 +112,38 @@ def test_bad_input():
 def test_per_channel_codebook_array_validation():
   with pytest.raises(ValueError, match=r"per-channel codebook must have shape \(3, k >= 1\)"):
     jc.export.from_assignments(np.zeros((2, 4), np.float32), np.zeros((5, 3), np.int32), axis=1)
+
+
+def test_half_codebooks_are_what_apply_trains_and_the_file_stores(tmp_path):
+  # Deep Compression keeps float32 centroids; codebook_dtype='float16' rounds each (NumPy's
+  # float16 conversion is the reference), saturating at float16's largest finite value
+  w = {"k": _w(3, (12, 10)), "big": jnp.array([[3e38, -3e38], [1.0, 2.0]], jnp.float32)}
+  full, half = jc.quantization.kmeans(4), jc.quantization.kmeans(4, codebook_dtype="float16")
+  p, s = half.init(w)  # the same clustering as full's: only apply and pack round
+  book = np.asarray(p["k"])
+  want = book.astype(np.float16).astype(np.float32)[np.asarray(s.leaves["k"].indices)]
+  dense = half.apply(p, s)
+  np.testing.assert_array_equal(dense["k"], want)
+  assert not np.array_equal(want, full.apply(p, s)["k"])  # the rounding is visible
+  big = np.asarray(dense["big"])
+  assert np.isfinite(big).all() and np.abs(big).max() == 65504.0
+  # straight through: each centroid's gradient is still the sum over its weights (Eq. 3)
+  g = jax.grad(lambda q: jnp.sum(half.apply(q, s)["k"] * jnp.arange(120.0).reshape(12, 10)))(p)["k"]
+  idx = np.asarray(s.leaves["k"].indices).reshape(-1)
+  np.testing.assert_allclose(g, [np.arange(120.0)[idx == j].sum() for j in range(4)], rtol=1e-6)
+  packed = half.pack(p, s)
+  assert packed["k"].codebook.dtype == np.float16 and packed["k"].dtype == "float32"
+  assert packed["k"].nbytes == full.pack(p, s)["k"].nbytes - 8
+  for version in (2, 4, 5):
+    path = tmp_path / f"m{version}.safetensors"
+    jc.export.save(path, packed, version=version)
+    back = jc.export.materialize_tree(jc.export.load(path))
+    for k in w:
+      assert back[k].dtype == jnp.float32
+      np.testing.assert_array_equal(back[k], dense[k])
+  with pytest.raises(ValueError, match="codebook_dtype must be None or a floating dtype name"):
+    jc.quantization.kmeans(4, codebook_dtype="int8")
+  with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+    jc.export.from_assignments(np.zeros(4, np.float16), np.zeros(3, np.int32), dtype="int32")
+  same = jc.export.from_assignments(np.zeros(4, np.float16), np.zeros(3, np.int32), dtype="float16")
+  assert same.dtype is None  # the codebook's own dtype is not stored
