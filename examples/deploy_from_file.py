@@ -74,7 +74,7 @@ def train_and_save(path: str, dense_steps: int, tune_steps: int) -> tuple[float,
   ranges = jc.quantization.activation_ranges(state.cstate)  # the QAT stage's calibrated activation ranges
   extras = jc.quantization.serving_extras(ranges, act_bits=8)
   nbytes = jc.export.save(path, packed, version=4, extras=extras)
-  compact = jc.export.save(path + ".v3", packed, extras=extras)  # the default, smallest layout, for comparison
+  compact = jc.export.save(path + ".v5", packed, extras=extras)  # the default, smallest layout, for comparison
   small = jc.pruning.narrow_nnx(model, params=packed)
   full_width = np.asarray(apply(c.apply(state.params, state.cstate), xt))  # the pruned model at its original widths
   assert np.allclose(np.asarray(small(xt)), full_width, atol=1e-5), "the narrowed module is not the pruned model"
@@ -82,7 +82,7 @@ def train_and_save(path: str, dense_steps: int, tune_steps: int) -> tuple[float,
   out = np.asarray(served(xt))
   acc = float(np.mean(out.argmax(-1) == yt))
   print(
-    f"in memory: W8A8, hidden 64 -> {small.hidden.out_features}, accuracy {acc:.3f}, file {nbytes} B (format 3: {compact} B)"
+    f"in memory: W8A8, hidden 64 -> {small.hidden.out_features}, accuracy {acc:.3f}, file {nbytes} B (format 5: {compact} B)"
   )
   return acc, out
 

@@ -234,13 +234,19 @@ def pareto_plot(summary: list[Row], path: str) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
+  import textwrap
+
   import matplotlib.pyplot as plt
   from matplotlib.ticker import NullFormatter
 
   models = list(dict.fromkeys(s["model"] for s in summary))
   models = [m for m in models if any(s["model"] == m and s["technique"] != "dense" for s in summary)] or models
-  fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 6), squeeze=False)
-  for ax, model in zip(axes[0], models):
+  cols = min(2, len(models))  # two panels a row: four in one row are too small to read
+  rows = -(-len(models) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 6 * rows), squeeze=False)
+  for ax in axes.flat[len(models) :]:
+    ax.set_visible(False)
+  for ax, model in zip(axes.flat, models):
     pts = [s for s in summary if s["model"] == model]
     dense = next((s["acc_mean"] for s in pts if s["technique"] == "dense"), max(s["acc_mean"] for s in pts))
     floor = max(min(s["acc_mean"] - s["acc_std"] for s in pts) - 0.5, dense - 10.0)
@@ -258,17 +264,20 @@ def pareto_plot(summary: list[Row], path: str) -> None:
     front = _frontier(shown)
     ax.step([s["bytes"] for s in front], [s["acc_mean"] for s in front], where="post", color="black", alpha=0.35)
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones collide
+    xs = [s["bytes"] for s in shown]
+    if max(xs) > 20 * min(xs):  # decade labels only, as minor ones would collide; a narrow span keeps them
+      ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(floor, min(100.0, max(s["acc_mean"] + s["acc_std"] for s in shown) + 0.6))
-    ax.set_xlabel("packed bytes (log scale)")
+    xlabel = "packed bytes (log scale)"
+    if hidden:  # under the axis label, so that the layout leaves room for it
+      names = ", ".join(f"{s['technique']} {s['acc_mean']:.1f}%" for s in hidden)
+      xlabel += "\n" + textwrap.fill(f"below {floor:.1f}% (not drawn): {names}", 110)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{model}: accuracy vs. size (frontier labelled)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, title="family", title_fontsize=8)
+    ax.legend(loc="best", fontsize=8, title="family", title_fontsize=8)  # where it hides the fewest points
     _label_frontier(fig, ax, front)
-    if hidden:
-      names = ", ".join(f"{s['technique']} {s['acc_mean']:.1f}%" for s in hidden)
-      ax.text(0.0, -0.14, f"below {floor:.1f}%: {names}", transform=ax.transAxes, fontsize=7, va="top", wrap=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
