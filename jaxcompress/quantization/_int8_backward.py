@@ -18,7 +18,8 @@ Each scale is ``max |·| / 127`` over the contracted axis, as AQT calibrates the
 operand of its ``dlhs``/``drhs`` dots (per-channel over the contraction, Abdolrashidi et
 al. 2021) and Qwix shifts the residual's scale into the gradient; stochastic rounding
 ``floor(v + u)``, ``u ~ U[0, 1)``, keeps each quantized gradient unbiased (Gupta et al.
-2015). The two quantizations of ``g`` draw independent noise. The int32 sums are exact
+2015). The two quantizations of ``g`` use independent noise (the two 16-bit halves of one
+32-bit draw per element, :func:`uniform_pair`). The int32 sums are exact
 while ``127 · 255 · rows < 2^31`` (rows below 66,000; more rows: split the batch).
 """
 
@@ -32,29 +33,57 @@ from jaxcompress.quantization import uniform
 _Q = 127  # int8 narrow range
 
 
-def stochastic_codes(x: jax.Array, axis: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def uniform_pair(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """Two independent uniform noises on ``[0, 1)`` from one 32-bit draw per element.
+
+  Each is the midpoint ``(h + 0.5) / 2^16`` of one 16-bit half ``h`` of the bits, so its
+  mean is exactly 1/2 and stochastic rounding with it is unbiased for any value on a
+  ``2^-16`` grid of a level (a float32 code near 127 resolves only ``2^-17`` anyway); it
+  halves the random-number work of two full-precision draws.
+
+  Args:
+    key: a PRNG key.
+    shape: the noises' shape.
+
+  Returns:
+    Two float32 arrays of ``shape``.
+  """
+  bits = jax.random.bits(key, shape, jnp.uint32)
+  lo, hi = (bits & 0xFFFF).astype(jnp.float32), (bits >> 16).astype(jnp.float32)
+  return (lo + 0.5) * 2.0**-16, (hi + 0.5) * 2.0**-16
+
+
+def stochastic_codes(x: jax.Array, axis: int, noise: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Symmetric int8 codes of ``x`` with stochastic rounding, one scale per slice along ``axis``.
 
   Args:
     x: float array.
     axis: the axis each scale's ``max |x|`` runs over (the contracted axis of the product
       the codes feed).
-    key: a PRNG key.
+    noise: uniform noise on ``[0, 1)`` of ``x``'s shape (:func:`uniform_pair`).
 
   Returns:
-    ``(codes, scale)``: ``int8`` codes ``clip(floor(x / scale + u), -127, 127)`` with ``u ~
-    U[0, 1)`` (so ``E[codes · scale] = x``) and the float32 ``scale = max(max |x| / 127,
-    tiny)`` (keepdims along ``axis``).
+    ``(codes, scale)``: ``int8`` codes ``clip(floor(x / scale + noise), -127, 127)`` (so
+    ``E[codes · scale] = x``) and the float32 ``scale = max(max |x| / 127, tiny)``
+    (keepdims along ``axis``).
   """
   x = x.astype(jnp.float32)
   scale = uniform.symmetric_params(jnp.max(jnp.abs(x), axis=axis, keepdims=True), _Q)
-  noise = jax.random.uniform(key, x.shape, jnp.float32)
   codes = jnp.clip(jnp.floor(uniform.times_reciprocal(x, scale) + noise), -_Q, _Q).astype(jnp.int8)
   return codes, scale
 
 
 def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
   return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=jnp.int32)
+
+
+def _transposed(a: jax.Array) -> jax.Array:
+  """``a.T`` of a 2-D array, materialized row-major. XLA's CPU backend runs an int8 dot
+  through its fast int8 kernels only on row-major operands; a transpose it may fold into the
+  dot's layout instead turns the dot into a slow int32 one (4x slower than float32 at the
+  weight gradient's shapes), so the transposed codes pass through a flat barrier."""
+  rows = a.shape[1]
+  return jax.lax.optimization_barrier(jnp.transpose(a).reshape(-1)).reshape(rows, -1)
 
 
 def int8_matmul_grads(
@@ -77,7 +106,7 @@ def int8_matmul_grads(
     w_codes: ``int8`` weight codes, shape ``(k, n)``.
     w_scale: float weight scale, a scalar or one per output feature (any shape of ``n``
       elements).
-    key: a PRNG key (split into the two gradients' noise).
+    key: a PRNG key (one draw, :func:`uniform_pair`, for the two gradients' noise).
 
   Returns:
     ``(dx, dw)`` in float32, of the shapes of ``a_codes`` and ``w_codes``.
@@ -86,11 +115,11 @@ def int8_matmul_grads(
   g2 = g.reshape(-1, n).astype(jnp.float32)
   a2 = a_codes.reshape(-1, k)
   w_scale = jnp.broadcast_to(jnp.reshape(w_scale, (-1,)).astype(jnp.float32), (n,))
-  k_dx, k_dw = jax.random.split(key)
-  q_row, s_row = stochastic_codes(g2 * w_scale, 1, k_dx)
+  u_dx, u_dw = uniform_pair(key, g2.shape)
+  q_row, s_row = stochastic_codes(g2 * w_scale, 1, u_dx)
   dx = _dot(q_row, w_codes, (1, 1)).astype(jnp.float32) * s_row
-  q_col, s_col = stochastic_codes(g2, 0, k_dw)
-  acc = _dot(a2, q_col, (0, 0))
+  q_col, s_col = stochastic_codes(g2, 0, u_dw)
+  acc = _dot(_transposed(a2), q_col, (1, 0))
   if shift is not None:
     acc = acc + shift * jnp.sum(q_col, axis=0, dtype=jnp.int32)
   dw = acc.astype(jnp.float32) * (jnp.reshape(a_scale, ()).astype(jnp.float32) * s_col)

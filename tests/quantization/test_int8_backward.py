@@ -8,7 +8,7 @@ import pytest
 
 import jaxcompress as jc
 from jaxcompress.quantization import QuantSpec, qat
-from jaxcompress.quantization._int8_backward import int8_matmul_grads, stochastic_codes
+from jaxcompress.quantization._int8_backward import int8_matmul_grads, stochastic_codes, uniform_pair
 from jaxcompress.quantization._qat import site_rule
 from tests import helpers
 
@@ -32,10 +32,10 @@ def test_int8_grads_equal_numpy_reference_from_the_same_codes(shift):
   shift_arg = None if shift is None else jnp.int32(shift)
   dx, dw = int8_matmul_grads(g, a_codes, shift_arg, a_scale, w_codes, w_scale, key)
   # the reference: the same stochastic codes (same keys), then exact integer products in int64
-  k_dx, k_dw = jax.random.split(key)
   g2 = g.reshape(-1, n)
-  q_row, s_row = (np.asarray(v) for v in stochastic_codes(g2 * w_scale.reshape(-1), 1, k_dx))
-  q_col, s_col = (np.asarray(v) for v in stochastic_codes(g2, 0, k_dw))
+  u_dx, u_dw = uniform_pair(key, g2.shape)
+  q_row, s_row = (np.asarray(v) for v in stochastic_codes(g2 * w_scale.reshape(-1), 1, u_dx))
+  q_col, s_col = (np.asarray(v) for v in stochastic_codes(g2, 0, u_dw))
   a2, wc = np.asarray(a_codes, np.int64).reshape(-1, k), np.asarray(w_codes, np.int64)
   dx_ref = (q_row.astype(np.int64) @ wc.T).astype(np.float32) * s_row
   acc = a2.T @ q_col.astype(np.int64) + (0 if shift is None else shift * q_col.astype(np.int64).sum(0))
@@ -50,7 +50,7 @@ def test_int8_grads_equal_numpy_reference_from_the_same_codes(shift):
 def test_stochastic_rounding_is_unbiased():
   x = jax.random.normal(jax.random.key(0), (32, 16))
   trials = 512
-  draw = jax.jit(jax.vmap(lambda k: stochastic_codes(x, 1, k)))
+  draw = jax.jit(jax.vmap(lambda k: stochastic_codes(x, 1, uniform_pair(k, x.shape)[1])))
   codes, scale = draw(jax.random.split(jax.random.key(1), trials))
   values = np.asarray(codes, np.float64) * np.asarray(scale, np.float64)
   s = np.asarray(scale[0], np.float64)  # the same scale for every key: it depends on x only
