@@ -192,7 +192,9 @@ def main(argv=None) -> int:
     base = ms["dense float32"]
     for name, (_, limit) in variants.items():
       vs_limit = f"{ms[name] / ms[limit]:>8.3f}x" if limit else f"{'':>9}"
-      print(f"{name:<27} {ms[name]:>9.3f} {ms[name] / base:>8.3f}x {vs_limit} {base / ms[name] / ceil['total_speedup']:>11.3f}")
+      print(
+        f"{name:<27} {ms[name]:>9.3f} {ms[name] / base:>8.3f}x {vs_limit} {base / ms[name] / ceil['total_speedup']:>11.3f}"
+      )
     if big and with_qwix:
       ok = ms["ours int W8A8"] < ms["qwix W8A8"] and ms["ours int W8A8"] <= 1.1 * ms[LIMIT_F32]
       print(f"target: ours int W8A8 < qwix W8A8 and <= 1.1x its limit: {'ok' if ok else 'MISS'}")

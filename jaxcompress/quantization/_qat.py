@@ -140,6 +140,7 @@ def site_rule(
     def backward(res, g):
       if int8_grads:
         a_codes, shift, a_in, w_codes = res
+        assert key is not None  # checked above: int8_backward needs a key
         site_key = jax.random.fold_in(key, zlib.crc32(site.key.encode()) & 0x7FFFFFFF)
         da, dw = int8_matmul_grads(
           g, a_codes, None if act_spec.symmetric else shift, a_scale, w_codes, w_scale, site_key

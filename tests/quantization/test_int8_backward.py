@@ -81,7 +81,7 @@ def test_int8_grads_are_unbiased_against_the_float_products():
 
 def test_step_has_int8_backward_dots():
   opt = optax.sgd(0.1)
-  loss = lambda p, x, y: jnp.mean((helpers.mlp_apply(p, x) - y) ** 2)  # noqa: E731
+  loss = lambda p, x, y: jnp.mean((helpers.mlp_apply(p, x) - y) ** 2)
   counts = {}
   for backward in ("float", "int8"):
     c = qat(8, integer=True, backward=backward)
