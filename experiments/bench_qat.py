@@ -1,14 +1,34 @@
-"""QAT step time and served inference, jaxcompress vs Qwix, measured side by side.
+"""QAT step time, jaxcompress vs Qwix, against this CPU's int8 ceiling and a hand-written limit.
 
-Run ``python -m experiments.bench_qat [--quick]``. For LeNet-300-100 and an MLP
-1024-4096-4096-10 at batch 256 it times one adam cross-entropy training step of: dense
-float32; jaxcompress QAT W8A8 with fake quantization (``integer=False``); jaxcompress
-QAT with integer forward matmuls, W8A8 and W4A8 (``integer=True``); Qwix's QAT
-(``QtProvider``) W8A8 and W4A8 when Qwix is installed. Then it times inference of the
-W8A8 model served through ``jaxcompress.quantization.serve`` against float32. Ratios
-are to dense, from medians of interleaved repetitions.
-Targets on the big MLP (reported, not asserted): integer W8A8 <= 0.8x dense, integer
-W4A8 <= 0.9x, served W8A8 >= 4x faster than float32.
+Run ``python -m experiments.bench_qat [--quick]`` (served inference is ``experiments.bench_serve``).
+For LeNet-300-100 and an MLP 1024-4096-4096-10 at batch 256 it prints the CPU's int8
+features and the raw ``int8 x int8 -> int32`` over float32 dot speed-up at the model's
+forward shapes (:mod:`experiments.ceiling`: the ceiling of any integer forward), then
+times one adam cross-entropy training step of:
+
+- dense float32;
+- jaxcompress QAT W8A8 fake-quantized (``integer=False``);
+- jaxcompress QAT with integer forward matmuls, W8A8 and W4A8 (``integer=True``), with the
+  float backward and with the opt-in int8 backward (``backward='int8'``: the whole step int8);
+- Qwix's QAT (``QtProvider``, int8 forward, float backward) W8A8 and W4A8, when Qwix is
+  installed (``pip install -e '.[qwix]'``; otherwise the rows are skipped with a note);
+- two hand-written limits: ``limit int8 fwd + f32 bwd`` (per layer an int8 forward dot of
+  the activation's per-tensor codes and weight codes computed once outside the step,
+  then two float32 backward dots ``g @ w.T`` and ``x.T @ g`` on the float operands) and
+  ``limit int8 fwd + int8 bwd`` (the same forward, and the backward of
+  :func:`~jaxcompress.quantization._int8_backward.int8_matmul_grads`: the gradient
+  stochastically rounded to int8 twice and two int8 dots). The elementwise work they keep
+  as inherent: the activation's absmax, rounding and int8 cast, the int32 rescale, bias,
+  ReLU and its mask, the loss, adam. What they leave out: the per-step weight
+  quantization (absmax per channel, codes) and any float copy of the quantized weight.
+
+Columns: median ms over interleaved repetitions; ``vs dense`` (step time ratio);
+``vs limit`` (to the variant's own limit: float-backward limit for the integer-forward
+rows and Qwix, int8 limit for the int8-backward rows); ``of ceiling``: the speed-up over
+dense divided by the int8 dot ceiling (1.0 would be a step as much faster than dense as an
+int8 dot is than a float32 one; a step with float backward cannot come near it).
+Targets on the big MLP (reported, not asserted): integer W8A8 faster than Qwix W8A8 and
+within 10% of its limit.
 """
 
 from __future__ import annotations
@@ -23,11 +43,12 @@ import optax
 from flax import nnx
 
 import jaxcompress as jc
-from experiments import timing
+from experiments import ceiling, timing
 from experiments.bench_overhead import MODELS, init_mlp, mlp
 from jaxcompress import quantization
+from jaxcompress.quantization._int8_backward import int8_matmul_grads
 
-TARGETS = {"ours int W8A8": 0.8, "ours int W4A8": 0.9}
+LIMIT_F32, LIMIT_I8 = "limit int8 fwd + f32 bwd", "limit int8 fwd + int8 bwd"
 
 
 def ce(apply):
@@ -41,6 +62,55 @@ def our_step(apply, compressor, params, x, y):
   step = jax.jit(jc.train.make_step(ce(apply), optimizer, compressor), donate_argnums=0)
   step = step.lower(state, x, y).compile()
   return (lambda s: step(s, x, y)[0]), state
+
+
+def _activation_codes(a):
+  scale = jnp.maximum(jnp.max(jnp.abs(a)), 1e-30) / 127
+  return jnp.clip(jnp.round(a / scale), -127, 127).astype(jnp.int8), scale
+
+
+def limit_dot(int8_backward: bool, key):
+  """``x @ w`` with an int8 forward on given weight codes and a float32 or int8 backward."""
+
+  @jax.custom_vjp
+  def dot(a, w, codes, w_scale):
+    return forward(a, w, codes, w_scale)[0]
+
+  def forward(a, w, codes, w_scale):
+    a_codes, a_scale = _activation_codes(a)
+    acc = jax.lax.dot_general(a_codes, codes, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+    res = (a_codes, a_scale, codes, w_scale) if int8_backward else (a, w)
+    return acc.astype(jnp.float32) * (a_scale * w_scale), res
+
+  def backward(res, g):
+    if int8_backward:
+      a_codes, a_scale, codes, w_scale = res
+      da, dw = int8_matmul_grads(g, a_codes, None, a_scale, codes, w_scale, key)
+      return da, dw, None, None
+    a, w = res
+    return g @ w.T, a.T @ g, None, None
+
+  dot.defvjp(forward, backward)
+  return dot
+
+
+def limit_runner(params, x, y, int8_backward: bool):
+  """The hand-written limit step (module docstring): weight codes made once, outside the step."""
+  codes = {}
+  for name, layer in params.items():
+    w_scale = jnp.max(jnp.abs(layer["kernel"]), axis=0) / 127
+    codes[name] = (jnp.clip(jnp.round(layer["kernel"] / w_scale), -127, 127).astype(jnp.int8), w_scale)
+  dot = limit_dot(int8_backward, jax.random.key(0))
+
+  def apply(p, x):
+    n = len(p)
+    for i in range(1, n + 1):
+      layer = p[f"fc{i}"]
+      x = dot(x, layer["kernel"], *codes[f"fc{i}"]) + layer["bias"]
+      x = jax.nn.relu(x) if i < n else x
+    return x
+
+  return our_step(apply, jc.identity(), params, x, y)
 
 
 class NnxMLP(nnx.Module):
@@ -69,26 +139,22 @@ def qwix_step(params, weight_qtype, x, y):
 
 
 def training_runners(sizes, x, y, with_qwix):
+  """``{name: (runner, limit name or None)}`` of every variant (module docstring)."""
   params = init_mlp(sizes)
-  runners = {"dense float32": our_step(mlp, jc.identity(), params, x, y)}
-  runners["ours fake-quant W8A8"] = our_step(mlp, quantization.qat(8, 8, integer=False), params, x, y)
+  runners = {"dense float32": (our_step(mlp, jc.identity(), params, x, y), None)}
+  runners[LIMIT_F32] = (limit_runner(params, x, y, False), None)
+  runners[LIMIT_I8] = (limit_runner(params, x, y, True), None)
+  runners["ours fake-quant W8A8"] = (our_step(mlp, quantization.qat(8, 8, integer=False), params, x, y), None)
   for bits in (8, 4):
-    runners[f"ours int W{bits}A8"] = our_step(mlp, quantization.qat(bits, 8, integer=True), params, x, y)
+    c = quantization.qat(bits, 8, integer=True)
+    runners[f"ours int W{bits}A8"] = (our_step(mlp, c, params, x, y), LIMIT_F32)
+  for bits in (8, 4):
+    c = quantization.qat(bits, 8, integer=True, backward="int8")
+    runners[f"ours int8-bwd W{bits}A8"] = (our_step(mlp, c, params, x, y), LIMIT_I8)
   if with_qwix:
-    runners["qwix W8A8"] = qwix_step(params, jnp.int8, x, y)
-    runners["qwix W4A8"] = qwix_step(params, jnp.int4, x, y)
+    runners["qwix W8A8"] = (qwix_step(params, jnp.int8, x, y), LIMIT_F32)
+    runners["qwix W4A8"] = (qwix_step(params, jnp.int4, x, y), LIMIT_F32)
   return runners
-
-
-def inference_runners(sizes, x):
-  params = init_mlp(sizes)
-  q = quantization.ptq(mlp, params, weight_bits=8, act_bits=8, batches=[x])
-  served = quantization.serve(mlp, q.packed, act_ranges=q.act_ranges)
-  dense = jax.jit(mlp)
-  return {
-    "float32 inference": (lambda s: dense(params, x), x),
-    "served W8A8 inference": (lambda s: served(x), x),
-  }
 
 
 def main(argv=None) -> int:
@@ -101,32 +167,39 @@ def main(argv=None) -> int:
 
     with_qwix, qwix_version = True, qwix.__version__
   except ImportError:
-    with_qwix, qwix_version = False, "not installed"
+    with_qwix, qwix_version = False, "not installed (pip install -e '.[qwix]' for its rows)"
+  print(f"CPU: {ceiling.cpu_features()}")
   print(
     f"jax {jax.__version__} on {jax.devices()[0].platform}, qwix {qwix_version}, batch {args.batch}; "
     f"median ms over interleaved repetitions; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
   )
-  head = f"{'model':<27} {'variant':<24} {'ms':>9} {'vs dense':>9} {'target':>12}"
-  print(head + "\n" + "-" * len(head))
   rng = np.random.default_rng(1)
   for model, sizes in MODELS.items():
     big = max(sizes) >= 1024
-    reps = (3 if args.quick else 9) if big else (5 if args.quick else 21)
+    reps = (3 if args.quick else 7) if big else (5 if args.quick else 21)
     inner = 1 if big else (10 if args.quick else 50)
+    shapes = ceiling.mlp_shapes(sizes, args.batch)
+    ceil = ceiling.int8_dot_ceiling(shapes, reps=3 if args.quick else 7, inner=inner)
+    dots = ", ".join(f"{m}x{k}x{n} {s:.2f}x" for (m, k, n), s in zip(shapes, ceil["speedup"]))
+    print(f"\n{model}: int8 dot ceiling {ceil['total_speedup']:.2f}x over float32 ({dots})")
+    head = f"{'variant':<27} {'ms':>9} {'vs dense':>9} {'vs limit':>9} {'of ceiling':>11}"
+    print(head + "\n" + "-" * len(head))
     x = jnp.asarray(rng.normal(size=(args.batch, sizes[0])), jnp.float32)
     y = jnp.asarray(rng.integers(0, sizes[-1], size=args.batch), jnp.int32)
-    for group in (training_runners(sizes, x, y, with_qwix), inference_runners(sizes, x)):
-      times = timing.interleaved(group, reps, inner)
-      base = timing.median_ms(next(iter(times.values())))
-      for name, t in times.items():
-        ms = timing.median_ms(t)
-        goal = TARGETS.get(name) if big else None
-        verdict = "" if goal is None else f"<={goal:.2f} {'ok' if ms / base <= goal else 'MISS'}"
-        print(f"{model:<27} {name:<24} {ms:>9.3f} {ms / base:>8.3f}x {verdict:>12}")
-      if "served W8A8 inference" in times:
-        speedup = base / timing.median_ms(times["served W8A8 inference"])
-        target = " (target >= 4x)" if big else ""
-        print(f"{model:<27} {'served speed-up':<24} {speedup:>9.2f}x{target}")
+    variants = training_runners(sizes, x, y, with_qwix)
+    times = timing.interleaved({name: r for name, (r, _) in variants.items()}, reps, inner)
+    ms = {name: timing.median_ms(t) for name, t in times.items()}
+    base = ms["dense float32"]
+    for name, (_, limit) in variants.items():
+      vs_limit = f"{ms[name] / ms[limit]:>8.3f}x" if limit else f"{'':>9}"
+      print(
+        f"{name:<27} {ms[name]:>9.3f} {ms[name] / base:>8.3f}x {vs_limit} {base / ms[name] / ceil['total_speedup']:>11.3f}"
+      )
+    if big and with_qwix:
+      ok = ms["ours int W8A8"] < ms["qwix W8A8"] and ms["ours int W8A8"] <= 1.1 * ms[LIMIT_F32]
+      print(f"target: ours int W8A8 < qwix W8A8 and <= 1.1x its limit: {'ok' if ok else 'MISS'}")
+    if not with_qwix:
+      print("(qwix rows skipped: not installed)")
   return 0
 
 

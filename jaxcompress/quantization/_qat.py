@@ -15,7 +15,8 @@ Both have the same straight-through gradients: the backward pass differentiates 
 at the dequantized activation and the weight as given (on its grid, that is its
 dequantized codes, so no float copy of the codes is made) and zeroes the activation's
 gradient where it was clipped.
-The forward outputs agree up to float summation order.
+The forward outputs agree up to float summation order. With ``backward='int8'`` (opt-in,
+``integer`` only) the matmuls' backward products are int8 dots too: the whole step is int8.
 
 :func:`qat` is the one way to do QAT: ``chain(fake_quant(weight_bits, per_channel),
 quantize_activations(act_bits, integer=...))``, so what is trained is what is packed:
@@ -24,6 +25,7 @@ quantize_activations(act_bits, integer=...))``, so what is trained is what is pa
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,6 +42,7 @@ from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
 from jaxcompress.quantization._fake_quant import fake_quant
+from jaxcompress.quantization._int8_backward import int8_matmul_grads
 from jaxcompress.quantization._observer import observe, warn_if_outlier
 from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
 from jaxcompress.quantization._spec import QuantSpec
@@ -55,6 +58,14 @@ def _on_channel_grid(site: graph.Site, per_channel: bool) -> bool:
   return axes is not None and tuple(axes[a] for a in site.feature_axes) == (len(axes) - 1,)
 
 
+def _plain_matmul(site: graph.Site) -> bool:
+  """Whether the site is ``x @ w``: a 2-D weight's first axis contracted with the activation's last."""
+  if site.op != "dot_general" or site.weight_operand != 1 or len(site.weight_shape) != 2:
+    return False
+  (lc, rc), (lb, rb) = site.params["dimension_numbers"]
+  return tuple(lc) == (len(site.activation_shape) - 1,) and tuple(rc) == (0,) and not lb and not rb
+
+
 def site_rule(
   act_spec: QuantSpec,
   *,
@@ -66,14 +77,27 @@ def site_rule(
   per_token: bool = False,
   outlier_ratio: float | None = None,
   warned: set[str] | None = None,
+  backward: str = "float",
+  key: jax.Array | None = None,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
+
+  With ``backward='int8'`` (needs ``integer`` and a PRNG ``key``), an integer site that is
+  a plain matmul ``x @ w`` (``w`` 2-D, contracted on its first axis against ``x``'s last)
+  forms both gradients as int8 dots from the forward's codes and a stochastically rounded
+  int8 gradient (:func:`~jaxcompress.quantization._int8_backward.int8_matmul_grads`; the
+  noise is ``key`` folded with a hash of the site's key); other sites keep the float backward.
 
   A site whose weight scales do not lie along its output features (a weight used
   transposed, or reshaped before the op) runs the float op on the quantized operands,
   which computes the same function. A dynamic per-tensor range whose largest ``|x|`` exceeds
   ``outlier_ratio`` times the 99.9th percentile of its nonzero ``|x|`` warns once per site (into ``warned``).
   """
+  if backward not in ("float", "int8"):
+    raise ValueError(f"backward must be 'float' or 'int8', got {backward!r}")
+  if backward == "int8" and (not integer or key is None):
+    raise ValueError(f"backward='int8' needs integer=True and a PRNG key (got integer={integer}, key={key})")
+  int8_backward = backward == "int8"
   qw = uniform.qmax(weight_bits)
   warned = set() if warned is None else warned
 
@@ -99,6 +123,7 @@ def site_rule(
     a_scale, a_zero = jax.lax.stop_gradient(scale_of(site, activation))
     a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)
+    int8_grads = int8_backward and _plain_matmul(site)
     if out_scale is None:  # cannot happen: the scale varies only along the feature axes
       raise AssertionError(f"weight scale of site {site.key!r} does not lie along its output features")
 
@@ -110,9 +135,17 @@ def site_rule(
       a_codes, shift, a_in = activation_codes(act_spec, a, a_scale, a_zero)
       w_codes = jnp.clip(jnp.round(w * (1.0 / w_scale)), -qw, qw).astype(jnp.int8)
       out = integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype, None if act_spec.symmetric else shift)
-      return out, (a_codes, shift, a_in, w)
+      return out, (a_codes, shift, a_in, w_codes if int8_grads else w)
 
     def backward(res, g):
+      if int8_grads:
+        a_codes, shift, a_in, w_codes = res
+        assert key is not None  # checked above: int8_backward needs a key
+        site_key = jax.random.fold_in(key, zlib.crc32(site.key.encode()) & 0x7FFFFFFF)
+        da, dw = int8_matmul_grads(
+          g, a_codes, None if act_spec.symmetric else shift, a_scale, w_codes, w_scale, site_key
+        )
+        return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype)
       a_codes, shift, a_in, w_q = res
       a_q = (a_codes.astype(jnp.int32) + shift).astype(g.dtype) * a_scale
       _, pullback = jax.vjp(site.compute, a_q, w_q)
@@ -180,6 +213,8 @@ def quantize_activations(
   freeze_step: int | None = None,
   observe_inputs: Callable[..., tuple[Any, ...]] | None = None,
   outlier_ratio: float | None = 10.0,
+  backward: str = "float",
+  seed: int = 0,
 ) -> Compressor:
   """Uniform activation quantization at every selected matmul and convolution (model-side).
 
@@ -239,6 +274,17 @@ def quantize_activations(
       99.9th percentile of the batch's nonzero ``|x|`` (one outlier sets the range and the rest share a
       few levels); ``None`` silences it. Dynamic ranges are checked in the forward, observed
       ones at each observation.
+    backward: ``'float'`` (the straight-through float backward of the module docstring) or
+      ``'int8'`` (with ``integer``; opt-in): at every matmul site ``x @ w`` both gradient
+      products run as ``int8 × int8 → int32`` on the forward's activation and weight codes
+      and the incoming gradient quantized to int8 with stochastic rounding, one scale per
+      row for the input gradient (with the weight's per-output scale folded in first) and
+      one per output feature for the weight gradient, as AQT's ``dlhs``/``drhs``
+      (:func:`~jaxcompress.quantization._int8_backward.int8_matmul_grads`); the
+      straight-through clip mask is applied as in the float backward. Convolutions and
+      other contractions keep the float backward.
+    seed: with ``backward='int8'``, the stochastic rounding's noise at each step is
+      ``fold_in(key(seed), state.count)`` (the step's count), folded with each site's key.
 
   Returns:
     A model-side :class:`~jaxcompress.Compressor` with
@@ -248,7 +294,8 @@ def quantize_activations(
     ValueError: on bit-widths out of range, ``batches`` without ``apply_fn``, or
       ``per_token`` with ``batches`` or ``integer``, or a bad ``observer``,
       ``averaging_constant``, ``freeze_step`` or ``outlier_ratio`` (an observer needs
-      ``apply_fn`` and ``batches`` and excludes ``per_token``); at
+      ``apply_fn`` and ``batches`` and excludes ``per_token``), or ``backward`` not
+      ``'float'``/``'int8'`` (``'int8'`` without ``integer``); at
       ``init``, if calibration finds a non-finite range or reaches no site.
 
   References:
@@ -275,6 +322,10 @@ def quantize_activations(
       "per_token=True scales are dynamic, fake-quantized: pass neither calibration batches nor integer=True "
       f"(got batches={'given' if batches is not None else None}, integer={integer})"
     )
+  if backward not in ("float", "int8") or (backward == "int8" and not integer):
+    raise ValueError(f"backward must be 'float' or 'int8' (with integer=True), got {backward!r}, integer={integer}")
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise ValueError(f"seed must be an int, got {seed!r}")
   if observer not in (None, "moving_average"):
     raise ValueError(f"observer must be None or 'moving_average', got {observer!r}")
   c_avg = validate.check_float("averaging_constant", averaging_constant, low=0.0, high=1.0, low_open=True)
@@ -304,7 +355,7 @@ def quantize_activations(
       apply_fn, params, batches, spec, calibrator, where=pred, token_mask=token_mask
     )
 
-  def rule(extra, ranges):
+  def rule(extra, ranges, key=None):
     del extra
     return site_rule(
       spec,
@@ -316,9 +367,18 @@ def quantize_activations(
       per_token=per_token,
       outlier_ratio=outlier_ratio,
       warned=warned,
+      backward=backward,
+      key=key,
     )
 
   base = site_compressor(rule, init=init, where=where)
+  if backward == "int8":
+    root = jax.random.key(seed)
+
+    def rewrite(fn, params, state):  # the step's own noise: the key folded with the step count
+      return graph.rewrite(fn, rule(None, state.data, jax.random.fold_in(root, state.count)), where=where)
+
+    base = base._replace(rewrite=rewrite)
   if observer is None or apply_fn is None:
     return base
   observed_fn = apply_fn
@@ -358,6 +418,8 @@ def qat(
   averaging_constant: float = 0.01,
   freeze_step: int | None = None,
   outlier_ratio: float | None = 10.0,
+  backward: str = "float",
+  seed: int = 0,
 ) -> Compressor:
   """Quantization-aware training of weights and activations: one compressor.
 
@@ -383,16 +445,22 @@ def qat(
     observer, averaging_constant, freeze_step, outlier_ratio: the activation ranges'
       moving-average observer and outlier warning, as for :func:`quantize_activations`
       (the observer needs ``apply_fn`` and ``batches``).
+    backward, seed: ``backward='int8'`` (with ``integer``) makes the whole step int8: the
+      matmuls' input and weight gradients run as int8 dots on the forward's codes and a
+      stochastically rounded int8 gradient, as for :func:`quantize_activations`.
 
   Returns:
     A :class:`~jaxcompress.Compressor` (a :func:`~jaxcompress.chain`).
 
   Raises:
-    ValueError: on bit-widths out of range, or a bad observer setting (as
+    ValueError: on bit-widths out of range, or a bad observer or backward setting (as
       :func:`quantize_activations`).
 
   References:
-    Jacob et al. 2018, https://arxiv.org/abs/1712.05877 (integer-arithmetic inference).
+    Jacob et al. 2018, https://arxiv.org/abs/1712.05877 (integer-arithmetic inference);
+    with ``backward='int8'``, Abdolrashidi et al. 2021, "Pareto-Optimal Quantized ResNet Is
+    Mostly 4-bit" (AQT), https://arxiv.org/abs/2105.03536, and Gupta et al. 2015,
+    https://arxiv.org/abs/1502.02551 (stochastic rounding).
 
   Example:
     >>> import jax.numpy as jnp
@@ -421,5 +489,7 @@ def qat(
     averaging_constant=averaging_constant,
     freeze_step=freeze_step,
     outlier_ratio=outlier_ratio,
+    backward=backward,
+    seed=seed,
   )
   return chain(weights, acts)
