@@ -39,14 +39,55 @@ def _sortable_key(x: jax.Array) -> jax.Array:
   return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
+def _digit_width(size: int) -> int:
+  """Bits per radix digit: 16 (two histogram passes) for big arrays, 8 (four, small bins) below 2**16."""
+  return 16 if size >= 1 << 16 else 8
+
+
+def _select_threshold(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The ``keep``-th largest of the ``uint32`` keys of all ``keys`` together, by radix histograms.
+
+  Each pass histograms one digit (most significant first) of the keys that share the digits
+  found so far and picks the digit where the running count from the top reaches ``keep``.
+
+  Returns:
+    ``(threshold, above, tied)``: the key, and how many keys lie above it and equal it.
+    For ``keep == 0`` the threshold is ``0xFFFFFFFF`` (no finite score's key).
+  """
+  size = sum(k.size for k in keys)
+  width = _digit_width(size)
+  bins = 1 << width
+  prefix = jnp.uint32(0)
+  above = jnp.zeros((), jnp.int32)
+  count = jnp.zeros((), jnp.int32)
+  for level in range(32 // width):
+    shift = 32 - width * (level + 1)
+    hist = jnp.zeros(bins, jnp.int32)
+    for k in keys:
+      if level == 0:
+        digit = k >> jnp.uint32(shift)
+      else:
+        match = (k >> jnp.uint32(shift + width)) == (prefix >> jnp.uint32(shift + width))
+        digit = jnp.where(match, (k >> jnp.uint32(shift)) & jnp.uint32(bins - 1), jnp.uint32(bins))
+      hist = hist.at[digit.astype(jnp.int32)].add(1, mode="drop")
+    at_least = jnp.cumsum(hist[::-1])[::-1] + above  # keys with this prefix and digit >= d, plus those above
+    d = jnp.sum(at_least >= keep, dtype=jnp.int32) - 1  # the last digit whose count from the top reaches keep
+    d = jnp.maximum(d, 0)
+    count = hist[d]
+    above = at_least[d] - count
+    prefix = prefix | jnp.left_shift(d.astype(jnp.uint32), jnp.uint32(shift))
+  return prefix, above, count
+
+
 def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
   """Keeps the ``keep`` highest scores exactly (ties: the earlier element wins).
 
-  A radix select instead of a sort: the ``keep``-th largest score is found bit by bit
-  over the scores' order-preserving 32-bit keys (32 counting passes, linear in the
-  size), everything above it is kept, and among the scores equal to it the earliest in
-  row-major order fill the remaining places. On a 4096x4096 layer this is an order of
-  magnitude faster than ranking by a full sort, with the same result.
+  A radix select instead of a sort: the ``keep``-th largest score is found digit by digit
+  over the scores' order-preserving 32-bit keys, one histogram pass per 16-bit digit (two
+  passes; 8-bit digits, four passes, below 2**16 scores), everything above it is kept,
+  and among the scores equal to it the earliest in row-major order fill the remaining
+  places (a running count over the ties, only when not all of them fit). Linear in the
+  size; the result is that of a stable descending sort.
 
   Args:
     scores: float array of any shape; higher means more important. NaN ranks lowest.
@@ -55,18 +96,40 @@ def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
   Returns:
     A ``bool`` mask of ``scores.shape`` with exactly ``clip(keep, 0, size)`` True.
   """
-  key = _sortable_key(scores.reshape(-1))
-  keep = jnp.clip(jnp.asarray(keep, jnp.int32), 0, key.size)
+  return keep_top_many([scores], keep)[0]
 
-  def refine(i, threshold):
-    candidate = threshold | jnp.left_shift(jnp.uint32(1), jnp.uint32(31 - i))
-    return jnp.where(jnp.sum(key >= candidate, dtype=jnp.int32) >= keep, candidate, threshold)
 
-  threshold = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))
-  above = key > threshold
-  tied = key == threshold
-  room = keep - jnp.sum(above, dtype=jnp.int32)
-  return (above | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))).reshape(scores.shape)
+def keep_top_many(scores: Sequence[jax.Array], keep: jax.Array | int) -> list[jax.Array]:
+  """:func:`keep_top` over several arrays at once, ranked as if flattened and concatenated.
+
+  Ties keep the earlier array, then the earlier element. Nothing is concatenated: the
+  histograms of all arrays are summed.
+
+  Args:
+    scores: float arrays of any shapes (any float dtype; ranked as float32, which is exact).
+    keep: how many to keep in all, an integer scalar (may be traced).
+
+  Returns:
+    ``bool`` masks of the arrays' shapes with exactly ``clip(keep, 0, total size)`` True in all.
+  """
+  keys = [_sortable_key(jnp.reshape(s, -1)) for s in scores]
+  keep = jnp.clip(jnp.asarray(keep, jnp.int32), 0, sum(k.size for k in keys))
+  threshold, above, tied = _select_threshold(keys, keep)
+  room = keep - above
+
+  def every_tie():  # all scores equal to the threshold fit
+    return [k >= threshold for k in keys]
+
+  def earliest_ties():
+    out, before = [], jnp.zeros((), jnp.int32)
+    for k in keys:
+      equal = k == threshold
+      out.append((k > threshold) | (equal & (jnp.cumsum(equal, dtype=jnp.int32) + before <= room)))
+      before = before + jnp.sum(equal, dtype=jnp.int32)
+    return out
+
+  masks = jax.lax.cond(tied == room, every_tie, earliest_ties)
+  return [m.reshape(jnp.shape(s)) for m, s in zip(masks, scores)]
 
 
 def topk_mask(scores: jax.Array, sparsity: jax.Array | float) -> jax.Array:
@@ -92,7 +155,7 @@ def global_topk_masks(scores: Sequence[jax.Array], sparsity: jax.Array | float) 
 
   The arrays are ranked as if flattened and concatenated in the given order, so ties
   keep the earlier array, then the earlier element. Works on sharded arrays (the
-  concatenation is global under ``jit``, whatever the leaves' shardings).
+  histograms are summed under ``jit``, whatever the leaves' shardings).
 
   Args:
     scores: float arrays of any shapes.
@@ -102,13 +165,8 @@ def global_topk_masks(scores: Sequence[jax.Array], sparsity: jax.Array | float) 
     ``bool`` masks of the arrays' shapes whose True entries total exactly
     ``n - num_pruned(sparsity, n)``, ``n`` being the total size.
   """
-  flat = jnp.concatenate([jnp.asarray(s, jnp.float32).reshape(-1) for s in scores])
-  keep = keep_top(flat, flat.size - num_pruned(sparsity, flat.size))
-  out, start = [], 0
-  for s in scores:
-    out.append(keep[start : start + s.size].reshape(s.shape))
-    start += s.size
-  return out
+  n = sum(int(jnp.size(s)) for s in scores)
+  return keep_top_many(scores, n - num_pruned(sparsity, n))
 
 
 def block_scores(scores: jax.Array, block: tuple[int, ...]) -> jax.Array:
