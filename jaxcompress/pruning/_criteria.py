@@ -39,55 +39,58 @@ def _sortable_key(x: jax.Array) -> jax.Array:
   return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
-def _digit_width(size: int) -> int:
-  """Bits per radix digit: 16 (two histogram passes) for big arrays, 8 (four, small bins) below 2**16."""
-  return 16 if size >= 1 << 16 else 8
+HISTOGRAM_MIN_SIZE = 1 << 16
+"""From this many scores on, the threshold is found by two 16-bit histogram passes instead of
+32 one-bit counting passes (which compile smaller and are as fast on small arrays)."""
 
 
-def _select_threshold(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The ``keep``-th largest of the ``uint32`` keys of all ``keys`` together, by radix histograms.
+def _select_threshold(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """The ``keep``-th largest of all the ``uint32`` ``keys`` together, how many lie above it and
+  (from the histograms; ``None`` on the bitwise path) how many equal it.
 
-  Each pass histograms one digit (most significant first) of the keys that share the digits
-  found so far and picks the digit where the running count from the top reaches ``keep``.
-
-  Returns:
-    ``(threshold, above, tied)``: the key, and how many keys lie above it and equal it.
-    For ``keep == 0`` the threshold is ``0xFFFFFFFF`` (no finite score's key).
+  Below :data:`HISTOGRAM_MIN_SIZE` keys, bit by bit: 32 counting passes. From it on, digit by
+  digit: each of two passes histograms one 16-bit digit (most significant first) of the keys
+  that share the digits found so far, and picks the digit where the running count from the
+  top reaches ``keep``. For ``keep == 0`` the threshold is ``0xFFFFFFFF`` (no score's key:
+  NaN is ranked as ``-inf``).
   """
-  size = sum(k.size for k in keys)
-  width = _digit_width(size)
-  bins = 1 << width
-  prefix = jnp.uint32(0)
-  above = jnp.zeros((), jnp.int32)
-  count = jnp.zeros((), jnp.int32)
-  for level in range(32 // width):
-    shift = 32 - width * (level + 1)
+  if sum(k.size for k in keys) < HISTOGRAM_MIN_SIZE:
+
+    def refine(i, threshold):
+      candidate = threshold | jnp.left_shift(jnp.uint32(1), jnp.uint32(31 - i))
+      at_least = sum(jnp.sum(k >= candidate, dtype=jnp.int32) for k in keys)
+      return jnp.where(at_least >= keep, candidate, threshold)
+
+    threshold = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))
+    return threshold, sum(jnp.sum(k > threshold, dtype=jnp.int32) for k in keys), None
+  width, bins = 16, 1 << 16
+  prefix, above = jnp.uint32(0), jnp.zeros((), jnp.int32)
+  for level in range(2):
+    shift = jnp.uint32(32 - width * (level + 1))
     hist = jnp.zeros(bins, jnp.int32)
     for k in keys:
-      if level == 0:
-        digit = k >> jnp.uint32(shift)
-      else:
-        match = (k >> jnp.uint32(shift + width)) == (prefix >> jnp.uint32(shift + width))
-        digit = jnp.where(match, (k >> jnp.uint32(shift)) & jnp.uint32(bins - 1), jnp.uint32(bins))
+      digit = (k >> shift) & jnp.uint32(bins - 1)
+      if level:  # only the keys that share the first digit
+        digit = jnp.where((k >> jnp.uint32(width)) == (prefix >> jnp.uint32(width)), digit, jnp.uint32(bins))
       hist = hist.at[digit.astype(jnp.int32)].add(1, mode="drop")
-    at_least = jnp.cumsum(hist[::-1])[::-1] + above  # keys with this prefix and digit >= d, plus those above
-    d = jnp.sum(at_least >= keep, dtype=jnp.int32) - 1  # the last digit whose count from the top reaches keep
-    d = jnp.maximum(d, 0)
-    count = hist[d]
-    above = at_least[d] - count
-    prefix = prefix | jnp.left_shift(d.astype(jnp.uint32), jnp.uint32(shift))
-  return prefix, above, count
+    at_least = jnp.cumsum(hist[::-1])[::-1] + above  # keys above, plus those of this prefix with digit >= d
+    d = jnp.maximum(jnp.sum(at_least >= keep, dtype=jnp.int32) - 1, 0)  # the last digit reaching keep
+    above = at_least[d] - hist[d]
+    prefix = prefix | jnp.left_shift(d.astype(jnp.uint32), shift)
+  return prefix, above, hist[d]
 
 
 def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
   """Keeps the ``keep`` highest scores exactly (ties: the earlier element wins).
 
-  A radix select instead of a sort: the ``keep``-th largest score is found digit by digit
-  over the scores' order-preserving 32-bit keys, one histogram pass per 16-bit digit (two
-  passes; 8-bit digits, four passes, below 2**16 scores), everything above it is kept,
-  and among the scores equal to it the earliest in row-major order fill the remaining
-  places (a running count over the ties, only when not all of them fit). Linear in the
-  size; the result is that of a stable descending sort.
+  A radix select instead of a sort: the ``keep``-th largest score is found over the scores'
+  order-preserving 32-bit keys, bit by bit (32 counting passes) on small arrays and by two
+  histogram passes of 16-bit digits from :data:`HISTOGRAM_MIN_SIZE` scores on; everything
+  above it is kept, and among the scores equal to it the earliest in row-major order fill
+  the remaining places (on big arrays the running count over the ties runs only when not
+  all of them fit). Linear in the size; the result is that of a stable descending sort.
+  On a 4096x4096 layer this is several times faster than the 32 counting passes alone and
+  an order of magnitude faster than a full sort.
 
   Args:
     scores: float array of any shape; higher means more important. NaN ranks lowest.
@@ -117,9 +120,6 @@ def keep_top_many(scores: Sequence[jax.Array], keep: jax.Array | int) -> list[ja
   threshold, above, tied = _select_threshold(keys, keep)
   room = keep - above
 
-  def every_tie():  # all scores equal to the threshold fit
-    return [k >= threshold for k in keys]
-
   def earliest_ties():
     out, before = [], jnp.zeros((), jnp.int32)
     for k in keys:
@@ -128,7 +128,10 @@ def keep_top_many(scores: Sequence[jax.Array], keep: jax.Array | int) -> list[ja
       before = before + jnp.sum(equal, dtype=jnp.int32)
     return out
 
-  masks = jax.lax.cond(tied == room, every_tie, earliest_ties)
+  if tied is None:
+    masks = earliest_ties()
+  else:  # a running count over 2**16+ scores costs more than the selection: skipped when every tie fits
+    masks = jax.lax.cond(tied == room, lambda: [k >= threshold for k in keys], earliest_ties)
   return [m.reshape(jnp.shape(s)) for m, s in zip(masks, scores)]
 
 
