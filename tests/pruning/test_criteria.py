@@ -119,3 +119,21 @@ def test_global_histogram_select_equals_a_stable_sort_over_the_concatenation():
   masks = jax.jit(pruning.global_topk_masks, static_argnums=1)([jnp.asarray(s) for s in scores], 0.6)
   keep = flat.size - round(0.6 * flat.size)
   np.testing.assert_array_equal(np.concatenate([np.asarray(m).ravel() for m in masks]), _stable_sort_mask(flat, keep))
+
+
+def test_global_masks_keeping_one_equal_ranking_with_each_leafs_best_raised():
+  from jaxcompress.pruning._masking import first_kept, global_masks_keeping_one
+
+  rng = np.random.default_rng(4)
+  big = rng.integers(1, 4, size=(6, 5)).astype(np.float32)
+  both = jax.jit(
+    lambda scores: (
+      global_masks_keeping_one(scores, 0.8),
+      pruning.global_topk_masks([first_kept(s) for s in scores], 0.8),
+    )
+  )
+  for small in (np.full(4, 0.5, np.float32), rng.integers(1, 4, size=4).astype(np.float32)):  # emptied / not
+    got, expected = both([jnp.asarray(big), jnp.asarray(small)])
+    for g, e in zip(got, expected):
+      np.testing.assert_array_equal(g, e)
+    assert all(bool(g.any()) for g in got)

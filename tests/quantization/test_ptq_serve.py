@@ -212,7 +212,6 @@ def test_scales_along_the_input_features_warn_and_serve_in_float():
 @pytest.mark.parametrize(
   "x_shape,w_shape,kwargs",
   [
-    ((2, 7, 6, 3), (3, 2, 3, 4), dict(window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))),
     (
       (2, 3, 9, 8),
       (5, 3, 2, 3),
