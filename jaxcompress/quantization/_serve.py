@@ -252,7 +252,8 @@ def serve(
       levels), as :func:`~jaxcompress.quantization.quantize_activations` trains them.
 
   Returns:
-    ``fn(*inputs) -> outputs``, jitted, with ``packed`` passed as an argument.
+    ``fn(*inputs) -> outputs``, jitted, with ``packed`` passed as an argument (its NumPy
+    leaves copied to the default device once, here).
 
   Raises:
     ValueError: if ``act_bits`` is outside 2..8, or at call time if a calibrated
@@ -281,6 +282,9 @@ def serve(
       "for int8 matmuls pack with a symmetric uniform quantizer (fake_quant, qat, ptq)",
       stacklevel=2,
     )
+
+  # Host (NumPy) leaves, as ptq packs them, go to the device once here, not on every call.
+  packed = jax.tree.map(lambda a: jnp.asarray(a) if isinstance(a, np.ndarray | np.generic) else a, packed)
 
   @jax.jit
   def run(packed, *inputs):
