@@ -7,7 +7,7 @@ kept entries, ties broken by position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,10 @@ HISTOGRAM_MIN_SIZE = 1 << 16
 32 one-bit counting passes (which compile smaller and are as fast on small arrays)."""
 
 
+def _total(counts: Iterable[jax.Array]) -> jax.Array:
+  return jnp.sum(jnp.stack(list(counts)))
+
+
 def _select_threshold(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
   """The ``keep``-th largest of all the ``uint32`` ``keys`` together, how many lie above it and
   (from the histograms; ``None`` on the bitwise path) how many equal it.
@@ -58,11 +62,11 @@ def _select_threshold(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[jax.A
 
     def refine(i, threshold):
       candidate = threshold | jnp.left_shift(jnp.uint32(1), jnp.uint32(31 - i))
-      at_least = sum(jnp.sum(k >= candidate, dtype=jnp.int32) for k in keys)
+      at_least = _total(jnp.sum(k >= candidate, dtype=jnp.int32) for k in keys)
       return jnp.where(at_least >= keep, candidate, threshold)
 
     threshold = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))
-    return threshold, sum(jnp.sum(k > threshold, dtype=jnp.int32) for k in keys), None
+    return threshold, _total(jnp.sum(k > threshold, dtype=jnp.int32) for k in keys), None
   width, bins = 16, 1 << 16
   prefix, above = jnp.uint32(0), jnp.zeros((), jnp.int32)
   for level in range(2):
@@ -168,7 +172,7 @@ def global_topk_masks(scores: Sequence[jax.Array], sparsity: jax.Array | float) 
     ``bool`` masks of the arrays' shapes whose True entries total exactly
     ``n - num_pruned(sparsity, n)``, ``n`` being the total size.
   """
-  n = sum(int(jnp.size(s)) for s in scores)
+  n = sum(jnp.size(s) for s in scores)
   return keep_top_many(scores, n - num_pruned(sparsity, n))
 
 

@@ -109,7 +109,9 @@ def test_histogram_select_equals_a_stable_sort(dtype, size):
     got = np.asarray(select(jnp.asarray(x, dtype), keep))
     np.testing.assert_array_equal(got, _stable_sort_mask(x, keep), err_msg=f"keep={keep}")
   for equal in (np.zeros(size, np.float32), np.full(size, big, np.float32)):  # all equal: by position
-    np.testing.assert_array_equal(np.asarray(select(jnp.asarray(equal, dtype), size // 2)), _stable_sort_mask(equal, size // 2))
+    np.testing.assert_array_equal(
+      np.asarray(select(jnp.asarray(equal, dtype), size // 2)), _stable_sort_mask(equal, size // 2)
+    )
 
 
 def test_global_histogram_select_equals_a_stable_sort_over_the_concatenation():
