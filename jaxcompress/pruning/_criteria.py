@@ -7,7 +7,7 @@ kept entries, ties broken by position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,14 +39,62 @@ def _sortable_key(x: jax.Array) -> jax.Array:
   return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
+HISTOGRAM_MIN_SIZE = 1 << 16
+"""From this many scores on, the threshold is found by two 16-bit histogram passes instead of
+32 one-bit counting passes (which compile smaller and are as fast on small arrays)."""
+
+
+def _total(counts: Iterable[jax.Array]) -> jax.Array:
+  return jnp.sum(jnp.stack(list(counts)))
+
+
+def _select_threshold(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """The ``keep``-th largest of all the ``uint32`` ``keys`` together, how many lie above it and
+  (from the histograms; ``None`` on the bitwise path) how many equal it.
+
+  Below :data:`HISTOGRAM_MIN_SIZE` keys, bit by bit: 32 counting passes. From it on, digit by
+  digit: each of two passes histograms one 16-bit digit (most significant first) of the keys
+  that share the digits found so far, and picks the digit where the running count from the
+  top reaches ``keep``. For ``keep == 0`` the threshold is ``0xFFFFFFFF`` (no score's key:
+  NaN is ranked as ``-inf``).
+  """
+  if sum(k.size for k in keys) < HISTOGRAM_MIN_SIZE:
+
+    def refine(i, threshold):
+      candidate = threshold | jnp.left_shift(jnp.uint32(1), jnp.uint32(31 - i))
+      at_least = _total(jnp.sum(k >= candidate, dtype=jnp.int32) for k in keys)
+      return jnp.where(at_least >= keep, candidate, threshold)
+
+    threshold = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))
+    return threshold, _total(jnp.sum(k > threshold, dtype=jnp.int32) for k in keys), None
+  width, bins = 16, 1 << 16
+  prefix, above = jnp.uint32(0), jnp.zeros((), jnp.int32)
+  for level in range(2):
+    shift = jnp.uint32(32 - width * (level + 1))
+    hist = jnp.zeros(bins, jnp.int32)
+    for k in keys:
+      digit = (k >> shift) & jnp.uint32(bins - 1)
+      if level:  # only the keys that share the first digit
+        digit = jnp.where((k >> jnp.uint32(width)) == (prefix >> jnp.uint32(width)), digit, jnp.uint32(bins))
+      hist = hist.at[digit.astype(jnp.int32)].add(1, mode="drop")
+    at_least = jnp.cumsum(hist[::-1])[::-1] + above  # keys above, plus those of this prefix with digit >= d
+    d = jnp.maximum(jnp.sum(at_least >= keep, dtype=jnp.int32) - 1, 0)  # the last digit reaching keep
+    above = at_least[d] - hist[d]
+    prefix = prefix | jnp.left_shift(d.astype(jnp.uint32), shift)
+  return prefix, above, hist[d]
+
+
 def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
   """Keeps the ``keep`` highest scores exactly (ties: the earlier element wins).
 
-  A radix select instead of a sort: the ``keep``-th largest score is found bit by bit
-  over the scores' order-preserving 32-bit keys (32 counting passes, linear in the
-  size), everything above it is kept, and among the scores equal to it the earliest in
-  row-major order fill the remaining places. On a 4096x4096 layer this is an order of
-  magnitude faster than ranking by a full sort, with the same result.
+  A radix select instead of a sort: the ``keep``-th largest score is found over the scores'
+  order-preserving 32-bit keys, bit by bit (32 counting passes) on small arrays and by two
+  histogram passes of 16-bit digits from :data:`HISTOGRAM_MIN_SIZE` scores on; everything
+  above it is kept, and among the scores equal to it the earliest in row-major order fill
+  the remaining places (on big arrays the running count over the ties runs only when not
+  all of them fit). Linear in the size; the result is that of a stable descending sort.
+  On a 4096x4096 layer this is several times faster than the 32 counting passes alone and
+  an order of magnitude faster than a full sort.
 
   Args:
     scores: float array of any shape; higher means more important. NaN ranks lowest.
@@ -55,18 +103,40 @@ def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
   Returns:
     A ``bool`` mask of ``scores.shape`` with exactly ``clip(keep, 0, size)`` True.
   """
-  key = _sortable_key(scores.reshape(-1))
-  keep = jnp.clip(jnp.asarray(keep, jnp.int32), 0, key.size)
+  return keep_top_many([scores], keep)[0]
 
-  def refine(i, threshold):
-    candidate = threshold | jnp.left_shift(jnp.uint32(1), jnp.uint32(31 - i))
-    return jnp.where(jnp.sum(key >= candidate, dtype=jnp.int32) >= keep, candidate, threshold)
 
-  threshold = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))
-  above = key > threshold
-  tied = key == threshold
-  room = keep - jnp.sum(above, dtype=jnp.int32)
-  return (above | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))).reshape(scores.shape)
+def keep_top_many(scores: Sequence[jax.Array], keep: jax.Array | int) -> list[jax.Array]:
+  """:func:`keep_top` over several arrays at once, ranked as if flattened and concatenated.
+
+  Ties keep the earlier array, then the earlier element. Nothing is concatenated: the
+  histograms of all arrays are summed.
+
+  Args:
+    scores: float arrays of any shapes (any float dtype; ranked as float32, which is exact).
+    keep: how many to keep in all, an integer scalar (may be traced).
+
+  Returns:
+    ``bool`` masks of the arrays' shapes with exactly ``clip(keep, 0, total size)`` True in all.
+  """
+  keys = [_sortable_key(jnp.reshape(s, -1)) for s in scores]
+  keep = jnp.clip(jnp.asarray(keep, jnp.int32), 0, sum(k.size for k in keys))
+  threshold, above, tied = _select_threshold(keys, keep)
+  room = keep - above
+
+  def earliest_ties():
+    out, before = [], jnp.zeros((), jnp.int32)
+    for k in keys:
+      equal = k == threshold
+      out.append((k > threshold) | (equal & (jnp.cumsum(equal, dtype=jnp.int32) + before <= room)))
+      before = before + jnp.sum(equal, dtype=jnp.int32)
+    return out
+
+  if tied is None:
+    masks = earliest_ties()
+  else:  # a running count over 2**16+ scores costs more than the selection: skipped when every tie fits
+    masks = jax.lax.cond(tied == room, lambda: [k >= threshold for k in keys], earliest_ties)
+  return [m.reshape(jnp.shape(s)) for m, s in zip(masks, scores)]
 
 
 def topk_mask(scores: jax.Array, sparsity: jax.Array | float) -> jax.Array:
@@ -92,7 +162,7 @@ def global_topk_masks(scores: Sequence[jax.Array], sparsity: jax.Array | float) 
 
   The arrays are ranked as if flattened and concatenated in the given order, so ties
   keep the earlier array, then the earlier element. Works on sharded arrays (the
-  concatenation is global under ``jit``, whatever the leaves' shardings).
+  histograms are summed under ``jit``, whatever the leaves' shardings).
 
   Args:
     scores: float arrays of any shapes.
@@ -102,13 +172,8 @@ def global_topk_masks(scores: Sequence[jax.Array], sparsity: jax.Array | float) 
     ``bool`` masks of the arrays' shapes whose True entries total exactly
     ``n - num_pruned(sparsity, n)``, ``n`` being the total size.
   """
-  flat = jnp.concatenate([jnp.asarray(s, jnp.float32).reshape(-1) for s in scores])
-  keep = keep_top(flat, flat.size - num_pruned(sparsity, flat.size))
-  out, start = [], 0
-  for s in scores:
-    out.append(keep[start : start + s.size].reshape(s.shape))
-    start += s.size
-  return out
+  n = sum(jnp.size(s) for s in scores)
+  return keep_top_many(scores, n - num_pruned(sparsity, n))
 
 
 def block_scores(scores: jax.Array, block: tuple[int, ...]) -> jax.Array:

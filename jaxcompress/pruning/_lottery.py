@@ -182,7 +182,7 @@ def lottery_ticket(
       if scope == "global":  # every leaf keeps its best weight
         total = sum(sc.size for sc in scores)
         s_all = jnp.minimum(s, (total - len(scores)) / total)
-        masks = criteria.global_topk_masks([masking.first_kept(sc) for sc in scores], s_all)
+        masks = masking.global_masks_keeping_one(scores, s_all)
       else:  # rounding never takes a leaf's last weight
         masks = [criteria.topk_mask(sc, jnp.minimum(s, (sc.size - 1) / sc.size)) for sc in scores]
       return masks, [masking.zero_pruned(rw, m) for rw, m in zip(rewind, masks)]

@@ -69,6 +69,20 @@ def first_kept(scores: jax.Array) -> jax.Array:
   return jnp.where(jnp.arange(flat.size) == best, jnp.inf, flat).reshape(scores.shape)
 
 
+def global_masks_keeping_one(scores: list[jax.Array], sparsity: jax.Array | float) -> list[jax.Array]:
+  """``global_topk_masks([first_kept(s) for s in scores], sparsity)``, ranking once in the usual case.
+
+  Raising a leaf's best score changes nothing when the plain ranking already keeps some
+  of that leaf (then it keeps the leaf's best, the first of equals), so :func:`first_kept`
+  (an argmax over every leaf) and the second ranking run only when a leaf would lose all.
+  """
+  plain = criteria.global_topk_masks(scores, sparsity)
+  emptied = jnp.stack([~jnp.any(m) for m in plain]).any()
+  return jax.lax.cond(
+    emptied, lambda: criteria.global_topk_masks([first_kept(s) for s in scores], sparsity), lambda: plain
+  )
+
+
 def check_state(state: Any, expected: type, who: str) -> None:
   """Raises ``TypeError`` unless ``state`` is an ``expected`` (the state ``who``'s ``init`` returns).
 
@@ -208,7 +222,7 @@ def build(
     targets_ = targets(paths, shapes, step)
     if scope == "global":
       # each leaf's best weight ranks first, so no leaf loses its last weight
-      return criteria.global_topk_masks([first_kept(sc) for sc in scores], targets_[0])
+      return global_masks_keeping_one(scores, targets_[0])
     return [structured(sc, t) for sc, t in zip(scores, targets_)]
 
   def selected(params, state_masks):

@@ -7,11 +7,14 @@ W8A8: each matmul or convolution whose weight is an 8-bit-or-narrower symmetric
 zero point by default (stored shifted into int8, with an exact per-output correction)
 or symmetric signed ones. Weights below 8 bits use int8 containers, so no
 ``int4 × int4`` dot is ever emitted (XLA's CPU backend cannot compile those).
-Weight-only: the codes are dequantized right before the op.
+Weight-only: the codes are dequantized right before the op. An int8 convolution runs as
+im2col and one ``int8 × int8 → int32`` matmul (the same integers; XLA's CPU backend lowers
+int8 convolutions far slower than float32 ones).
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -109,10 +112,45 @@ def integer_op(
     shift: the ``int32`` scalar the codes are offset by, or ``None`` (symmetric).
   """
   if shift is None:
-    acc = site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
+    acc = int8_compute(site, a_codes, w_codes)
   else:
     acc = _shifted_op(site, a_codes, w_codes, shift)
   return (acc.astype(jnp.float32) * scale).astype(dtype)
+
+
+def int8_compute(site: graph.Site, a_codes: jax.Array, w_codes: jax.Array) -> jax.Array:
+  """The site's op on int8 operands with an ``int32`` result; a convolution as im2col and a matmul.
+
+  The result is the same integers as ``site.compute(..., preferred_element_type=int32)``
+  (both accumulate exactly in int32). Convolutions with feature or batch groups, input
+  dilation or the weight as the first operand run as the plain op.
+  """
+  p = site.params
+  if site.op != "conv_general_dilated" or site.weight_operand != 1:
+    return site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
+  if p["feature_group_count"] != 1 or p["batch_group_count"] != 1 or any(d != 1 for d in p["lhs_dilation"]):
+    return site.compute(a_codes, w_codes, preferred_element_type=jnp.int32)
+  dn = p["dimension_numbers"]
+  lhs = jnp.transpose(a_codes, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))  # (N, spatial..., C)
+  rhs = jnp.transpose(w_codes, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))  # (spatial..., I, O)
+  spatial = len(dn.lhs_spec) - 2
+  zero = jnp.zeros((), lhs.dtype)
+  lhs = jax.lax.pad(lhs, zero, [(0, 0, 0), *((lo, hi, 0) for lo, hi in p["padding"]), (0, 0, 0)])
+  out_sizes = [site.output_shape[a] for a in dn.out_spec[2:]]
+  n, c = lhs.shape[0], lhs.shape[-1]
+  columns = []
+  for offsets in itertools.product(*(range(k) for k in rhs.shape[:spatial])):
+    start = [0, *(o * d for o, d in zip(offsets, p["rhs_dilation"])), 0]
+    limit = [n, *(s + (m - 1) * st + 1 for s, m, st in zip(start[1:-1], out_sizes, p["window_strides"])), c]
+    columns.append(jax.lax.slice(lhs, start, limit, (1, *p["window_strides"], 1)))
+  cols = jnp.concatenate(columns, axis=-1)  # (N, out spatial..., window x C), the kernel's row-major order
+  kernel = rhs.reshape(-1, rhs.shape[-1])
+  out = jax.lax.dot_general(cols, kernel, (((cols.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+  perm = [0] * out.ndim  # (N, out spatial..., O) -> the op's output layout
+  perm[dn.out_spec[0]], perm[dn.out_spec[1]] = 0, out.ndim - 1
+  for i, a in enumerate(dn.out_spec[2:]):
+    perm[a] = 1 + i
+  return jnp.transpose(out, perm)
 
 
 def _example_axis(site: graph.Site) -> int | None:
@@ -136,11 +174,11 @@ def _shifted_op(site: graph.Site, a_codes: jax.Array, w_codes: jax.Array, shift:
   if axis is None:  # no example axis to extend: a second, float32 op (exact below 2^24)
     ones = jnp.ones(site.activation_shape, jnp.float32)
     sums = site.compute(ones, w_codes.astype(jnp.float32)).astype(jnp.int32)
-    return site.compute(a_codes, w_codes, preferred_element_type=jnp.int32) + shift * sums
+    return int8_compute(site, a_codes, w_codes) + shift * sums
   one = list(a_codes.shape)
   one[axis] = 1
   extended = jnp.concatenate([a_codes, jnp.ones(one, a_codes.dtype)], axis=axis)
-  out = site.compute(extended, w_codes, preferred_element_type=jnp.int32)
+  out = int8_compute(site, extended, w_codes)
   n = a_codes.shape[axis]
   out_axis = next(i for i, (d, e) in enumerate(zip(out.shape, site.output_shape)) if d != e)
   acc = jax.lax.slice_in_dim(out, 0, n, axis=out_axis)
@@ -214,7 +252,8 @@ def serve(
       levels), as :func:`~jaxcompress.quantization.quantize_activations` trains them.
 
   Returns:
-    ``fn(*inputs) -> outputs``, jitted, with ``packed`` passed as an argument.
+    ``fn(*inputs) -> outputs``, jitted, with ``packed`` passed as an argument (its NumPy
+    leaves copied to the default device once, here).
 
   Raises:
     ValueError: if ``act_bits`` is outside 2..8, or at call time if a calibrated
@@ -243,6 +282,9 @@ def serve(
       "for int8 matmuls pack with a symmetric uniform quantizer (fake_quant, qat, ptq)",
       stacklevel=2,
     )
+
+  # Host (NumPy) leaves, as ptq packs them, go to the device once here, not on every call.
+  packed = jax.tree.map(lambda a: jnp.asarray(a) if isinstance(a, np.ndarray | np.generic) else a, packed)
 
   @jax.jit
   def run(packed, *inputs):

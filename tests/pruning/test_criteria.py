@@ -83,3 +83,59 @@ def test_radix_select_equals_a_stable_sort_with_ties_nan_and_signed_zeros():
     expected = np.zeros(x.size, bool)
     expected[order[:keep]] = True
     np.testing.assert_array_equal(np.asarray(keep_top(jnp.asarray(x), keep)), expected)
+
+
+def _stable_sort_mask(x, keep):
+  ranked = np.where(np.isnan(x), -np.inf, x.astype(np.float32))
+  expected = np.zeros(x.size, bool)
+  expected[np.argsort(-ranked, kind="stable")[:keep]] = True
+  return expected
+
+
+@pytest.mark.parametrize(  # bitwise below 2**16 scores, 16-bit histograms from there on
+  "dtype,size", [(np.float32, 300), (np.float32, 70_000), (np.float16, 70_000), (jnp.bfloat16, 70_000)]
+)
+def test_histogram_select_equals_a_stable_sort(dtype, size):
+  from jaxcompress.pruning._criteria import keep_top
+
+  rng = np.random.default_rng(size)
+  big = 3e38 if dtype == np.float32 else float(jnp.finfo(dtype).max)
+  magnitudes = rng.choice(np.array([1.0, 1e-3, big], np.float32), size=size)
+  x = (rng.integers(-5, 6, size=size) * magnitudes / 5).astype(np.float32)  # many ties, extremes included
+  x[:3] = [big, -big, -0.0]
+  x = np.asarray(jnp.asarray(x, dtype)).astype(np.float32)  # the values the dtype holds
+  select = jax.jit(keep_top)
+  for keep in (0, 1, size // 3, size // 2, size - 1, size):
+    got = np.asarray(select(jnp.asarray(x, dtype), keep))
+    np.testing.assert_array_equal(got, _stable_sort_mask(x, keep), err_msg=f"keep={keep}")
+  for equal in (np.zeros(size, np.float32), np.full(size, big, np.float32)):  # all equal: by position
+    np.testing.assert_array_equal(
+      np.asarray(select(jnp.asarray(equal, dtype), size // 2)), _stable_sort_mask(equal, size // 2)
+    )
+
+
+def test_global_histogram_select_equals_a_stable_sort_over_the_concatenation():
+  rng = np.random.default_rng(3)
+  scores = [rng.integers(0, 4, size=s).astype(np.float32) for s in ((300, 210), (5000,), (7, 3))]  # 68,021: histograms
+  flat = np.concatenate([s.ravel() for s in scores])
+  masks = jax.jit(pruning.global_topk_masks, static_argnums=1)([jnp.asarray(s) for s in scores], 0.6)
+  keep = flat.size - round(0.6 * flat.size)
+  np.testing.assert_array_equal(np.concatenate([np.asarray(m).ravel() for m in masks]), _stable_sort_mask(flat, keep))
+
+
+def test_global_masks_keeping_one_equal_ranking_with_each_leafs_best_raised():
+  from jaxcompress.pruning._masking import first_kept, global_masks_keeping_one
+
+  rng = np.random.default_rng(4)
+  big = rng.integers(1, 4, size=(6, 5)).astype(np.float32)
+  both = jax.jit(
+    lambda scores: (
+      global_masks_keeping_one(scores, 0.8),
+      pruning.global_topk_masks([first_kept(s) for s in scores], 0.8),
+    )
+  )
+  for small in (np.full(4, 0.5, np.float32), rng.integers(1, 4, size=4).astype(np.float32)):  # emptied / not
+    got, expected = both([jnp.asarray(big), jnp.asarray(small)])
+    for g, e in zip(got, expected):
+      np.testing.assert_array_equal(g, e)
+    assert all(bool(g.any()) for g in got)

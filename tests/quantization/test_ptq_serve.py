@@ -189,7 +189,7 @@ def test_conv_transpose_with_transpose_kernel_serves_in_int8():
   assert packed["kernel"].scale.shape == (1, 1, 6, 1)
   served = jc.quantization.serve(apply, packed, act_bits=8)
   jaxpr = str(jax.make_jaxpr(served)(x))
-  assert re.search(r"i32\[[\d,]*\] = conv_general_dilated", jaxpr)  # int8 codes accumulated in int32
+  assert re.search(r"i32\[[\d,]*\] = dot_general", jaxpr)  # int8 codes (im2col) accumulated in int32
   reference = apply(jc.export.materialize_tree(packed), x)
   np.testing.assert_allclose(np.asarray(served(x)), np.asarray(reference), atol=0.03 * float(jnp.abs(reference).max()))
   weight_only = jc.quantization.serve(apply, packed, act_bits=None)
@@ -203,7 +203,37 @@ def test_scales_along_the_input_features_warn_and_serve_in_float():
   served = jc.quantization.serve(apply, packed, act_bits=8)
   with pytest.warns(UserWarning, match=r"axis=-2 for int8"):
     out = served(x)
-  assert not re.search(r"i32\[[\d,]*\] = conv_general_dilated", str(jax.make_jaxpr(served)(x)))
+  assert not re.search(r"i32\[[\d,]*\] = (conv_general_dilated|dot_general)", str(jax.make_jaxpr(served)(x)))
   np.testing.assert_allclose(
     np.asarray(out), np.asarray(apply(jc.export.materialize_tree(packed), x)), rtol=0.05, atol=0.05
   )
+
+
+@pytest.mark.parametrize(
+  "x_shape,w_shape,kwargs",
+  [
+    (
+      (2, 3, 9, 8),
+      (5, 3, 2, 3),
+      dict(
+        window_strides=(2, 3),
+        padding=((1, 2), (0, -1)),
+        rhs_dilation=(1, 2),
+        dimension_numbers=("NCHW", "OIHW", "NHWC"),
+      ),
+    ),
+    ((2, 9, 3), (3, 3, 4), dict(window_strides=(2,), padding="VALID", dimension_numbers=("NWC", "WIO", "NCW"))),
+  ],
+)
+def test_int8_conv_as_im2col_matmul_is_the_same_integers(x_shape, w_shape, kwargs):
+  from jaxcompress.quantization._serve import int8_compute
+
+  conv = lambda p, x: jax.lax.conv_general_dilated(x, p["w"], **kwargs)
+  (site,) = graph.trace(conv, {"w": jnp.zeros(w_shape)}, jnp.zeros(x_shape))
+  rng = np.random.default_rng(0)
+  a, w = (jnp.asarray(rng.integers(-128, 128, size=s), jnp.int8) for s in (x_shape, w_shape))
+  expected = jax.lax.conv_general_dilated(a.astype(jnp.int32), w.astype(jnp.int32), **kwargs)
+  got = int8_compute(site, a, w)
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, expected)
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda a, w: int8_compute(site, a, w))(a, w))
