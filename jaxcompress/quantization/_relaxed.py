@@ -247,13 +247,29 @@ def _setup(bits, total_steps, temperature, sigma_ratio, seed):
 
 
 @functools.partial(jax.jit, static_argnames=("bits",))  # one compile per shape, eager calls included
-def _quantize(x, scale, offset, sigma, bits, temperature, key, training):
-  """Relaxed sample while ``training`` (a traced bool), deterministic rounding otherwise."""
+def _switch(x, scale, offset, sigma, bits, temperature, key, training):
   return jax.lax.cond(
     training,
     lambda: relaxed_sample(x, scale, offset, sigma, bits, temperature, key),
     lambda: relaxed_round(x, scale, offset, bits),
   )
+
+
+def _training(count, total_steps):
+  """``count < total_steps``: a Python bool for a concrete count (an evaluation of a given state,
+  whose forward then compiles only its own branch), a traced bool inside a training step."""
+  training = count < total_steps
+  return training if isinstance(training, jax.core.Tracer) else bool(training)
+
+
+def _quantize(x, scale, offset, sigma, bits, temperature, key, training):
+  """Relaxed sample while ``training``, deterministic rounding otherwise (a traced ``training``:
+  both, under one ``cond``)."""
+  if training is True:
+    return relaxed_sample(x, scale, offset, sigma, bits, temperature, key)
+  if training is False:
+    return relaxed_round(x, scale, offset, bits)
+  return _switch(x, scale, offset, sigma, bits, temperature, key, training)
 
 
 def relaxed_quantization(
@@ -350,7 +366,7 @@ def relaxed_quantization(
     return trainable, leafwise.LeafwiseState.start(leaves)
 
   def apply(params, state):
-    training = state.count < total_steps
+    training = _training(state.count, total_steps)
     temp = schedule(state.count)
 
     def one(node, leaf):
@@ -472,7 +488,7 @@ def relaxed_activations(
 
   def rewrite(fn, params, state):
     extra = split(params)[1]
-    training = state.count < total_steps
+    training = _training(state.count, total_steps)
     temp = schedule(state.count)
 
     def rule(site: Site, activation: jax.Array, weight: jax.Array) -> jax.Array:
