@@ -18,7 +18,7 @@ from jaxcompress import quantization
 # init puts W2's one positive point at max|w|, so most weights round to 0 (LeNet-5: 19% rounded at init, trained
 # row 25%; 'mse': 81% rounded at init)
 SCALE_INIT = "mse"
-VARIANTS = {"relaxed_w4a4": (4, 20, 3e-4, 68), "relaxed_w2a2": (2, 30, 1e-3, 69)}  # bits, epochs, lr, order
+VARIANTS = {"relaxed_w4a4": (4, 10, 3e-4, 68), "relaxed_w2a2": (2, 20, 1e-3, 69)}  # bits, epochs, lr, order
 
 
 def build(name, params, trainer):
