@@ -153,6 +153,35 @@ def _indices(x, scale, offset, bits):
   return jnp.clip(jnp.round(uniform.divide(x.astype(dt) - offset, scale)), 0, 2**bits - 1).astype(jnp.int32)
 
 
+_SCALE_INITS = ("range", "mse")
+_MSE_CANDIDATES = 100  # grid spacings tried by the 'mse' init: 1/100 .. 100/100 of the range's
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "signed"))
+def _mse_grid(x: jax.Array, bits: int, signed: bool) -> tuple[jax.Array, jax.Array]:
+  """``(scale, offset)`` of the grid with 0 on it whose rounding of ``x`` has the least squared
+  error, over ``scale = k / 100`` of the range init's spacing (``k = 1 .. 100``); offset
+  ``-2^(bits-1) scale`` (``signed``; ``-scale`` at 1 bit) or 0."""
+  x = uniform.upcast(x).reshape(-1)
+  if signed:
+    amax = uniform.floor_positive(jnp.max(jnp.abs(x)))
+    top = 2 * amax if bits == 1 else amax / (2 ** (bits - 1) - 1)
+    first = -1.0 if bits == 1 else -float(2 ** (bits - 1))
+  else:
+    top = uniform.floor_positive(jnp.max(x) / (2**bits - 1))
+    first = 0.0
+
+  def error(k):
+    scale = uniform.floor_positive(top * k / _MSE_CANDIDATES)
+    offset = first * scale
+    q = offset + jnp.clip(jnp.round(uniform.divide(x - offset, scale)), 0, 2**bits - 1) * scale
+    return jnp.sum(jnp.square(q - x))
+
+  ks = jnp.arange(1, _MSE_CANDIDATES + 1, dtype=x.dtype)
+  scale = uniform.floor_positive(uniform.saturate(top * ks[jnp.argmin(jax.lax.map(error, ks))] / _MSE_CANDIDATES))
+  return scale, uniform.saturate(first * scale)
+
+
 @functools.partial(jax.jit, static_argnames=("bits",))
 def relaxed_round(x: jax.Array, scale: jax.Array, offset: jax.Array, bits: int) -> jax.Array:
   """The deterministic rounding of the deployed network: the nearest grid point
@@ -218,13 +247,29 @@ def _setup(bits, total_steps, temperature, sigma_ratio, seed):
 
 
 @functools.partial(jax.jit, static_argnames=("bits",))  # one compile per shape, eager calls included
-def _quantize(x, scale, offset, sigma, bits, temperature, key, training):
-  """Relaxed sample while ``training`` (a traced bool), deterministic rounding otherwise."""
+def _switch(x, scale, offset, sigma, bits, temperature, key, training):
   return jax.lax.cond(
     training,
     lambda: relaxed_sample(x, scale, offset, sigma, bits, temperature, key),
     lambda: relaxed_round(x, scale, offset, bits),
   )
+
+
+def _training(count, total_steps):
+  """``count < total_steps``: a Python bool for a concrete count (an evaluation of a given state,
+  whose forward then compiles only its own branch), a traced bool inside a training step."""
+  training = count < total_steps
+  return training if isinstance(training, jax.core.Tracer) else bool(training)
+
+
+def _quantize(x, scale, offset, sigma, bits, temperature, key, training):
+  """Relaxed sample while ``training``, deterministic rounding otherwise (a traced ``training``:
+  both, under one ``cond``)."""
+  if training is True:
+    return relaxed_sample(x, scale, offset, sigma, bits, temperature, key)
+  if training is False:
+    return relaxed_round(x, scale, offset, bits)
+  return _switch(x, scale, offset, sigma, bits, temperature, key, training)
 
 
 def relaxed_quantization(
@@ -233,6 +278,7 @@ def relaxed_quantization(
   total_steps: int,
   temperature: validate.ScalarOrSchedule | None = None,
   sigma_ratio: float = 1 / 3,
+  scale_init: str = "range",
   seed: int = 0,
   where: select.Where = None,
 ) -> Compressor:
@@ -264,6 +310,12 @@ def relaxed_quantization(
       value`` (probed at every step of the run); ``None`` anneals it linearly from 2 to
       0.5 over ``total_steps``.
     sigma_ratio: the initial ``sigma`` as a fraction of ``scale``, > 0.
+    scale_init: the initial grid: ``'range'`` (above: the largest ``|w|`` on the grid's top
+      point) or ``'mse'``: the grid (0 on it, ``offset = -2^(bits-1) scale``) whose rounding of
+      the trained ``w`` has the least squared error, over ``scale`` = 1/100 .. 100/100 of the
+      range init's. The paper does not say how a pretrained network's grid starts; at 2 bits
+      the range init puts the one positive point at ``max|w|``, so most weights round to 0
+      (LeNet-5 on the digits: 19% accuracy rounded at init, against 81% for ``'mse'``).
     seed: seeds the per-leaf keys.
     where: which leaves (default: floating leaves with ``ndim >= 2``).
 
@@ -273,8 +325,8 @@ def relaxed_quantization(
 
   Raises:
     ValueError: if ``bits`` is outside 1..8, ``total_steps < 1``, ``sigma_ratio <= 0``,
-      or the temperature is <= 0 (a constant, or a schedule at any step of the run); at
-      ``init``, as :func:`jaxcompress.core.leafwise.init_selected`.
+      the temperature is <= 0 (a constant, or a schedule at any step of the run) or
+      ``scale_init`` is unknown; at ``init``, as :func:`jaxcompress.core.leafwise.init_selected`.
 
   References:
     Louizos, Reisser, Blankevoort, Gavves & Welling 2019, "Relaxed Quantization for
@@ -288,6 +340,7 @@ def relaxed_quantization(
     [[1.0, 0.0], [-1.0, 0.0]]
   """
   bits, total_steps, seed, sigma_ratio, schedule = _setup(bits, total_steps, temperature, sigma_ratio, seed)
+  scale_init = validate.check_choice("scale_init", scale_init, _SCALE_INITS)
   root = jax.random.key(seed)
   half = 2 ** (bits - 1)
 
@@ -297,10 +350,13 @@ def relaxed_quantization(
 
     def init_leaf(path, w):
       del path
-      amax = uniform.floor_positive(jnp.max(jnp.abs(uniform.upcast(w)))).astype(w.dtype)
-      scale = 2 * amax if bits == 1 else amax / (half - 1)
-      scale = uniform.floor_positive(uniform.saturate(scale))
-      offset = -amax if bits == 1 else uniform.saturate(-half * scale)
+      if scale_init == "mse":
+        scale, offset = (v.astype(w.dtype) for v in _mse_grid(w, bits, True))
+      else:
+        amax = uniform.floor_positive(jnp.max(jnp.abs(uniform.upcast(w)))).astype(w.dtype)
+        scale = 2 * amax if bits == 1 else amax / (half - 1)
+        scale = uniform.floor_positive(uniform.saturate(scale))
+        offset = -amax if bits == 1 else uniform.saturate(-half * scale)
       sigma = uniform.floor_positive(scale * sigma_ratio)
       key = jax.random.key_data(jax.random.fold_in(root, counter[0]))
       counter[0] += 1
@@ -310,7 +366,7 @@ def relaxed_quantization(
     return trainable, leafwise.LeafwiseState.start(leaves)
 
   def apply(params, state):
-    training = state.count < total_steps
+    training = _training(state.count, total_steps)
     temp = schedule(state.count)
 
     def one(node, leaf):
@@ -352,6 +408,7 @@ def relaxed_activations(
   total_steps: int,
   temperature: validate.ScalarOrSchedule | None = None,
   sigma_ratio: float = 1 / 3,
+  scale_init: str = "range",
   seed: int = 0,
   where: select.Where = None,
 ) -> Compressor:
@@ -374,6 +431,9 @@ def relaxed_activations(
     bits: bits per activation, 1..8.
     inputs: example positional inputs of ``apply_fn`` (one batch).
     total_steps, temperature, sigma_ratio, seed: as :func:`relaxed_quantization`.
+    scale_init: ``'range'`` (above) or ``'mse'``: for a non-negative example activation, the
+      grid from 0 whose rounding of it has the least squared error, over ``scale`` = 1/100 ..
+      100/100 of the range init's (a site with negative inputs keeps the range init).
     where: which sites, by weight path (default: all).
 
   Returns:
@@ -398,6 +458,7 @@ def relaxed_activations(
     [[5.0]]
   """
   bits, total_steps, seed, sigma_ratio, schedule = _setup(bits, total_steps, temperature, sigma_ratio, seed)
+  scale_init = validate.check_choice("scale_init", scale_init, _SCALE_INITS)
   inputs = tuple(inputs)
   root = jax.random.key(seed)
 
@@ -408,8 +469,11 @@ def relaxed_activations(
       x = uniform.upcast(x)
       if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"the example activation feeding site {key!r} is not finite: check `inputs`")
-      offset = jnp.minimum(jnp.min(x), 0)
-      scale = uniform.floor_positive(uniform.saturate(jnp.max(x) / (2**bits - 1) - offset / (2**bits - 1)))
+      if scale_init == "mse" and bool(jnp.min(x) >= 0):
+        scale, offset = _mse_grid(x, bits, False)
+      else:
+        offset = jnp.minimum(jnp.min(x), 0)
+        scale = uniform.floor_positive(uniform.saturate(jnp.max(x) / (2**bits - 1) - offset / (2**bits - 1)))
       extra[key] = {"scale": scale, "offset": offset, "sigma": uniform.floor_positive(scale * sigma_ratio)}
       keys[key] = jax.random.key_data(jax.random.fold_in(root, i))
     return extra, keys
@@ -424,7 +488,7 @@ def relaxed_activations(
 
   def rewrite(fn, params, state):
     extra = split(params)[1]
-    training = state.count < total_steps
+    training = _training(state.count, total_steps)
     temp = schedule(state.count)
 
     def rule(site: Site, activation: jax.Array, weight: jax.Array) -> jax.Array:

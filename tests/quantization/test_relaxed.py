@@ -112,6 +112,33 @@ def test_activations_use_the_learned_grid():
   assert abs(float(g.extra["w"]["sigma"])) > 0 and abs(float(g.extra["w"]["scale"])) > 0
 
 
+def _reference_mse_grid(x, bits, signed):
+  """The least-squares grid with 0 on it over spacings k/100 of the range init's, in float64."""
+  top = np.abs(x).max() / (2 ** (bits - 1) - 1) if signed else x.max() / (2**bits - 1)
+  first = -(2 ** (bits - 1)) if signed else 0
+  best = None
+  for k in range(1, 101):
+    a = top * k / 100
+    err = np.sum((first * a + np.clip(np.round(x / a - first), 0, 2**bits - 1) * a - x) ** 2)
+    best = (err, a) if best is None or err < best[0] else best
+  return best[1], first * best[1]
+
+
+def test_mse_scale_init_minimizes_the_rounding_error():
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((40, 30)).astype(np.float32)
+  tree, _ = q.relaxed_quantization(2, total_steps=1, scale_init="mse").init({"w": jnp.asarray(w)})
+  scale, offset = _reference_mse_grid(w.astype(np.float64), 2, True)
+  np.testing.assert_allclose([tree["w"].scale, tree["w"].offset], [scale, offset], rtol=1e-5)
+  assert scale < 0.6 * np.abs(w).max()  # a Gaussian's 2-bit least-squares step is well inside its range
+  model = lambda p, x: x @ p["w"]
+  x0 = np.abs(rng.standard_normal((8, 40))).astype(np.float32)
+  c = q.relaxed_activations(model, 2, inputs=(jnp.asarray(x0),), total_steps=1, scale_init="mse")
+  tree, _ = c.init({"w": jnp.asarray(w)})
+  scale, offset = _reference_mse_grid(x0.astype(np.float64), 2, False)
+  np.testing.assert_allclose([tree.extra["w"]["scale"], tree.extra["w"]["offset"]], [scale, offset], rtol=1e-5)
+
+
 @pytest.mark.parametrize(
   "kwargs, match",
   [
@@ -121,6 +148,7 @@ def test_activations_use_the_learned_grid():
     ({"bits": 9}, "bits"),
     ({"total_steps": 0}, "total_steps"),
     ({"sigma_ratio": 0.0}, "sigma_ratio"),
+    ({"scale_init": "max"}, "scale_init"),
   ],
 )
 def test_bad_hyperparameters_raise(kwargs, match):
