@@ -6,14 +6,13 @@ statistics, which the paper gets from BatchNorm; these models have none).
 """
 
 import jaxcompress as jc
-from experiments.recipes._lsq import HIDDEN
+from experiments.recipes._lsq import hidden
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import quantization
 
 
 def build(params, trainer):
-  del params
-  c = jc.chain(quantization.xnor_net(), quantization.hwgq_activations(2, where=HIDDEN))
+  c = jc.chain(quantization.xnor_net(), quantization.hwgq_activations(2, where=hidden(params)))
   return FineTune(c, epochs=trainer.epochs(30), lr=1e-3)
 
 

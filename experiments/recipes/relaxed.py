@@ -10,7 +10,7 @@ import functools
 import numpy as np
 
 import jaxcompress as jc
-from experiments.recipes._lsq import HIDDEN
+from experiments.recipes._lsq import hidden
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import quantization
 
@@ -25,14 +25,13 @@ VARIANTS = {"relaxed_w4a4": (4, 10, 3e-4, 68), "relaxed_w2a2": (2, 20, 1e-3, 69)
 
 
 def build(name, params, trainer):
-  del params
   bits, epochs, lr, _ = VARIANTS[name]
   epochs = trainer.epochs(epochs)
   steps = max(1, epochs * trainer.steps_per_epoch)  # the run's steps: deterministic rounding from here on
   example = (np.concatenate(trainer.calibration_batches(4)),)
   weights = quantization.relaxed_quantization(bits, total_steps=steps, scale_init=SCALE_INIT)
   acts = quantization.relaxed_activations(
-    trainer.model.apply, bits, inputs=example, total_steps=steps, where=HIDDEN, scale_init=SCALE_INIT
+    trainer.model.apply, bits, inputs=example, total_steps=steps, where=hidden(params), scale_init=SCALE_INIT
   )
   # activations first: their grids start from the float network's activations (after the weight stage, they
   # would see its relaxed sample, a noisy network: LeNet-5 W2's collapsed to a third of the real ranges)

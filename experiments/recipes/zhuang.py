@@ -10,7 +10,7 @@ Zhuang, Shen, Tan, Liu & Reid 2018, https://arxiv.org/abs/1711.00205.
 import functools
 
 import jaxcompress as jc
-from experiments.recipes._lsq import HIDDEN
+from experiments.recipes._lsq import hidden
 from experiments.recipes.base import FineTune, Recipe
 from jaxcompress import quantization
 
@@ -24,11 +24,10 @@ VARIANTS = {  # name: (bit-widths of the stages, epochs per stage, guided, order
 
 
 def build(name, params, trainer):
-  del params
   bits, per_stage, guide, _, _ = VARIANTS[name]
   per_stage = trainer.epochs(per_stage)
   stages = quantization.progressive_stages(per_stage * trainer.steps_per_epoch, bits)
-  c = jc.chain(quantization.dorefa(stages), quantization.dorefa_activations(stages, where=HIDDEN))
+  c = jc.chain(quantization.dorefa(stages), quantization.dorefa_activations(stages, where=hidden(params)))
   epochs = per_stage * len(bits)
   if not guide:
     return FineTune(c, epochs=epochs, lr=1e-3)
