@@ -159,6 +159,14 @@ VARIANTS = {
   "chain_prune_group",
   "chain_prune_binary",
   "chain_ttq_prune_where",
+  # (covered by fake_quant4_per_channel and fake_quant3_where; movement's polynomial schedule;
+  # the same stages in chain_prune_quant, chain_prune_kmeans and chain_svd_fake_quant)
+  "fake_quant_mixed_bits",
+  "magnitude_scheduled",
+  "chain_quant_prune",
+  "chain_kmeans_prune",
+  "chain_prune_kmeans_qat",
+  "chain_svd_prune",
 }
 assert not VARIANTS - set(CASES), VARIANTS - set(CASES)
 
