@@ -44,15 +44,18 @@ class _Grouped(nnx.Module):
     return self.fc(self.g(nnx.relu(self.a(x))).mean((1, 2)))
 
 
+def _perturb(variables):
+  leaves, treedef = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return treedef.unflatten([x + 0.2 * jax.random.uniform(k, x.shape) for x, k in zip(leaves, keys)])
+
+
 def _functional(model):
   """Eval-mode model as ``apply(variables, x)`` over params and BatchNorm statistics, the
   statistics perturbed so that pruning them matters."""
   model.eval()
   graphdef, state, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
-  variables = state.to_pure_dict()
-  leaves, treedef = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  variables = treedef.unflatten([x + 0.2 * jax.random.uniform(k, x.shape) for x, k in zip(leaves, keys)])
+  variables = jax.jit(_perturb)(state.to_pure_dict())  # one compile, not two per leaf
 
   def apply(v, x):
     s = jax.tree.map(lambda a: a, state)

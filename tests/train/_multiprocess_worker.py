@@ -50,7 +50,7 @@ def train(mesh, batch_for):
 
 
 def main(process_id: int, port: int, out_dir: str) -> None:
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   import numpy as np

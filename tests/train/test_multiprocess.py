@@ -22,7 +22,11 @@ def free_port() -> int:
 
 
 def test_two_processes_train_as_one_process_of_eight_devices(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ)
+  # the workers set their own device count; every other XLA flag (conftest's) is kept, so
+  # both sides compile under the same flags
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  env["XLA_FLAGS"] = " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
   port = free_port()
   cmd = [sys.executable, "-m", "tests.train._multiprocess_worker"]
