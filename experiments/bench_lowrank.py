@@ -20,9 +20,6 @@ served as shifted multiply-adds, add ``2·(h + w)·R`` FLOPs per output pixel th
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,15 +89,10 @@ def show(name, dense, fact, host_ms):
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-  parser.add_argument("--batch", type=int, default=256)
+  parser = timing.parser(__doc__)
   parser.add_argument("--only", choices=("dense", "conv"), help="run only the dense layers or only the conv layer")
   args = parser.parse_args(argv)
-  print(
-    f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}; medians of interleaved "
-    f"repetitions; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-  )
+  print(timing.banner(args.batch))
   header = (
     f"  {'':<36} {'params':>23} {'ratio':>6} {'FLOPs/batch':>31} {'ratio':>6} {'inference ms':>19} "
     f"{'speed-up':>7} {'x FLOP ratio (target >= 0.7)':>6} | before: NumPy leaves per call (ms, speed-up, x FLOP ratio)"

@@ -15,9 +15,6 @@ Run ``python -m experiments.bench_pruning [--quick]``. It prints
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,14 +71,9 @@ def structured_rows(name, x, quick):
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-  parser.add_argument("--batch", type=int, default=256)
+  parser = timing.parser(__doc__)
   args = parser.parse_args(argv)
-  print(
-    f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}; medians of interleaved "
-    f"repetitions; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-  )
+  print(timing.banner(args.batch))
   rng = np.random.default_rng(1)
   print("\n1. training step (constant sparsity)")
   for model, sizes in bench_overhead.MODELS.items():

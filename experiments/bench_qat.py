@@ -33,9 +33,6 @@ within 10% of its limit.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,9 +155,7 @@ def training_runners(sizes, x, y, with_qwix):
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-  parser.add_argument("--batch", type=int, default=256)
+  parser = timing.parser(__doc__)
   args = parser.parse_args(argv)
   try:
     import qwix
@@ -168,11 +163,7 @@ def main(argv=None) -> int:
     with_qwix, qwix_version = True, qwix.__version__
   except ImportError:
     with_qwix, qwix_version = False, "not installed (pip install -e '.[qwix]' for its rows)"
-  print(f"CPU: {ceiling.cpu_features()}")
-  print(
-    f"jax {jax.__version__} on {jax.devices()[0].platform}, qwix {qwix_version}, batch {args.batch}; "
-    f"median ms over interleaved repetitions; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-  )
+  print(timing.banner(args.batch, f", qwix {qwix_version}"))
   rng = np.random.default_rng(1)
   for model, sizes in MODELS.items():
     big = max(sizes) >= 1024

@@ -18,9 +18,6 @@ served LeNet-5 faster than float32.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,15 +95,9 @@ def served_runners(apply, params, x) -> dict:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-  parser.add_argument("--batch", type=int, default=256)
+  parser = timing.parser(__doc__)
   args = parser.parse_args(argv)
-  print(
-    f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}; medians of interleaved "
-    f"repetitions; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-  )
-  print(f"CPU: {ceiling.cpu_features()}")
+  print(timing.banner(args.batch))
   head = f"{'model':<27} {'variant':<15} {'ms':>9} {'speed-up':>9} {'of ceiling':>11} {'target':>14}"
   print(head + "\n" + "-" * len(head))
   rng = np.random.default_rng(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -43,3 +45,22 @@ def interleaved(runners: dict[str, tuple[Callable[[Any], Any], Any]], reps: int,
 
 def median_ms(times: list[float]) -> float:
   return 1e3 * statistics.median(times)
+
+
+def parser(doc: str, batch: int = 256) -> argparse.ArgumentParser:
+  """A benchmark's command line: ``--quick`` (fewer repetitions) and ``--batch``."""
+  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="fewer repetitions")
+  p.add_argument("--batch", type=int, default=batch)
+  return p
+
+
+def banner(batch: int, extra: str = "") -> str:
+  """The first lines a benchmark prints: the CPU's int8 features, JAX, the batch and the load
+  (other work on the machine skews the ratios)."""
+  from experiments import ceiling  # ceiling times with this module
+
+  return (
+    f"CPU: {ceiling.cpu_features()}\njax {jax.__version__} on {jax.devices()[0].platform}{extra}, batch {batch}; "
+    f"medians of interleaved repetitions; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+  )

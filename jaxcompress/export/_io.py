@@ -599,7 +599,8 @@ def _unpack_v3(header_len: Any, blob: np.ndarray, dictionary: Any = None) -> tup
   return json.loads(text.decode("utf-8")), blob[header_len:]
 
 
-def _save_v3(packed: Any, extras: str | None) -> bytes:
+def _tree_document(packed: Any) -> tuple[dict[str, Any], bytes]:
+  """Format 3's (and 5's) tree document of ``packed`` and its arrays' bytes, in index order."""
   named: dict[str, np.ndarray] = {}
   spec = _encode(packed, "", named, {})
   arrays: list[Any] = []
@@ -607,7 +608,11 @@ def _save_v3(packed: Any, extras: str | None) -> bytes:
   tree = _compact(spec, arrays, index)
   order = sorted(index, key=index.__getitem__)
   data = b"".join(np.ascontiguousarray(named[k]).reshape(-1).view(np.uint8).tobytes() for k in order)
-  return _pack_v3({"arrays": arrays, "tree": tree}, data, extras)
+  return {"arrays": arrays, "tree": tree}, data
+
+
+def _save_v3(packed: Any, extras: str | None) -> bytes:
+  return _pack_v3(*_tree_document(packed), extras)
 
 
 def _read_v3(header: Any, metadata: Mapping[str, str], table: Mapping[str, tuple[str, list[int]]], read: Any) -> Any:
@@ -752,14 +757,7 @@ def _read_varint(blob: bytes) -> tuple[int, int]:
 
 
 def _save_v5(packed: Any, extras: str | None) -> bytes:
-  named: dict[str, np.ndarray] = {}
-  spec = _encode(packed, "", named, {})
-  arrays: list[Any] = []
-  index: dict[str, int] = {}
-  tree = _compact(spec, arrays, index)
-  order = sorted(index, key=index.__getitem__)
-  data = b"".join(np.ascontiguousarray(named[k]).reshape(-1).view(np.uint8).tobytes() for k in order)
-  return _pack_v5({"arrays": arrays, "tree": tree}, data, extras)
+  return _pack_v5(*_tree_document(packed), extras)
 
 
 def _pack_v5(doc: Any, data: bytes, extras: str | None = None) -> bytes:
