@@ -12,7 +12,9 @@ form there, the owner's ``apply`` turns it back into the leaf, and later stages 
 view. A pruner before the owner keeps pruning: ``masks=`` tells the owner its masks at
 ``init`` (k-means clusters the survivors), the chain zeroes the pruned coordinates of the
 owner's view, and on each ``update`` the pruner sees the owner's view there, so a pruning
-schedule before k-means goes on pruning the clustered weights. A stage before the owner
+schedule before k-means goes on pruning the clustered weights; as that leaf's gradient it
+sees the gradient of the owner's trainable array of the leaf's shape (LSQ's ``weight``),
+or zeros where there is none (a codebook, low-rank factors). A stage before the owner
 that changed the leaf in any other way is an error, because its effect would be silently
 lost. Two stages cannot both restructure one leaf.
 
@@ -107,6 +109,20 @@ def _and(a: Any, b: Any) -> Any:
   if a is None:
     return b
   return a if b is None else jnp.logical_and(a, b)
+
+
+def _view_grad(owner_grads: Any, view: Any) -> Any:
+  """The gradient a stage around a leaf's owner sees for that leaf: the gradient of the owner's
+  one trainable float array of the leaf's shape (LSQ's ``weight``: the straight-through
+  gradient of the view), or zeros where the owner has none (a codebook, factors, a narrower
+  array), so a gradient-driven pruner there (RigL) reads the gradient wherever one exists."""
+  shape = jnp.shape(view)
+  same = [
+    a
+    for a in jax.tree.leaves(owner_grads)
+    if jnp.shape(a) == shape and jnp.issubdtype(jnp.result_type(a), jnp.floating)
+  ]
+  return same[0].astype(jnp.result_type(view)) if len(same) == 1 else jnp.zeros_like(view)
 
 
 def _masked(x: Any, m: Any) -> Any:
@@ -316,7 +332,7 @@ def chain(*compressors: Compressor) -> Compressor:
             x[k] = views[i][k] if own < i else owned_view[k]
       g = None
       if gnodes is not None:
-        g = [gnodes[k] if own is None or own == i else jnp.zeros_like(x[k]) for k, own in enumerate(plan.owners)]
+        g = [gnodes[k] if own is None or own == i else _view_grad(gnodes[k], x[k]) for k, own in enumerate(plan.owners)]
         g = stage_arg(plan, i, g, gside)
       out, s = c.update(stage_arg(plan, i, x, side), s, grads=g, **extra)
       out_tree, out_side = split(out)

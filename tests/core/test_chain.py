@@ -277,3 +277,28 @@ def test_collaborative_chains_keep_zeros_and_clusters_through_fine_tuning():
   # cluster-preserving QAT packs a codebook (3-bit indices) where that is smaller than 8-bit codes
   kq = jc.chain(jc.quantization.kmeans(8), jc.quantization.fake_quant(8))
   assert isinstance(kq.pack(*kq.init(params))["fc1"]["kernel"], export.CodebookArray)
+
+
+def test_a_stage_before_an_owner_sees_the_owners_straight_through_gradient():
+  """A stage before LSQ (which owns the kernel as ``(weight, step)``) gets the gradient of
+  LSQ's ``weight`` as that leaf's gradient (RigL regrows by it), and zeros before k-means
+  (a codebook has no array of the leaf's shape)."""
+  seen = {}
+
+  def probe():
+    def update(params, state, *, grads=None, **_):
+      seen["g"] = grads
+      return params, state
+
+    return jc.Compressor(lambda p, **_: (p, ()), lambda p, s: p, update, lambda p, s: p)
+
+  w = jax.random.normal(jax.random.key(0), (6, 4))
+  params = {"l": {"kernel": w}}
+  for owner, expect_grad in ((jc.quantization.lsq(4), True), (jc.quantization.kmeans(4), False)):
+    c = jc.chain(probe(), owner)
+    t, s = c.init(params)
+    grads = jax.tree.map(lambda a: jnp.full_like(a, 3.0) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
+    c.update(t, s, grads=grads)
+    g = np.asarray(seen["g"]["l"]["kernel"])
+    assert g.shape == w.shape
+    np.testing.assert_array_equal(g, np.full(w.shape, 3.0 if expect_grad else 0.0))
