@@ -271,7 +271,7 @@ def pareto_plot(summary: list[Row], path: str) -> None:
     xlabel = "packed bytes (log scale)"
     if hidden:  # under the axis label, so that the layout leaves room for it
       names = ", ".join(f"{s['technique']} {s['acc_mean']:.1f}%" for s in hidden)
-      xlabel += "\n" + textwrap.fill(f"below {floor:.1f}% (not drawn): {names}", 110)
+      xlabel += "\n" + textwrap.fill(f"below {floor:.1f}% (not drawn): {names}", 85)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{model}: accuracy vs. size (frontier labelled)")
