@@ -229,10 +229,13 @@ def check_sliced(params: PyTree, kept: PyTree) -> None:
     for axis, flags in enumerate(k or ()):
       if flags is None or isinstance(flags, jax.core.Tracer):
         continue
-      if int(np.sum(flags)) != x.shape[axis]:
+      # NumPy on the concrete flags: a jnp reduction would be staged out inside a trace
+      # (make_step traces update to see whether it reads the gradients) and have no value
+      count = int(np.count_nonzero(np.asarray(flags)))
+      if count != x.shape[axis]:
         raise ValueError(
           f"leaf {path!r} has {x.shape[axis]} entries on axis {axis} but channel pruning kept "
-          f"{int(np.sum(flags))}: pass the smaller tree that init returned"
+          f"{count}: pass the smaller tree that init returned"
         )
 
 
