@@ -209,7 +209,7 @@ def fake_quant(
     return _ste.straight_through(p, uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype))
 
   def apply(params, state):
-    return _map_paths(quantize_leaf, params, state.leaves)
+    return map_paths(quantize_leaf, params, state.leaves)
 
   def update(params, state, *, grads=None, **extra):
     del grads, extra
@@ -224,14 +224,20 @@ def fake_quant(
     return export.prune(spec.pack(x, scale, zero_point, dtype=dense.dtype), np.asarray(dense) != 0)
 
   def pack(params, state):
-    return _map_paths(pack_leaf, params, state.leaves)
+    return map_paths(pack_leaf, params, state.leaves)
 
   return Compressor(init, apply, update, pack)
 
 
-def _map_paths(fn, params, leaf_states):
+def map_paths(fn, params, leaf_states):
   """``leafwise.map_selected`` whose function also receives the leaf's path first."""
   check_matching(params, leaf_states, "compressor state")
   return jax.tree_util.tree_map_with_path(
     lambda kp, p, s: p if s is None else fn(path_str(kp), p, s), params, leaf_states, is_leaf=is_packed_leaf
   )
+
+
+def grid_scale(spec: QuantSpec, p: jax.Array) -> jax.Array:
+  """The (stop-gradient) symmetric scale :func:`fake_quant` quantizes weight ``p`` with under
+  ``spec``: float32 for half types, keepdims on the blocked view."""
+  return jax.lax.stop_gradient(spec.params(uniform.upcast(p))[0])

@@ -26,7 +26,7 @@ quantize_activations(act_bits, integer=...))``, so what is trained is what is pa
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -41,7 +41,7 @@ from jaxcompress.graph._dense import TokenMask
 from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
-from jaxcompress.quantization._fake_quant import fake_quant
+from jaxcompress.quantization._fake_quant import fake_quant, grid_scale, map_paths, weight_spec
 from jaxcompress.quantization._int8_backward import int8_matmul_grads
 from jaxcompress.quantization._observer import observe, warn_if_outlier
 from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
@@ -79,8 +79,15 @@ def site_rule(
   warned: set[str] | None = None,
   backward: str = "float",
   key: jax.Array | None = None,
+  weight_scales: Mapping[str, jax.Array] | None = None,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
+
+  ``weight_scales`` (``{leaf path: scale}``, the scale the earlier weight stage quantized that
+  leaf with, keepdims on the leaf: :func:`qat` passes them) gives an integer site its weight's
+  grid, so the codes come from one rounding of the weight as given; a site whose leaf has no
+  entry takes the grid from the weight's own per-channel (or per-tensor) ``max |w|``, which is
+  a second pass over the weight.
 
   With ``backward='int8'`` (needs ``integer`` and a PRNG ``key``), an integer site that is
   a plain matmul ``x @ w`` (``w`` 2-D, contracted on its first axis against ``x``'s last)
@@ -118,8 +125,13 @@ def site_rule(
     if not integer or not _on_channel_grid(site, per_channel):
       return float_rule(site, activation, weight)
     # on the channel grid, per-channel scales lie along the op's one output-feature axis
-    granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
-    w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
+    given = None if weight_scales is None else weight_scales.get(site.path)
+    if given is not None:  # the weight stage's own scale, laid out on the op's weight operand
+      axis = site.feature_axes[0]
+      w_scale = jnp.reshape(given, [given.size if a == axis else 1 for a in range(weight.ndim)])
+    else:
+      granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
+      w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
     a_scale, a_zero = jax.lax.stop_gradient(scale_of(site, activation))
     a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)
@@ -310,6 +322,33 @@ def quantize_activations(
     >>> c.rewrite(model, params, state)(c.apply(params, state), jnp.array([[0.2, -1.0]])).tolist()
     [[0.0, -1.0]]
   """
+  return _activation_stage(**locals())[0]
+
+
+def _activation_stage(
+  bits: int = 8,
+  *,
+  apply_fn: Callable[..., Any] | None = None,
+  batches: Iterable[Any] | None = None,
+  calibrator: calibration.Calibrator | None = None,
+  symmetric: bool = False,
+  integer: bool = False,
+  weight_bits: int = 8,
+  per_channel: bool = True,
+  axis_name: str | None = None,
+  where: select.Where = None,
+  token_mask: TokenMask = None,
+  per_token: bool = False,
+  observer: str | None = None,
+  averaging_constant: float = 0.01,
+  freeze_step: int | None = None,
+  observe_inputs: Callable[..., tuple[Any, ...]] | None = None,
+  outlier_ratio: float | None = 10.0,
+  backward: str = "float",
+  seed: int = 0,
+) -> tuple[Compressor, Callable[..., Any]]:
+  """:func:`quantize_activations`, and its ``rewrite_with(fn, state, weight_scales)``: the
+  rewrite with the weight stage's scales (:func:`site_rule`) that :func:`qat` uses."""
   high = 8 if integer else 16
   validate.check_bits("bits", bits, low=2, high=high)
   validate.check_bits("weight_bits", weight_bits, low=2, high=8)
@@ -355,7 +394,7 @@ def quantize_activations(
       apply_fn, params, batches, spec, calibrator, where=pred, token_mask=token_mask
     )
 
-  def rule(extra, ranges, key=None):
+  def rule(extra, ranges, key=None, weight_scales=None):
     del extra
     return site_rule(
       spec,
@@ -369,18 +408,20 @@ def quantize_activations(
       warned=warned,
       backward=backward,
       key=key,
+      weight_scales=weight_scales,
     )
 
+  root = jax.random.key(seed)
+
+  def rewrite_with(fn, state, weight_scales=None):
+    # with the int8 backward, the step's own noise: the key folded with the step count
+    key = jax.random.fold_in(root, state.count) if backward == "int8" else None
+    return graph.rewrite(fn, rule(None, state.data, key, weight_scales), where=where)
+
   base = site_compressor(rule, init=init, where=where)
-  if backward == "int8":
-    root = jax.random.key(seed)
-
-    def rewrite(fn, params, state):  # the step's own noise: the key folded with the step count
-      return graph.rewrite(fn, rule(None, state.data, jax.random.fold_in(root, state.count)), where=where)
-
-    base = base._replace(rewrite=rewrite)
+  base = base._replace(rewrite=lambda fn, params, state: rewrite_with(fn, state))
   if observer is None or apply_fn is None:
-    return base
+    return base, rewrite_with
   observed_fn = apply_fn
   inputs_of = observe_inputs or (lambda *batch: batch[:1])
 
@@ -400,7 +441,7 @@ def quantize_activations(
       moved = {k: tuple(jnp.where(live, m, r) for m, r in zip(moved[k], ranges[k])) for k in ranges}
     return new_params, new_state._replace(data=moved)
 
-  return base._replace(update=update)
+  return base._replace(update=update), rewrite_with
 
 
 def qat(
@@ -475,7 +516,7 @@ def qat(
   validate.check_bits("weight_bits", weight_bits, low=2, high=high)
   validate.check_bits("act_bits", act_bits, low=2, high=high)
   weights = fake_quant(weight_bits, per_channel=per_channel, where=where)
-  acts = quantize_activations(
+  acts, acts_rewrite = _activation_stage(
     act_bits,
     apply_fn=apply_fn,
     batches=batches,
@@ -492,4 +533,23 @@ def qat(
     backward=backward,
     seed=seed,
   )
-  return chain(weights, acts)
+  chained = chain(weights, acts)
+  if not integer:
+    return chained
+  spec = weight_spec(weight_bits, per_channel=per_channel)
+
+  def rewrite(fn, params, state):
+    # The integer sites take each weight's grid from the weights as this stage receives them
+    # (fake_quant's own scale, the same ops, so XLA computes it once): re-deriving it from the
+    # fake-quantized weight would be a second pass over every weight per step.
+    weights_state, acts_state = state.stages
+    scales = {}
+
+    def scale_of(path, p, _):
+      scales[path] = grid_scale(spec, p)
+      return p
+
+    map_paths(scale_of, split(params)[0], weights_state.leaves)
+    return acts_rewrite(fn, acts_state, scales)
+
+  return chained._replace(rewrite=rewrite)
