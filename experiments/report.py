@@ -385,7 +385,8 @@ def reproduction(summary: list[Row], claims: dict[str, Any], full_only: Collecti
     summary: :func:`summarize`'s rows of this run.
     claims: ``{recipe name: Claim}``.
     full_only: names of the rows that run only under ``--full``: a claim on one of them that
-      this run left out reads ``--full only`` (``not run`` is kept for the other rows missing).
+      this run left out reads ``--full only`` (``not run`` is kept for the other rows missing),
+      and so does the verdict of a row whose reference row is one of them.
   """
   by = {(s["model"], s["technique"]): s for s in summary}
   lines = [
@@ -415,7 +416,8 @@ def reproduction(summary: list[Row], claims: dict[str, Any], full_only: Collecti
       ref = by.get((ref_model, c.versus))
       ratio = s.get("file_ratio", s["ratio"])
       if ref is None:
-        verdict, acc = "no reference row", f"{s['acc_mean']:.2f}"
+        verdict = f"reference `{c.versus}` --full only" if c.versus in full_only else "no reference row"
+        acc = f"{s['acc_mean']:.2f}"
       else:
         drop = ref["acc_mean"] - s["acc_mean"]
         ok = drop <= c.max_drop and (c.min_ratio is None or ratio >= c.min_ratio)

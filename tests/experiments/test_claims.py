@@ -41,6 +41,7 @@ def test_reproduction_agrees_by_drop_and_ratio_and_marks_full_only_rows():
     row("m", "small", 95.0, 3.0),  # no drop, but 3x < 4x
     row("n", "other_model", 89.0),  # against m's dense: drop 6 > 1
     row("k", "no_ref", 80.0),  # model k has no dense row
+    row("m", "slow_ref", 94.0),  # its reference row is full-only and was not run
   ]
   table = {
     "close": claim(1.0),
@@ -50,6 +51,7 @@ def test_reproduction_agrees_by_drop_and_ratio_and_marks_full_only_rows():
     "no_ref": claim(1.0),
     "slow": claim(1.0),
     "absent": claim(1.0),
+    "slow_ref": claim(1.0, versus="slow"),
   }
   text = report.reproduction(summary, table, full_only={"slow"})
   lines = {re.search(r"\(`(\w+)`\)", line).group(1): line for line in text.splitlines() if "(`" in line}
@@ -62,6 +64,7 @@ def test_reproduction_agrees_by_drop_and_ratio_and_marks_full_only_rows():
     "no_ref": "no reference row",
     "slow": "-",
     "absent": "-",
+    "slow_ref": "reference `slow` --full only",
   }
   assert "--full only" in lines["slow"] and "not run" in lines["absent"] and "not run" not in lines["slow"]
   assert "m dense 95.00; drop +6.00" in lines["other_model"] and "needs 4x" in lines["small"]
