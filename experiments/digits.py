@@ -242,6 +242,7 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   digits = data.load()
   registry = recipes.discover()
+  full_only = {k for k, v in registry.items() if v.full_only}
   chosen = args.recipes or (",".join(QUICK_RECIPES) if args.quick else None)
   if chosen:
     wanted = set(chosen.split(",")) | {"dense"}
@@ -312,7 +313,7 @@ def main(argv=None) -> int:
     )
   report.pareto_plot(summary, os.path.join(args.out, "pareto.png"))
   with open(os.path.join(args.out, "reproduction.md"), "w") as f:
-    f.write(report.reproduction(summary, claims.CLAIMS))
+    f.write(report.reproduction(summary, claims.CLAIMS, full_only=set() if args.full else full_only))
   print(f"wrote {args.out}/results.json, {args.out}/pareto.png and {args.out}/reproduction.md")
   note = report.mixed_precision_note(summary)
   if note:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import numpy as np
@@ -377,9 +377,17 @@ def mixed_precision_plot(summary: list[Row], path: str) -> bool:
   return True
 
 
-def reproduction(summary: list[Row], claims: dict[str, Any]) -> str:
+def reproduction(summary: list[Row], claims: dict[str, Any], full_only: Collection[str] = ()) -> str:
   """``reproduction.md``: for each row with a published claim (``experiments.claims``), the
-  paper's claim beside what the digits run shows and whether the direction agrees."""
+  paper's claim beside what the digits run shows and whether the direction agrees.
+
+  Args:
+    summary: :func:`summarize`'s rows of this run.
+    claims: ``{recipe name: Claim}``.
+    full_only: names of the rows that run only under ``--full``: a claim on one of them that
+      this run left out reads ``--full only`` (``not run`` is kept for the other rows missing),
+      and so does the verdict of a row whose reference row is one of them.
+  """
   by = {(s["model"], s["technique"]): s for s in summary}
   lines = [
     "# Reproduction: published claims beside the digits run",
@@ -389,6 +397,7 @@ def reproduction(summary: list[Row], claims: dict[str, Any]) -> str:
     "against its reference row (the dense baseline, or the named control) and, where the claim is about",
     "size, reaches the claim's compression (ratio against the dense float32 file on disk). Numbers are",
     "the papers' own, with the table or section; a claim without a certain figure is stated in words.",
+    "Rows marked `--full only` are slow and run only in `python -m experiments.digits --full`.",
     "",
     "| technique | paper (where) | paper's model / data | paper's claim | digits model | digits: accuracy (ref) | size ratio | agrees |",
     "|---|---|---|---|---|---|---|---|",
@@ -397,20 +406,24 @@ def reproduction(summary: list[Row], claims: dict[str, Any]) -> str:
     runs = [s for s in summary if s["technique"] == name]
     claim = f"{c.claim}" + (f" ({c.number})" if c.number else "")
     if not runs:
+      missing = "--full only" if name in full_only else "not run"
       lines.append(
-        f"| {c.technique} (`{name}`) | {c.reference} ({c.where}) | {c.model} / {c.data} | {claim} | - | not run | - | - |"
+        f"| {c.technique} (`{name}`) | {c.reference} ({c.where}) | {c.model} / {c.data} | {claim} | - | {missing} | - | - |"
       )
       continue
     for s in runs:
-      ref = by.get((s["model"], c.versus))
+      ref_model = c.versus_model or s["model"]
+      ref = by.get((ref_model, c.versus))
       ratio = s.get("file_ratio", s["ratio"])
       if ref is None:
-        verdict, acc = "no reference row", f"{s['acc_mean']:.2f}"
+        verdict = f"reference `{c.versus}` --full only" if c.versus in full_only else "no reference row"
+        acc = f"{s['acc_mean']:.2f}"
       else:
         drop = ref["acc_mean"] - s["acc_mean"]
         ok = drop <= c.max_drop and (c.min_ratio is None or ratio >= c.min_ratio)
         verdict = "yes" if ok else "no"
-        acc = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f} ({c.versus} {ref['acc_mean']:.2f}; drop {drop:+.2f}, allowed {c.max_drop:g})"
+        label = c.versus if ref_model == s["model"] else f"{ref_model} {c.versus}"
+        acc = f"{s['acc_mean']:.2f} ± {s['acc_std']:.2f} ({label} {ref['acc_mean']:.2f}; drop {drop:+.2f}, allowed {c.max_drop:g})"
       need = f", needs {c.min_ratio:g}x" if c.min_ratio else ""
       lines.append(
         f"| {c.technique} (`{name}`) | {c.reference} ({c.where}) | {c.model} / {c.data} | {claim} | {s['model']} "
