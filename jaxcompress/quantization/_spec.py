@@ -68,6 +68,8 @@ class QuantSpec:
 
   def params(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """``(scale, zero_point)`` from ``x``'s own min/max, shaped for the blocked view."""
+    if self.symmetric and self.convention == "narrow":  # max|x| = max(|min|, |max|): one reduction, not two
+      return uniform.symmetric_params(self.granularity.absmax(x), self.qrange[1]), None
     lo, hi = self.granularity.minmax(x)
     return self.params_from_range(lo, hi)
 

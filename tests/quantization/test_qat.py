@@ -144,3 +144,33 @@ def test_integer_sites_reject_weights_off_their_grid():
   np.testing.assert_allclose(
     model_of(ok, helpers.mlp_apply)(t, s, X), model_of(fake, helpers.mlp_apply)(tf, sf, X), rtol=1e-5, atol=1e-5
   )
+
+
+@pytest.mark.parametrize("operands", ["quantized", "float"])
+def test_backward_operands(operands):
+  """'quantized' differentiates ``x @ w`` at the dequantized activation and the fake-quantized
+  weight (Jacob et al.'s graph), 'float' at the float ones (AQT's and Qwix's default)."""
+  k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+  w, x = jax.random.normal(k1, (16, 8)), jax.random.normal(k2, (4, 16))
+  r = jax.random.normal(k3, (4, 8))
+  c = qat(4, 8, integer=True, backward_operands=operands)
+  t, s = c.init({"w": w})
+  loss = lambda t, x: jnp.sum(c.rewrite(lambda p, x: x @ p["w"], t, s)(c.apply(t, s), x) * r)
+  gw, gx = jax.grad(loss, argnums=(0, 1))(t, x)
+  fq = jc.quantization.fake_quant(4, per_channel=True)
+  w_q = fq.apply(*fq.init({"w": w}))["w"]
+  spec = QuantSpec(8, symmetric=False)
+  x_q = spec.fake_quant(x, *spec.params(x))  # the batch's own range: nothing is clipped
+  a, b = (x, w) if operands == "float" else (x_q, w_q)
+  np.testing.assert_allclose(gw["w"], a.T @ r, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gx, r @ b.T, rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(w_q - w))) > 1e-2  # the two choices differ at 4 bits
+
+
+def test_bad_backward_operands():
+  with pytest.raises(ValueError, match=r"backward_operands must be 'quantized' or 'float'.*got 'raw'"):
+    qat(backward_operands="raw")
+  with pytest.raises(ValueError, match=r"with integer=True and backward='float'.*integer=False"):
+    qat(integer=False, backward_operands="float")
+  with pytest.raises(ValueError, match=r"backward='int8'"):
+    qat(backward="int8", backward_operands="float")
