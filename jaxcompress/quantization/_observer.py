@@ -50,14 +50,19 @@ def outliers_set_range(x: jax.Array, ratio: float) -> tuple[jax.Array, jax.Array
   return (top > 0) & (count <= jnp.maximum(1, nonzero // 1000)), count, top
 
 
-def warn_if_outlier(key: str, x: jax.Array, ratio: float | None, warned: set[str]) -> None:
+OUTLIER_CHECK_EVERY = 100
+"""Dynamic activation ranges are checked for outliers at the steps whose count is a multiple of
+this (the first included): the check is three reductions per site, a few percent of a step."""
+
+
+def warn_if_outlier(key: str, x: jax.Array, ratio: float | None, warned: set[str], when: Any = None) -> None:
   """Warns (:class:`OutlierRangeWarning`, once per ``key`` in ``warned``) if an outlier sets
   ``x``'s range (:func:`outliers_set_range`); nothing when ``ratio`` is ``None``. Traceable:
   the test runs on device, the warning on the host through :func:`jax.debug.callback`, called
-  only when the test fails."""
+  only when the test fails. ``when`` (a traced ``bool``, e.g. "this step is a check step";
+  ``None``: always) skips the test's reductions on the other steps."""
   if ratio is None or key in warned:
     return
-  flag, count, top = outliers_set_range(x, ratio)
   n = x.size
 
   def report(count, top):
@@ -73,7 +78,15 @@ def warn_if_outlier(key: str, x: jax.Array, ratio: float | None, warned: set[str
       stacklevel=2,
     )
 
-  jax.lax.cond(flag, lambda c, t: jax.debug.callback(report, c, t), lambda c, t: None, count, top)
+  def check(x):
+    flag, count, top = outliers_set_range(x, ratio)
+    jax.lax.cond(flag, lambda c, t: jax.debug.callback(report, c, t), lambda c, t: None, count, top)
+
+  x = jax.lax.stop_gradient(x)
+  if when is None:
+    check(x)
+  else:
+    jax.lax.cond(when, check, lambda x: None, x)
 
 
 def observe(

@@ -43,7 +43,7 @@ from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
 from jaxcompress.quantization._fake_quant import fake_quant, grid_scale, map_paths, weight_spec
 from jaxcompress.quantization._int8_backward import int8_matmul_grads
-from jaxcompress.quantization._observer import observe, warn_if_outlier
+from jaxcompress.quantization._observer import OUTLIER_CHECK_EVERY, observe, warn_if_outlier
 from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import Granularity
@@ -82,6 +82,7 @@ def site_rule(
   weight_scales: Mapping[str, jax.Array] | None = None,
   backward_operands: str = "quantized",
   float_weights: Mapping[str, jax.Array] | None = None,
+  outlier_when: Any = None,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
 
@@ -108,7 +109,8 @@ def site_rule(
   A site whose weight scales do not lie along its output features (a weight used
   transposed, or reshaped before the op) runs the float op on the quantized operands,
   which computes the same function. A dynamic per-tensor range whose largest ``|x|`` exceeds
-  ``outlier_ratio`` times the 99.9th percentile of its nonzero ``|x|`` warns once per site (into ``warned``).
+  ``outlier_ratio`` times the 99.9th percentile of its nonzero ``|x|`` warns once per site (into ``warned``),
+  tested only where the traced ``bool`` ``outlier_when`` holds (``None``: always).
   """
   if backward not in ("float", "int8"):
     raise ValueError(f"backward must be 'float' or 'int8', got {backward!r}")
@@ -123,7 +125,7 @@ def site_rule(
 
   def scale_of(site, activation):
     if act_ranges is None and not per_token:
-      warn_if_outlier(site.key, activation, outlier_ratio, warned)
+      warn_if_outlier(site.key, activation, outlier_ratio, warned, outlier_when)
     if per_token or act_ranges is not None or axis_name is None:
       return activation_scale(act_spec, site, activation, act_ranges, per_token)
     x = jax.lax.stop_gradient(activation)  # the whole batch's range, across the pmap axis
@@ -305,8 +307,9 @@ def quantize_activations(
     outlier_ratio: warn (:class:`~jaxcompress.quantization.OutlierRangeWarning`, once per
       site) when a dynamic or observed range's largest ``|x|`` exceeds this many times the
       99.9th percentile of the batch's nonzero ``|x|`` (one outlier sets the range and the rest share a
-      few levels); ``None`` silences it. Dynamic ranges are checked in the forward, observed
-      ones at each observation.
+      few levels); ``None`` silences it. Dynamic ranges are checked in the forward at the
+      steps whose ``state.count`` is a multiple of 100 (the first included; the check's three
+      reductions per site cost a few percent of a step), observed ones at each observation.
     backward: ``'float'`` (the straight-through float backward of the module docstring) or
       ``'int8'`` (with ``integer``; opt-in): at every matmul site ``x @ w`` both gradient
       products run as ``int8 × int8 → int32`` on the forward's activation and weight codes
@@ -430,7 +433,7 @@ def _activation_stage(
       apply_fn, params, batches, spec, calibrator, where=pred, token_mask=token_mask
     )
 
-  def rule(extra, ranges, key=None, weight_scales=None, float_weights=None):
+  def rule(extra, ranges, key=None, weight_scales=None, float_weights=None, outlier_when=None):
     del extra
     return site_rule(
       spec,
@@ -447,6 +450,7 @@ def _activation_stage(
       weight_scales=weight_scales,
       backward_operands=backward_operands,
       float_weights=float_weights,
+      outlier_when=outlier_when,
     )
 
   root = jax.random.key(seed)
@@ -454,7 +458,8 @@ def _activation_stage(
   def rewrite_with(fn, state, weight_scales=None, float_weights=None):
     # with the int8 backward, the step's own noise: the key folded with the step count
     key = jax.random.fold_in(root, state.count) if backward == "int8" else None
-    return graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights), where=where)
+    check = state.count % OUTLIER_CHECK_EVERY == 0
+    return graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights, check), where=where)
 
   base = site_compressor(rule, init=init, where=where)
   base = base._replace(rewrite=lambda fn, params, state: rewrite_with(fn, state))

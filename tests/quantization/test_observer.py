@@ -134,6 +134,14 @@ def test_outlier_warns_once_and_normal_inputs_do_not(setup):
     jax.block_until_ready(f(params, jnp.asarray(x)))  # once per site
   one_hot = jnp.eye(2000)[:8]  # sparse, not an outlier: the zeros are left out of the percentile
   assert not bool(outliers_set_range(one_hot, 10.0)[0]) and bool(outliers_set_range(jnp.asarray(x), 10.0)[0])
+  state = c.init(params)[1]
+  for count, warns in ((1, False), (100, True)):  # checked at the steps whose count is a multiple of 100
+    c_warned = quantize_activations(8)  # a fresh compressor: its own once-per-site record
+    at = jax.jit(c_warned.rewrite(model, params, state._replace(count=jnp.asarray(count, jnp.int32))))
+    with warnings.catch_warnings(record=True) as seen:
+      warnings.simplefilter("always", OutlierRangeWarning)
+      jax.block_until_ready(at(params, jnp.asarray(x)))
+    assert any(issubclass(w.category, OutlierRangeWarning) for w in seen) == warns, count
   silent = quantize_activations(8, outlier_ratio=None)
   g = jax.jit(silent.rewrite(model, params, silent.init(params)[1]))
   with warnings.catch_warnings():
