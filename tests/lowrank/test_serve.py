@@ -71,3 +71,19 @@ def test_tucker2_inner_channels_are_zero_padded_to_eight_exactly():
   pixels, taps = 2 * 5 * 5, 2 * 13 * 13  # SAME 3x3 on 5x5: 13 valid taps per row of outputs, squared
   expected = 2 * (pixels * 16 * 16 + taps * 16 * 5 + pixels * 5 * 16)  # first 16 -> 16 (padded), core 16 -> 5, last
   assert jc.graph.flops(lowrank.factorized(fn), packed, x)["flops"] == expected
+
+
+def test_serve_without_its_xla_option_where_jaxlib_rejects_it_and_on_dense_params(monkeypatch):
+  from jaxcompress.lowrank import _serve
+
+  c = lowrank.spatial_svd(2)
+  params = {"k": _kernel(), "b": jnp.arange(6.0)}
+  packed = c.pack(*c.init(params))
+  x = jax.random.normal(jax.random.key(5), (2, 6, 5, 4))
+  fn = lambda p, x: _conv(p, x, (1, 1), "SAME", (1, 1))
+  want = fn(export.materialize_tree(packed), x)
+  np.testing.assert_allclose(lowrank.serve(fn, params)(x), fn(params, x), atol=1e-5)  # dense params: the model
+  monkeypatch.setattr(_serve, "_CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})  # as a jaxlib without it
+  np.testing.assert_allclose(lowrank.serve(fn, packed)(x), want, atol=1e-4)
+  monkeypatch.setattr(_serve, "_CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_VALUE"})
+  np.testing.assert_allclose(lowrank.serve(fn, packed)(x), want, atol=1e-4)
