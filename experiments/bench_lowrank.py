@@ -133,12 +133,42 @@ def conv_rows(args, rng, header) -> None:
   }
   x = jnp.asarray(rng.normal(size=(args.batch, 16, 16, CONV_SHAPE[2])), jnp.float32)
   reps, inner = (3, 3) if args.quick else (9, 10)
+  rows = []
   for name, make in CONV_VARIANTS.items():
     dense, fact, rep, host_ms = row(conv_layer, params, make(), x, reps, inner)
     show(f"{name} ranks {rep[0].ranks}", dense, fact, host_ms)
+    rows.append((name, dense, fact))
     if name == "CP":
       extra = 2 * (CONV_SHAPE[0] + CONV_SHAPE[1]) * rep[0].ranks[0] * args.batch * 16 * 16
       print(f"  (CP's depthwise multiply-adds, not in graph.flops: {extra:,} FLOPs, {extra / fact[1]:.1%} more)")
+  fixed_cost(params, x, rows, reps, inner)
+
+
+def fixed_cost(params, x, rows, reps, inner) -> None:
+  """The cost both programs pay alike: the model's bias add over the conv's output, which writes
+  the program's fresh 32 MiB result (page-faulted on every call). It bounds ``speed-up x FLOP
+  ratio`` even where the factors' ops ran as fast per FLOP as the dense conv."""
+  dense_fn = lowrank.serve(conv_layer, params)
+  bias, y = params["conv"]["bias"], dense_fn(x)
+  add = jax.jit(lambda b, y: y + b)
+  times = timing.interleaved(
+    {"dense": (lambda _: dense_fn(x), x), "bias add": (lambda _: add(bias, y), y)}, reps, inner
+  )
+  t_dense, t_add = timing.median_ms(times["dense"]), timing.median_ms(times["bias add"])
+  print(
+    f"\n  fixed cost: the bias add alone (reads the conv's output, writes a fresh {y.nbytes / 2**20:.0f} MiB result) "
+    f"{t_add:.3f} ms, the dense program {t_dense:.3f} ms (interleaved)"
+  )
+  print(
+    "  without it, GFLOP/s of the rest, and the bound it sets if the factors ran as fast per FLOP as the dense conv:"
+  )
+  for name, (_, fd, td), (_, ff, tf) in rows:
+    rho, rest = ff / fd, max(t_dense - t_add, 1e-9)
+    bound = rho * t_dense / (t_add + rest * rho)
+    print(
+      f"  {name:<12} dense {fd / max(td - t_add, 1e-9) / 1e6:6.1f} GFLOP/s, factorized {ff / max(tf - t_add, 1e-9) / 1e6:6.1f}"
+      f" GFLOP/s; speed-up x FLOP ratio at best {bound:.2f}"
+    )
 
 
 if __name__ == "__main__":
