@@ -49,8 +49,9 @@ def count(tree) -> int:
   return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
-def row(apply_fn, params, compressor, x, reps, inner):
-  """``(params, FLOPs, ms)`` of the dense model and of the factorized one, and the report."""
+def row(apply_fn, params, compressor, x, reps, inner, extra=None):
+  """``(params, FLOPs, ms)`` of the dense model and of the factorized one, the report, the
+  host-leaves ms and the ms of each ``extra`` runner (interleaved with the others)."""
   trainable, state = compressor.init(params)
   packed = compressor.pack(trainable, state)
   served = lowrank.serve(apply_fn, packed)
@@ -68,6 +69,7 @@ def row(apply_fn, params, compressor, x, reps, inner):
       "dense, serve's option": (lambda _: dense_served(x), x),
       "factorized": (lambda _: served(x), x),
       "host leaves": (lambda _: host(packed, x), x),
+      **(extra or {}),
     },
     reps,
     inner,
@@ -78,6 +80,7 @@ def row(apply_fn, params, compressor, x, reps, inner):
     (count(packed), f_fact, timing.median_ms(times["factorized"])),
     lowrank.report(state),
     timing.median_ms(times["host leaves"]),
+    {name: timing.median_ms(times[name]) for name in extra or {}},
   )
 
 
@@ -118,7 +121,7 @@ def dense_rows(args, rng, header) -> None:
     params = bench_overhead.init_mlp(sizes)
     x = jnp.asarray(rng.normal(size=(args.batch, sizes[0])), jnp.float32)
     for frac in (0.25, 0.1):
-      dense, fact, _, host_ms = row(bench_overhead.mlp, params, lowrank.svd(frac), x, reps, inner)
+      dense, fact, _, host_ms, _ = row(bench_overhead.mlp, params, lowrank.svd(frac), x, reps, inner)
       show(f"{model.split()[0]} rank {frac:.0%}", dense, fact, host_ms)
 
 
@@ -133,41 +136,28 @@ def conv_rows(args, rng, header) -> None:
   }
   x = jnp.asarray(rng.normal(size=(args.batch, 16, 16, CONV_SHAPE[2])), jnp.float32)
   reps, inner = (3, 3) if args.quick else (9, 10)
+  bias, y = params["conv"]["bias"], jax.jit(conv_layer)(params, x)
+  add = jax.jit(lambda b, y: y + b)
+  fixed = {"bias add": (lambda _: add(bias, y), y)}
   rows = []
   for name, make in CONV_VARIANTS.items():
-    dense, fact, rep, host_ms = row(conv_layer, params, make(), x, reps, inner)
+    dense, fact, rep, host_ms, more = row(conv_layer, params, make(), x, reps, inner, fixed)
     show(f"{name} ranks {rep[0].ranks}", dense, fact, host_ms)
-    rows.append((name, dense, fact))
+    rows.append((name, dense, fact, more["bias add"]))
     if name == "CP":
       extra = 2 * (CONV_SHAPE[0] + CONV_SHAPE[1]) * rep[0].ranks[0] * args.batch * 16 * 16
       print(f"  (CP's depthwise multiply-adds, not in graph.flops: {extra:,} FLOPs, {extra / fact[1]:.1%} more)")
-  fixed_cost(params, x, rows, reps, inner)
-
-
-def fixed_cost(params, x, rows, reps, inner) -> None:
-  """The cost both programs pay alike: the model's bias add over the conv's output, which writes
-  the program's fresh 32 MiB result (page-faulted on every call). It bounds ``speed-up x FLOP
-  ratio`` even where the factors' ops ran as fast per FLOP as the dense conv."""
-  dense_fn = lowrank.serve(conv_layer, params)
-  bias, y = params["conv"]["bias"], dense_fn(x)
-  add = jax.jit(lambda b, y: y + b)
-  times = timing.interleaved(
-    {"dense": (lambda _: dense_fn(x), x), "bias add": (lambda _: add(bias, y), y)}, reps, inner
-  )
-  t_dense, t_add = timing.median_ms(times["dense"]), timing.median_ms(times["bias add"])
   print(
-    f"\n  fixed cost: the bias add alone (reads the conv's output, writes a fresh {y.nbytes / 2**20:.0f} MiB result) "
-    f"{t_add:.3f} ms, the dense program {t_dense:.3f} ms (interleaved)"
+    "\n  fixed cost both programs pay: the model's bias add alone (reads the conv's output, writes a fresh "
+    f"{y.nbytes / 2**20:.0f} MiB result, page-faulted every call), timed in each row's interleaving; without it, "
+    "the GFLOP/s of the rest, and the bound it sets on speed-up x FLOP ratio if the factors ran as fast per FLOP "
+    "as the dense conv:"
   )
-  print(
-    "  without it, GFLOP/s of the rest, and the bound it sets if the factors ran as fast per FLOP as the dense conv:"
-  )
-  for name, (_, fd, td), (_, ff, tf) in rows:
-    rho, rest = ff / fd, max(t_dense - t_add, 1e-9)
-    bound = rho * t_dense / (t_add + rest * rho)
+  for name, (_, fd, td), (_, ff, tf), t_add in rows:
+    rho, rest = ff / fd, td - t_add
     print(
-      f"  {name:<12} dense {fd / max(td - t_add, 1e-9) / 1e6:6.1f} GFLOP/s, factorized {ff / max(tf - t_add, 1e-9) / 1e6:6.1f}"
-      f" GFLOP/s; speed-up x FLOP ratio at best {bound:.2f}"
+      f"  {name:<12} bias add {t_add:7.3f} ms; dense {fd / rest / 1e6:6.1f} GFLOP/s, factorized "
+      f"{ff / (tf - t_add) / 1e6:6.1f} GFLOP/s; speed-up x FLOP ratio at best {rho * td / (t_add + rest * rho):.2f}"
     )
 
 
