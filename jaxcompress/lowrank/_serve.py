@@ -11,13 +11,22 @@ last (Flax's NHWC), the first 1×1 stage is a ``dot_general`` over the channel a
 last stays a 1×1 conv: faster on XLA's CPU before the model's bias add) and CP's
 depthwise stages pad once, then ``k`` shifted multiply-adds each along ``h`` and ``w``, one
 fused loop (XLA's CPU depthwise convolution is several times slower); ``graph.flops`` counts matmuls and convolutions only, so it omits
-those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total). Tucker-2's inner
-channel counts are zero-padded to a multiple of 8 (``ALIGN``) at serving time where
-that adds at most a sixth of them: exact, a few percent more FLOPs (counted), and faster
-on XLA's CPU kernels. Not done, because slower side by side (measured under load): a conv
-site's stages over chunks of the batch (``lax.map``, each intermediate in cache; the bench's
-CP 65 ms against 49 ms), and a Dense site's rank padded likewise (LeNet-300-100 at 10%,
-ranks 7 -> 8: 80 µs against 68 µs).
+those ``2·k·R`` FLOPs per output pixel (a few percent of CP's total). Not done, because slower side by side
+(measured under load): a conv site's stages over chunks of the batch (``lax.map``, or unrolled
+Python chunks inside the one program: the bench's CP 61 ms against 38 ms), a Dense site's rank
+padded to a multiple of 8 (LeNet-300-100 at 10%, ranks 7 -> 8: 80 µs against 68 µs), and, since
+the convs run on Eigen (below), Tucker-2's inner channel counts padded likewise (49 -> 56: 20.6
+against 19.4 ms); CP's taps without the pad (nine shifted, zero-filled slices in one loop: 42.5
+against 38.3 ms).
+
+On the CPU, :func:`serve` compiles with one per-computation XLA option: XLA's YNNPACK library
+handles only the matmuls (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``), so the convolutions run on
+XLA's own Eigen kernels. Side by side in one run (the bench's conv layer, medians of 21
+interleaved repetitions, measured under load): spatial SVD 56 -> 38 ms, Tucker-2 65 -> 52 ms, CP
+66 -> 51 ms; the Dense-only MLPs unchanged (their matmuls stay on YNNPACK). The dense conv gains
+as well (on a quieter machine 72 -> 37 ms), so ``serve`` given dense params compiles the dense
+model the same way, and ``experiments/bench_lowrank.py`` times the dense model both ways. A jaxlib
+that does not know the option compiles without it.
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ from jaxcompress.core.tree import PyTree
 from jaxcompress.graph._packed import packed_sites, served
 
 _FACTORED = (export.Factorized, export.ConvFactorized)
+
+# the XLA options serve compiles with on the CPU: YNNPACK for the matmuls only, the convs on Eigen
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def _dtype(leaf: Any) -> Any:
@@ -71,22 +83,6 @@ def _depthwise_taps(padded: jax.Array, taps: jax.Array, axis: int, stride: int, 
     total = piece if total is None else total + piece
   assert total is not None
   return total
-
-
-ALIGN = 8  # inner channel counts are zero-padded to a multiple of this for serving
-
-
-def _pad_axis(a: jax.Array, axis: int, multiple: int = ALIGN) -> jax.Array:
-  """``a`` zero-padded along ``axis`` to a multiple of ``multiple`` where that adds at most
-  a sixth of the channels (exact: the extra channels carry zeros). XLA's CPU convolutions
-  are markedly slower on odd channel counts: the bench's Tucker-2 (ranks 24, 49) served in
-  118 ms padded against 133 ms unpadded, side by side (measured under load)."""
-  extra = -a.shape[axis] % multiple
-  if not extra or 6 * extra > a.shape[axis]:  # only where it adds at most a sixth of the channels
-    return a
-  widths = [(0, 0)] * a.ndim
-  widths[axis] = (0, extra)
-  return jnp.pad(a, widths)
 
 
 def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorized) -> jax.Array | None:
@@ -133,8 +129,6 @@ def _conv_op(site: graph.Site, activation: jax.Array, leaf: export.ConvFactorize
     return site.compute(site.compute(activation, vertical, **along_h), horizontal, **along_w)
   if leaf.kind == "tucker2":
     first, core, last = fs
-    first, core = _pad_axis(first, 1), _pad_axis(_pad_axis(core, 2), 3)
-    last = _pad_axis(last, 0)
     return pointwise(site.compute(pointwise(activation, first), core), last, True)
   # (padding CP's rank 93 to 96 did not help: 114 vs 102 ms, measured under load)
   first, vertical, horizontal, last = fs
@@ -198,8 +192,9 @@ def serve(apply_fn: Callable[..., Any], packed: PyTree) -> Callable[..., Any]:
     packed: the packed params (from a low-rank compressor's ``pack``, or a chain's).
 
   Returns:
-    ``fn(*inputs) -> outputs``, jitted, with ``packed`` (put on the default device once,
-    here) passed as an argument.
+    ``fn(*inputs) -> outputs``, jitted (on the CPU with one XLA option, see the
+    module's docstring), with ``packed`` (put on the default device once, here) passed as
+    an argument. Given plain dense params, it is the dense model compiled the same way.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -211,4 +206,27 @@ def serve(apply_fn: Callable[..., Any], packed: PyTree) -> Callable[..., Any]:
     >>> bool(jnp.allclose(serve(lambda p, x: x @ p['w'], packed)(x), x @ packed['w'].materialize(), atol=1e-5))
     True
   """
-  return served(factorized(apply_fn), packed)
+  if jax.default_backend() != "cpu":
+    return served(factorized(apply_fn), packed)
+  try:
+    tuned = jax.jit(factorized(apply_fn), compiler_options=_CPU_OPTIONS)
+  except TypeError:  # a jax whose jit takes no compiler options
+    return served(factorized(apply_fn), packed)
+  plain = jax.jit(factorized(apply_fn))
+  on_device = jax.device_put(packed)
+  chosen: list[Callable[..., Any]] = []
+
+  def run(*inputs: Any) -> Any:
+    if chosen:
+      return chosen[0](on_device, *inputs)
+    try:  # the first call compiles: a jaxlib without the option rejects it, and then runs without it
+      out = tuned(on_device, *inputs)
+    except jax.errors.JaxRuntimeError as e:
+      if "compile option" not in str(e) and "xla_cpu_experimental_ynn_fusion_type" not in str(e):
+        raise
+      chosen.append(plain)
+      return plain(on_device, *inputs)
+    chosen.append(tuned)
+    return out
+
+  return run

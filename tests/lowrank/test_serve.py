@@ -61,13 +61,29 @@ def test_a_transposed_use_falls_back_to_the_dense_kernel():
   np.testing.assert_allclose(lowrank.serve(fn, packed)(x), x @ packed["w"].materialize().T, atol=1e-5)
 
 
-def test_tucker2_inner_channels_are_zero_padded_to_eight_exactly():
+def test_tucker2_is_served_at_its_own_ranks():
   k = jax.random.normal(jax.random.key(3), (3, 3, 16, 16))
-  c = lowrank.tucker2((15, 5))  # 15 -> 16 (a fifteenth more); 5 stays (8 would add three fifths)
+  c = lowrank.tucker2((15, 5))
   packed = c.pack(*c.init({"k": k, "b": jnp.zeros(16)}))
   x = jax.random.normal(jax.random.key(4), (2, 5, 5, 16))
   fn = lambda p, x: _conv(p, x, (1, 1), "SAME", (1, 1))
   np.testing.assert_allclose(lowrank.serve(fn, packed)(x), fn(export.materialize_tree(packed), x), atol=1e-4)
   pixels, taps = 2 * 5 * 5, 2 * 13 * 13  # SAME 3x3 on 5x5: 13 valid taps per row of outputs, squared
-  expected = 2 * (pixels * 16 * 16 + taps * 16 * 5 + pixels * 5 * 16)  # first 16 -> 16 (padded), core 16 -> 5, last
+  expected = 2 * (pixels * 16 * 15 + taps * 15 * 5 + pixels * 5 * 16)  # first 16 -> 15, core 15 -> 5, last 5 -> 16
   assert jc.graph.flops(lowrank.factorized(fn), packed, x)["flops"] == expected
+
+
+def test_serve_without_its_xla_option_where_jaxlib_rejects_it_and_on_dense_params(monkeypatch):
+  from jaxcompress.lowrank import _serve
+
+  c = lowrank.spatial_svd(2)
+  params = {"k": _kernel(), "b": jnp.arange(6.0)}
+  packed = c.pack(*c.init(params))
+  x = jax.random.normal(jax.random.key(5), (2, 6, 5, 4))
+  fn = lambda p, x: _conv(p, x, (1, 1), "SAME", (1, 1))
+  want = fn(export.materialize_tree(packed), x)
+  np.testing.assert_allclose(lowrank.serve(fn, params)(x), fn(params, x), atol=1e-5)  # dense params: the model
+  monkeypatch.setattr(_serve, "_CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})  # as a jaxlib without it
+  np.testing.assert_allclose(lowrank.serve(fn, packed)(x), want, atol=1e-4)
+  monkeypatch.setattr(_serve, "_CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_VALUE"})
+  np.testing.assert_allclose(lowrank.serve(fn, packed)(x), want, atol=1e-4)
