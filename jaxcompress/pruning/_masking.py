@@ -70,17 +70,10 @@ def first_kept(scores: jax.Array) -> jax.Array:
 
 
 def global_masks_keeping_one(scores: list[jax.Array], sparsity: jax.Array | float) -> list[jax.Array]:
-  """``global_topk_masks([first_kept(s) for s in scores], sparsity)``, ranking once in the usual case.
-
-  Raising a leaf's best score changes nothing when the plain ranking already keeps some
-  of that leaf (then it keeps the leaf's best, the first of equals), so :func:`first_kept`
-  (an argmax over every leaf) and the second ranking run only when a leaf would lose all.
-  """
-  plain = criteria.global_topk_masks(scores, sparsity)
-  emptied = jnp.stack([~jnp.any(m) for m in plain]).any()
-  return jax.lax.cond(
-    emptied, lambda: criteria.global_topk_masks([first_kept(s) for s in scores], sparsity), lambda: plain
-  )
+  """``global_topk_masks([first_kept(s) for s in scores], sparsity)``, ranking once in the usual case
+  (:func:`~jaxcompress.pruning._criteria.keep_top_many_keeping_one`)."""
+  n = sum(jnp.size(s) for s in scores)
+  return criteria.keep_top_many_keeping_one(scores, n - criteria.num_pruned(sparsity, n))
 
 
 def check_state(state: Any, expected: type, who: str) -> None:
