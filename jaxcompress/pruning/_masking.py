@@ -280,10 +280,9 @@ def build(
     flat_acc = treedef.flatten_up_to(state.scores)
     sel_paths = [paths[i] for i in idx]
     shapes = [tuple(flat_p[i].shape) for i in idx]
-    masked = [zero_pruned(flat_p[i], flat_m[i]) for i in idx]
     acc = [flat_acc[i] for i in idx]
     if accumulate is not None and grads is not None:
-      weights = [flat_p[i] for i in idx] if revive_every else masked
+      weights = [flat_p[i] if revive_every else zero_pruned(flat_p[i], flat_m[i]) for i in idx]
       acc = [accumulate(a, w, flat_g[i]) for a, w, i in zip(acc, weights, idx)]
     keys = leaf_keys(state.key, count, len(idx))
     old, new = counts(sel_paths, shapes, state.count), counts(sel_paths, shapes, count)
@@ -291,8 +290,9 @@ def build(
     current = [flat_m[i] for i in idx]
 
     def ranked(j, i):
-      """Leaf ``j``'s scores; already-pruned weights rank last unless they may return."""
-      sc = score(masked[j], flat_g[i], acc[j], keys[j]).astype(jnp.float32)
+      """Leaf ``j``'s scores; already-pruned weights rank last unless they may return. Masked
+      here, inside the ``cond`` that recomputes the masks, so that it fuses with the scoring."""
+      sc = score(zero_pruned(flat_p[i], flat_m[i]), flat_g[i], acc[j], keys[j]).astype(jnp.float32)
       return sc if revive_every else jnp.where(flat_m[i], sc, -jnp.inf)
 
     def due(n_new, n_old):
