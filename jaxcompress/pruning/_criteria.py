@@ -7,6 +7,7 @@ kept entries, ties broken by position.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import jax
@@ -89,6 +90,33 @@ def _select_threshold(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[jax.A
   return prefix, above, [h[d] for h in hists]
 
 
+def _row_width(n: int) -> int:
+  """The largest divisor of ``n`` up to its square root: ``n`` keys are viewed as rows of it."""
+  return next(w for w in range(max(math.isqrt(n), 1), 0, -1) if n % w == 0)
+
+
+def _earliest_ties(key: jax.Array, threshold: jax.Array, take: jax.Array) -> jax.Array:
+  """``key > threshold``, plus the first ``take`` (in ``[0, count]``) of the keys equal to it.
+
+  The cut is found in two levels, not by a running count over every key: the ties are
+  counted per row of :func:`_row_width` keys, the row holding the ``take``-th is picked from
+  the rows' running count and a running count over that one row places it; what is kept is
+  then every tie before the cut's flat index.
+  """
+  n = key.size
+  if n == 0:
+    return key > threshold
+  width = _row_width(n)
+  rows = key.reshape(n // width, width)
+  per_row = jnp.sum(rows == threshold, axis=1, dtype=jnp.int32)
+  through = jnp.cumsum(per_row)  # ties up to and including each row
+  row = jnp.minimum(jnp.sum(through < take, dtype=jnp.int32), n // width - 1)  # the row of the take-th tie
+  needed = take - (through[row] - per_row[row])  # ties wanted from that row, >= 1 when take >= 1
+  in_row = jnp.cumsum(jax.lax.dynamic_index_in_dim(rows, row, keepdims=False) == threshold, dtype=jnp.int32)
+  cut = jnp.where(take > 0, row * width + jnp.sum(in_row < needed, dtype=jnp.int32) + 1, 0)
+  return (key > threshold) | ((key == threshold) & (jnp.arange(n, dtype=jnp.int32) < cut))
+
+
 def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
   """Keeps the ``keep`` highest scores exactly (ties: the earlier element wins).
 
@@ -120,14 +148,11 @@ def _keep_top_keys(keys: Sequence[jax.Array], keep: jax.Array) -> tuple[list[jax
   kept = [a + jnp.clip(room - before[j], 0, t) for j, (a, t) in enumerate(zip(above, tied))]
 
   def earliest_ties():
-    return [
-      (k > threshold) | ((k == threshold) & (jnp.cumsum(k == threshold, dtype=jnp.int32) + before[j] <= room))
-      for j, k in enumerate(keys)
-    ]
+    return [_earliest_ties(k, threshold, c - a) for k, c, a in zip(keys, kept, above)]
 
   if sum(k.size for k in keys) < HISTOGRAM_MIN_SIZE:
     return earliest_ties(), kept
-  # a running count over 2**16+ scores costs more than the selection: skipped when every tie fits
+  # placing the ties costs a pass over the keys: skipped when every tie fits
   return jax.lax.cond(_total(tied) == room, lambda: [k >= threshold for k in keys], earliest_ties), kept
 
 
