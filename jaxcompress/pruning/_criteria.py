@@ -124,8 +124,8 @@ def keep_top(scores: jax.Array, keep: jax.Array | int) -> jax.Array:
   order-preserving 32-bit keys, bit by bit (32 counting passes) on small arrays and by two
   histogram passes of 16-bit digits from :data:`HISTOGRAM_MIN_SIZE` scores on; everything
   above it is kept, and among the scores equal to it the earliest in row-major order fill
-  the remaining places (on big arrays the running count over the ties runs only when not
-  all of them fit). Linear in the size; the result is that of a stable descending sort.
+  the remaining places, placed by tie counts per row and a running count over one row (on
+  big arrays only when not all of them fit). Linear in the size; the result is that of a stable descending sort.
   On a 4096x4096 layer this is several times faster than the 32 counting passes alone and
   an order of magnitude faster than a full sort.
 
