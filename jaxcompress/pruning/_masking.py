@@ -70,17 +70,10 @@ def first_kept(scores: jax.Array) -> jax.Array:
 
 
 def global_masks_keeping_one(scores: list[jax.Array], sparsity: jax.Array | float) -> list[jax.Array]:
-  """``global_topk_masks([first_kept(s) for s in scores], sparsity)``, ranking once in the usual case.
-
-  Raising a leaf's best score changes nothing when the plain ranking already keeps some
-  of that leaf (then it keeps the leaf's best, the first of equals), so :func:`first_kept`
-  (an argmax over every leaf) and the second ranking run only when a leaf would lose all.
-  """
-  plain = criteria.global_topk_masks(scores, sparsity)
-  emptied = jnp.stack([~jnp.any(m) for m in plain]).any()
-  return jax.lax.cond(
-    emptied, lambda: criteria.global_topk_masks([first_kept(s) for s in scores], sparsity), lambda: plain
-  )
+  """``global_topk_masks([first_kept(s) for s in scores], sparsity)``, ranking once in the usual case
+  (:func:`~jaxcompress.pruning._criteria.keep_top_many_keeping_one`)."""
+  n = sum(jnp.size(s) for s in scores)
+  return criteria.keep_top_many_keeping_one(scores, n - criteria.num_pruned(sparsity, n))
 
 
 def check_state(state: Any, expected: type, who: str) -> None:
@@ -287,10 +280,9 @@ def build(
     flat_acc = treedef.flatten_up_to(state.scores)
     sel_paths = [paths[i] for i in idx]
     shapes = [tuple(flat_p[i].shape) for i in idx]
-    masked = [zero_pruned(flat_p[i], flat_m[i]) for i in idx]
     acc = [flat_acc[i] for i in idx]
     if accumulate is not None and grads is not None:
-      weights = [flat_p[i] for i in idx] if revive_every else masked
+      weights = [flat_p[i] if revive_every else zero_pruned(flat_p[i], flat_m[i]) for i in idx]
       acc = [accumulate(a, w, flat_g[i]) for a, w, i in zip(acc, weights, idx)]
     keys = leaf_keys(state.key, count, len(idx))
     old, new = counts(sel_paths, shapes, state.count), counts(sel_paths, shapes, count)
@@ -298,8 +290,9 @@ def build(
     current = [flat_m[i] for i in idx]
 
     def ranked(j, i):
-      """Leaf ``j``'s scores; already-pruned weights rank last unless they may return."""
-      sc = score(masked[j], flat_g[i], acc[j], keys[j]).astype(jnp.float32)
+      """Leaf ``j``'s scores; already-pruned weights rank last unless they may return. Masked
+      here, inside the ``cond`` that recomputes the masks, so that it fuses with the scoring."""
+      sc = score(zero_pruned(flat_p[i], flat_m[i]), flat_g[i], acc[j], keys[j]).astype(jnp.float32)
       return sc if revive_every else jnp.where(flat_m[i], sc, -jnp.inf)
 
     def due(n_new, n_old):

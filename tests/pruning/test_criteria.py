@@ -139,3 +139,20 @@ def test_global_masks_keeping_one_equal_ranking_with_each_leafs_best_raised():
     for g, e in zip(got, expected):
       np.testing.assert_array_equal(g, e)
     assert all(bool(g.any()) for g in got)
+
+
+def test_global_masks_keeping_one_on_the_histogram_path_equals_a_stable_sort_with_each_leafs_best_raised():
+  # 2**16+ scores: whether a leaf would be emptied is read from the histograms' per-leaf counts, ties included
+  from jaxcompress.pruning._masking import global_masks_keeping_one
+
+  select = jax.jit(global_masks_keeping_one)
+  big = np.ones((300, 220), np.float32)  # 66,000 ties
+  # the small leaf: emptied by ties, kept by ties, below every big score, above them
+  for value, sparsity in [(1.0, 0.5), (1.0, 1e-5), (0.5, 0.1), (2.0, 0.5)]:
+    small = np.full(4, value, np.float32)
+    raised = np.concatenate([big.ravel(), small])
+    raised[[0, big.size]] = np.inf  # each leaf's best (the first of equals) ranks first
+    keep = raised.size - round(sparsity * raised.size)
+    got = select([jnp.asarray(big), jnp.asarray(small)], sparsity)
+    flat = np.concatenate([np.asarray(m).ravel() for m in got])
+    np.testing.assert_array_equal(flat, _stable_sort_mask(raised, keep), err_msg=f"{value=}, {sparsity=}")
