@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -352,35 +352,6 @@ def quantize_activations(
     >>> c.rewrite(model, params, state)(c.apply(params, state), jnp.array([[0.2, -1.0]])).tolist()
     [[0.0, -1.0]]
   """
-  return _activation_stage(**locals())[0]
-
-
-def _activation_stage(
-  bits: int = 8,
-  *,
-  apply_fn: Callable[..., Any] | None = None,
-  batches: Iterable[Any] | None = None,
-  calibrator: calibration.Calibrator | None = None,
-  symmetric: bool = False,
-  integer: bool = False,
-  weight_bits: int = 8,
-  per_channel: bool = True,
-  axis_name: str | None = None,
-  where: select.Where = None,
-  token_mask: TokenMask = None,
-  per_token: bool = False,
-  observer: str | None = None,
-  averaging_constant: float = 0.01,
-  freeze_step: int | None = None,
-  observe_inputs: Callable[..., tuple[Any, ...]] | None = None,
-  outlier_ratio: float | None = 10.0,
-  backward: str = "float",
-  seed: int = 0,
-  backward_operands: str = "quantized",
-) -> tuple[Compressor, Callable[..., Any]]:
-  """:func:`quantize_activations`, and its ``rewrite_with(fn, state, weight_scales,
-  float_weights)``: the rewrite with the weight stage's scales and float weights
-  (:func:`site_rule`) that :func:`qat` uses."""
   high = 8 if integer else 16
   validate.check_bits("bits", bits, low=2, high=high)
   validate.check_bits("weight_bits", weight_bits, low=2, high=8)
@@ -455,16 +426,17 @@ def _activation_stage(
 
   root = jax.random.key(seed)
 
-  def rewrite_with(fn, state, weight_scales=None, float_weights=None):
+  def rewrite(fn, params, state, *, weight_scales=None, float_weights=None):
+    # (the keywords: qat's weight grids and float weights, see site_rule)
+    del params
     # with the int8 backward, the step's own noise: the key folded with the step count
     key = jax.random.fold_in(root, state.count) if backward == "int8" else None
     check = state.count % OUTLIER_CHECK_EVERY == 0
     return graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights, check), where=where)
 
-  base = site_compressor(rule, init=init, where=where)
-  base = base._replace(rewrite=lambda fn, params, state: rewrite_with(fn, state))
+  base = site_compressor(rule, init=init, where=where)._replace(rewrite=rewrite)
   if observer is None or apply_fn is None:
-    return base, rewrite_with
+    return base
   observed_fn = apply_fn
   inputs_of = observe_inputs or (lambda *batch: batch[:1])
 
@@ -484,7 +456,7 @@ def _activation_stage(
       moved = {k: tuple(jnp.where(live, m, r) for m, r in zip(moved[k], ranges[k])) for k in ranges}
     return new_params, new_state._replace(data=moved)
 
-  return base._replace(update=update), rewrite_with
+  return base._replace(update=update)
 
 
 def qat(
@@ -566,7 +538,7 @@ def qat(
   validate.check_bits("weight_bits", weight_bits, low=2, high=high)
   validate.check_bits("act_bits", act_bits, low=2, high=high)
   weights = fake_quant(weight_bits, per_channel=per_channel, where=where)
-  acts, acts_rewrite = _activation_stage(
+  acts = quantize_activations(
     act_bits,
     apply_fn=apply_fn,
     batches=batches,
@@ -601,6 +573,7 @@ def qat(
       return p
 
     map_paths(scale_of, split(params)[0], weights_state.leaves)
-    return acts_rewrite(fn, acts_state, scales, floats)
+    rewrite_acts = cast(Callable[..., Any], acts.rewrite)  # its keywords: quantize_activations' own
+    return rewrite_acts(fn, None, acts_state, weight_scales=scales, float_weights=floats)
 
   return chained._replace(rewrite=rewrite)
