@@ -23,7 +23,7 @@ from jaxcompress.export._base import CompressedLeaf
 from jaxcompress.export._bitpack import BitPacked, unpack_codes
 from jaxcompress.export._codebook import CodebookArray, index_bits
 from jaxcompress.export._factorized import ConvFactorized, Factorized, factorize_conv
-from jaxcompress.export._huffman import MAX_CONSTANT_CODES, MAX_PAIR_BITS, HuffmanArray
+from jaxcompress.export._huffman import MAX_BLOCK, MAX_CONSTANT_CODES, MAX_PAIR_BITS, HuffmanArray
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray
@@ -188,8 +188,11 @@ def _check_bitpacked(c: _Leaf) -> None:
 
 def _check_huffman(c: _Leaf) -> None:
   bits = c.integer("bits", 1, 16)
-  block = c.integer("block", 1, 2)
-  if block == 2 and bits > MAX_PAIR_BITS:
+  model = c.get("model")
+  if model not in (None, "product"):
+    raise c.fail("model", f"{model!r} is not None or 'product'")
+  block = c.integer("block", 1, 2 if model is None else MAX_BLOCK)
+  if block == 2 and model is None and bits > MAX_PAIR_BITS:
     raise c.fail("block", f"2 pairs codes of at most {MAX_PAIR_BITS} bits, the stream's are {bits}-bit")
   c.dims("code_shape")
   signed = c.boolean("signed")
