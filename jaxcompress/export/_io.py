@@ -158,30 +158,22 @@ _META_FIELDS = {
   "CirculantArray": ("dense_shape",),
   "ToeplitzArray": ("dense_shape",),
   "TiedArray": ("source", "primary"),
-  "HuffmanArray": ("bits", "code_shape", "signed", "dtype", "block", "model"),
+  "HuffmanArray": ("bits", "code_shape", "signed", "dtype", "block"),
   "OutlierArray": (),
   "DisplacementArray": ("dense_shape",),
 }
 # static fields added after files were written without them: the last of their type's static
 # fields, stored only when they differ from this default and read as it when absent (so older
 # files load, and files whose leaves keep the default are byte for byte as before)
-_OPTIONAL_META: dict[str, dict[str, Any]] = {
-  "HuffmanArray": {"block": 1, "model": None},
-  "CodebookArray": {"dtype": None},
-}
+_OPTIONAL_META: dict[str, dict[str, Any]] = {"HuffmanArray": {"block": 1}, "CodebookArray": {"dtype": None}}
 assert all(_META_FIELDS[k][-len(v) :] == tuple(v) for k, v in _OPTIONAL_META.items())
 
 
 def _stored_meta(kind: str, node: Any) -> dict[str, Any]:
-  """A leaf's static fields as a file stores them: the optional ones at their default left out
-  from the end (formats 3 and 5 list them by position, so one before a stored one stays)."""
+  """A leaf's static fields as a file stores them (optional ones at their default left out)."""
   optional = _OPTIONAL_META.get(kind, {})
   meta = {f: _meta_value(getattr(node, f)) for f in _META_FIELDS[kind]}
-  for f in reversed(_META_FIELDS[kind]):
-    if f not in optional or meta[f] != optional[f]:
-      break
-    del meta[f]
-  return meta
+  return {f: v for f, v in meta.items() if not (f in optional and v == optional[f])}
 
 
 _WRITE_CHUNK = 1 << 24
