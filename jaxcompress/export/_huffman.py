@@ -1003,10 +1003,10 @@ def _extended_candidates(sym: np.ndarray) -> list[_Candidate]:
 
 
 def _choose(cands: list[_Candidate], bound: float, slack: float | None, worth: Any) -> _Candidate:
-  """The smallest candidate (the first of equals), among those worth storing whose payload is
-  within ``slack`` of ``bound`` bits when there are any."""
+  """The smallest candidate (of equals, the smaller payload, then the first), among those worth
+  storing whose payload is within ``slack`` of ``bound`` bits when there are any."""
   within = [c for c in cands if slack is not None and worth(c) and c.payload_bits <= (1 + slack) * bound]
-  return min(within or cands, key=lambda c: c.nbytes)
+  return min(within or cands, key=lambda c: (c.nbytes, c.payload_bits))
 
 
 # the fields of each leaf type that hold integer streams, or leaves that may
