@@ -38,8 +38,21 @@ code lengths cost up to ``p_max + 0.086`` bits per symbol over the entropy (Gall
 on skewed 4-symbol and 16-symbol index alphabets is 1-3% (and more) of the stream. Coding pairs of
 symbols (the extended alphabet ``a * 2^bits + b``, an odd stream's last symbol paired with
 itself) halves that per symbol, at the price of a table over up to ``4^bits`` pair symbols:
-``huffman(tree, block='auto')`` keeps, per stream, whichever of the two codes is smaller, payload
-and table together.
+``huffman(tree, block='auto')`` keeps, per stream, whichever code is smallest, payload and table
+together, the extended codes below included.
+
+*Extended codes* (:func:`extended_huffman_encode`; a ``HuffmanArray`` whose ``table`` is ``None``):
+the pair table above stores a length per pair, up to ``4^bits`` of them, which on LeNet-sized
+streams (100-2,000 codes) outweighs what pairs save. An extended code stores one small number per
+*symbol* instead (its count's square root, quantized to 1-8 bits) and encoder and decoder derive
+the Huffman code of blocks of 1..12 symbols from the product of those numbers (the stream's
+order-0 model; Huffman 1952 over the extended alphabet, Cover & Thomas 2006 §5.4): the whole-bit
+redundancy falls to at most ``1/block`` bits per symbol at a table the size of a single-symbol
+one. Measured on the Deep Compression digits files (seed 0): the cluster-index and gap streams
+come within 1% of ``n * H`` (single symbols: +0.6..+12.9%) with 5..21-byte tables (the CRC-32
+and 5-bit lengths: 11..28 bytes), and the LeNet-5 file is 44 bytes smaller. Its table leads
+``data`` (one array: a file's header lists one entry, not two) and holds no CRC-32: every file
+format checks each array's SHA-256 (format 5: the whole file's) before it is decoded.
 """
 
 from __future__ import annotations
@@ -895,7 +908,9 @@ class HuffmanArray(CompressedLeaf):
       data, table = np.concatenate([head, payload]), None
     else:
       data, table = huffman_encode(_pair(sym, bits) if block == 2 else sym)
-    return cls(data=data, table=table, bits=bits, code_shape=tuple(codes.shape), signed=signed, dtype=dtype, block=block)
+    return cls(
+      data=data, table=table, bits=bits, code_shape=tuple(codes.shape), signed=signed, dtype=dtype, block=block
+    )
 
 
 jax.tree_util.register_dataclass(
@@ -1038,7 +1053,7 @@ def _code_stream(x: Any, path: str, report: list[StreamReport], opts: _Options) 
     sym0 = sym - code_range(bits, codings[0].signed)[0]  # the symbols coded, as HuffmanArray.encode forms them
     bound = entropy_bits(sym)
     cands = [
-      _Candidate(c.block, None, None, coded_bits(_pair(sym0, bits) if c.block == 2 else sym0), int(c.table.size))
+      _Candidate(c.block, None, None, coded_bits(_pair(sym0, bits) if c.block == 2 else sym0), c.nbytes - c.data.size)
       for c in codings
     ]
     extended = _extended_candidates(sym0) if block == "auto" else []
@@ -1057,12 +1072,8 @@ def _code_stream(x: Any, path: str, report: list[StreamReport], opts: _Options) 
       shown = [best if (c.block, c.model) == (best.block, best.model) else c for c in shown]
     candidates = tuple((c.block, c.payload_bits, c.table_bytes, c.model) for c in shown)
     smaller = worth(best)
-    report.append(
-      StreamReport(
-        path, raw, best.nbytes, bound / 8, smaller, best.table_bytes, best.payload_bits, best.block, candidates,
-        best.model,
-      )  # fmt: skip
-    )
+    kept = (best.nbytes, bound / 8, smaller, best.table_bytes, best.payload_bits, best.block, candidates, best.model)
+    report.append(StreamReport(path, raw, *kept))
     return coded if smaller else x
   if isinstance(x, CompressedLeaf):
     return _code_leaf(x, path, report, opts)
@@ -1157,7 +1168,9 @@ def huffman(
   if block != "auto" and (type(block) is not int or block not in (1, 2)):
     raise ValueError(f"block must be 1, 2 or 'auto', got {block!r}")
   if max_redundancy is not None and (
-    isinstance(max_redundancy, bool) or not isinstance(max_redundancy, (int, float)) or not 0 <= max_redundancy < math.inf
+    isinstance(max_redundancy, bool)
+    or not isinstance(max_redundancy, (int, float))
+    or not 0 <= max_redundancy < math.inf
   ):
     raise ValueError(f"max_redundancy must be None or a non-negative finite number, got {max_redundancy!r}")
   opts = _Options(min_saving, block, None if max_redundancy is None else float(max_redundancy))

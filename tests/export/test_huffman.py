@@ -320,7 +320,7 @@ def test_pairs_bring_index_streams_within_one_percent_of_the_entropy_bound():
   halve the per-symbol redundancy (Gallager 1978), and on a long stream their table pays off."""
   s = kmeans_indices(np.random.default_rng(2))
   stream = export.pack_bits(s, 4, signed=False)
-  coded, (report,) = export.huffman(stream, with_report=True, block="auto")
+  _, (report,) = export.huffman(stream, with_report=True, block="auto")
   (b1, single, t1, m1), (b2, pairs, t2, m2) = report.candidates[:2]
   bound = export.entropy_bits(s)
   assert (b1, b2, m1, m2) == (1, 2, None, None) and single == export.coded_bits(s)
