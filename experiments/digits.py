@@ -82,7 +82,7 @@ def _stage(name, file_bytes, accuracy, packed, loaded) -> dict:
 
 def _streams(reports) -> list[dict]:
   """Each Huffman stream: raw, coded (payload + table), table and Shannon-bound bytes, the code's
-  payload bits before padding, and every code tried (block, payload bits, table bytes)."""
+  payload bits before padding, its block and model, and the codes tried (block, payload bits, table bytes, model)."""
   return [
     {
       "path": r.path,
@@ -92,6 +92,7 @@ def _streams(reports) -> list[dict]:
       "entropy_bytes": r.entropy_bytes,
       "payload_bits": r.payload_bits,
       "block": r.block,
+      "model": r.model,
       "candidates": [list(c) for c in r.candidates],
       "used": r.coded,
     }
@@ -284,8 +285,9 @@ def main(argv=None) -> int:
     )
     print(stages)
     print(
-      "\nHuffman streams: coded = payload + table of the code kept (or, unused, of the smallest tried); "
-      "over bound = payload bits (before padding) / (n * H) - 1, one symbol at a time and in pairs; "
+      "\nHuffman streams: coded = payload + table of the code chosen (kept, or not where it saves too little); "
+      "over bound = payload bits (before padding) / (n * H) - 1, one symbol at a time, in pairs, and of the "
+      "code chosen (an extended code 'ext xM': blocks of M symbols under the stored single-symbol model); "
       "target: coded <= 1.01 * bound + table, i.e. payload bits <= 1.01 n H"
     )
     print(report.stream_table(summary))

@@ -75,11 +75,11 @@ def _file_fields(rs: list[Row]) -> Row:
       seen = [b[first["path"]] for b in by_path if first["path"] in b]
       mean = lambda key, seen=seen: float(np.mean([h[key] for h in seen]))
       bound, coded, table = mean("entropy_bytes"), mean("coded_bytes"), mean("table_bytes")
-      over = {}  # block -> (payload bits / bound - 1, table bytes), means over seeds
-      for j, (block, *_) in enumerate(first.get("candidates", ())):
-        got = [h["candidates"][j] for h in seen]
+      over = {}  # code -> (payload bits / bound - 1, table bytes), means over the seeds that tried it
+      for key in dict.fromkeys(_code_key(c) for h in seen for c in h.get("candidates", ())):
+        got = [c for h in seen for c in h.get("candidates", ()) if _code_key(c) == key]
         bits, tab = float(np.mean([g[1] for g in got])), float(np.mean([g[2] for g in got]))
-        over[block] = ((bits / (8 * bound) - 1) if bound else 0.0, tab)
+        over[key] = ((bits / (8 * bound) - 1) if bound else 0.0, tab)
       streams.append(
         {
           "path": first["path"],
@@ -94,10 +94,24 @@ def _file_fields(rs: list[Row]) -> Row:
           "used": all(h["used"] for h in seen),
           "seeds": len(seen),
           "block": first.get("block", 1),
+          "model": first.get("model"),
+          "codes_kept": sorted({_code_name(h.get("block", 1), h.get("model")) for h in seen if h["used"]}),
         }
       )
     out["huffman_streams"] = streams
   return out
+
+
+def _code_key(candidate: list) -> str:
+  """A tried code's key: its block length, ``'x'`` before it for an extended code (``'1'``, ``'2'``, ``'x3'``)."""
+  block, model = candidate[0], candidate[3] if len(candidate) > 3 else None
+  return f"{'x' if model == 'product' else ''}{block}"
+
+
+def _code_name(block: int, model: str | None) -> str:
+  if model == "product":
+    return f"ext x{block}"
+  return "pairs" if block == 2 else "single"
 
 
 def stage_table(summary: list[Row]) -> str:
@@ -127,26 +141,29 @@ def stage_table(summary: list[Row]) -> str:
 
 def stream_table(summary: list[Row]) -> str:
   """Each Huffman stream's bytes beside its Shannon bound (means over seeds): the code's payload
-  bits (before padding) over ``n * H``, one symbol at a time and, where tried, in pairs (with
-  the pair table's bytes); whether the code kept meets ``coded <= 1.01 * bound + table`` (in
-  bits: payload bits before padding <= 1.01 * n * H); and
-  whether the file keeps the code (and which)."""
+  bits (before padding) over ``n * H``, one symbol at a time, in pairs where tried (with the
+  pair table's bytes) and for the code chosen; whether that code meets ``coded <= 1.01 * bound
+  + table`` (in bits: payload bits before padding <= 1.01 * n * H); and whether the file keeps
+  the code (and which: ``single``, ``pairs``, ``ext xM`` for an extended code of M-symbol blocks)."""
   rows = [(s, h) for s in summary for h in s.get("huffman_streams", ())]
   if not rows:
     return ""
   head = (
     f"{'model':<12} {'stream':<30} {'raw B':>6} {'coded B':>7} {'table B':>7} {'bound B':>8} "
-    f"{'over, 1':>8} {'over, 2':>8} {'table 2':>7} {'target':>6} used"
+    f"{'over, 1':>8} {'over, 2':>8} {'table 2':>7} {'over':>8} {'target':>6} used"
   )
   lines = [head, "-" * len(head)]
   for s, h in rows:
     by = h.get("over_bound_by_block", {})
     one = f"{100 * by['1'][0]:+.2f}%" if "1" in by else f"{100 * h['payload_over_bound']:+.2f}%"
     two, tab2 = (f"{100 * by['2'][0]:+.2f}%", f"{by['2'][1]:,.0f}") if "2" in by else ("-", "-")
-    used = (f"yes ({'pairs' if h.get('block') == 2 else 'single'})") if h["used"] else "no"
+    kept = h.get("codes_kept") or [_code_name(h.get("block", 1), h.get("model"))]
+    used = f"yes ({', '.join(kept)})" if h["used"] else "no"
+    over = f"{100 * h['payload_over_bound']:+.2f}%"
     lines.append(
       f"{s['model']:<12} {h['path']:<30} {h['raw_bytes']:>6,.0f} {h['coded_bytes']:>7,.0f} {h['table_bytes']:>7,.0f} "
-      f"{h['entropy_bytes']:>8,.1f} {one:>8} {two:>8} {tab2:>7} {'ok' if h.get('within_target') else 'no':>6} {used}"
+      f"{h['entropy_bytes']:>8,.1f} {one:>8} {two:>8} {tab2:>7} {over:>8} {'ok' if h.get('within_target') else 'no':>6} "
+      f"{used}"
     )
   return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from jaxcompress.export._base import CompressedLeaf
 from jaxcompress.export._bitpack import BitPacked, unpack_codes
 from jaxcompress.export._codebook import CodebookArray, index_bits
 from jaxcompress.export._factorized import ConvFactorized, Factorized, factorize_conv
-from jaxcompress.export._huffman import MAX_CONSTANT_CODES, MAX_PAIR_BITS, HuffmanArray
+from jaxcompress.export._huffman import MAX_BLOCK, MAX_CONSTANT_CODES, MAX_PAIR_BITS, HuffmanArray
 from jaxcompress.export._masked import MaskedArray
 from jaxcompress.export._outlier import OutlierArray
 from jaxcompress.export._qarray import QArray
@@ -188,8 +188,9 @@ def _check_bitpacked(c: _Leaf) -> None:
 
 def _check_huffman(c: _Leaf) -> None:
   bits = c.integer("bits", 1, 16)
-  block = c.integer("block", 1, 2)
-  if block == 2 and bits > MAX_PAIR_BITS:
+  extended = c.get("table") is None  # an extended code: its model table leads 'data'
+  block = c.integer("block", 1, MAX_BLOCK if extended else 2)
+  if block == 2 and not extended and bits > MAX_PAIR_BITS:
     raise c.fail("block", f"2 pairs codes of at most {MAX_PAIR_BITS} bits, the stream's are {bits}-bit")
   c.dims("code_shape")
   signed = c.boolean("signed")
@@ -200,7 +201,7 @@ def _check_huffman(c: _Leaf) -> None:
       raise c.fail("dtype", f"{name!r} is not None or the name of an 8/16-bit integer dtype")
     if 8 * dtype.itemsize != bits or (kind(dtype) == "i") != signed:
       raise c.fail("dtype", f"{name!r} does not hold {bits}-bit {'signed' if signed else 'unsigned'} codes")
-  for field in ("data", "table"):
+  for field in ("data",) if extended else ("data", "table"):
     value = c.child(field)
     if np.dtype(value.dtype) != np.dtype(np.uint8) or len(value.shape) != 1:
       raise c.fail(field, f"is {np.dtype(value.dtype).name}{list(_shape(value))}, expected a 1-D uint8 stream")
@@ -212,7 +213,7 @@ def _check_huffman(c: _Leaf) -> None:
   except ValueError as e:
     if isinstance(e, InconsistentLeafError):
       raise
-    raise c.fail("table" if str(e).startswith("Huffman table") else "data", str(e)) from None
+    raise c.fail("table" if str(e).startswith("Huffman table") and not extended else "data", str(e)) from None
 
 
 def _int_codes(c: _Leaf, field: str, bits: int, *, signed: bool | None = None) -> Any:

@@ -38,3 +38,17 @@ def test_streams_are_averaged_by_path_and_compared_in_bits():
   assert b["within_target"] is True and b["used"] is False  # 400 bits <= 1.01 * 400
   text = report.stream_table([summary])
   assert "+1.50%" in text and "-0.62%" in text and "+0.00%" in text and "yes (single)" in text
+
+
+def test_extended_codes_are_named_by_block_and_kept_codes_listed():
+  a0 = stream("a.values", 808, 100.0, 18, pairs=(790, 150))
+  a0 |= {"payload_bits": 805, "table_bytes": 6, "coded_bytes": 107, "block": 3, "model": "product"}
+  a0["candidates"] += [[1, 830, 5, "product"], [3, 805, 6, "product"]]
+  a1 = stream("a.values", 808, 100.0, 18)  # seed 1 kept the single-symbol code and tried no extended one
+  (summary,) = report.summarize([row(0, [a0]), row(1, [a1])])
+  (a,) = summary["huffman_streams"]
+  assert set(a["over_bound_by_block"]) == {"1", "2", "x1", "x3"} and a["over_bound_by_block"]["x3"][1] == 6
+  assert abs(a["over_bound_by_block"]["1"][0] - (808 / 800 - 1)) < 1e-12  # both seeds tried it
+  assert abs(a["over_bound_by_block"]["x3"][0] - (805 / 800 - 1)) < 1e-12  # seed 0 only
+  assert a["codes_kept"] == ["ext x3", "single"] and a["within_target"] is True  # (805 + 808) / 2 <= 808
+  assert "yes (ext x3, single)" in report.stream_table([summary])
