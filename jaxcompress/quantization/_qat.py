@@ -43,7 +43,7 @@ from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
 from jaxcompress.quantization._fake_quant import fake_quant, grid_scale, map_paths, weight_spec
 from jaxcompress.quantization._int8_backward import int8_matmul_grads
-from jaxcompress.quantization._observer import OUTLIER_CHECK_EVERY, observe, warn_if_outlier
+from jaxcompress.quantization._observer import OUTLIER_CHECK_EVERY, observe, warn_if_outlier, warn_if_outliers
 from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import Granularity
@@ -83,6 +83,7 @@ def site_rule(
   backward_operands: str = "quantized",
   float_weights: Mapping[str, jax.Array] | None = None,
   outlier_when: Any = None,
+  outlier_sink: list | None = None,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
 
@@ -110,7 +111,9 @@ def site_rule(
   transposed, or reshaped before the op) runs the float op on the quantized operands,
   which computes the same function. A dynamic per-tensor range whose largest ``|x|`` exceeds
   ``outlier_ratio`` times the 99.9th percentile of its nonzero ``|x|`` warns once per site (into ``warned``),
-  tested only where the traced ``bool`` ``outlier_when`` holds (``None``: always).
+  tested only where the traced ``bool`` ``outlier_when`` holds (``None``: always); with
+  ``outlier_sink`` a list, a site outside any nested call or loop appends ``(site.key,
+  activation)`` to it instead, for the caller to test them all under one ``cond``.
   """
   if backward not in ("float", "int8"):
     raise ValueError(f"backward must be 'float' or 'int8', got {backward!r}")
@@ -125,7 +128,10 @@ def site_rule(
 
   def scale_of(site, activation):
     if act_ranges is None and not per_token:
-      warn_if_outlier(site.key, activation, outlier_ratio, warned, outlier_when)
+      if outlier_sink is not None and not site.scopes:
+        outlier_sink.append((site.key, activation))
+      else:
+        warn_if_outlier(site.key, activation, outlier_ratio, warned, outlier_when)
     if per_token or act_ranges is not None or axis_name is None:
       return activation_scale(act_spec, site, activation, act_ranges, per_token)
     x = jax.lax.stop_gradient(activation)  # the whole batch's range, across the pmap axis
@@ -404,7 +410,7 @@ def quantize_activations(
       apply_fn, params, batches, spec, calibrator, where=pred, token_mask=token_mask
     )
 
-  def rule(extra, ranges, key=None, weight_scales=None, float_weights=None, outlier_when=None):
+  def rule(extra, ranges, key=None, weight_scales=None, float_weights=None, outlier_when=None, outlier_sink=None):
     del extra
     return site_rule(
       spec,
@@ -422,6 +428,7 @@ def quantize_activations(
       backward_operands=backward_operands,
       float_weights=float_weights,
       outlier_when=outlier_when,
+      outlier_sink=outlier_sink,
     )
 
   root = jax.random.key(seed)
@@ -432,7 +439,17 @@ def quantize_activations(
     # with the int8 backward, the step's own noise: the key folded with the step count
     key = jax.random.fold_in(root, state.count) if backward == "int8" else None
     check = state.count % OUTLIER_CHECK_EVERY == 0
-    return graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights, check), where=where)
+    sink: list[tuple[str, jax.Array]] = []  # the top-level sites' dynamic ranges, tested after the model runs
+    inner = graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights, check, sink), where=where)
+
+    def rewritten(*args, **kwargs):
+      sink.clear()
+      out = inner(*args, **kwargs)
+      warn_if_outliers(sink, outlier_ratio, warned, check)
+      sink.clear()
+      return out
+
+    return rewritten
 
   base = site_compressor(rule, init=init, where=where)._replace(rewrite=rewrite)
   if observer is None or apply_fn is None:
