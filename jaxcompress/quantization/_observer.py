@@ -50,11 +50,6 @@ def outliers_set_range(x: jax.Array, ratio: float) -> tuple[jax.Array, jax.Array
   return (top > 0) & (count <= jnp.maximum(1, nonzero // 1000)), count, top
 
 
-OUTLIER_CHECK_EVERY = 100
-"""Dynamic activation ranges are checked for outliers at the steps whose count is a multiple of
-this (the first included): the check is three reductions per site, a few percent of a step."""
-
-
 def warn_if_outlier(key: str, x: jax.Array, ratio: float | None, warned: set[str], when: Any = None) -> None:
   """Warns (:class:`OutlierRangeWarning`, once per ``key`` in ``warned``) if an outlier sets
   ``x``'s range (:func:`outliers_set_range`); nothing when ``ratio`` is ``None``. Traceable:

@@ -43,7 +43,7 @@ from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
 from jaxcompress.quantization._fake_quant import fake_quant, grid_scale, map_paths, weight_spec
 from jaxcompress.quantization._int8_backward import int8_matmul_grads
-from jaxcompress.quantization._observer import OUTLIER_CHECK_EVERY, observe, warn_if_outlier, warn_if_outliers
+from jaxcompress.quantization._observer import observe, warn_if_outlier, warn_if_outliers
 from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import Granularity
@@ -256,6 +256,7 @@ def quantize_activations(
   backward: str = "float",
   seed: int = 0,
   backward_operands: str = "quantized",
+  outlier_every: int | None = None,
 ) -> Compressor:
   """Uniform activation quantization at every selected matmul and convolution (model-side).
 
@@ -313,9 +314,14 @@ def quantize_activations(
     outlier_ratio: warn (:class:`~jaxcompress.quantization.OutlierRangeWarning`, once per
       site) when a dynamic or observed range's largest ``|x|`` exceeds this many times the
       99.9th percentile of the batch's nonzero ``|x|`` (one outlier sets the range and the rest share a
-      few levels); ``None`` silences it. Dynamic ranges are checked in the forward at the
-      steps whose ``state.count`` is a multiple of 100 (the first included; the check's three
-      reductions per site cost a few percent of a step), observed ones at each observation.
+      few levels); ``None`` silences it. Observed ranges are checked at each observation,
+      dynamic ones only with ``outlier_every``.
+    outlier_every: check dynamic ranges in the forward at the steps whose ``state.count`` is
+      a multiple of this (the first included), all top-level sites under one ``cond``;
+      ``None`` (default): not checked. The ``cond`` costs even when it is not taken: on
+      XLA:CPU, 0.43 ms of a 0.78 ms LeNet-300-100 QAT step and about 5 ms of a 140 ms step of
+      an MLP 1024-4096-4096-10 (``experiments/bench_qat.py``'s shapes), which is why it is
+      opt-in.
     backward: ``'float'`` (the straight-through float backward of the module docstring) or
       ``'int8'`` (with ``integer``; opt-in): at every matmul site ``x @ w`` both gradient
       products run as ``int8 × int8 → int32`` on the forward's activation and weight codes
@@ -340,7 +346,7 @@ def quantize_activations(
   Raises:
     ValueError: on bit-widths out of range, ``batches`` without ``apply_fn``, or
       ``per_token`` with ``batches`` or ``integer``, or a bad ``observer``,
-      ``averaging_constant``, ``freeze_step`` or ``outlier_ratio`` (an observer needs
+      ``averaging_constant``, ``freeze_step``, ``outlier_ratio`` or ``outlier_every`` (an observer needs
       ``apply_fn`` and ``batches`` and excludes ``per_token``), or ``backward`` not
       ``'float'``/``'int8'`` (``'int8'`` without ``integer``), or ``backward_operands`` not
       ``'quantized'``/``'float'`` (``'float'`` without ``integer`` and the float backward); at
@@ -388,6 +394,11 @@ def quantize_activations(
     raise ValueError(f"freeze_step must be None or an int >= 0, got {freeze_step!r}")
   if outlier_ratio is not None:
     validate.check_float("outlier_ratio", outlier_ratio, low=1.0)
+  if outlier_every is not None and (
+    isinstance(outlier_every, bool) or not isinstance(outlier_every, int) or outlier_every < 1
+  ):
+    raise ValueError(f"outlier_every must be None or an int >= 1, got {outlier_every!r}")
+  dynamic_ratio = None if outlier_every is None else outlier_ratio  # the dynamic ranges' check
   if observer is not None and (apply_fn is None or batches is None or per_token):
     raise ValueError(
       f"observer={observer!r} needs apply_fn= and calibration batches= (they set the first range) and per-tensor "
@@ -420,7 +431,7 @@ def quantize_activations(
       act_ranges=ranges,
       axis_name=axis_name,
       per_token=per_token,
-      outlier_ratio=outlier_ratio,
+      outlier_ratio=dynamic_ratio,
       warned=warned,
       backward=backward,
       key=key,
@@ -438,14 +449,16 @@ def quantize_activations(
     del params
     # with the int8 backward, the step's own noise: the key folded with the step count
     key = jax.random.fold_in(root, state.count) if backward == "int8" else None
-    check = state.count % OUTLIER_CHECK_EVERY == 0
+    if outlier_every is None:
+      return graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights), where=where)
+    check = state.count % outlier_every == 0
     sink: list[tuple[str, jax.Array]] = []  # the top-level sites' dynamic ranges, tested after the model runs
     inner = graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights, check, sink), where=where)
 
     def rewritten(*args, **kwargs):
       sink.clear()
       out = inner(*args, **kwargs)
-      warn_if_outliers(sink, outlier_ratio, warned, check)
+      warn_if_outliers(sink, dynamic_ratio, warned, check)
       sink.clear()
       return out
 
@@ -494,6 +507,7 @@ def qat(
   backward: str = "float",
   seed: int = 0,
   backward_operands: str = "quantized",
+  outlier_every: int | None = None,
 ) -> Compressor:
   """Quantization-aware training of weights and activations: one compressor.
 
@@ -516,8 +530,8 @@ def qat(
     axis_name: under ``pmap``, the axis to reduce dynamic activation ranges over.
     where: which weights (and the sites they feed), by path (default: every floating
       leaf with ``ndim >= 2``, and every site).
-    observer, averaging_constant, freeze_step, outlier_ratio: the activation ranges'
-      moving-average observer and outlier warning, as for :func:`quantize_activations`
+    observer, averaging_constant, freeze_step, outlier_ratio, outlier_every: the activation
+      ranges' moving-average observer and outlier warning, as for :func:`quantize_activations`
       (the observer needs ``apply_fn`` and ``batches``).
     backward, seed: ``backward='int8'`` (with ``integer``) makes the whole step int8: the
       matmuls' input and weight gradients run as int8 dots on the forward's codes and a
@@ -572,6 +586,7 @@ def qat(
     backward=backward,
     seed=seed,
     backward_operands=backward_operands,
+    outlier_every=outlier_every,
   )
   chained = chain(weights, acts)
   if not integer:

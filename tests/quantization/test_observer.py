@@ -120,7 +120,7 @@ def test_pmap_replicas_equal_the_single_device_run(setup, single):
 
 def test_outlier_warns_once_and_normal_inputs_do_not(setup):
   params, _, xs, _ = setup
-  c = quantize_activations(8)  # dynamic ranges
+  c = quantize_activations(8, outlier_every=100)  # dynamic ranges, checked every 100th step
   f = jax.jit(c.rewrite(model, params, c.init(params)[1]))
   with warnings.catch_warnings():
     warnings.simplefilter("error", OutlierRangeWarning)
@@ -136,17 +136,19 @@ def test_outlier_warns_once_and_normal_inputs_do_not(setup):
   assert not bool(outliers_set_range(one_hot, 10.0)[0]) and bool(outliers_set_range(jnp.asarray(x), 10.0)[0])
   state = c.init(params)[1]
   for count, warns in ((1, False), (100, True)):  # checked at the steps whose count is a multiple of 100
-    c_warned = quantize_activations(8)  # a fresh compressor: its own once-per-site record
+    c_warned = quantize_activations(8, outlier_every=100)  # a fresh compressor: its own once-per-site record
     at = jax.jit(c_warned.rewrite(model, params, state._replace(count=jnp.asarray(count, jnp.int32))))
     with warnings.catch_warnings(record=True) as seen:
       warnings.simplefilter("always", OutlierRangeWarning)
       jax.block_until_ready(at(params, jnp.asarray(x)))
     assert any(issubclass(w.category, OutlierRangeWarning) for w in seen) == warns, count
-  silent = quantize_activations(8, outlier_ratio=None)
-  g = jax.jit(silent.rewrite(model, params, silent.init(params)[1]))
-  with warnings.catch_warnings():
-    warnings.simplefilter("error", OutlierRangeWarning)
-    jax.block_until_ready(g(params, jnp.asarray(x)))
+  for silent in (quantize_activations(8, outlier_ratio=None, outlier_every=1), quantize_activations(8)):
+    g = jax.jit(silent.rewrite(model, params, silent.init(params)[1]))  # (by default dynamic ranges are unchecked)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", OutlierRangeWarning)
+      jax.block_until_ready(g(params, jnp.asarray(x)))
+  with pytest.raises(ValueError, match="outlier_every must be None or an int >= 1, got 0"):
+    quantize_activations(8, outlier_every=0)
 
 
 def test_observer_checks_outliers_and_bad_arguments(setup):
