@@ -1075,7 +1075,9 @@ def _code_stream(x: Any, path: str, report: list[StreamReport], opts: _Options) 
     if best.model is not None:
       shown = [best if (c.block, c.model) == (best.block, best.model) else c for c in shown]
     candidates = tuple((c.block, c.payload_bits, c.table_bytes, c.model) for c in shown)
-    smaller = worth(best)
+    # with a target (block='auto', max_redundancy), a stream no worthwhile code meets stays as it is
+    slack = opts.max_redundancy if block == "auto" else None
+    smaller = worth(best) and (slack is None or best.payload_bits <= (1 + slack) * bound)
     kept = (best.nbytes, bound / 8, smaller, best.table_bytes, best.payload_bits, best.block, candidates, best.model)
     report.append(StreamReport(path, raw, *kept))
     return coded if smaller else x
@@ -1141,8 +1143,10 @@ def huffman(
       distribution fits the stream, the table carries the difference).
     max_redundancy: with ``block='auto'``, keep the smallest code whose payload is at most
       ``(1 + max_redundancy) * n * H`` bits among those that save more than ``min_saving``
-      bytes, when there is one (the issue's target: coded within 1% of the Shannon bound, plus
-      the table); ``None``: the smallest code, whatever its payload.
+      bytes, and leave the stream as it is when there is none (every stream stored coded is
+      within 1% of its Shannon bound, plus its table; a near-uniform 8-bit stream of a few
+      hundred values, whose table would outweigh the saving, stays packed); ``None``: the
+      smallest code, whatever its payload.
 
   Returns:
     The tree with coded streams; with ``with_report``, ``(tree, reports)``.

@@ -557,3 +557,15 @@ def test_extended_leaves_materialize_save_load_prune_and_refuse_bad_input(tmp_pa
     export.HuffmanArray.encode(stream, width=3)
   with pytest.raises(ValueError, match=r"model must be None or 'product', got 'lengths'"):
     export.HuffmanArray.encode(stream, model="lengths")
+
+
+def test_a_stream_no_code_brings_within_the_target_stays_packed():
+  """Near-uniform 8-bit codes, a few hundred of them (a bias): a code saves bytes but not within 1%
+  of n*H, so with the target the stream stays packed; without it, the smaller code is kept."""
+  s = np.random.default_rng(5).integers(0, 124, size=300)
+  stream = export.pack_bits(s, 8, signed=False)
+  kept, (r,) = export.huffman(stream, with_report=True, block="auto")
+  assert not r.coded and r.payload_bits > 1.01 * export.entropy_bits(s) and kept is stream
+  free, (f,) = export.huffman(stream, with_report=True, block="auto", max_redundancy=None)
+  assert f.coded and free.nbytes < stream.nbytes
+  np.testing.assert_array_equal(free.decode(), s.astype(np.int32), strict=True)
