@@ -319,7 +319,7 @@ def quantize_activations(
     outlier_every: check dynamic ranges in the forward at the steps whose ``state.count`` is
       a multiple of this (the first included), all top-level sites under one ``cond``;
       ``None`` (default): not checked. The ``cond`` costs even when it is not taken: on
-      XLA:CPU, 0.43 ms of a 0.78 ms LeNet-300-100 QAT step and about 5 ms of a 140 ms step of
+      XLA:CPU, 0.43 ms of a 0.78 ms LeNet-300-100 QAT step and about 3 ms of a 140 ms step of
       an MLP 1024-4096-4096-10 (``experiments/bench_qat.py``'s shapes), which is why it is
       opt-in.
     backward: ``'float'`` (the straight-through float backward of the module docstring) or
@@ -540,7 +540,7 @@ def qat(
       Jacob et al.'s fake-quantization graph) differentiates each op at the dequantized
       activation and fake-quantized weight; ``'float'`` (AQT's and Qwix's default) at the float
       activation and this stage's float weight, which keeps no float copy of the quantized
-      weight for the backward pass (on an MLP 1024-4096-4096-10, about 210 MB fewer bytes
+      weight for the backward pass (on an MLP 1024-4096-4096-10, about 150 MB fewer bytes
       moved per step by XLA's count; ``experiments/bench_qat.py`` times both).
 
   Returns:
