@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import numbers
 import zlib
 from typing import Any, NamedTuple, cast
 
@@ -292,9 +293,10 @@ def _symbols(symbols: Any) -> np.ndarray:
   s = np.asarray(symbols)
   if s.size and not np.issubdtype(s.dtype, np.integer):
     raise ValueError(f"symbols must be integers, got dtype {s.dtype}")
-  s = s.reshape(-1).astype(np.int64)
-  if s.size and (s.min() < 0 or s.max() > _MAX_SYMBOL):
-    raise ValueError(f"symbols must lie in [0, 2^32), got range [{s.min()}, {s.max()}]")
+  s = s.reshape(-1)
+  if s.size and (int(s.min()) < 0 or int(s.max()) > _MAX_SYMBOL):  # checked before any cast wraps
+    raise ValueError(f"symbols must lie in [0, 2^32), got range [{int(s.min())}, {int(s.max())}]")
+  s = s.astype(np.int64)
   if s.size and s.max() - s.min() >= _MAX_SPAN:
     raise ValueError(f"symbols span [{s.min()}, {s.max()}], wider than the table's limit of 2^20")
   return s
@@ -1175,10 +1177,18 @@ def huffman(
     raise ValueError(f"min_saving must be a non-negative integer, got {min_saving!r}")
   if block != "auto" and (type(block) is not int or block not in (1, 2)):
     raise ValueError(f"block must be 1, 2 or 'auto', got {block!r}")
+
+  def finite_float(x):
+    try:
+      return float(x) if math.isfinite(float(x)) else None
+    except OverflowError:  # an int beyond float's range
+      return None
+
   if max_redundancy is not None and (
     isinstance(max_redundancy, bool)
-    or not isinstance(max_redundancy, (int, float))
-    or not 0 <= max_redundancy < math.inf
+    or not isinstance(max_redundancy, numbers.Real)
+    or finite_float(max_redundancy) is None
+    or max_redundancy < 0
   ):
     raise ValueError(f"max_redundancy must be None or a non-negative finite number, got {max_redundancy!r}")
   opts = _Options(min_saving, block, None if max_redundancy is None else float(max_redundancy))

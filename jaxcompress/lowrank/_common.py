@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxcompress.core import select, validate
 from jaxcompress.core._base import Compressor
+from jaxcompress.core.tree import leaves_with_paths
 from jaxcompress.quantization import _reparam
 
 INITS = ("decomposition", "random")
@@ -278,7 +279,7 @@ def build(
   if factors is not None and not isinstance(factors, Compressor):
     raise TypeError(f"factors must be a Compressor (for example quantization.fake_quant(8)), got {factors!r}")
   root = jax.random.key(seed)
-  where = default_where(dec.ndim) if where is None else where
+  user_where, where = where, default_where(dec.ndim) if where is None else where
 
   def split_nodes(params, state):
     reports, treedef = jax.tree.flatten(state.leaves, is_leaf=_is_report)
@@ -316,6 +317,14 @@ def build(
         node = from_scratch(dec, node, jnp.asarray(w), k_scratch)
       return node, leaf
 
+    by_rank = default_where(dec.ndim)
+    if user_where is None and not any(by_rank(p, x) for p, x in leaves_with_paths(params)):
+      kernels = [(p, tuple(x.shape)) for p, x in leaves_with_paths(params) if select.default(p, x)]
+      if kernels:  # the default selects by rank: say which decomposition the kernels need
+        raise ValueError(
+          f"{dec.kind} factorizes {SHAPE_WORDS[dec.ndim]} and this tree has none (its kernels: "
+          f"{kernels[:5]}); use {ALTERNATIVE[dec.ndim]} for them"
+        )
     trainable, leaves = _reparam.init(params, where, init_leaf)
     state = LowRankState(jnp.asarray(0, jnp.int32), leaves)
     if factors is None:

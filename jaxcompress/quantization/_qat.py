@@ -163,37 +163,46 @@ def site_rule(
     if out_scale is None:  # cannot happen: the scale varies only along the feature axes
       raise AssertionError(f"weight scale of site {site.key!r} does not lie along its output features")
 
-    @jax.custom_vjp
-    def op(a, w):
-      return forward(a, w)[0]
+    # every traced value the op needs is an argument (``aux``), none a closure: a closure's tracer
+    # would leak into the backward pass when the model is jitted inside a gradient
+    aux = (a_scale, a_zero, w_scale, out_scale, w_float, key)
 
-    def forward(a, w):
+    @jax.custom_vjp
+    def op(a, w, aux):
+      return forward(a, w, aux)[0]
+
+    def forward(a, w, aux):
+      a_scale, a_zero, w_scale, out_scale, w_float, _ = aux
       a_codes, shift, a_in = activation_codes(act_spec, a, a_scale, a_zero)
       w_codes = jnp.clip(jnp.round(w * (1.0 / w_scale)), -qw, qw).astype(jnp.int8)
       out = integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype, None if act_spec.symmetric else shift)
       if int8_grads:
-        return out, (a_codes, shift, a_in, w_codes)
+        return out, (a_codes, shift, a_in, w_codes, aux)
       if float_operands:  # no dequantized copy of either operand is kept
-        return out, (a, None, a_in, w if w_float is None else w_float)
-      return out, (a_codes, shift, a_in, w)
+        return out, (a, None, a_in, w if w_float is None else w_float, aux)
+      return out, (a_codes, shift, a_in, w, aux)
 
     def backward(res, g):
+      x, shift, a_in, w_b, aux = res
+      a_scale, _, w_scale, _, _, key = aux
       if int8_grads:
-        a_codes, shift, a_in, w_codes = res
         assert key is not None  # checked above: int8_backward needs a key
         site_key = jax.random.fold_in(key, zlib.crc32(site.key.encode()) & 0x7FFFFFFF)
-        da, dw = int8_matmul_grads(
-          g, a_codes, None if act_spec.symmetric else shift, a_scale, w_codes, w_scale, site_key
-        )
-        return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype)
-      x, shift, a_in, w_b = res
-      a_b = x if float_operands else (x.astype(jnp.int32) + shift).astype(g.dtype) * a_scale
+        da, dw = int8_matmul_grads(g, x, None if act_spec.symmetric else shift, a_scale, w_b, w_scale, site_key)
+        # the int32 products rescaled in float32: saturated into a half type's range
+        da, dw = uniform.saturate(da, activation.dtype), uniform.saturate(dw, weight.dtype)
+        return jnp.where(a_in, da, 0), dw, None
+      if float_operands:
+        a_b = x
+      else:  # dequantized in float32, saturated: codes at a half type's largest value stay finite
+        a_b = (x.astype(jnp.int32) + shift).astype(jnp.float32) * a_scale.astype(jnp.float32)
+        a_b = uniform.saturate(a_b, g.dtype)
       _, pullback = jax.vjp(site.compute, a_b, w_b)
       da, dw = pullback(g)
-      return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype)
+      return jnp.where(a_in, da, 0).astype(activation.dtype), dw.astype(weight.dtype), None
 
     op.defvjp(forward, backward)
-    return op(activation, weight)
+    return op(activation, weight, aux)
 
   return rule
 
@@ -378,8 +387,11 @@ def quantize_activations(
     )
   if backward not in ("float", "int8") or (backward == "int8" and not integer):
     raise ValueError(f"backward must be 'float' or 'int8' (with integer=True), got {backward!r}, integer={integer}")
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise ValueError(f"seed must be an int, got {seed!r}")
+  for name, flag in (("integer", integer), ("symmetric", symmetric), ("per_channel", per_channel)):
+    if not isinstance(flag, bool):
+      raise ValueError(f"{name} must be a bool, got {flag!r}")
+  if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
+    raise ValueError(f"seed must be an int in [-2^63, 2^63), got {seed!r}")
   if backward_operands not in ("quantized", "float") or (
     backward_operands == "float" and (not integer or backward != "float")
   ):
@@ -565,6 +577,9 @@ def qat(
     >>> [round(v, 3) for v in out[0].tolist()]
     [0.8, 0.229]
   """
+  for name, flag in (("integer", integer), ("act_symmetric", act_symmetric), ("per_channel", per_channel)):
+    if not isinstance(flag, bool):
+      raise ValueError(f"{name} must be a bool, got {flag!r}")
   high = 8 if integer else 16
   validate.check_bits("weight_bits", weight_bits, low=2, high=high)
   validate.check_bits("act_bits", act_bits, low=2, high=high)

@@ -569,3 +569,12 @@ def test_a_stream_no_code_brings_within_the_target_stays_packed():
   free, (f,) = export.huffman(stream, with_report=True, block="auto", max_redundancy=None)
   assert f.coded and free.nbytes < stream.nbytes
   np.testing.assert_array_equal(free.decode(), s.astype(np.int32), strict=True)
+
+
+def test_bad_symbol_ranges_and_redundancies_name_their_values():
+  with pytest.raises(ValueError, match=r"got range \[0, 18446744073709551615\]"):
+    export.huffman_encode(np.array([2**64 - 1, 0], np.uint64))
+  stream = export.pack_bits(np.arange(8) % 3, 2, signed=False)
+  with pytest.raises(ValueError, match="max_redundancy must be None or a non-negative finite number"):
+    export.huffman(stream, block="auto", max_redundancy=10**400)
+  export.huffman(stream, block="auto", max_redundancy=np.float32(0.1))  # a NumPy scalar is a number

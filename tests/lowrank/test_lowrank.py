@@ -92,6 +92,10 @@ def test_bad_leaves_name_the_leaf_and_value():
     lowrank.tucker2(2, where=".*kernel").init(params)
   with pytest.raises(ValueError, match=r"ranks\[1\] \(output channels\)=9 is beyond leaf 'conv/kernel'"):
     lowrank.tucker2((2, 9)).init(params)
+  with pytest.raises(
+    ValueError, match=r"svd factorizes 2-D.*has none \(its kernels: \[\('conv/kernel', \(3, 3, 4, 8\)\)\]\).*cp"
+  ):
+    lowrank.svd(2).init({"conv": params["conv"]})  # the default where: no Dense kernel at all
   with pytest.raises(ValueError, match="energy= picks the rank of leaf 'fc/kernel'"):
     jax.jit(lambda p: lowrank.svd(energy=0.9).init(p)[0])(params)
 

@@ -174,3 +174,39 @@ def test_bad_backward_operands():
     qat(integer=False, backward_operands="float")
   with pytest.raises(ValueError, match=r"backward='int8'"):
     qat(backward="int8", backward_operands="float")
+
+
+def test_integer_qat_jitted_inside_grad_and_at_the_float16_maximum():
+  """The model jitted inside a gradient (no tracer of the op's scales leaks into the backward),
+  and an activation at float16's largest value gives the fake-quant path's finite gradient."""
+  k1, k2 = jax.random.split(jax.random.key(4))
+  w, x = jax.random.normal(k1, (8, 8)), jax.random.normal(k2, (3, 8))
+  c = qat(4, integer=True)
+  t, s = c.init({"w": w})
+  f = lambda t, x: c.rewrite(lambda p, x: x @ p["w"], t, s)(c.apply(t, s), x)
+  inner = jax.grad(lambda t: jnp.sum(jax.jit(f)(t, x)))(t)
+  np.testing.assert_allclose(inner["w"], jax.grad(lambda t: jnp.sum(f(t, x)))(t)["w"], rtol=1e-6)
+  x16 = jnp.array([[65504.0, -1.0, 0.5, 0.25]], jnp.float16)
+  w16 = jnp.full((4, 2), 1e-3, jnp.float16)
+  grads = []
+  for kw in ({"integer": False}, {}, {"backward": "int8"}):
+    c = qat(8, **kw)
+    t, s = c.init({"w": w16})
+    g = jax.grad(lambda t, c=c, s=s: jnp.sum(c.rewrite(lambda p, x: x @ p["w"], t, s)(c.apply(t, s), x16)))(t)
+    grads.append(np.asarray(g["w"], np.float32))
+  assert all(np.isfinite(g).all() for g in grads), grads
+  np.testing.assert_allclose(grads[1], grads[0], rtol=1e-3)  # integer == fake-quant at the top code
+
+
+def test_flags_and_seed_are_checked():
+  for kw, name in (
+    ({"integer": "yes"}, "integer"),
+    ({"act_symmetric": 1}, "act_symmetric"),
+    ({"per_channel": None}, "per_channel"),
+  ):
+    with pytest.raises(ValueError, match=f"{name} must be a bool"):
+      qat(**kw)
+  with pytest.raises(ValueError, match=r"integer must be a bool, got None"):
+    jc.quantization.quantize_activations(8, integer=None)
+  with pytest.raises(ValueError, match=r"seed must be an int in \[-2\^63, 2\^63\)"):
+    qat(seed=2**70, backward="int8")
