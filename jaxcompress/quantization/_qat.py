@@ -157,7 +157,7 @@ def site_rule(
     a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)
     int8_grads = int8_backward and _plain_matmul(site)
-    w_float = None if float_weights is None else float_weights.get(site.path)
+    w_float = None if float_weights is None or not float_operands else float_weights.get(site.path)
     if w_float is not None and (w_float.shape != weight.shape or site.leaf_axes != tuple(range(weight.ndim))):
       w_float = None  # the site reads the leaf reshaped or transposed: use the weight as received
     if out_scale is None:  # cannot happen: the scale varies only along the feature axes
@@ -616,7 +616,9 @@ def qat(
     scales, floats = {}, {}
 
     def scale_of(path, p, _):
-      scales[path], floats[path] = grid_scale(spec, p), jax.lax.stop_gradient(p)
+      scales[path] = grid_scale(spec, p)
+      if backward_operands == "float":  # only that backward reads the float weights
+        floats[path] = jax.lax.stop_gradient(p)
       return p
 
     map_paths(scale_of, split(params)[0], weights_state.leaves)
