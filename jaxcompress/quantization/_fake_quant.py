@@ -13,6 +13,7 @@ from jaxcompress import export
 from jaxcompress.core import leafwise, select, validate
 from jaxcompress.core._base import Compressor
 from jaxcompress.core.tree import check_matching, is_packed_leaf, leaves_with_paths, path_str
+from jaxcompress.quantization import _provenance as provenance
 from jaxcompress.quantization import _ste, uniform
 from jaxcompress.quantization._spec import QuantSpec
 from jaxcompress.quantization.granularity import from_args
@@ -205,8 +206,11 @@ def fake_quant(
     x = uniform.upcast(p)  # half types: scales and ranges in float32, the result cast back
     scale, zero_point = jax.lax.stop_gradient(spec.params(x))
     if clips:  # the clipped straight-through gradient
-      return uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype)
-    return _ste.straight_through(p, uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype))
+      out = uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype)
+    else:
+      out = _ste.straight_through(p, uniform.saturate(spec.fake_quant(x, scale, zero_point), p.dtype))
+    provenance.record(out, spec, p, scale, zero_point)  # an integer site given ``out`` takes codes from ``p``
+    return out
 
   def apply(params, state):
     return map_paths(quantize_leaf, params, state.leaves)

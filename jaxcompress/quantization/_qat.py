@@ -26,8 +26,8 @@ quantize_activations(act_bits, integer=...))``, so what is trained is what is pa
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,10 +38,11 @@ from jaxcompress.core._base import Compressor, split
 from jaxcompress.core._chain import chain
 from jaxcompress.core.tree import leaves_with_paths
 from jaxcompress.graph._dense import TokenMask
+from jaxcompress.quantization import _provenance as provenance
 from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._activations import site_compressor, site_predicate
-from jaxcompress.quantization._fake_quant import fake_quant, grid_scale, map_paths, weight_spec
+from jaxcompress.quantization._fake_quant import fake_quant, weight_spec
 from jaxcompress.quantization._int8_backward import int8_matmul_grads
 from jaxcompress.quantization._observer import observe, warn_if_outlier, warn_if_outliers
 from jaxcompress.quantization._serve import activation_codes, integer_op, output_scale
@@ -79,27 +80,26 @@ def site_rule(
   warned: set[str] | None = None,
   backward: str = "float",
   key: jax.Array | None = None,
-  weight_scales: Mapping[str, jax.Array] | None = None,
   backward_operands: str = "quantized",
-  float_weights: Mapping[str, jax.Array] | None = None,
   outlier_when: Any = None,
   outlier_sink: list | None = None,
 ) -> graph.Rule:
   """The rewrite rule of :func:`quantize_activations` (see the module docstring).
 
-  ``weight_scales`` (``{leaf path: scale}``, the scale the earlier weight stage quantized that
-  leaf with, keepdims on the leaf: :func:`qat` passes them) gives an integer site its weight's
-  grid, so the codes come from one rounding of the weight as given; a site whose leaf has no
-  entry takes the grid from the weight's own per-channel (or per-tensor) ``max |w|``, which is
-  a second pass over the weight.
+  An integer site that receives exactly the array a :func:`fake_quant` stage returned, with
+  this rule's bits and granularity (the leaf reached the model unchanged, see
+  :mod:`~jaxcompress.quantization._provenance`), takes that stage's scale and its codes from one
+  rounding of the float weight, the codes ``pack`` stores; any other site takes the grid from
+  the weight's own per-channel (or per-tensor) ``max |w|`` and rounds the weight as received
+  (a second pass over it, and under ``jit`` the fake quantization recomputed inside it).
 
   ``backward_operands`` (integer sites with the float backward): ``'quantized'`` differentiates
   the op at the dequantized activation and the weight as the site receives it (on its grid),
   as the fake-quantization graph of Jacob et al. does; ``'float'`` at the float activation and
-  the float weight before its quantization (``float_weights``, ``{leaf path: weight}``, which
-  :func:`qat` passes; where a site's leaf has none, or the site reads it reshaped, the weight as
-  received), as AQT's and Qwix's default backward does. Both pass the straight-through
-  gradient and zero the activation's where it was clipped.
+  the float weight that the fake-quantization stage received (where the site's weight is not
+  that stage's output as it returned it, the weight as received), as AQT's and Qwix's default
+  backward does. Both pass the straight-through gradient and zero the activation's where it
+  was clipped.
 
   With ``backward='int8'`` (needs ``integer`` and a PRNG ``key``), an integer site that is
   a plain matmul ``x @ w`` (``w`` 2-D, contracted on its first axis against ``x``'s last)
@@ -123,7 +123,7 @@ def site_rule(
     raise ValueError(f"backward_operands must be 'quantized' or 'float', got {backward_operands!r}")
   int8_backward = backward == "int8"
   float_operands = backward_operands == "float"
-  qw = uniform.qmax(weight_bits)
+  grid_spec = weight_spec(weight_bits, per_channel=per_channel)  # the grid fake_quant puts the weights on
   warned = set() if warned is None else warned
 
   def scale_of(site, activation):
@@ -146,10 +146,12 @@ def site_rule(
     if not integer or not _on_channel_grid(site, per_channel):
       return float_rule(site, activation, weight)
     # on the channel grid, per-channel scales lie along the op's one output-feature axis
-    given = None if weight_scales is None else weight_scales.get(site.path)
-    if given is not None:  # the weight stage's own scale, laid out on the op's weight operand
+    made = provenance.lookup(weight)
+    if made is not None and (made.spec != grid_spec or site.leaf_axes != tuple(range(weight.ndim))):
+      made = None  # another grid, or the leaf read transposed: derive the codes from the weight
+    if made is not None:  # the weight stage's own scale, laid out on the op's weight operand
       axis = site.feature_axes[0]
-      w_scale = jnp.reshape(given, [given.size if a == axis else 1 for a in range(weight.ndim)])
+      w_scale = jnp.reshape(made.scale, [made.scale.size if a == axis else 1 for a in range(weight.ndim)])
     else:
       granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
       w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
@@ -157,24 +159,27 @@ def site_rule(
     a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)
     int8_grads = int8_backward and _plain_matmul(site)
-    w_float = None if float_weights is None or not float_operands else float_weights.get(site.path)
-    if w_float is not None and (w_float.shape != weight.shape or site.leaf_axes != tuple(range(weight.ndim))):
-      w_float = None  # the site reads the leaf reshaped or transposed: use the weight as received
+    w_float = made.source if made is not None and float_operands else None
+    # the codes from one rounding of the float weight (pack's codes), else of the weight as received
+    w_from = None if made is None else (uniform.upcast(made.source), made.scale, made.zero_point)
     if out_scale is None:  # cannot happen: the scale varies only along the feature axes
       raise AssertionError(f"weight scale of site {site.key!r} does not lie along its output features")
 
     # every traced value the op needs is an argument (``aux``), none a closure: a closure's tracer
     # would leak into the backward pass when the model is jitted inside a gradient
-    aux = (a_scale, a_zero, w_scale, out_scale, w_float, key)
+    aux = (a_scale, a_zero, w_scale, out_scale, w_float, w_from, key)
 
     @jax.custom_vjp
     def op(a, w, aux):
       return forward(a, w, aux)[0]
 
     def forward(a, w, aux):
-      a_scale, a_zero, w_scale, out_scale, w_float, _ = aux
+      a_scale, a_zero, w_scale, out_scale, w_float, w_from, _ = aux
       a_codes, shift, a_in = activation_codes(act_spec, a, a_scale, a_zero)
-      w_codes = jnp.clip(jnp.round(w * (1.0 / w_scale)), -qw, qw).astype(jnp.int8)
+      if w_from is None:
+        w_codes = uniform.quantize(w, w_scale, weight_bits).astype(jnp.int8)
+      else:
+        w_codes = grid_spec.quantize(*w_from).astype(jnp.int8)
       out = integer_op(site, a_codes, w_codes, a_scale * out_scale, a.dtype, None if act_spec.symmetric else shift)
       if int8_grads:
         return out, (a_codes, shift, a_in, w_codes, aux)
@@ -184,7 +189,7 @@ def site_rule(
 
     def backward(res, g):
       x, shift, a_in, w_b, aux = res
-      a_scale, _, w_scale, _, _, key = aux
+      a_scale, _, w_scale, _, _, _, key = aux
       if int8_grads:
         assert key is not None  # checked above: int8_backward needs a key
         site_key = jax.random.fold_in(key, zlib.crc32(site.key.encode()) & 0x7FFFFFFF)
@@ -433,7 +438,7 @@ def quantize_activations(
       apply_fn, params, batches, spec, calibrator, where=pred, token_mask=token_mask
     )
 
-  def rule(extra, ranges, key=None, weight_scales=None, float_weights=None, outlier_when=None, outlier_sink=None):
+  def rule(extra, ranges, key=None, outlier_when=None, outlier_sink=None):
     del extra
     return site_rule(
       spec,
@@ -447,25 +452,22 @@ def quantize_activations(
       warned=warned,
       backward=backward,
       key=key,
-      weight_scales=weight_scales,
       backward_operands=backward_operands,
-      float_weights=float_weights,
       outlier_when=outlier_when,
       outlier_sink=outlier_sink,
     )
 
   root = jax.random.key(seed)
 
-  def rewrite(fn, params, state, *, weight_scales=None, float_weights=None):
-    # (the keywords: qat's weight grids and float weights, see site_rule)
+  def rewrite(fn, params, state):
     del params
     # with the int8 backward, the step's own noise: the key folded with the step count
     key = jax.random.fold_in(root, state.count) if backward == "int8" else None
     if outlier_every is None:
-      return graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights), where=where)
+      return graph.rewrite(fn, rule(None, state.data, key), where=where)
     check = state.count % outlier_every == 0
     sink: list[tuple[str, jax.Array]] = []  # the top-level sites' dynamic ranges, tested after the model runs
-    inner = graph.rewrite(fn, rule(None, state.data, key, weight_scales, float_weights, check, sink), where=where)
+    inner = graph.rewrite(fn, rule(None, state.data, key, check, sink), where=where)
 
     def rewritten(*args, **kwargs):
       sink.clear()
@@ -603,26 +605,4 @@ def qat(
     backward_operands=backward_operands,
     outlier_every=outlier_every,
   )
-  chained = chain(weights, acts)
-  if not integer:
-    return chained
-  spec = weight_spec(weight_bits, per_channel=per_channel)
-
-  def rewrite(fn, params, state):
-    # The integer sites take each weight's grid from the weights as this stage receives them
-    # (fake_quant's own scale, the same ops, so XLA computes it once): re-deriving it from the
-    # fake-quantized weight would be a second pass over every weight per step.
-    weights_state, acts_state = state.stages
-    scales, floats = {}, {}
-
-    def scale_of(path, p, _):
-      scales[path] = grid_scale(spec, p)
-      if backward_operands == "float":  # only that backward reads the float weights
-        floats[path] = jax.lax.stop_gradient(p)
-      return p
-
-    map_paths(scale_of, split(params)[0], weights_state.leaves)
-    rewrite_acts = cast(Callable[..., Any], acts.rewrite)  # its keywords: quantize_activations' own
-    return rewrite_acts(fn, None, acts_state, weight_scales=scales, float_weights=floats)
-
-  return chained._replace(rewrite=rewrite)
+  return chain(weights, acts)
