@@ -239,9 +239,3 @@ def map_paths(fn, params, leaf_states):
   return jax.tree_util.tree_map_with_path(
     lambda kp, p, s: p if s is None else fn(path_str(kp), p, s), params, leaf_states, is_leaf=is_packed_leaf
   )
-
-
-def grid_scale(spec: QuantSpec, p: jax.Array) -> jax.Array:
-  """The (stop-gradient) symmetric scale :func:`fake_quant` quantizes weight ``p`` with under
-  ``spec``: float32 for half types, keepdims on the blocked view."""
-  return jax.lax.stop_gradient(spec.params(uniform.upcast(p))[0])

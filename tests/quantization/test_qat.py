@@ -210,3 +210,60 @@ def test_flags_and_seed_are_checked():
     jc.quantization.quantize_activations(8, integer=None)
   with pytest.raises(ValueError, match=r"seed must be an int in \[-2\^63, 2\^63\)"):
     qat(seed=2**70, backward="int8")
+
+
+def test_a_site_given_fake_quants_own_output_takes_pack_codes_in_one_rounding(monkeypatch):
+  """A recorded weight (fake_quant's output, reaching the site unchanged) gives the integer
+  site the float weight and its scale; the step is bit for bit the one that re-derives the
+  codes from the fake-quantized weight, and a stage in between (here a mask) is never
+  mistaken for it: its site rounds the masked weight it receives."""
+  from jaxcompress.quantization import _provenance
+
+  c = qat(4, 8, integer=True)
+  t, s = c.init(PARAMS)
+  applied = c.apply(t, s)
+  made = _provenance.lookup(applied["fc0"]["kernel"])
+  assert made is not None and made.source is t["fc0"]["kernel"]
+  assert _provenance.lookup(jnp.array(applied["fc0"]["kernel"])) is None  # equal values, another array
+  codes = np.asarray(made.spec.quantize(made.source, made.scale, None))
+  packed = c.pack(t, s)["fc0"]["kernel"]  # 4-bit codes, bit-packed
+  stored = jc.export._bitpack.unpack_codes(packed.codes).reshape(codes.shape)
+  np.testing.assert_array_equal(codes, stored)
+  np.testing.assert_array_equal(made.scale, packed.scale)
+  loss = lambda t, x: jnp.sum(model_of(c, helpers.mlp_apply)(t, s, x) ** 2)
+  rounds = lambda f: f.lower(t, X).compile().as_text().count("round-nearest-even(")
+  step = jax.jit(jax.value_and_grad(loss))
+  recorded, recorded_rounds = step(t, X), rounds(step)
+  calls = []
+  monkeypatch.setattr(_provenance, "lookup", lambda a: calls.append(a) or None)
+  step = jax.jit(jax.value_and_grad(loss))
+  derived, derived_rounds = step(t, X), rounds(step)
+  assert recorded_rounds < derived_rounds  # the weights' codes: one rounding, not fake-quant's and a second
+  assert calls  # the fallback ran: the same codes, its scale from max|fq(w)| (equal up to an ulp)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), recorded, derived)
+  monkeypatch.undo()
+  mask = {
+    "fc0": {"kernel": jnp.abs(PARAMS["fc0"]["kernel"]) > 0.2, "bias": None},
+    "fc1": {"kernel": None, "bias": None},
+  }
+  masked = jax.tree.map(lambda a, m: a if m is None else a * m, applied, mask, is_leaf=lambda m: m is None)
+  assert _provenance.lookup(masked["fc0"]["kernel"]) is None
+  integer = c.rewrite(helpers.mlp_apply, t, s)(masked, X)
+  fake = qat(4, 8, integer=False)
+  tf, sf = fake.init(PARAMS)
+  np.testing.assert_allclose(integer, fake.rewrite(helpers.mlp_apply, tf, sf)(masked, X), rtol=1e-5, atol=1e-5)
+
+
+def test_records_live_as_long_as_their_array():
+  import gc
+
+  from jaxcompress.quantization import _provenance
+
+  fq = jc.quantization.fake_quant(8, per_channel=True)
+  t, s = fq.init({"w": jnp.ones((4, 4))})
+  before = len(_provenance._RECORDS)
+  out = fq.apply(t, s)["w"]
+  assert len(_provenance._RECORDS) == before + 1 and _provenance.lookup(out) is not None
+  del out
+  gc.collect()
+  assert len(_provenance._RECORDS) == before
