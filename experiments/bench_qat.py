@@ -10,8 +10,10 @@ times one adam cross-entropy training step of:
 - jaxcompress QAT W8A8 fake-quantized (``integer=False``);
 - jaxcompress QAT with integer forward matmuls, W8A8 and W4A8 (``integer=True``), with the
   float backward at the quantized operands (the default, Jacob et al.'s graph), at the float
-  operands (``backward_operands='float'``, as Qwix and the limit below), and with the opt-in
-  int8 backward (``backward='int8'``: the whole step int8);
+  operands (``backward_operands='float'``, as Qwix and the limit below), the same with
+  symmetric activations (``act_symmetric=True``: Qwix's absmax per-tensor activation codes,
+  where our default is Jacob et al.'s asymmetric codes with a zero point; ``float sym``), and
+  with the opt-in int8 backward (``backward='int8'``: the whole step int8);
 - Qwix's QAT (``QtProvider``, int8 forward, float backward) W8A8 and W4A8, when Qwix is
   installed (``pip install -e '.[qwix]'``; otherwise the rows are skipped with a note);
 - two hand-written limits: ``limit int8 fwd + f32 bwd`` (per layer an int8 forward dot of
@@ -30,9 +32,10 @@ rows and Qwix, int8 limit for the int8-backward rows); ``of ceiling``: the speed
 dense divided by the int8 dot ceiling (1.0 would be a step as much faster than dense as an
 int8 dot is than a float32 one; a step with float backward cannot come near it).
 Targets on the big MLP (reported, not asserted): integer W8A8 faster than Qwix W8A8 and
-within 10% of its limit, checked for both backward choices (the float-operand rows do what
-Qwix's and the limit's backward do; the default's backward reads a float copy of the quantized
-weight, which moves more bytes per step).
+within 10% of its limit, checked for both backward choices and for Qwix's own configuration
+(``float sym``: symmetric activations, the float-operand backward, as Qwix's and the limit's
+backward; the default's backward reads a float copy of the quantized weight, which moves more
+bytes per step).
 """
 
 from __future__ import annotations
@@ -152,6 +155,9 @@ def training_runners(sizes, x, y, with_qwix):
   for bits in (8, 4):
     c = quantization.qat(bits, 8, integer=True, backward_operands="float")
     runners[f"ours int W{bits}A8 float-bwd"] = (our_step(mlp, c, params, x, y), LIMIT_F32)
+  for bits in (8, 4):  # Qwix's activation quantization: symmetric (absmax) per tensor
+    c = quantization.qat(bits, 8, integer=True, backward_operands="float", act_symmetric=True)
+    runners[f"ours int W{bits}A8 float sym"] = (our_step(mlp, c, params, x, y), LIMIT_F32)
   for bits in (8, 4):
     c = quantization.qat(bits, 8, integer=True, backward="int8")
     runners[f"ours int8-bwd W{bits}A8"] = (our_step(mlp, c, params, x, y), LIMIT_I8)
@@ -194,7 +200,7 @@ def main(argv=None) -> int:
         f"{name:<29} {ms[name]:>9.3f} {ms[name] / base:>8.3f}x {vs_limit} {base / ms[name] / ceil['total_speedup']:>11.3f}"
       )
     if big and with_qwix:
-      for name in ("ours int W8A8", "ours int W8A8 float-bwd"):
+      for name in ("ours int W8A8", "ours int W8A8 float-bwd", "ours int W8A8 float sym"):
         ok = ms[name] < ms["qwix W8A8"] and ms[name] <= 1.1 * ms[LIMIT_F32]
         print(f"target: {name} < qwix W8A8 and <= 1.1x its limit: {'ok' if ok else 'MISS'}")
     if not with_qwix:
