@@ -1223,8 +1223,8 @@ def _recode_settings(x: Any) -> list[dict[str, Any]]:
     ``[{'block': 1}]`` when every stream is the paper's one-symbol code (the prune is coded the
     same way); otherwise ``block='auto'`` at the default ``max_redundancy`` target (what
     ``huffman(block='auto')`` stores), then ``block='auto', max_redundancy=None`` (the smallest
-    code whatever its redundancy: a stream that met the target may, once pruned, meet it only
-    by staying packed), then ``block=2`` when a stream of codes wider than
+    code whatever its payload: once pruned, a stream may have no code within the target that
+    saves bytes, and would stay packed), then ``block=2`` when a stream of codes wider than
     :data:`AUTO_PAIR_BITS` bits is paired (``'auto'`` does not pair those).
   """
   streams = _coded_streams(x)
@@ -1251,7 +1251,7 @@ def _recode_pruned(before: Any, after: Any) -> Any:
     A leaf whose ``materialize`` equals ``after``'s bit for bit.
   """
   coded = [huffman(after, **s) for s in _recode_settings(before)]
-  return min(coded, key=lambda c: c.nbytes if isinstance(c, CompressedLeaf) else np.asarray(c).nbytes)
+  return min(coded, key=lambda c: c.nbytes)
 
 
 def holds_huffman(x: Any) -> bool:
