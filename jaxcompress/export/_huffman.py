@@ -875,10 +875,11 @@ class HuffmanArray(CompressedLeaf):
     return pack_bits(codes, self.bits, signed=self.signed)
 
   def prune(self, mask: Any) -> CompressedLeaf:
-    """Decodes, prunes the replaced stream, and Huffman-codes the result where smaller."""
+    """Decodes, prunes the replaced stream, and Huffman-codes the result as this stream was
+    coded (``_recode_pruned``), where smaller."""
     from jaxcompress.export._masked import prune
 
-    return huffman(prune(self.unpack(), mask), block="auto" if self.model else self.block)
+    return _recode_pruned(self, prune(self.unpack(), mask))
 
   @classmethod
   def encode(cls, stream: Any, block: int = 1, model: str | None = None, width: int | None = None) -> HuffmanArray:
@@ -1201,6 +1202,56 @@ def huffman(
 
   out = jax.tree_util.tree_map_with_path(code, tree, is_leaf=is_compressed)
   return (out, report) if with_report else out
+
+
+def _coded_streams(x: Any) -> list[HuffmanArray]:
+  leaves = jax.tree.leaves(x, is_leaf=lambda n: isinstance(n, HuffmanArray))
+  return [n for n in leaves if isinstance(n, HuffmanArray)]
+
+
+def _recode_settings(x: Any) -> list[dict[str, Any]]:
+  """The :func:`huffman` settings that code a pruned copy of ``x`` as ``x``'s streams were coded.
+
+  A leaf records each stream's code (``block`` and ``model``), not the :func:`huffman` call
+  that chose it, so the settings are read back from the codes: only ``block='auto'`` makes
+  extended codes (``model == 'product'``), and pairs come from ``block=2`` or ``'auto'``.
+
+  Args:
+    x: a leaf or tree holding :class:`HuffmanArray` streams.
+
+  Returns:
+    ``[{'block': 1}]`` when every stream is the paper's one-symbol code (the prune is coded the
+    same way); otherwise ``block='auto'`` at the default ``max_redundancy`` target (what
+    ``huffman(block='auto')`` stores), then ``block='auto', max_redundancy=None`` (the smallest
+    code whatever its payload: once pruned, a stream may have no code within the target that
+    saves bytes, and would stay packed), then ``block=2`` when a stream of codes wider than
+    :data:`AUTO_PAIR_BITS` bits is paired (``'auto'`` does not pair those).
+  """
+  streams = _coded_streams(x)
+  if all(h.block == 1 and h.model is None for h in streams):
+    return [{"block": 1}]
+  out: list[dict[str, Any]] = [{"block": "auto"}, {"block": "auto", "max_redundancy": None}]
+  if any(h.block == 2 and h.model is None and h.bits > AUTO_PAIR_BITS for h in streams):
+    out.append({"block": 2})
+  return out
+
+
+def _recode_pruned(before: Any, after: Any) -> Any:
+  """``after`` (``before`` pruned, its streams decoded) Huffman-coded as ``before``'s streams were.
+
+  Each of ``_recode_settings``' settings codes ``after``; the smallest result is kept (the
+  first of equals), so a prune is never larger than coding it afresh with ``before``'s own
+  settings, and keeps an extended code where one is smallest.
+
+  Args:
+    before: the Huffman-coded leaf that was pruned.
+    after: its pruned copy, with plain (``BitPacked`` or native) streams.
+
+  Returns:
+    A leaf whose ``materialize`` equals ``after``'s bit for bit.
+  """
+  coded = [huffman(after, **s) for s in _recode_settings(before)]
+  return min(coded, key=lambda c: c.nbytes)
 
 
 def holds_huffman(x: Any) -> bool:

@@ -144,8 +144,10 @@ _LEAF_TYPES: dict[str, type[CompressedLeaf]] = {
     OutlierArray,
   )
 }
-# every leaf type's static fields (its pytree meta fields); the other dataclass fields hold arrays or leaves
-_META_FIELDS = {
+# every leaf type's static fields (its pytree meta fields) that formats 3, 4 and 5 store by position,
+# in this order: fixed forever, files refer to it (a static field added from now on goes in
+# _NAMED_META); the other dataclass fields hold arrays or leaves
+_POSITIONAL_META = {
   "BitPacked": ("bits", "code_shape", "signed"),
   "QArray": ("bits", "dtype", "group_axis", "group_size"),
   "SparseArray": ("dense_shape", "format"),
@@ -162,18 +164,31 @@ _META_FIELDS = {
   "OutlierArray": (),
   "DisplacementArray": ("dense_shape",),
 }
-# static fields added after files were written without them: the last of their type's static
-# fields, stored only when they differ from this default and read as it when absent (so older
-# files load, and files whose leaves keep the default are byte for byte as before)
+# positional static fields added after files were written without them: the last of their type's
+# positional fields, stored only when they differ from this default and read as it when absent (so
+# older files load, and files whose leaves keep the default are byte for byte as before). Fixed too:
+# with a second one, a file leaving the first out would shift the second into its place.
 _OPTIONAL_META: dict[str, dict[str, Any]] = {"HuffmanArray": {"block": 1}, "CodebookArray": {"dtype": None}}
-assert all(_META_FIELDS[k][-len(v) :] == tuple(v) for k, v in _OPTIONAL_META.items())
+assert all(_POSITIONAL_META[k][-len(v) :] == tuple(v) for k, v in _OPTIONAL_META.items())
+# static fields added to a leaf type from now on, with their defaults: stored by name (formats 3-5:
+# one JSON object ending the static list; format 2: in its "meta" object like every field) and only
+# when they differ from the default, read as it when absent, so files written before they existed
+# load, and files whose leaves keep the defaults are byte for byte as without them
+_NAMED_META: dict[str, dict[str, Any]] = {}
+# every leaf type's static fields: the positional ones, then the named ones
+_META_FIELDS = {k: v + tuple(_NAMED_META.get(k, ())) for k, v in _POSITIONAL_META.items()}
+
+
+def _defaults(kind: str) -> dict[str, Any]:
+  """The static fields of ``kind`` a file may leave out, with the values they read as."""
+  return {**_OPTIONAL_META.get(kind, {}), **_NAMED_META.get(kind, {})}
 
 
 def _stored_meta(kind: str, node: Any) -> dict[str, Any]:
-  """A leaf's static fields as a file stores them (optional ones at their default left out)."""
-  optional = _OPTIONAL_META.get(kind, {})
+  """A leaf's static fields as a file stores them (optional and named ones at their default left out)."""
+  optional = _defaults(kind)
   meta = {f: _meta_value(getattr(node, f)) for f in _META_FIELDS[kind]}
-  return {f: v for f, v in meta.items() if not (f in optional and v == optional[f])}
+  return {f: v for f, v in meta.items() if not (f in optional and v == _meta_value(optional[f]))}
 
 
 _WRITE_CHUNK = 1 << 24
@@ -325,7 +340,7 @@ def _check_arrays(
     meta, fields = spec.get("meta"), spec.get("fields")
     meta_names = set(_META_FIELDS[kind])
     data_names = {f.name for f in dataclasses.fields(cast(Any, _LEAF_TYPES[kind]))} - meta_names
-    if not isinstance(meta, dict) or not meta_names - set(_OPTIONAL_META.get(kind, ())) <= set(meta) <= meta_names:
+    if not isinstance(meta, dict) or not meta_names - set(_defaults(kind)) <= set(meta) <= meta_names:
       got = sorted(meta) if isinstance(meta, dict) else meta
       raise CorruptFileError(f"leaf {_where(name)!r} ({kind}): static fields {got!r}, expected {sorted(meta_names)}")
     if not isinstance(fields, dict) or set(fields) != data_names:
@@ -441,7 +456,10 @@ def _compact(spec: Any, arrays: Any, index: dict[str, int]) -> Any:
     return ["d", keys, items]
   if kind in ("list", "tuple"):
     return [kind[0], *(_compact(v, arrays, index) for v in spec["items"])]
-  meta = [spec["meta"][f] for f in _META_FIELDS[kind] if f in spec["meta"]]  # optional ones are last
+  meta: list[Any] = [spec["meta"][f] for f in _POSITIONAL_META[kind] if f in spec["meta"]]  # optional ones are last
+  named = {f: spec["meta"][f] for f in _NAMED_META.get(kind, ()) if f in spec["meta"]}
+  if named:  # by name, after the positional ones (no positional value is a JSON object)
+    meta.append(named)
   return [_LEAF_CODES[kind], meta, *(_compact(spec["fields"][f], arrays, index) for f in _array_fields(kind))]
 
 
@@ -489,15 +507,23 @@ def _expand(node: Any, name: str, arrays: Any) -> Any:
   if kind is None:
     raise CorruptFileError(f"node {where!r} has unknown kind {code!r}")
   fields = _array_fields(kind)
-  meta_names = _META_FIELDS[kind]
+  meta_names = _POSITIONAL_META[kind]
   least = len(meta_names) - len(_OPTIONAL_META.get(kind, ()))
-  if len(rest) != 1 + len(fields) or not isinstance(rest[0], list) or not least <= len(rest[0]) <= len(meta_names):
+  static = rest[0] if rest and isinstance(rest[0], list) else None
+  named = static[-1] if static and isinstance(static[-1], dict) else {}
+  positional = static[:-1] if static and isinstance(static[-1], dict) else static
+  if len(rest) != 1 + len(fields) or positional is None or not least <= len(positional) <= len(meta_names):
     raise CorruptFileError(
       f"leaf {where!r} ({kind}): expected static fields {list(meta_names)} and array fields {fields}"
     )
+  if static and isinstance(static[-1], dict) and (not named or not set(named) <= set(_NAMED_META.get(kind, ()))):
+    raise CorruptFileError(
+      f"leaf {where!r} ({kind}): named static fields {sorted(named)}, expected one or more of "
+      f"{sorted(_NAMED_META.get(kind, ()))} (a file written by a newer version?)"
+    )
   return {
     "kind": kind,
-    "meta": dict(zip(meta_names, rest[0])),
+    "meta": {**dict(zip(meta_names, positional)), **named},
     "fields": {f: _expand(v, f"{name}.{f}", arrays) for f, v in zip(fields, rest[1:])},
   }
 

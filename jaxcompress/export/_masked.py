@@ -69,9 +69,13 @@ def prune(x: Any, mask: Any) -> Any:
   Returns:
     For a dense array, the smaller of a :class:`~jaxcompress.export.SparseArray`
     of the kept entries and the dense array with zeros; for a compressed leaf,
-    ``x.prune(mask)`` (Huffman-coded again, with :func:`~jaxcompress.export.huffman`, when
-    ``x`` held Huffman-coded streams); ``x`` itself when the mask keeps everything. In every case
-    ``materialize(result) == where(mask, materialize(x), 0)`` exactly.
+    ``x.prune(mask)``; ``x`` itself when the mask keeps everything. When ``x`` holds
+    Huffman-coded streams, the prune is coded again as they were
+    (``_huffman._recode_pruned``: the paper's one-symbol code stays one, an
+    extended or pair code is re-chosen with ``block='auto'``), and ``x`` itself is kept when the
+    mask removes nothing it holds (every pruned position already reads +0.0) and the re-coded
+    prune would not be smaller. In every case ``materialize(result) == where(mask, materialize(x), 0)``
+    exactly.
 
   Raises:
     ValueError: if the mask's shape differs from ``x``'s.
@@ -84,16 +88,25 @@ def prune(x: Any, mask: Any) -> Any:
   if isinstance(x, CompressedLeaf):
     if mask.all():
       return x
-    from jaxcompress.export._huffman import HuffmanArray, holds_huffman, huffman
+    from jaxcompress.export._huffman import HuffmanArray, _recode_pruned, holds_huffman
 
-    out = x.prune(mask)  # a leaf's prune decodes Huffman-coded streams; code the result again
-    return huffman(out) if holds_huffman(x) and not isinstance(x, HuffmanArray) else out
+    if not holds_huffman(x):
+      return x.prune(mask)
+    # a leaf's prune decodes its Huffman-coded streams (a HuffmanArray's codes its result itself)
+    out = x.prune(mask) if isinstance(x, HuffmanArray) else _recode_pruned(x, x.prune(mask))
+    return x if _removes_nothing(x, mask) and x.nbytes <= out.nbytes else out
   from jaxcompress.export._sparse import from_mask
 
   dense = np.asarray(x)
   kept = np.where(mask, dense, np.zeros_like(dense))
   sparse = from_mask(kept, mask)
   return sparse if sparse.nbytes < kept.nbytes else kept
+
+
+def _removes_nothing(x: CompressedLeaf, mask: np.ndarray) -> bool:
+  """Whether every position ``mask`` prunes already reads exactly +0.0 (or integer 0) in ``x``."""
+  dropped = np.ascontiguousarray(np.asarray(materialize(x))[~mask])
+  return not dropped.view(np.uint8).any()
 
 
 def take(x: Any, kept: Any) -> Any:

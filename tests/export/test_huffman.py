@@ -578,3 +578,57 @@ def test_bad_symbol_ranges_and_redundancies_name_their_values():
   with pytest.raises(ValueError, match="max_redundancy must be None or a non-negative finite number"):
     export.huffman(stream, block="auto", max_redundancy=10**400)
   export.huffman(stream, block="auto", max_redundancy=np.float32(0.1))  # a NumPy scalar is a number
+
+
+def pruned_book(seed=3, shape=(60, 50), kept=0.2, k=16):
+  """A magnitude-pruned weight's k-means indices (linear centroids), as chain(magnitude, kmeans) packs it."""
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=shape).astype(np.float32)
+  keep = np.abs(w) > np.quantile(np.abs(w), 1 - kept)
+  centroids = np.linspace(w[keep].min(), w[keep].max(), k).astype(np.float32)
+  idx = np.digitize(w, (centroids[1:] + centroids[:-1]) / 2)
+  return export.prune(export.from_assignments(centroids, idx), keep), keep, rng
+
+
+def test_pruning_an_extended_code_keeps_its_coding_and_exact_bytes(tmp_path):
+  from jaxcompress.export._huffman import _coded_streams
+
+  book, keep, rng = pruned_book()
+  coded = export.huffman(book, block="auto")
+  assert {h.model for h in _coded_streams(coded)} == {"product"}  # both streams hold extended codes
+  mask = keep & (rng.random(keep.shape) < 0.9)  # a later stage prunes a tenth of the survivors
+  pruned = export.prune(coded, mask)
+  fresh = export.huffman(export.prune(book, mask), block="auto")  # the same settings, from the plain leaf
+  paper = export.huffman(export.prune(book, mask))  # what pruning re-coded with before: one symbol at a time
+  assert "product" in {h.model for h in _coded_streams(pruned)}
+  assert pruned.nbytes <= fresh.nbytes < paper.nbytes <= book.nbytes, (pruned.nbytes, fresh.nbytes, paper.nbytes)
+  assert pruned.nbytes < coded.nbytes  # pruning only removed entries: no larger than before
+  dense = np.asarray(book.materialize())
+  np.testing.assert_array_equal(np.asarray(pruned.materialize()), np.where(mask, dense, 0), strict=True)
+  arrays = [a for a in jax.tree.leaves(pruned) if a is not None]
+  assert pruned.nbytes == sum(np.asarray(a).nbytes for a in arrays)
+  _, data = export._io._tree_document({"w": pruned})
+  assert len(data) == pruned.nbytes  # the file's arrays: exactly nbytes
+  path = tmp_path / "m.safetensors"
+  export.save(path, {"w": pruned})
+  loaded = export.load(path)["w"]
+  assert_same(loaded, pruned)
+  assert loaded.nbytes == pruned.nbytes
+
+
+def test_pruning_removing_nothing_keeps_the_coded_leaf_and_one_symbol_codes_stay_one():
+  from jaxcompress.export._huffman import _coded_streams
+
+  book, keep, rng = pruned_book(seed=4)
+  auto = export.huffman(book, block="auto")
+  again = export.prune(auto, keep)  # removes nothing: before, re-coding one symbol at a time grew it
+  assert again.nbytes <= auto.nbytes < export.huffman(book).nbytes
+  np.testing.assert_array_equal(np.asarray(again.materialize()), np.asarray(book.materialize()), strict=True)
+  single = export.huffman(book)  # the paper's code
+  assert export.prune(single, keep) is single
+  mask = keep & (rng.random(keep.shape) < 0.8)
+  pruned = export.prune(single, mask)
+  assert all(h.block == 1 and h.model is None for h in _coded_streams(pruned)) and _coded_streams(pruned)
+  assert_same(pruned, export.huffman(export.prune(book, mask)))  # as coding the prune afresh, byte for byte
+  bare = export.huffman(export.pack_bits(np.where(keep, 1 + (rng.random(keep.shape) < 0.1), 0), 2, signed=False))
+  assert isinstance(bare, export.HuffmanArray) and export.prune(bare, keep) is bare

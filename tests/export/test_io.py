@@ -772,3 +772,49 @@ def test_format5_refuses_malformed_documents(tmp_path):
   for text, kw, pattern in cases:
     with pytest.raises(export.CorruptFileError, match=pattern):
       export.load(write(text, **kw))
+
+
+def test_a_static_field_added_later_is_stored_by_name_and_older_files_load(tmp_path, monkeypatch):
+  import dataclasses
+
+  from jaxcompress.export import _checks, _io
+
+  codes = np.random.default_rng(2).choice(4, size=(9, 7), p=[0.7, 0.1, 0.1, 0.1])
+  stream = export.pack_bits(codes, 2, signed=False)
+  old = {"one": export.HuffmanArray.encode(stream), "ext": export.HuffmanArray.encode(stream, 3, "product")}
+  paths = {v: tmp_path / f"v{v}.safetensors" for v in (2, 3, 4, 5)}
+  for v, p in paths.items():
+    export.save(p, old, version=v)  # written before the field existed
+  before = paths[5].read_bytes()
+
+  @dataclasses.dataclass(frozen=True)
+  class Grown(export.HuffmanArray):  # HuffmanArray as a later version might declare it
+    note: int | None = None
+
+  Grown.__name__ = Grown.__qualname__ = "HuffmanArray"
+  monkeypatch.setitem(_io._LEAF_TYPES, "HuffmanArray", Grown)
+  monkeypatch.setitem(_checks._CHECKS, Grown, _checks._CHECKS[export.HuffmanArray])
+  monkeypatch.setitem(_io._NAMED_META, "HuffmanArray", {"note": None})
+  monkeypatch.setitem(_io._META_FIELDS, "HuffmanArray", _io._POSITIONAL_META["HuffmanArray"] + ("note",))
+  grown = {k: Grown(**{f.name: getattr(x, f.name) for f in dataclasses.fields(x)}) for k, x in old.items()}
+  for p in paths.values():
+    assert_same(export.load(p), grown)  # the older files load, the new field at its default
+  export.save(paths[5], grown)
+  assert paths[5].read_bytes() == before  # at its default the field is not stored: the same bytes
+  noted = {k: dataclasses.replace(x, note=7) for k, x in grown.items()}
+  for v, p in paths.items():
+    export.save(p, noted, version=v)
+    back = export.load(p)
+    assert_same(back, noted)  # stored by position, 7 would have read back as "one"'s block
+    assert (back["one"].block, back["ext"].block, back["one"].note) == (1, 3, 7)
+  doc, data = _io._tree_document(noted)
+  assert doc["tree"]["one"][1] == [2, [9, 7], False, None, {"note": 7}]  # block 1 left out, as before
+  assert doc["tree"]["ext"][1] == [2, [9, 7], False, None, 3, {"note": 7}]
+  for named, message in (({"colour": 1}, r"named static fields \['colour'\]"), ({}, r"named static fields \[\]")):
+    doc["tree"]["one"][1][-1] = named
+    write3(paths[3], doc, data)
+    with pytest.raises(export.CorruptFileError, match=message + r", expected one or more of \['note'\]"):
+      export.load(paths[3])
+  monkeypatch.undo()
+  tree = _io._tree_document(old)[0]["tree"]  # without the field: the static lists as before, no object
+  assert (tree["one"][1], tree["ext"][1]) == ([2, [9, 7], False, None], [2, [9, 7], False, None, 3])
