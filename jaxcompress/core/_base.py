@@ -16,7 +16,7 @@ optax's ``GradientTransformation``. Four are required:
 - ``pack(params, state) -> packed``: the deployable tree, whose compressed leaves
   (``jaxcompress.export``) report their true storage in ``nbytes``.
 
-Four are seams with defaults, through which techniques meet the rest of training
+The others are seams with defaults, through which techniques meet the rest of training
 without knowing each other:
 
 - ``masks(state) -> tree | None``: the keep-masks (``bool``, True = keep) this compressor
