@@ -102,7 +102,8 @@ class Compressed(nnx.Module):
   :meth:`check_trained` raises ``ValueError`` naming :class:`Optimizer` when they changed
   otherwise, at the first concrete use (:meth:`model_params`, :meth:`pack`, ``train()``,
   ``eval()``, a call outside ``jit``, a step of :class:`Optimizer`). Write a trainable tree on
-  purpose with :meth:`set_trainable`.
+  purpose with :meth:`set_trainable` (after restoring only the ``Param`` Variables from a
+  checkpoint: ``model.set_trainable(model.trainable())``).
 
   Args:
     model: the NNX module (left unchanged).
