@@ -16,7 +16,7 @@ optax's ``GradientTransformation``. Four are required:
 - ``pack(params, state) -> packed``: the deployable tree, whose compressed leaves
   (``jaxcompress.export``) report their true storage in ``nbytes``.
 
-Four are seams with defaults, through which techniques meet the rest of training
+The others are seams with defaults, through which techniques meet the rest of training
 without knowing each other:
 
 - ``masks(state) -> tree | None``: the keep-masks (``bool``, True = keep) this compressor
@@ -40,7 +40,17 @@ without knowing each other:
   (INQ's quantized portion); ``None`` (the default) when nothing is frozen. ``chain``
   ORs them; ``train.make_step`` treats them like pruned coordinates for the optimizer
   (no gradient, no update, no moments, so weight decay cannot move them), but, unlike
-  ``masks``, nothing sets them to zero and ``pack`` prunes nothing with them.
+  ``masks``, nothing sets them to zero and ``pack`` prunes nothing with them;
+- ``pull_masks(params, state, masks) -> tree``: masks over the model's tree (the view this
+  compressor's ``apply`` makes) carried back onto its trainable tree ``params``, mirroring
+  it, ``None`` where a trainable array has no coordinate of the view (a codebook, a step
+  size). The default (:func:`carry_masks`) gives the mask to every trainable array of the
+  mask's shape under the masked leaf; a compressor whose trainable arrays hold the view's
+  coordinates in another layout (channel pruning's narrowed arrays: the kept channels)
+  maps the mask the way ``apply`` maps the arrays. ``train.make_step`` masks gradients,
+  moments and updates with it, and ``chain`` projects an owned leaf's trainable arrays
+  with it, so a pruner after a restructuring stage zeroes what it prunes in the trainable
+  tree, not only in the view.
 
 A compressor whose model-side technique learns parameters (LSQ's activation steps)
 returns its trainable tree as :class:`Joint` ``(params, extra)``.
@@ -53,6 +63,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
 
 from jaxcompress.core.tree import PyTree
 
@@ -111,6 +124,36 @@ def no_frozen(state: Any) -> None:
   del state
 
 
+PullMasksFn = Callable[[PyTree, Any, PyTree], PyTree]
+"""``pull_masks(params, state, masks) -> masks mirroring the trainable tree``."""
+
+
+def carry_masks(params: PyTree, state: Any, masks: PyTree) -> PyTree:
+  """The default ``pull_masks``: each mask goes to the trainable arrays of its shape.
+
+  Args:
+    params: the trainable tree (a :class:`Joint`'s ``extra`` is never masked).
+    state: the compressor's state (unused).
+    masks: ``bool`` masks mirroring the model's tree, ``None`` at unmasked leaves.
+
+  Returns:
+    A tree mirroring ``params`` leaf for leaf: the mask where a trainable array under the
+    masked model leaf has the mask's shape (the weight itself, or LSQ's ``weight``),
+    ``None`` elsewhere.
+  """
+  del state
+  tree, extra = split(params)
+  model_def = jax.tree.structure(masks, is_leaf=lambda x: x is None)
+  nodes = model_def.flatten_up_to(tree)
+  flat = model_def.flatten_up_to(masks)
+
+  def one(x: Any, m: Any) -> Any:
+    return m if m is not None and tuple(np.shape(x)) == tuple(np.shape(m)) else None
+
+  carried = model_def.unflatten([jax.tree.map(lambda x, m=m: one(x, m), node) for node, m in zip(nodes, flat)])
+  return carried if extra is None else Joint(carried, jax.tree.map(lambda _: None, extra))
+
+
 def no_masks(state: Any) -> None:
   """The default ``masks``: this compressor prunes nothing."""
   del state
@@ -140,6 +183,8 @@ class Compressor(NamedTuple):
     rewrite: ``(fn, params, state) -> fn'``, model-side; default: identity.
     restart: ``(state) -> bool scalar | None``, restart the optimizer; default: never.
     frozen: ``(state) -> frozen coordinates | None``, kept off the optimizer; default: none.
+    pull_masks: ``(params, state, masks) -> masks over the trainable tree``; default:
+      :func:`carry_masks` (by shape).
   """
 
   init: InitFn
@@ -151,6 +196,7 @@ class Compressor(NamedTuple):
   rewrite: RewriteFn = no_rewrite
   restart: RestartFn = no_restart
   frozen: FrozenFn = no_frozen
+  pull_masks: PullMasksFn = carry_masks
 
 
 class Joint(NamedTuple):

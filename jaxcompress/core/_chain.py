@@ -21,12 +21,16 @@ lost. Two stages cannot both restructure one leaf.
 Per step, ``update`` runs the stages in order; each sees the trainable params at the
 leaves it may project (every leaf nobody restructured, and the leaves it owns), and the
 owner's view elsewhere (its projection there is dropped; the chain applies the masks to
-the owner's trainable arrays of the mask's shape itself). ``pack`` packs each leaf with the last
+the owner's trainable arrays itself, through the owner's ``pull_masks``). ``pack`` packs each leaf with the last
 stage that stores it as a compressed leaf (a ``QArray``, ``CodebookArray``, ...), then
 prunes that leaf with the chain's keep-masks through :func:`jaxcompress.export.prune`,
 so a pruned and quantized weight keeps its codes, scales or codebook and stores only the
 survivors. ``masks``, ``penalty``, ``rewrite``, ``restart`` and ``frozen`` combine the
-stages' (AND, sum, composition in order, OR, and OR).
+stages' (AND, sum, composition in order, OR, and OR). ``pull_masks`` carries masks over
+the model's tree onto the chain's trainable tree: by shape at leaves nobody restructured,
+through the owner's ``pull_masks`` at owned ones, so ``update`` zeroes what a later pruner
+prunes in the owner's trainable arrays (``chain(channel_prune, magnitude)``: the pruned
+weights inside the kept channels) and ``train.make_step`` keeps the optimizer off them.
 """
 
 from __future__ import annotations
@@ -123,6 +127,11 @@ def _view_grad(owner_grads: Any, view: Any) -> Any:
     if jnp.shape(a) == shape and jnp.issubdtype(jnp.result_type(a), jnp.floating)
   ]
   return same[0].astype(jnp.result_type(view)) if len(same) == 1 else jnp.zeros_like(view)
+
+
+def _carried(x: Any, m: Any) -> Any:
+  """``m`` where the trainable array ``x`` has its shape, else ``None``."""
+  return m if m is not None and jnp.shape(x) == jnp.shape(m) else None
 
 
 def _masked(x: Any, m: Any) -> Any:
@@ -345,12 +354,39 @@ def chain(*compressors: Compressor) -> Compressor:
       new_states.append(s)
     state = ChainState(tuple(new_states), plan)
     comb = masks(state)
-    if comb is not None:  # stages around an owner could not project its leaf: do it here
-      for k, (m, own) in enumerate(zip(plan.model_def.flatten_up_to(comb), plan.owners)):
-        if own is not None and m is not None:
-          nodes[k] = jax.tree.map(lambda a, m=m: _masked(a, m) if jnp.shape(a) == jnp.shape(m) else a, nodes[k])
+    if comb is not None:  # stages around an owner could not project its leaf: its pull-back does
+      pulled = pulled_nodes(nodes, side, state, comb)
+      for k, own in enumerate(plan.owners):
+        if own is not None:
+          nodes[k] = jax.tree.map(
+            lambda a, m: a if m is None else _masked(a, m), nodes[k], pulled[k], is_leaf=lambda x: x is None
+          )
     tree = plan.model_def.unflatten(nodes)
     return (Joint(tree, side) if side is not None else tree), state
+
+  def pulled_nodes(nodes: list[Any], side: dict | None, state: ChainState, model_masks: PyTree) -> list[Any]:
+    """Per model leaf, masks mirroring its trainable node: by shape where nobody owns the
+    leaf, through the owner's ``pull_masks`` where one does."""
+    plan = state.plan
+    flat = plan.model_def.flatten_up_to(model_masks)
+    out = [jax.tree.map(lambda x, m=m: _carried(x, m), node) for node, m in zip(nodes, flat)]
+    for i, (c, s) in enumerate(zip(stages, state.stages)):
+      mine = [k for k, own in enumerate(plan.owners) if own == i]
+      if not mine or all(flat[k] is None for k in mine):
+        continue
+      only = plan.model_def.unflatten([flat[k] if own == i else None for k, own in enumerate(plan.owners)])
+      back, _ = split(c.pull_masks(stage_arg(plan, i, nodes, side), s, only))
+      back_nodes = plan.model_def.flatten_up_to(back)
+      for k in mine:
+        out[k] = back_nodes[k]
+    return out
+
+  def pull_masks(params, state, model_masks):
+    state = check_state(state)
+    plan = state.plan
+    nodes, side = nodes_of(params, plan)
+    tree = plan.model_def.unflatten(pulled_nodes(nodes, side, state, model_masks))
+    return tree if side is None else Joint(tree, jax.tree.map(lambda _: None, side))
 
   def pack(params, state):
     state = check_state(state)
@@ -405,4 +441,4 @@ def chain(*compressors: Compressor) -> Compressor:
         comb[k] = f if comb[k] is None else (comb[k] if f is None else jnp.logical_or(comb[k], f))
     return None if all(f is None for f in comb) else plan.model_def.unflatten(comb)
 
-  return Compressor(init, apply, update, pack, masks, penalty, rewrite, restart, frozen)
+  return Compressor(init, apply, update, pack, masks, penalty, rewrite, restart, frozen, pull_masks)

@@ -522,7 +522,11 @@ def channel_prune(
   optimizer state is built on it). ``apply`` scatters it back into zeros of the
   original shapes, so the original model runs and its output equals that of the
   narrower model from :func:`narrow_nnx`; removing channels whose weights are all zero
-  leaves the output unchanged. ``update`` only advances the count. ``pack`` stores
+  leaves the output unchanged. ``update`` only advances the count. ``pull_masks`` takes a
+  mask over the full view to the kept channels (as ``apply``'s transpose takes its
+  gradient), so in ``chain(channel_prune(...), magnitude(...))`` the weights magnitude
+  prunes inside the kept channels are zeroed in the narrowed trainable arrays and kept
+  off the optimizer (moments, weight decay). ``pack`` stores
   each pruned leaf as a :class:`~jaxcompress.export.SlicedArray` (the smaller dense
   array plus one bit per original position of each axis). One-shot: prune a trained
   model, then fine-tune.
@@ -619,4 +623,15 @@ def channel_prune(
       is_leaf=lambda x: x is None,
     )
 
-  return Compressor(init, apply, update, pack)
+  def pull_masks(params, state, masks):
+    # the transpose of apply's scatter: a mask over the full view, at the kept channels
+    def one(x, k, m):
+      if m is None:
+        return None
+      if k is not None:
+        m = slice_leaf(m, k, [None if flags is None else x.shape[a] for a, flags in enumerate(k)])
+      return m if jnp.shape(m) == jnp.shape(x) else None
+
+    return jax.tree.map(one, params, state.kept, masks, is_leaf=lambda x: x is None)
+
+  return Compressor(init, apply, update, pack, pull_masks=pull_masks)

@@ -103,7 +103,7 @@ def guided(compressor: Compressor) -> Compressor:
   ``init(params)`` starts the guide at ``params`` (the pre-trained float network, as the
   paper) and the low-bit network at ``compressor.init(params)``; the trainable tree is
   ``Joint(inner_tree, {'guide': params})``. ``apply``, ``update``, ``pack``, ``masks``,
-  ``penalty`` and ``restart`` are the inner compressor's on the inner tree (the guide is
+  ``penalty``, ``restart`` and ``pull_masks`` are the inner compressor's on the inner tree (the guide is
   left to the optimizer). ``rewrite(fn, ...)`` of a :class:`GuidedLoss` is the joint
   objective: the guide runs its own forward on the closed-over (trained) guide params, in
   float, and the low-bit terms are the inner compressor's rewrite of
@@ -171,4 +171,10 @@ def guided(compressor: Compressor) -> Compressor:
 
     return joint
 
-  return Compressor(init, apply, update, pack, compressor.masks, penalty, rewrite, compressor.restart)
+  def pull_masks(params, state, masks):
+    inner, guide = inner_of(params)
+    return Joint(compressor.pull_masks(inner, state, masks), {"guide": jax.tree.map(lambda _: None, guide)})
+
+  return Compressor(
+    init, apply, update, pack, compressor.masks, penalty, rewrite, compressor.restart, pull_masks=pull_masks
+  )

@@ -1,8 +1,9 @@
 """Masks in training: keep the optimizer off pruned coordinates.
 
 A compressor says which coordinates it prunes through ``Compressor.masks(state)``: keep-masks
-mirroring the *model's* tree. :func:`trainable_masks` carries them onto the trainable tree
-(path by path: at each model leaf, every array of the trainable node with the mask's shape),
+mirroring the *model's* tree. ``Compressor.pull_masks`` carries them onto the trainable tree
+(by default :func:`trainable_masks`: at each model leaf, every array of the trainable node
+with the mask's shape; channel pruning gathers the kept channels),
 and :func:`reset_pruned` zeroes the optimizer state where they are False, mapping optimizer
 state to params exactly with ``optax.tree_map_params`` (no name or suffix matching), so
 momentum and weight decay never revive a weight and a regrown weight starts with fresh
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcompress.core._base import Joint, split
+from jaxcompress.core._base import carry_masks
 from jaxcompress.core.tree import PyTree
 
 
@@ -26,7 +27,11 @@ def _same_shape(x: Any, m: Any) -> bool:
 
 
 def trainable_masks(params: PyTree, masks: PyTree) -> PyTree:
-  """Carries keep-masks over the model's tree onto a trainable tree.
+  """Carries keep-masks over the model's tree onto a trainable tree, by shape.
+
+  This is the default ``Compressor.pull_masks`` (:func:`jaxcompress.core._base.carry_masks`);
+  the training step calls ``compressor.pull_masks``, which a restructuring compressor
+  (channel pruning) overrides.
 
   Args:
     params: the trainable tree (``Compressor.init``'s first output; a
@@ -39,13 +44,7 @@ def trainable_masks(params: PyTree, masks: PyTree) -> PyTree:
     mask's shape under the masked model leaf (the weight itself, or the ``weight`` of a
     restructured node such as LSQ's), ``None`` elsewhere (a codebook, a step size).
   """
-  tree, extra = split(params)
-  model_def = jax.tree.structure(masks, is_leaf=lambda x: x is None)
-  nodes = model_def.flatten_up_to(tree)
-  flat = model_def.flatten_up_to(masks)
-  out = [jax.tree.map(lambda x, m=m: m if _same_shape(x, m) else None, node) for node, m in zip(nodes, flat)]
-  carried = model_def.unflatten(out)
-  return carried if extra is None else Joint(carried, jax.tree.map(lambda _: None, extra))
+  return carry_masks(params, None, masks)
 
 
 def hold_masks(masks: PyTree | None, frozen: PyTree | None) -> PyTree | None:

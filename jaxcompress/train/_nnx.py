@@ -6,7 +6,8 @@ tree (a codebook and no kernel for k-means, the smaller arrays for channel pruni
 compressor's view through its ``rewrite`` (quantized activations), and writes back what
 the model changed (BatchNorm statistics, dropout RNG counts). :class:`Optimizer` is an
 ``nnx.Optimizer`` whose ``update(model, grads)`` is the masked, projected step of
-:func:`~jaxcompress.train.make_step`.
+:func:`~jaxcompress.train.make_step`; a plain ``nnx.Optimizer`` on such a model is caught at
+the model's next use outside ``jit`` (:meth:`Compressed.check_trained`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,45 @@ from jaxcompress.train._optimizer import masked_update, update_mutable
 class CompressorState(nnx.Variable):
   """A :class:`Compressed` module's compressor state: a Variable that is not a ``Param``,
   so neither ``nnx.grad`` nor the optimizer touches it."""
+
+
+class _Digest(nnx.Variable):
+  """The digest of a :class:`Compressed` module's ``Param`` leaves as :class:`Optimizer` (or
+  ``set_trainable``) last wrote them; not a ``Param``, so no optimizer touches it."""
+
+
+_WIDTH = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
+
+
+def _mix(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: every input bit moves about half the output bits."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _digest(arrays: list[Any]) -> jax.Array:
+  """A ``uint32`` digest of the arrays' bits and positions.
+
+  Each element's bit pattern, XORed with a hash of its position and leaf, is mixed and the
+  results summed modulo 2^32: exact and independent of the summation order (so jit and eager
+  agree), and a change of one ulp anywhere changes it except with probability ~2^-32.
+  """
+  total = jnp.zeros((), jnp.uint32)
+  for i, x in enumerate(arrays):
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+      bits = x.astype(jnp.uint32)
+    elif jnp.issubdtype(x.dtype, jnp.complexfloating):
+      bits = jax.lax.bitcast_convert_type(jnp.stack([x.real, x.imag]), _WIDTH[x.dtype.itemsize // 2])
+    else:
+      bits = jax.lax.bitcast_convert_type(x, _WIDTH[x.dtype.itemsize])
+    bits = bits.astype(jnp.uint32).ravel()
+    where = jnp.arange(bits.shape[0], dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + jnp.uint32((i * 0x27D4EB2F) % 2**32)
+    total = total + _mix(bits ^ _mix(where)).sum(dtype=jnp.uint32)
+  return total
 
 
 def _strong(x: Any) -> Any:
@@ -52,8 +92,18 @@ class Compressed(nnx.Module):
   state. ``train()`` / ``eval()`` switch the wrapped model's mode (Dropout, BatchNorm),
   as on any NNX module; a rewrite sees the mode, so one compressor serves both.
 
-  Train it with :class:`Optimizer` (an ``nnx.Optimizer``), not a plain ``nnx.Optimizer``,
-  whose update would not know the masks or the projection.
+  Train it with :class:`Optimizer` (an ``nnx.Optimizer``), not a plain ``nnx.Optimizer``.
+  The trainable Variables are ``Param`` (so ``nnx.grad``'s default filter differentiates
+  them), which a plain ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` finds too, and whose
+  update would skip the masks, the projection and ``compressor.update``. Flax gives no hook
+  to refuse it (the optimizer reads and writes Variables through the same graph functions
+  ``nnx.jit`` and checkpoint restores use), so the module catches it afterwards: it keeps a
+  digest of its ``Param`` values as :class:`Optimizer` last wrote them, and
+  :meth:`check_trained` raises ``ValueError`` naming :class:`Optimizer` when they changed
+  otherwise, at the first concrete use (:meth:`model_params`, :meth:`pack`, ``train()``,
+  ``eval()``, a call outside ``jit``, a step of :class:`Optimizer`). Write a trainable tree on
+  purpose with :meth:`set_trainable` (after restoring only the ``Param`` Variables from a
+  checkpoint: ``model.set_trainable(model.trainable())``).
 
   Args:
     model: the NNX module (left unchanged).
@@ -92,6 +142,7 @@ class Compressed(nnx.Module):
     if len(kinds) != len(leaves):  # a trainable tree that does not mirror the model's: train it all
       kinds = [nnx.Param] * len(leaves)
     self.leaves = nnx.List([k(x) for k, x in zip(kinds, leaves)])
+    self.digest = _Digest(self._param_digest())
     self.cstate = CompressorState(cstate)
     self.rest = nnx.data(rest)
     self.compressor = nnx.static(compressor)
@@ -117,19 +168,60 @@ class Compressed(nnx.Module):
     return jax.tree.unflatten(self.treedef, [v.get_value() for v in self.leaves])
 
   def set_trainable(self, params: PyTree) -> None:
-    """Writes a trainable tree (of the same structure) into the Variables."""
+    """Writes a trainable tree (of the same structure) into the Variables, on purpose: the
+    written values are the ones :meth:`check_trained` accepts from now on."""
     for v, x in zip(self.leaves, jax.tree.leaves(params)):
       v.set_value(x)
+    self.digest.set_value(self._param_digest())
+
+  def _param_digest(self) -> jax.Array:
+    return _digest([v.get_value() for v in self.leaves if isinstance(v, nnx.Param)])
+
+  def check_trained(self) -> None:
+    """Raises if the ``Param`` Variables changed since :class:`Optimizer` (or
+    :meth:`set_trainable`) last wrote them, as a plain ``nnx.Optimizer`` changes them.
+
+    A plain ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` finds these Variables and trains
+    them with no masks, no projection and no ``compressor.update`` (pruned weights regrow
+    in the trainable tree, schedules never advance). It cannot be told apart inside
+    ``jit``, so the check runs where the values are concrete: every call of
+    :meth:`model_params`, :meth:`pack`, ``train()``/``eval()`` and of the module outside
+    ``jit``, and :class:`Optimizer`'s steps outside ``jit``. Under ``jit`` it is skipped.
+
+    Raises:
+      ValueError: if the values differ from the ones last written by :class:`Optimizer`.
+    """
+    values = [v.get_value() for v in self.leaves] + [self.digest.get_value()]
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(values)):
+      return
+    if int(self._param_digest()) != int(self.digest.get_value()):
+      raise ValueError(
+        "the Param Variables of this jc.train.Compressed model changed outside jc.train.Optimizer: a plain "
+        "nnx.Optimizer (or nnx.update) trains them without the compressor's masks, projection and update "
+        "(pruned weights regrow, schedules stall). Train it with jc.train.Optimizer(model, tx); to write a "
+        "trainable tree on purpose, use model.set_trainable(tree)"
+      )
 
   def model_params(self) -> PyTree:
-    """The model's view, ``compressor.apply(trainable, cstate)``: the pure dict of its Variables."""
+    """The model's view, ``compressor.apply(trainable, cstate)``: the pure dict of its Variables.
+
+    Raises:
+      ValueError: see :meth:`check_trained`.
+    """
+    self.check_trained()
     return self.compressor.apply(self.trainable(), self.cstate.get_value())
 
   def pack(self) -> PyTree:
-    """``compressor.pack``: the deployable tree of compressed leaves (run outside ``jit``)."""
+    """``compressor.pack``: the deployable tree of compressed leaves (run outside ``jit``).
+
+    Raises:
+      ValueError: see :meth:`check_trained`.
+    """
+    self.check_trained()
     return self.compressor.pack(self.trainable(), self.cstate.get_value())
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    self.check_trained()
     params, cstate = self.trainable(), self.cstate.get_value()
     graphdef, compress = self.graphdef, self.compress
 
@@ -194,7 +286,9 @@ class Optimizer(nnx.Optimizer):
   frozen coordinates and of held leaves (so momentum and weight decay revive nothing),
   runs ``tx``, writes the compressor's projection of the new params into the model
   exactly, advances the compressor's state, and restarts ``tx`` where the compressor's
-  ``restart`` says so: :func:`~jaxcompress.train.make_step`'s guarantees.
+  ``restart`` says so: :func:`~jaxcompress.train.make_step`'s guarantees. It is the only
+  optimizer such a model accepts: values a plain ``nnx.Optimizer`` wrote make the model's
+  next concrete use raise (:meth:`Compressed.check_trained`).
 
   Args:
     model: the :class:`Compressed` model.
@@ -203,6 +297,8 @@ class Optimizer(nnx.Optimizer):
 
   Raises:
     TypeError: if ``model`` is not a :class:`Compressed` module.
+    ValueError: from ``update`` outside ``jit``, if the model's ``Param`` Variables were
+      changed by something else since its last step (:meth:`Compressed.check_trained`).
   """
 
   def __init__(self, model: Compressed, tx: optax.GradientTransformation, *, wrt: Any = nnx.Param):
@@ -219,6 +315,7 @@ class Optimizer(nnx.Optimizer):
     del kwargs
     if not isinstance(model, Compressed):
       raise TypeError(f"model must be a jaxcompress.train.Compressed module, got {type(model).__name__}")
+    model.check_trained()
     pred = filterlib.to_predicate(self.wrt)
     flat_grads = nnx.to_flat_state(nnx.state(grads))
     given = {int(str(k[-1])): v.get_value() for k, v in flat_grads if k[0] == "leaves"}
@@ -231,7 +328,7 @@ class Optimizer(nnx.Optimizer):
     new, opt_state, cstate = masked_update(
       self.tx, model.compressor, jax.tree.unflatten(treedef, g), opt_state, params, model.cstate.get_value(), hold=held
     )
-    model.set_trainable(new)
+    model.set_trainable(new)  # and the digest check_trained compares with
     model.cstate.set_value(cstate)
     nnx.update(self.opt_state, nnx.state(opt_state))
     self.step[...] += 1

@@ -29,7 +29,7 @@ import optax
 from jaxcompress.core import select
 from jaxcompress.core._base import Compressor, Joint, split
 from jaxcompress.core.tree import PyTree, leaves_with_paths
-from jaxcompress.train._masks import hold_masks, mask_tree, reset_pruned, trainable_masks
+from jaxcompress.train._masks import hold_masks, mask_tree, reset_pruned
 from jaxcompress.train._step import _all_finite, _reads
 
 HOLD = r"batch_stats/.*"
@@ -100,14 +100,15 @@ def step_masks(params: PyTree, cstate: Any, compressor: Compressor, hold: select
   """The coordinates the optimizer may move, as masks mirroring the trainable tree.
 
   ``compressor.masks`` (kept) and not ``compressor.frozen``, carried onto ``params`` by
-  :func:`~jaxcompress.train.trainable_masks`, and False everywhere under ``hold``.
+  ``compressor.pull_masks`` (by shape, :func:`~jaxcompress.train.trainable_masks`, unless
+  the compressor restructures), and False everywhere under ``hold``.
 
   Returns:
     ``bool`` masks mirroring ``params`` (``None`` at free leaves), or ``None`` when
     every coordinate is free.
   """
   model_masks = hold_masks(compressor.masks(cstate), compressor.frozen(cstate))
-  masks = None if model_masks is None else trainable_masks(params, model_masks)
+  masks = None if model_masks is None else compressor.pull_masks(params, cstate, model_masks)
   return _and(masks, held_masks(params, cstate, compressor, hold))
 
 

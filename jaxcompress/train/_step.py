@@ -11,7 +11,7 @@ import optax
 
 from jaxcompress.core._base import Compressor
 from jaxcompress.core.tree import PyTree
-from jaxcompress.train._masks import hold_masks, mask_tree, reset_pruned, trainable_masks
+from jaxcompress.train._masks import hold_masks, mask_tree, reset_pruned
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -184,7 +184,7 @@ def make_step(
     # frozen coordinates (INQ's quantized portion) are kept off the optimizer like pruned ones
     model_masks = hold_masks(compressor.masks(state.cstate), compressor.frozen(state.cstate))
     opt_state = state.opt_state
-    masks = None if model_masks is None else trainable_masks(state.params, model_masks)
+    masks = None if model_masks is None else compressor.pull_masks(state.params, state.cstate, model_masks)
     if masks is not None:
       # Zero the moments of pruned coordinates before the optimizer reads them (this fuses
       # into its update): a newly pruned weight drops its history, and a regrown one
