@@ -83,3 +83,12 @@ def test_digest_sees_one_ulp_and_matches_a_numpy_reference():
   assert int(_nnx._digest([w2, b])) != got
   assert int(jax.jit(_nnx._digest)([w, b])) == got  # exact under jit too
   assert int(_nnx._digest([jnp.asarray(w)])) != int(_nnx._digest([jnp.asarray(w.T)]))  # positions count
+
+
+def test_digest_of_a_large_leaf_reads_a_sample_and_sees_an_update_there():
+  w = jnp.zeros((3000,))
+  base = int(_nnx._digest([w]))
+  assert int(_nnx._digest([w.at[1].set(1.0)])) == base  # between sampled positions (stride 3)
+  assert int(_nnx._digest([w.at[3].set(1.0)])) != base
+  assert int(_nnx._digest([w - 1e-3])) != base  # an optimizer step moves every weight
+  assert int(_nnx._digest([jnp.zeros((0,))])) == 0
