@@ -182,6 +182,12 @@ def test_vbmf_ranks_for_tucker2():
   k = (k + 0.01 * rng.normal(size=k.shape)).astype(np.float32)
   _, state = lowrank.tucker2().init({"k": k})
   assert lowrank.report(state)[0].ranks == (3, 4)
+  _, state = lowrank.tucker2(weakening=0.5).init({"k": k})  # Gusak et al. 2019: r + floor(w (n - r))
+  assert lowrank.report(state)[0].ranks == (3 + 4, 4 + 6)
+  with pytest.raises(ValueError, match="weakening"):
+    lowrank.tucker2(weakening=1.5)
+  with pytest.raises(ValueError, match="weakening"):
+    lowrank.tucker2((2, 2), weakening=0.5)
 
 
 def test_factors_train_through_make_step():
