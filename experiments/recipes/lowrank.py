@@ -7,7 +7,12 @@ LeNet-5: its second conv by spatial SVD (Jaderberg et al. 2014,
 https://arxiv.org/abs/1405.3866), Tucker-2 (Kim et al. 2016,
 https://arxiv.org/abs/1511.06530) and CP by ALS (Lebedev et al. 2015,
 https://arxiv.org/abs/1412.6553), each at about a quarter of the kernel's parameters, and
-Tucker-2 with the ranks VBMF picks (the paper's rule). Accuracy is measured through ``lowrank.serve`` and FLOPs
+Tucker-2 with the ranks VBMF picks (the paper's rule) and with those ranks weakened halfway to
+the full ranks (Gusak et al. 2019, https://arxiv.org/abs/1903.09973). On the trained 3x3x6x16
+conv, EVBMF finds no singular value of either channel unfolding above its noise threshold
+(flat spectra), so the paper's rule keeps ranks (1, 1), the library's floor; 3 seeds,
+10 epochs at 1e-3: 58.4 ± 14.5%, 40 epochs at 1e-3 / 3e-3: 71.9 ± 5.6 / 81.3 ± 3.6%
+(measured once, not rows); weakened (3, 8): 93.7 ± 1.1%. Accuracy is measured through ``lowrank.serve`` and FLOPs
 are ``graph.flops`` of ``lowrank.factorized``: ``(x @ u) @ v`` and the decomposed convs.
 """
 
@@ -28,6 +33,7 @@ VARIANTS = {  # name: (compressor factory, models, order)
   "spatial_svd": (lambda: lowrank.spatial_svd(ratio=0.25, where=CONV), ("lenet5",), 74),
   "tucker2": (lambda: lowrank.tucker2(ratio=0.25, where=CONV), ("lenet5",), 75),
   "tucker2_vbmf": (lambda: lowrank.tucker2("vbmf", where=CONV), ("lenet5",), 76),
+  "tucker2_wvbmf50": (lambda: lowrank.tucker2("vbmf", weakening=0.5, where=CONV), ("lenet5",), 76),
   "cp": (lambda: lowrank.cp(ratio=0.25, where=CONV), ("lenet5",), 77),
 }
 
@@ -54,7 +60,7 @@ RECIPES = tuple(
     models=models,
     order=order,
     description=f"low-rank {name}, fine-tuned",
-    full_only=name in ("svd10", "svd25_then_int8", "tucker2_vbmf"),
+    full_only=name in ("svd10", "svd25_then_int8", "tucker2_vbmf", "tucker2_wvbmf50"),
   )
   for name, (_, models, order) in VARIANTS.items()
 )

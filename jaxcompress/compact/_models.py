@@ -26,6 +26,7 @@ from jaxcompress.compact._layers import (
   make_divisible,
   relu6,
 )
+from jaxcompress.core import validate
 
 MOBILENET_V1_BLOCKS = (
   ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2))
@@ -296,7 +297,16 @@ class SqueezeNet(nnx.Module):
     layers: ``'pool'`` or ``(squeeze, expand)`` (each expand branch gets ``expand``).
     norm: BatchNorm after each conv (not in the paper: False).
     dropout: before the final conv (0.5, the paper).
+    classifier_bias_init: the final conv's initial bias, a finite float (0, the paper's
+      and torchvision's). The class maps pass through a ReLU before the global pool, so a
+      class whose map is negative at every position and input gets no gradient again and
+      is never predicted; a small positive value (0.1) starts every map in the ReLU's
+      active range, as Krizhevsky et al. 2012 (AlexNet, §5) started ReLU layers with
+      bias 1. A variant for tiny, Adam-trained SqueezeNets, not in the paper.
     rngs: Flax NNX random streams.
+
+  Raises:
+    ValueError: for a non-finite ``classifier_bias_init`` (or a bad ``width``).
   """
 
   def __init__(
@@ -309,6 +319,7 @@ class SqueezeNet(nnx.Module):
     layers: Sequence[str | tuple[int, int]] = SQUEEZENET_1_1_LAYERS,
     norm: bool = False,
     dropout: float = 0.5,
+    classifier_bias_init: float = 0.0,
     rngs: nnx.Rngs,
   ):
     width = _check_width(width)
@@ -326,7 +337,8 @@ class SqueezeNet(nnx.Module):
       c = 2 * expand
     self.fires = nnx.List(modules)
     self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
-    self.classifier = nnx.Conv(c, classes, (1, 1), rngs=rngs)
+    bias = validate.check_float("classifier_bias_init", classifier_bias_init)
+    self.classifier = nnx.Conv(c, classes, (1, 1), bias_init=jax.nn.initializers.constant(bias), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """``[n, h, w, in_channels]`` images -> ``[n, classes]`` logits."""

@@ -95,3 +95,23 @@ def is_compressed(x: Any) -> bool:
 def materialize_tree(tree: Any) -> Any:
   """Replaces every compressed leaf of ``tree`` by its dense array."""
   return jax.tree.map(materialize, tree, is_leaf=is_compressed)
+
+
+def _on_device(x: Any) -> Any:
+  if not isinstance(x, np.ndarray | np.generic):
+    return x
+  if jax.dtypes.canonicalize_dtype(x.dtype) != x.dtype:  # int64 without x64: a copy would change the bytes
+    return x
+  return jax.device_put(x)
+
+
+def on_device(tree: Any) -> Any:
+  """``tree`` with every host (NumPy) array, inside compressed leaves too, put on the default device.
+
+  ``pack`` leaves its arrays on the host (they are written to files and sized there); a
+  result meant to be computed with, such as ``ptq``'s packed params, is moved once with
+  this, so a jitted function that takes it as an argument does not copy it host-to-device
+  on every call. Arrays whose dtype JAX would change (int64 without ``jax_enable_x64``)
+  stay on the host, so ``nbytes`` is unchanged. Structure and static metadata are kept.
+  """
+  return jax.tree.map(_on_device, tree)

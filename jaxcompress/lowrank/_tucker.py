@@ -184,6 +184,7 @@ def tucker2(
   seed: int = 0,
   where: select.Where = None,
   factors: Compressor | None = None,
+  weakening: float = 0.0,
 ) -> Compressor:
   """Conv kernels as Tucker-2 (1×1, ``h×w`` core, 1×1), trained as the factors.
 
@@ -207,13 +208,22 @@ def tucker2(
       ``quantization.fake_quant(8, per_channel=True)`` (int8 factors, packed as ``QArray`` s
       inside the factorized leaf); see :func:`jaxcompress.lowrank._common.build`.
     where: which leaves (default: floating 4-D leaves).
+    weakening: with ``ranks='vbmf'``, a float in ``[0, 1]`` that moves each VBMF rank
+      ``r`` toward the full rank ``n`` (the channels): ``r + floor(weakening·(n - r))``.
+      ``0`` (default) is the paper's VBMF rank, ``1`` the full rank. This is the
+      "weakened VBMF" of Gusak et al. 2019 (MUSCO, https://arxiv.org/abs/1903.09973),
+      whose factor ``k`` is ``1 - weakening`` here; their other rules (keep layers of at
+      most 21 channels, and the full rank when VBMF finds none) are not applied. On a
+      small trained kernel whose channel spectra are flat, VBMF can find no signal above
+      its noise estimate and keep rank 1 (LeNet-5's 3x3x6x16 conv: ``(1, 1)``).
 
   Returns:
     A :class:`~jaxcompress.Compressor` (state as :func:`~jaxcompress.lowrank.svd`'s).
 
   Raises:
     ValueError: for a rank of 0 or below, a fraction above 1, a pair of the wrong length,
-      ``ratio`` outside ``(0, 1]`` or ``iterations < 0``; at ``init``, for an integer rank
+      ``ratio`` outside ``(0, 1]``, ``iterations < 0``, ``weakening`` outside ``[0, 1]``
+      or nonzero without ``ranks='vbmf'``; at ``init``, for an integer rank
       beyond the channels, or a selected leaf that is not 4-D, naming it.
 
   References:
@@ -230,6 +240,9 @@ def tucker2(
     [(4, 2), (3, 3, 2, 3), (3, 6)]
   """
   iterations = validate.check_int("iterations", iterations, low=0)
+  weakening = validate.check_float("weakening", weakening, low=0.0, high=1.0)
+  if weakening and (ratio is not None or not (isinstance(ranks, str) and ranks == "vbmf")):
+    raise ValueError(f"weakening={weakening} moves VBMF's ranks: it needs ranks='vbmf' and no ratio")
   ratio = None if ratio is None else _common.check_ratio(ratio)
   pair = None
   if ratio is None and not (isinstance(ranks, str) and ranks == "vbmf"):
@@ -249,7 +262,9 @@ def tucker2(
       return best
     if pair is None:
       x = _common.concrete(path, k, "ranks='vbmf'")
-      return (vbmf_rank(np.moveaxis(x, 2, 0).reshape(c, -1)), vbmf_rank(np.moveaxis(x, 3, 0).reshape(o, -1)))
+      r_in, r_out = vbmf_rank(np.moveaxis(x, 2, 0).reshape(c, -1)), vbmf_rank(np.moveaxis(x, 3, 0).reshape(o, -1))
+      weak = lambda r, n: r + math.floor(weakening * (n - r))
+      return (weak(r_in, c), weak(r_out, o))
     return (
       _common.resolve_rank(pair[0], c, path, shape, "ranks[0] (input channels)"),
       _common.resolve_rank(pair[1], o, path, shape, "ranks[1] (output channels)"),

@@ -13,6 +13,7 @@ import numpy as np
 from jaxcompress import export, graph
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree, leaves_with_paths, map_with_path
+from jaxcompress.export._base import on_device
 from jaxcompress.graph._dense import PathSet, TokenMask, selected
 from jaxcompress.quantization import _smoothing as smoothing
 from jaxcompress.quantization._fake_quant import weight_spec
@@ -220,7 +221,7 @@ def awq(
       group_size=spec.granularity.group_size,
     )
 
-  packed = map_with_path(quantize, smoothed)
+  packed = on_device(map_with_path(quantize, smoothed))  # to compute with: no copy per call
   return SmoothedModel(
     apply=smoothing.packed_apply(apply_fn, input_scales),
     packed=packed,

@@ -13,6 +13,7 @@ import numpy as np
 from jaxcompress import export
 from jaxcompress.core import select, validate
 from jaxcompress.core.tree import PyTree
+from jaxcompress.export._base import on_device
 from jaxcompress.graph._hessian import (
   InputHessian,
   LayerReport,
@@ -35,7 +36,8 @@ class GPTQResult(NamedTuple):
 
   Attributes:
     apply: ``apply(packed, *inputs)``: the model with the dequantized weights.
-    packed: the params with :class:`~jaxcompress.export.QArray` kernels.
+    packed: the params with :class:`~jaxcompress.export.QArray` kernels, on the device
+      (``jax.Array`` leaves, as :func:`~jaxcompress.quantization.ptq`'s).
     act_ranges: ``None`` (weights only).
     act_spec: ``None``.
     layers: ``{path: LayerReport}``.
@@ -340,4 +342,5 @@ def gptq(
   packed, _, layers = layerwise(
     apply_fn, params, batches, solve, where=where, token_mask=token_mask, sequential=sequential
   )
+  packed = on_device(packed)  # to compute with: no host-to-device copy per call
   return GPTQResult(lambda p, *x: apply_fn(export.materialize_tree(p), *x), packed, None, None, layers)

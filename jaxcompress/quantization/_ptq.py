@@ -9,6 +9,7 @@ from jaxcompress import export
 from jaxcompress.core import select
 from jaxcompress.core._chain import chain
 from jaxcompress.core.tree import PyTree
+from jaxcompress.export._base import on_device
 from jaxcompress.graph._dense import TokenMask
 from jaxcompress.quantization._fake_quant import fake_quant
 from jaxcompress.quantization._qat import quantize_activations
@@ -22,7 +23,9 @@ class QuantizedModel(NamedTuple):
   Attributes:
     apply: ``apply(packed, *inputs)``: the model with dequantized weights and, when
       activations are quantized, fake-quantized activations at their calibrated ranges.
-    packed: the params with :class:`~jaxcompress.export.QArray` weights.
+    packed: the params with :class:`~jaxcompress.export.QArray` weights, every array on
+      the default device (``jax.Array``; ``pack`` alone leaves NumPy arrays on the host), so
+      a jitted ``apply`` that takes it as an argument copies nothing per call.
     act_ranges: ``{site.key: (xmin, xmax)}``, or ``None`` for weight-only (and per-token dynamic) activations.
     act_spec: the activation quantizer, or ``None``.
   """
@@ -133,7 +136,7 @@ def ptq(
     )
     compressor = chain(weights, acts)
   trainable, state = compressor.init(params)
-  packed = compressor.pack(trainable, state)
+  packed = on_device(compressor.pack(trainable, state))  # to compute with: no copy per call
   forward = compressor.rewrite(apply_fn, trainable, state)
   ranges = None if act_bits is None or act_per_token else state.stages[1].data
   spec = None if act_bits is None else QuantSpec(act_bits, symmetric=act_symmetric)

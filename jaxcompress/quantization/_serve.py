@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxcompress import export, graph
 from jaxcompress.core.tree import PyTree, is_packed_leaf, path_str
+from jaxcompress.export._base import on_device
 from jaxcompress.quantization import calibration, uniform
 from jaxcompress.quantization._activation_quant import activation_scale
 from jaxcompress.quantization._spec import QuantSpec
@@ -283,8 +284,8 @@ def serve(
       stacklevel=2,
     )
 
-  # Host (NumPy) leaves, as ptq packs them, go to the device once here, not on every call.
-  packed = jax.tree.map(lambda a: jnp.asarray(a) if isinstance(a, np.ndarray | np.generic) else a, packed)
+  # Host (NumPy) leaves, as a compressor's pack leaves them, go to the device once here, not on every call.
+  packed = on_device(packed)
 
   @jax.jit
   def run(packed, *inputs):

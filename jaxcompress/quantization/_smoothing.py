@@ -43,8 +43,8 @@ class SmoothedModel(NamedTuple):
   Attributes:
     apply: ``apply(packed, *inputs)``: the quantized model (dequantized weights, the
       explicit input scales, and with SmoothQuant the calibrated activation quantization).
-    packed: the params with :class:`~jaxcompress.export.QArray` weights; the scales
-      folded into producers are already in their params.
+    packed: the params with :class:`~jaxcompress.export.QArray` weights, on the device
+      (``jax.Array`` leaves); the scales folded into producers are already in their params.
     input_scales: ``{kernel_path: float32[in]}``, the multipliers ``1/s`` applied to the
       inputs of the consumers that have no producer to fold into (stored and counted in
       :attr:`nbytes`); run a packed tree with them through :func:`scaled_apply`.

@@ -79,3 +79,15 @@ def test_forward_at_224_runs_in_eval_mode():
   assert logits.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(logits)))
   np.testing.assert_allclose(logits, model(x), rtol=1e-4, atol=1e-4)
   assert model.blocks[-1].pointwise.conv.kernel.shape == (1, 1, 256, 256)  # 1024 * 0.25
+
+
+def test_squeezenet_classifier_bias_init_shifts_only_the_final_bias():
+  small = dict(classes=3, in_channels=1, stem=(4, 3, 1), layers=((2, 4),), dropout=0.0)
+  paper = compact.SqueezeNet(**small, rngs=nnx.Rngs(0))
+  shifted = compact.SqueezeNet(**small, classifier_bias_init=0.1, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(paper.classifier.bias[...], np.zeros(3, np.float32))  # the paper's (and torchvision's)
+  np.testing.assert_array_equal(shifted.classifier.bias[...], np.full(3, 0.1, np.float32))
+  same = jax.tree.leaves(nnx.state(paper, nnx.Param)), jax.tree.leaves(nnx.state(shifted, nnx.Param))
+  assert sum(not np.array_equal(a, b) for a, b in zip(*same)) == 1  # the same draws everywhere else
+  with pytest.raises(ValueError, match="classifier_bias_init"):
+    compact.SqueezeNet(**small, classifier_bias_init=float("nan"), rngs=nnx.Rngs(0))

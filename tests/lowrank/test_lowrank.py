@@ -142,6 +142,39 @@ def test_vbmf_recovers_a_planted_rank():
   assert lowrank.vbmf_rank(np.zeros((4, 5))) == 1
 
 
+def _evbmf_rank_reference(y):
+  """Nakajima et al. 2013 (JMLR 14), EVB: the noise variance minimizing the free energy
+  sum_h psi(gamma_h^2 / (M sigma^2)) by brute force over a dense log grid on
+  [1e-6, 1] * sum(gamma^2) / (LM), then the count of gamma_h above sigma sqrt(M x_bar)."""
+  y = np.asarray(y, np.float64)
+  y = y.T if y.shape[0] > y.shape[1] else y
+  L, M = y.shape
+  a = L / M
+  g2 = np.linalg.svd(y, compute_uv=False) ** 2
+  t = 2.5129 * np.sqrt(a)  # the zero of log(t + 1) + a log(t / a + 1) - t, as the authors' code approximates it
+  x_bar = (1 + t) * (1 + a / t)
+  s2 = np.geomspace(1e-6, 1.0, 4000)[:, None] * g2.sum() / (L * M)
+  x = g2 / (M * s2)
+  xs = np.maximum(x, x_bar)  # psi1 counts only above x_bar, where tau is real and positive
+  tau = 0.5 * (xs - 1 - a + np.sqrt((xs - 1 - a) ** 2 - 4 * a))
+  psi1 = np.log1p(tau) + a * np.log1p(tau / a) - tau
+  free = np.sum(x - np.log(x) + np.where(x > x_bar, psi1, 0.0), axis=1)
+  return int(np.sum(g2 > M * s2[np.argmin(free), 0] * x_bar))
+
+
+def test_vbmf_rank_matches_the_papers_free_energy_minimized_by_brute_force():
+  rng = np.random.default_rng(0)
+  seen = set()
+  for shape in [(6, 144), (16, 54), (54, 16)]:  # LeNet-5 conv2's channel unfoldings among them
+    for r in (1, 2, 4):
+      for snr in (0.2, 0.5, 1.0, 3.0):
+        y = rng.normal(size=(shape[0], r)) @ rng.normal(size=(r, shape[1])) * snr + rng.normal(size=shape)
+        expected = _evbmf_rank_reference(y)
+        seen.add(expected)
+        assert lowrank.vbmf_rank(y) == max(1, expected), (shape, r, snr)
+  assert {0, 1, 2, 4} <= seen  # the cases span pruned-to-nothing through the planted ranks
+
+
 def test_vbmf_ranks_for_tucker2():
   rng = np.random.default_rng(1)
   core = rng.normal(size=(3, 3, 3, 4))
@@ -149,6 +182,12 @@ def test_vbmf_ranks_for_tucker2():
   k = (k + 0.01 * rng.normal(size=k.shape)).astype(np.float32)
   _, state = lowrank.tucker2().init({"k": k})
   assert lowrank.report(state)[0].ranks == (3, 4)
+  _, state = lowrank.tucker2(weakening=0.5).init({"k": k})  # Gusak et al. 2019: r + floor(w (n - r))
+  assert lowrank.report(state)[0].ranks == (3 + 4, 4 + 6)
+  with pytest.raises(ValueError, match="weakening"):
+    lowrank.tucker2(weakening=1.5)
+  with pytest.raises(ValueError, match="weakening"):
+    lowrank.tucker2((2, 2), weakening=0.5)
 
 
 def test_factors_train_through_make_step():

@@ -26,6 +26,21 @@ def test_weight_only_ptq_packs_and_matches_fake_quant():
     assert isinstance(kernel, jc.export.QArray) and kernel.codes.nbytes == 16 * 64 * bits // 8
 
 
+@pytest.mark.parametrize("act_bits", [None, 8])
+def test_ptq_packed_is_on_device_so_jit_copies_nothing_per_call(act_bits):
+  batches = None if act_bits is None else BATCHES
+  q = ptq(helpers.mlp_apply, PARAMS, weight_bits=4, act_bits=act_bits, batches=batches)
+  leaves = jax.tree.leaves(q.packed)
+  assert leaves and all(isinstance(a, jax.Array) for a in leaves), {type(a).__name__ for a in leaves}
+  host = jc.quantization.fake_quant(4, per_channel=True)  # pack alone stays on the host: same leaves, same bytes
+  packed_host = host.pack(*host.init(PARAMS))
+  assert q.packed["fc0"]["kernel"].nbytes == packed_host["fc0"]["kernel"].nbytes == 16 * 64 // 2 + 64 * 4
+  run = jax.jit(q.apply)
+  expected = run(q.packed, X)
+  with jax.transfer_guard_host_to_device("disallow"):  # a NumPy leaf would be copied here, on every call
+    np.testing.assert_array_equal(run(q.packed, X), expected)
+
+
 def _asymmetric(x, lo, hi, bits=8):
   """Jacob et al. 2018, eq. 1-2: uint codes over [min(lo, 0), max(hi, 0)] with an integer zero point."""
   qmax = 2**bits - 1
