@@ -1,6 +1,7 @@
 """Low-rank serving: parameters, FLOPs and CPU inference time, dense and factorized side by side.
 
-Run ``python -m experiments.bench_lowrank [--quick] [--only dense|conv]``. It prints, for
+Run ``python -m experiments.bench_lowrank [--quick] [--only dense|conv] [--allocator both|default|serving]``.
+It prints, for
 
 1. Dense layers: LeNet-300-100 and an MLP 1024-4096-4096-10, every kernel by truncated
    SVD at 25% and 10% of its full rank (``lowrank.svd(0.25)``, ``svd(0.1)``);
@@ -22,6 +23,20 @@ row's interleaving (both programs end with it, and it writes the program's fresh
 result, page-faulted on every call), the GFLOP/s of each program without it, and the
 ``speed-up x FLOP ratio`` the factors would reach at the dense conv's GFLOP/s (this fixed
 cost alone keeps that under 0.7 here).
+
+The conv rows are printed twice (``--allocator both``, the default), labelled: under glibc
+malloc's defaults and under malloc configured for serving (``SERVING_MALLOC``: blocks under
+64 MiB from the heap, freed memory kept). With the defaults the 32 MiB result of every call
+is a fresh ``mmap`` (32 MiB is glibc's largest dynamic mmap threshold), page-faulted as it is
+written: on the 2-core machine the bias add alone then costs 7-8 ms instead of ~2 ms, more
+than a quarter of what the factorized program may take to reach 0.7. The setting not in this
+process's environment runs in a child process (``python -m experiments.bench_lowrank --only
+conv --allocator ...``) started with the ``MALLOC_`` variables it needs, rather than by
+``mallopt`` through ``ctypes``: glibc reads them before the first allocation, so JAX's and
+XLA's own allocations follow the same policy, as a server's launcher would set it, and
+``mallopt`` cannot switch glibc's dynamic threshold back on, so the default rows could not
+follow it in one process. The library never changes the allocator (``lowrank.serve`` does
+not call ``mallopt``).
 """
 
 from __future__ import annotations
