@@ -1,6 +1,7 @@
 """Low-rank serving: parameters, FLOPs and CPU inference time, dense and factorized side by side.
 
-Run ``python -m experiments.bench_lowrank [--quick] [--only dense|conv]``. It prints, for
+Run ``python -m experiments.bench_lowrank [--quick] [--only dense|conv] [--allocator both|default|serving]``.
+It prints, for
 
 1. Dense layers: LeNet-300-100 and an MLP 1024-4096-4096-10, every kernel by truncated
    SVD at 25% and 10% of its full rank (``lowrank.svd(0.25)``, ``svd(0.1)``);
@@ -22,9 +23,27 @@ row's interleaving (both programs end with it, and it writes the program's fresh
 result, page-faulted on every call), the GFLOP/s of each program without it, and the
 ``speed-up x FLOP ratio`` the factors would reach at the dense conv's GFLOP/s (this fixed
 cost alone keeps that under 0.7 here).
+
+The conv rows are printed twice (``--allocator both``, the default), labelled: under glibc
+malloc's defaults and under malloc configured for serving (``SERVING_MALLOC``: blocks under
+64 MiB from the heap, freed memory kept). With the defaults the 32 MiB result of every call
+is a fresh ``mmap`` (32 MiB is glibc's largest dynamic mmap threshold), page-faulted as it is
+written: on the 2-core machine the bias add alone then costs 7-8 ms instead of ~2 ms, more
+than a quarter of what the factorized program may take to reach 0.7. The setting not in this
+process's environment runs in a child process (``python -m experiments.bench_lowrank --only
+conv --allocator ...``) started with the ``MALLOC_`` variables it needs, rather than by
+``mallopt`` through ``ctypes``: glibc reads them before the first allocation, so JAX's and
+XLA's own allocations follow the same policy, as a server's launcher would set it, and
+``mallopt`` cannot switch glibc's dynamic threshold back on, so the default rows could not
+follow it in one process. The library never changes the allocator (``lowrank.serve`` does
+not call ``mallopt``).
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +54,9 @@ from experiments import bench_overhead, timing
 from jaxcompress import lowrank
 
 CONV_SHAPE = (3, 3, 64, 128)
+# glibc's malloc configured for serving: blocks under 64 MiB come from the heap (not a fresh,
+# page-faulted mmap per call) and freed memory is kept, not trimmed back to the kernel
+SERVING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 CONV_VARIANTS = {
   "spatial SVD": lambda: lowrank.spatial_svd(ratio=0.25),
   "Tucker-2": lambda: lowrank.tucker2(ratio=0.25),
@@ -103,8 +125,16 @@ def show(name, dense, fact, host_ms):
 def main(argv=None) -> int:
   parser = timing.parser(__doc__)
   parser.add_argument("--only", choices=("dense", "conv"), help="run only the dense layers or only the conv layer")
+  parser.add_argument(
+    "--allocator",
+    choices=("both", "default", "serving"),
+    default="both",
+    help="the conv rows under glibc's default malloc, under SERVING_MALLOC, or both (default; one of them "
+    "in a child process started with the MALLOC_ environment it needs)",
+  )
   args = parser.parse_args(argv)
-  print(timing.banner(args.batch))
+  here = allocator()
+  print(timing.banner(args.batch, f", allocator: {ALLOCATORS[here]}"))
   header = (
     f"  {'':<36} {'params':>23} {'ratio':>6} {'FLOPs/batch':>31} {'ratio':>6} {'inference ms':>19} "
     f"{'speed-up':>7} {'x FLOP ratio (target >= 0.7)':>6} | before: NumPy leaves per call (ms, speed-up, x FLOP ratio)"
@@ -113,8 +143,38 @@ def main(argv=None) -> int:
   if args.only != "conv":
     dense_rows(args, rng, header)
   if args.only != "dense":
-    conv_rows(args, rng, header)
+    for setting in ("default", "serving"):
+      if args.allocator not in ("both", setting):
+        continue
+      if setting == here:
+        print(f"\n== conv rows, allocator: {ALLOCATORS[setting]}")
+        conv_rows(args, rng, header)
+      else:
+        sys.stdout.flush()
+        rerun(args, setting)
   return 0
+
+
+ALLOCATORS = {
+  "default": "glibc malloc's defaults (no MALLOC_ tunables)",
+  "serving": "glibc malloc configured for serving (" + " ".join(f"{k}={v}" for k, v in SERVING_MALLOC.items()) + ")",
+  "other": "MALLOC_ tunables other than SERVING_MALLOC",
+}
+
+
+def allocator() -> str:
+  """Which of ``ALLOCATORS`` this process runs under (glibc reads the ``MALLOC_`` variables at start-up)."""
+  tunables = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+  return "default" if not tunables else "serving" if tunables == SERVING_MALLOC else "other"
+
+
+def rerun(args, setting: str) -> None:
+  """The conv rows in a fresh process whose environment holds ``setting``'s ``MALLOC_`` variables."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+  env.update(SERVING_MALLOC if setting == "serving" else {})
+  cmd = [sys.executable, "-m", "experiments.bench_lowrank", "--only", "conv", "--allocator", setting]
+  cmd += ["--batch", str(args.batch)] + (["--quick"] if args.quick else [])
+  subprocess.run(cmd, env=env, check=True)
 
 
 def dense_rows(args, rng, header) -> None:
@@ -152,9 +212,12 @@ def conv_rows(args, rng, header) -> None:
     if name == "CP":
       extra = 2 * (CONV_SHAPE[0] + CONV_SHAPE[1]) * rep[0].ranks[0] * args.batch * 16 * 16
       print(f"  (CP's depthwise multiply-adds, not in graph.flops: {extra:,} FLOPs, {extra / fact[1]:.1%} more)")
+  faults = {"default": ", page-faulted every call", "serving": ", on pages kept from the last call"}.get(
+    allocator(), ""
+  )
   print(
     "\n  fixed cost both programs pay: the model's bias add alone (reads the conv's output, writes a fresh "
-    f"{y.nbytes / 2**20:.0f} MiB result, page-faulted every call), timed in each row's interleaving; without it, "
+    f"{y.nbytes / 2**20:.0f} MiB result{faults}), timed in each row's interleaving; without it, "
     "the GFLOP/s of the rest, and the speed-up x FLOP ratio that the factors would reach at the dense conv's "
     "GFLOP/s:"
   )

@@ -27,6 +27,30 @@ interleaved repetitions, measured under load): spatial SVD 56 -> 38 ms, Tucker-2
 as well (on a quieter machine 72 -> 37 ms), so ``serve`` given dense params compiles the dense
 model the same way, and ``experiments/bench_lowrank.py`` times the dense model both ways. A jaxlib
 that does not know the option compiles without it.
+
+Where the time goes at the bench's conv layer (per-op minima over 10 profiled calls, glibc
+malloc configured for serving, the quietest run, measured under load): CP 17.9 ms = its last
+1×1 stage (Eigen dot, 1.56 GFLOP) 7.6 + the first (YNNPACK, 0.78 GFLOP) 4.7 + the taps 2.6 +
+the pad 1.8 + the model's bias add 1.0. The two matmuls alone run at 170-210 GFLOP/s, against
+~330 for the dense conv (small contraction dims: 64 and 93), and already take more than the
+10.6 ms that 0.7 of the FLOP ratio allows. Tried again for that target, not kept (medians of
+interleaved repetitions, factorized against this module's programs, measured under load):
+CP's stages over batch chunks (``lax.map``, chunks of at most 1, 4 or 8 MiB of rank-R
+intermediate) 71.0 / 72.8 / 72.9 against 59.5 ms with glibc's default malloc and 80.3 / 62.6 /
+58.8 against 75.1 ms with it configured for serving; Tucker-2 in chunks of 32 images 65.9
+against 46.8 ms (serving); other ``xla_cpu_experimental_ynn_fusion_type`` values, which apply
+to a whole computation: ``LIBRARY_FUSION_TYPE_DOT`` (fuses CP's pad into the first matmul and
+all of Tucker-2 into one YNNPACK fusion) CP 68.9 against 57.1 ms, Tucker-2 92.3 against 88.3;
+``INDIVIDUAL_DOT`` with ``ELTWISE`` (CP's taps on YNNPACK) CP 284 against 145 ms; with
+``INDIVIDUAL_CONVOLUTION`` Tucker-2 140 against 117 ms; ``INDIVIDUAL_DOT`` with ``ELTWISE``
+made spatial SVD one YNNPACK fusion, 60.7 against 69.0 ms (41.9 against 49.8 serving), but the
+dense conv 131.6 against 120.7 ms (serving) and CP twice as slow; the last 1×1 stage as a
+YNNPACK matmul, CP 103.3 against 98.5 ms, Tucker-2 79.8 against 76.5; CP's taps with their
+borders by concatenation instead of a padded buffer, 19.2 against 17.9 ms (profile minima).
+A small win, not built: the model's bias add folded into CP's last stage (a ones channel
+appended in the taps' loop, the bias as the last 1×1 kernel's extra row), 53.6 against 57.1 ms
+(default malloc), 54.6 against 61.2 (serving), faster in 3 of 4 runs; it needs
+:func:`jaxcompress.graph.rewrite` to hand a site the bias add that follows it.
 """
 
 from __future__ import annotations
