@@ -267,3 +267,16 @@ def test_records_live_as_long_as_their_array():
   del out
   gc.collect()
   assert len(_provenance._RECORDS) == before
+
+
+def test_a_record_whose_float_weight_was_donated_falls_back():
+  """A view kept past a step that donated its float weights (``donate_argnums`` deletes them)
+  still runs: its site derives the codes from the weight it receives, as with no record."""
+  c = qat(8, 8, integer=True)
+  f = lambda p, x: x @ p["w"]
+  t, s = c.init({"w": jax.random.normal(jax.random.key(0), (SIZES[0], 4))})
+  alive = jax.tree.map(jnp.copy, t)
+  view = c.apply(t, s)
+  expected = c.rewrite(f, alive, s)(view, X)
+  t["w"].delete()
+  np.testing.assert_allclose(c.rewrite(f, alive, s)(view, X), expected, rtol=1e-6, atol=1e-6)
