@@ -154,7 +154,8 @@ def site_rule(
       w_scale = jnp.reshape(made.scale, [made.scale.size if a == axis else 1 for a in range(weight.ndim)])
     else:
       granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
-      w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
+      # in float32 for half types, as fake_quant's: a half-precision scale moves some codes off pack's
+      w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(uniform.upcast(weight), weight_bits, granularity))
     a_scale, a_zero = jax.lax.stop_gradient(scale_of(site, activation))
     a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)

@@ -280,3 +280,21 @@ def test_a_record_whose_float_weight_was_donated_falls_back():
   expected = c.rewrite(f, alive, s)(view, X)
   t["w"].delete()
   np.testing.assert_allclose(c.rewrite(f, alive, s)(view, X), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_weights_without_a_record_take_packs_codes_too(monkeypatch, dtype):
+  """A site that re-derives a half-precision weight's grid (no record: here every lookup
+  misses, as after a chain's re-mask) takes the float32 scale, so its codes are ``pack``'s
+  and its forward is the recorded one's; a scale in the weight's own half type is off by up
+  to half an ulp and moves some 8-bit codes by one."""
+  from jaxcompress.quantization import _provenance
+
+  c = qat(8, 8, integer=True)
+  f = lambda p, x: x @ p["w"]
+  t, s = c.init({"w": jax.random.normal(jax.random.key(5), (SIZES[0], 64)).astype(dtype)})
+  x = X.astype(dtype)
+  recorded = c.rewrite(f, t, s)(c.apply(t, s), x)
+  monkeypatch.setattr(_provenance, "lookup", lambda a: None)
+  derived = c.rewrite(f, t, s)(c.apply(t, s), x)
+  np.testing.assert_array_equal(np.asarray(derived, np.float32), np.asarray(recorded, np.float32))
