@@ -298,3 +298,18 @@ def test_half_weights_without_a_record_take_packs_codes_too(monkeypatch, dtype):
   monkeypatch.setattr(_provenance, "lookup", lambda a: None)
   derived = c.rewrite(f, t, s)(c.apply(t, s), x)
   np.testing.assert_array_equal(np.asarray(derived, np.float32), np.asarray(recorded, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_the_grid_check_accepts_half_weights_fake_quant_made(dtype):
+  """``fake_quant``'s half-precision output is its float32 grid rounded to the half type: the
+  check allows that rounding (an ulp of each weight), and still rejects weights off the grid."""
+  f = lambda p, x: x @ p["w"]
+  x = X.astype(dtype)
+  stage = lambda: jc.quantization.quantize_activations(8, integer=True, apply_fn=f, batches=[x])
+  w = jax.random.normal(jax.random.key(5), (SIZES[0], 64)).astype(dtype)
+  jc.chain(jc.quantization.fake_quant(8, per_channel=True), stage()).init({"w": w})
+  with pytest.raises(ValueError, match=r"site 'w' as 8-bit per-channel codes, but it is not on that grid"):
+    jc.chain(jc.quantization.fake_quant(4, per_channel=True), stage()).init({"w": w})
+  with pytest.raises(ValueError, match=r"site 'w' as 8-bit per-channel codes, but it is not on that grid"):
+    stage().init({"w": w})  # raw half weights: off the grid by far more than their rounding
