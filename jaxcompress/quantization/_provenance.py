@@ -9,7 +9,9 @@ A site that receives *that very array* (the same Python object: the leaf reached
 unchanged) takes its codes in one rounding of the source, the codes ``pack`` stores, and can
 differentiate at the float weight. Any stage in between that returns a new array (a mask, a
 cast, a reshape) breaks the identity, and the site falls back to re-deriving the codes from
-what it received: a record can make a step faster, never different.
+what it received: a record can make a step faster, never different (the forward and the
+``backward_operands='quantized'`` gradients; ``'float'`` differentiates at the float weight
+only where a record names it, elsewhere at the weight as received).
 
 Records hold the source and scale (tracers, inside a trace) only while the recorded array
 lives: a weak reference to it removes the record when it is collected. A record whose source
