@@ -9,10 +9,14 @@ A site that receives *that very array* (the same Python object: the leaf reached
 unchanged) takes its codes in one rounding of the source, the codes ``pack`` stores, and can
 differentiate at the float weight. Any stage in between that returns a new array (a mask, a
 cast, a reshape) breaks the identity, and the site falls back to re-deriving the codes from
-what it received: a record can make a step faster, never different.
+what it received: a record can make a step faster, never different (the forward and the
+``backward_operands='quantized'`` gradients; ``'float'`` differentiates at the float weight
+only where a record names it, elsewhere at the weight as received).
 
 Records hold the source and scale (tracers, inside a trace) only while the recorded array
-lives: a weak reference to it removes the record when it is collected.
+lives: a weak reference to it removes the record when it is collected. A record whose source
+has been deleted since (a step with ``donate_argnums`` donates the float weights) is never
+returned: the site falls back as if there were none.
 """
 
 from __future__ import annotations
@@ -46,6 +50,14 @@ def record(array: Any, spec: Any, source: jax.Array, scale: jax.Array, zero_poin
 
 
 def lookup(array: Any) -> Record | None:
-  """The record of ``array`` itself, or ``None`` (never another array's, even at a reused id)."""
+  """The record of ``array`` itself, or ``None`` (never another array's, even at a reused id; never
+  one whose source was deleted)."""
   entry = _RECORDS.get(id(array))
-  return entry[1] if entry is not None and entry[0]() is array else None
+  if entry is None or entry[0]() is not array or _deleted(entry[1].source):
+    return None
+  return entry[1]
+
+
+def _deleted(x: Any) -> bool:
+  """Whether ``x`` is a concrete array whose buffer was deleted (donated); tracers never are."""
+  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted()

@@ -154,7 +154,8 @@ def site_rule(
       w_scale = jnp.reshape(made.scale, [made.scale.size if a == axis else 1 for a in range(weight.ndim)])
     else:
       granularity = Granularity(channel_axis=site.feature_axes[0]) if per_channel else Granularity()
-      w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(weight, weight_bits, granularity))
+      # in float32 for half types, as fake_quant's: a half-precision scale moves some codes off pack's
+      w_scale = jax.lax.stop_gradient(uniform.symmetric_scale(uniform.upcast(weight), weight_bits, granularity))
     a_scale, a_zero = jax.lax.stop_gradient(scale_of(site, activation))
     a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)
@@ -223,7 +224,8 @@ def check_weight_grid(
 ) -> None:
   """Raises if a weight that an integer site would read as int8 codes is not on the grid
   (``weight_bits`` symmetric, per output channel or per tensor) the site assumes, which
-  would make the integer forward differ from the packed model.
+  would make the integer forward differ from the packed model. A half-precision weight may
+  deviate by its own rounding (``eps`` of its dtype, relative), as :func:`fake_quant`'s output does.
 
   Raises:
     ValueError: naming the site, the largest deviation and the fix.
@@ -235,11 +237,14 @@ def check_weight_grid(
     if not where(site.path, site) or w is None or not _on_channel_grid(site, per_channel):
       continue
     w = jnp.asarray(w)
+    eps = float(jnp.finfo(w.dtype).eps)  # a half type's fake_quant output is its grid rounded to it
+    w = uniform.upcast(w)
     granularity = Granularity(channel_axis=-1) if per_channel and w.ndim else Granularity()
     scale = uniform.symmetric_scale(w, weight_bits, granularity)
     q = uniform.qmax(weight_bits)
-    off = float(jnp.max(jnp.abs(jnp.clip(jnp.round(w / scale), -q, q) * scale - w)))
-    if off > 1e-5 * float(jnp.max(jnp.abs(w))):
+    dev = jnp.abs(jnp.clip(jnp.round(w / scale), -q, q) * scale - w)
+    off = float(jnp.max(dev))
+    if bool(jnp.any(dev > 1e-5 * jnp.max(jnp.abs(w)) + eps * jnp.abs(w))):
       grid = "per-channel" if per_channel else "per-tensor"
       raise ValueError(
         f"integer=True reads the weight of site {site.key!r} as {weight_bits}-bit {grid} codes, but it is not on "

@@ -267,3 +267,49 @@ def test_records_live_as_long_as_their_array():
   del out
   gc.collect()
   assert len(_provenance._RECORDS) == before
+
+
+def test_a_record_whose_float_weight_was_donated_falls_back():
+  """A view kept past a step that donated its float weights (``donate_argnums`` deletes them)
+  still runs: its site derives the codes from the weight it receives, as with no record."""
+  c = qat(8, 8, integer=True)
+  f = lambda p, x: x @ p["w"]
+  t, s = c.init({"w": jax.random.normal(jax.random.key(0), (SIZES[0], 4))})
+  alive = jax.tree.map(jnp.copy, t)
+  view = c.apply(t, s)
+  expected = c.rewrite(f, alive, s)(view, X)
+  t["w"].delete()
+  np.testing.assert_allclose(c.rewrite(f, alive, s)(view, X), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_weights_without_a_record_take_packs_codes_too(monkeypatch, dtype):
+  """A site that re-derives a half-precision weight's grid (no record: here every lookup
+  misses, as after a chain's re-mask) takes the float32 scale, so its codes are ``pack``'s
+  and its forward is the recorded one's; a scale in the weight's own half type is off by up
+  to half an ulp and moves some 8-bit codes by one."""
+  from jaxcompress.quantization import _provenance
+
+  c = qat(8, 8, integer=True)
+  f = lambda p, x: x @ p["w"]
+  t, s = c.init({"w": jax.random.normal(jax.random.key(5), (SIZES[0], 64)).astype(dtype)})
+  x = X.astype(dtype)
+  recorded = c.rewrite(f, t, s)(c.apply(t, s), x)
+  monkeypatch.setattr(_provenance, "lookup", lambda a: None)
+  derived = c.rewrite(f, t, s)(c.apply(t, s), x)
+  np.testing.assert_array_equal(np.asarray(derived, np.float32), np.asarray(recorded, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_the_grid_check_accepts_half_weights_fake_quant_made(dtype):
+  """``fake_quant``'s half-precision output is its float32 grid rounded to the half type: the
+  check allows that rounding (an ulp of each weight), and still rejects weights off the grid."""
+  f = lambda p, x: x @ p["w"]
+  x = X.astype(dtype)
+  stage = lambda: jc.quantization.quantize_activations(8, integer=True, apply_fn=f, batches=[x])
+  w = jax.random.normal(jax.random.key(5), (SIZES[0], 64)).astype(dtype)
+  jc.chain(jc.quantization.fake_quant(8, per_channel=True), stage()).init({"w": w})
+  with pytest.raises(ValueError, match=r"site 'w' as 8-bit per-channel codes, but it is not on that grid"):
+    jc.chain(jc.quantization.fake_quant(4, per_channel=True), stage()).init({"w": w})
+  with pytest.raises(ValueError, match=r"site 'w' as 8-bit per-channel codes, but it is not on that grid"):
+    stage().init({"w": w})  # raw half weights: off the grid by far more than their rounding
