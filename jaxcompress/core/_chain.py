@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcompress import export
+from jaxcompress.core import _provenance as provenance
 from jaxcompress.core._base import Compressor, Joint, split
 from jaxcompress.core.tree import PyTree, is_packed_leaf, leaves_with_paths
 
@@ -135,7 +136,11 @@ def _carried(x: Any, m: Any) -> Any:
 
 
 def _masked(x: Any, m: Any) -> Any:
-  return x if m is None else jnp.where(m, x, jnp.zeros_like(x))
+  if m is None:
+    return x
+  out = jnp.where(m, x, jnp.zeros_like(x))
+  provenance.derive(out, x, m)  # a record of how ``x`` was made holds for ``out`` with these zeros
+  return out
 
 
 def _flat(plan_def: Any, tree: Any, n: int) -> list[Any]:

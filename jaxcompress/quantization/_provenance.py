@@ -7,24 +7,27 @@ and the float weight it came from is never named. :func:`~jaxcompress.quantizati
 therefore records each array it returns with the array it quantized, its spec and its scale.
 A site that receives *that very array* (the same Python object: the leaf reached the model
 unchanged) takes its codes in one rounding of the source, the codes ``pack`` stores, and can
-differentiate at the float weight. Any stage in between that returns a new array (a mask, a
-cast, a reshape) breaks the identity, and the site falls back to re-deriving the codes from
-what it received: a record can make a step faster, never different (the forward and the
+differentiate at the float weight. ``chain``'s re-masking of a stage's output with earlier
+stages' keep-masks keeps the record (:mod:`jaxcompress.core._provenance`: the site zeroes those
+codes too, exact because a symmetric grid codes 0 as 0); any other stage in between that
+returns a new array (a mask applied by a stage itself, a cast, a reshape) breaks the identity,
+and the site falls back to re-deriving the codes from what it received: a record can make a step faster, never different (the forward and the
 ``backward_operands='quantized'`` gradients; ``'float'`` differentiates at the float weight
 only where a record names it, elsewhere at the weight as received).
 
-Records hold the source and scale (tracers, inside a trace) only while the recorded array
-lives: a weak reference to it removes the record when it is collected. A record whose source
+Records (kept by :mod:`jaxcompress.core._provenance`) hold the source and scale (tracers,
+inside a trace) only while the recorded array lives. A record whose source
 has been deleted since (a step with ``donate_argnums`` donates the float weights) is never
 returned: the site falls back as if there were none.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, NamedTuple
 
 import jax
+
+from jaxcompress.core import _provenance as core_provenance
 
 
 class Record(NamedTuple):
@@ -36,26 +39,19 @@ class Record(NamedTuple):
   zero_point: jax.Array | None
 
 
-_RECORDS: dict[int, tuple[weakref.ref, Record]] = {}
-
-
 def record(array: Any, spec: Any, source: jax.Array, scale: jax.Array, zero_point: jax.Array | None) -> None:
   """Records that ``array`` is ``source`` fake-quantized under ``spec`` at ``scale``."""
-  key = id(array)
-  try:
-    ref = weakref.ref(array, lambda _, key=key: _RECORDS.pop(key, None))
-  except TypeError:  # a type without weak references: not recorded, so never recognized
-    return
-  _RECORDS[key] = (ref, Record(spec, source, scale, zero_point))
+  core_provenance.record(array, Record(spec, source, scale, zero_point))
 
 
-def lookup(array: Any) -> Record | None:
-  """The record of ``array`` itself, or ``None`` (never another array's, even at a reused id; never
-  one whose source was deleted)."""
-  entry = _RECORDS.get(id(array))
-  if entry is None or entry[0]() is not array or _deleted(entry[1].source):
+def lookup(array: Any) -> tuple[Record, jax.Array | None] | None:
+  """``(record, keep)`` of ``array`` itself, or ``None`` (never another array's, even at a reused
+  id; never one whose source was deleted): ``array`` is the recorded fake quantization with zeros
+  where ``keep`` is False (``None``: nowhere; ``chain`` re-masked it with earlier stages' masks)."""
+  found = core_provenance.lookup(array)
+  if found is None or not isinstance(found.payload, Record) or _deleted(found.payload.source):
     return None
-  return entry[1]
+  return found.payload, found.keep
 
 
 def _deleted(x: Any) -> bool:

@@ -146,8 +146,10 @@ def site_rule(
     if not integer or not _on_channel_grid(site, per_channel):
       return float_rule(site, activation, weight)
     # on the channel grid, per-channel scales lie along the op's one output-feature axis
-    made = provenance.lookup(weight)
-    if made is not None and (made.spec != grid_spec or site.leaf_axes != tuple(range(weight.ndim))):
+    made, keep = provenance.lookup(weight) or (None, None)
+    if made is not None and (
+      made.spec != grid_spec or site.leaf_axes != tuple(range(weight.ndim)) or made.source.shape != weight.shape
+    ):
       made = None  # another grid, or the leaf read transposed: derive the codes from the weight
     if made is not None:  # the weight stage's own scale, laid out on the op's weight operand
       axis = site.feature_axes[0]
@@ -160,9 +162,13 @@ def site_rule(
     a_scale = jnp.reshape(a_scale, ())
     out_scale = output_scale(site, w_scale)
     int8_grads = int8_backward and _plain_matmul(site)
-    w_float = made.source if made is not None and float_operands else None
-    # the codes from one rounding of the float weight (pack's codes), else of the weight as received
-    w_from = None if made is None else (uniform.upcast(made.source), made.scale, made.zero_point)
+    # the codes from one rounding of the float weight (pack's codes; zero where chain re-masked
+    # the quantizer's output, which is pack's pruning of them), else of the weight as received
+    w_float = w_from = None
+    if made is not None:
+      source = made.source if keep is None else jnp.where(keep, made.source, jnp.zeros((), made.source.dtype))
+      w_float = source if float_operands else None
+      w_from = (uniform.upcast(source), made.scale, made.zero_point)
     if out_scale is None:  # cannot happen: the scale varies only along the feature axes
       raise AssertionError(f"weight scale of site {site.key!r} does not lie along its output features")
 

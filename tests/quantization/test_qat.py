@@ -222,8 +222,8 @@ def test_a_site_given_fake_quants_own_output_takes_pack_codes_in_one_rounding(mo
   c = qat(4, 8, integer=True)
   t, s = c.init(PARAMS)
   applied = c.apply(t, s)
-  made = _provenance.lookup(applied["fc0"]["kernel"])
-  assert made is not None and made.source is t["fc0"]["kernel"]
+  made, keep = _provenance.lookup(applied["fc0"]["kernel"])
+  assert keep is None and made.source is t["fc0"]["kernel"]
   assert _provenance.lookup(jnp.array(applied["fc0"]["kernel"])) is None  # equal values, another array
   codes = np.asarray(made.spec.quantize(made.source, made.scale, None))
   packed = c.pack(t, s)["fc0"]["kernel"]  # 4-bit codes, bit-packed
@@ -261,12 +261,14 @@ def test_records_live_as_long_as_their_array():
 
   fq = jc.quantization.fake_quant(8, per_channel=True)
   t, s = fq.init({"w": jnp.ones((4, 4))})
-  before = len(_provenance._RECORDS)
+  from jaxcompress.core import _provenance as records
+
+  before = len(records._RECORDS)
   out = fq.apply(t, s)["w"]
-  assert len(_provenance._RECORDS) == before + 1 and _provenance.lookup(out) is not None
+  assert len(records._RECORDS) == before + 1 and _provenance.lookup(out) is not None
   del out
   gc.collect()
-  assert len(_provenance._RECORDS) == before
+  assert len(records._RECORDS) == before
 
 
 def test_a_record_whose_float_weight_was_donated_falls_back():
@@ -313,3 +315,23 @@ def test_the_grid_check_accepts_half_weights_fake_quant_made(dtype):
     jc.chain(jc.quantization.fake_quant(4, per_channel=True), stage()).init({"w": w})
   with pytest.raises(ValueError, match=r"site 'w' as 8-bit per-channel codes, but it is not on that grid"):
     stage().init({"w": w})  # raw half weights: off the grid by far more than their rounding
+
+
+def test_pruned_then_quantized_weights_keep_their_record_through_the_chains_re_mask(monkeypatch):
+  """chain(magnitude, qat): the chain re-masks qat's output with magnitude's mask (a new array);
+  the record follows it with that keep-mask, so the integer sites still take pack's codes in one
+  rounding, the pruned ones zero."""
+  from jaxcompress.quantization import _provenance
+
+  c = jc.chain(jc.pruning.magnitude(0.5), qat(4, 8, integer=True))
+  t, s = c.init(PARAMS)
+  view = c.apply(t, s)
+  found = _provenance.lookup(view["fc0"]["kernel"])
+  assert found is not None and found[1] is not None and not bool(found[1].all())
+  packed = c.pack(t, s)["fc0"]["kernel"]
+  np.testing.assert_array_equal(np.asarray(view["fc0"]["kernel"]), np.asarray(packed.materialize()))
+  loss = lambda t, x: jnp.sum(model_of(c, helpers.mlp_apply)(t, s, x) ** 2)
+  recorded = jax.jit(jax.value_and_grad(loss))(t, X)
+  monkeypatch.setattr(_provenance, "lookup", lambda a: None)
+  derived = jax.jit(jax.value_and_grad(loss))(t, X)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), recorded, derived)
