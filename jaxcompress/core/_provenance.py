@@ -6,8 +6,8 @@ given *that very array* (the same Python object) finds the payload (:func:`looku
 operation between the two that keeps a record is ``chain``'s re-masking of a stage's output
 with the earlier stages' keep-masks (:func:`derive`: the new array is the recorded one with
 zeros where ``keep`` is False, and the record says so); any other new array (a mask applied by
-a stage itself, a cast, a reshape) has no record, and its user takes the general path. So a
-record can make a step faster, never different, and no technique learns another's types: core
+a stage itself, a cast, a reshape) has no record, and its user takes the general path, which
+must compute the same function. No technique learns another's types: core
 knows payloads only as objects and masks only as zeros.
 
 Records hold their payload only while the recorded array lives: a weak reference to it

@@ -11,9 +11,12 @@ differentiate at the float weight. ``chain``'s re-masking of a stage's output wi
 stages' keep-masks keeps the record (:mod:`jaxcompress.core._provenance`: the site zeroes those
 codes too, exact because a symmetric grid codes 0 as 0); any other stage in between that
 returns a new array (a mask applied by a stage itself, a cast, a reshape) breaks the identity,
-and the site falls back to re-deriving the codes from what it received: a record can make a step faster, never different (the forward and the
-``backward_operands='quantized'`` gradients; ``'float'`` differentiates at the float weight
-only where a record names it, elsewhere at the weight as received).
+and the site falls back to re-deriving the grid from what it received: the same codes, with the
+scale taken from the received weight's ``max |w|``, which equals the stage's scale or lies an
+ulp from it (an ulp that can flip an activation code in a later layer). So a record makes a
+step faster and exactly ``pack``'s, and the fallback differs from it by no more than that
+(the forward and the ``backward_operands='quantized'`` gradients; ``'float'`` differentiates
+at the float weight only where a record names it, elsewhere at the weight as received).
 
 Records (kept by :mod:`jaxcompress.core._provenance`) hold the source and scale (tracers,
 inside a trace) only while the recorded array lives. A record whose source
