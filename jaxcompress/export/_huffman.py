@@ -1256,8 +1256,7 @@ def _recode_pruned(before: Any, after: Any) -> Any:
 
 def holds_huffman(x: Any) -> bool:
   """Whether a tree or leaf holds a :class:`HuffmanArray` anywhere."""
-  leaves = jax.tree.leaves(x, is_leaf=lambda n: isinstance(n, HuffmanArray))
-  return any(isinstance(n, HuffmanArray) for n in leaves)
+  return bool(_coded_streams(x))
 
 
 def _uncode(x: Any) -> Any:
